@@ -1,0 +1,107 @@
+//! Durations as users write them: `30s`, `15m`, `2h`, `3d`, `1d12h`, `1w`.
+//!
+//! Part of the pure core: no I/O.
+
+use std::time::Duration;
+
+/// Parses `30s`, `15m`, `2h`, `3d`, `1w`, `500ms` and concatenations such as `1d12h`.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("an empty duration".into());
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total: u128 = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(format!("`{s}` is not a duration; expected a number followed by a unit"));
+        }
+        let number: u128 = s[start..i]
+            .parse()
+            .map_err(|_| format!("`{s}` has a number that is too large"))?;
+        let unit_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let millis_per_unit: u128 = match &s[unit_start..i] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "" => return Err(format!("`{s}` needs a unit after `{number}`: s, m, h, d or w")),
+            other => {
+                return Err(format!(
+                    "`{other}` in `{s}` is not a unit; use ms, s, m, h, d or w"
+                ));
+            }
+        };
+        total = total
+            .checked_add(number.saturating_mul(millis_per_unit))
+            .ok_or_else(|| format!("`{s}` is too long"))?;
+    }
+    let millis = u64::try_from(total).map_err(|_| format!("`{s}` is too long"))?;
+    if millis > 100 * 365 * 86_400_000 {
+        return Err(format!("`{s}` is longer than 100 years"));
+    }
+    Ok(Duration::from_millis(millis))
+}
+
+/// Formats a duration the way users write it (`1d12h`, `2m28s`, `250ms`).
+pub fn format(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_in_the_design() {
+        let cases = [
+            ("30s", 30_000),
+            ("15m", 900_000),
+            ("2h", 7_200_000),
+            ("3d", 259_200_000),
+            ("1d12h", 129_600_000),
+            ("1w", 604_800_000),
+            ("250ms", 250),
+            ("1h30m", 5_400_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_duration() {
+        for text in ["", "10", "s", "3 days", "1x", "1.5h", "-1s", "99999999999999999999999d"] {
+            assert!(parse(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for text in ["30s", "15m", "1d12h", "2m28s", "250ms"] {
+            let d = parse(text).expect("valid");
+            assert_eq!(format(d), text);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The validated workflow: what the rest of runner uses once `check` has accepted a file.
+//!
+//! Part of the pure core: no I/O.
+
+use crate::cron::CronSchedule;
+use serde::Serialize;
+use std::time::Duration;
+
+/// A checked workflow definition.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub schedules: Vec<Schedule>,
+    pub webhook: bool,
+    pub inputs: Vec<InputSpec>,
+    pub secrets: Vec<String>,
+    pub concurrency: Concurrency,
+    pub steps: Vec<Step>,
+    pub on_failure: Vec<Step>,
+}
+
+impl Workflow {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub cron: CronSchedule,
+    /// The run's input when this schedule fires (an object).
+    pub input: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Object,
+    Array,
+}
+
+impl InputType {
+    pub const NAMES: [&'static str; 6] = ["string", "integer", "number", "boolean", "object", "array"];
+
+    pub fn parse(s: &str) -> Option<InputType> {
+        Some(match s {
+            "string" => InputType::String,
+            "integer" => InputType::Integer,
+            "number" => InputType::Number,
+            "boolean" => InputType::Boolean,
+            "object" => InputType::Object,
+            "array" => InputType::Array,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Integer => "integer",
+            InputType::Number => "number",
+            InputType::Boolean => "boolean",
+            InputType::Object => "object",
+            InputType::Array => "array",
+        }
+    }
+
+    pub fn accepts(self, v: &serde_json::Value) -> bool {
+        match self {
+            InputType::String => v.is_string(),
+            InputType::Integer => v.is_i64() || v.is_u64(),
+            InputType::Number => v.is_number(),
+            InputType::Boolean => v.is_boolean(),
+            InputType::Object => v.is_object(),
+            InputType::Array => v.is_array(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: String,
+    pub ty: InputType,
+    pub required: bool,
+    pub default: Option<serde_json::Value>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    BufferOne,
+    BufferAll,
+    CancelOther,
+    AllowAll,
+}
+
+impl Overlap {
+    pub const NAMES: [&'static str; 5] = ["skip", "buffer_one", "buffer_all", "cancel_other", "allow_all"];
+
+    pub fn parse(s: &str) -> Option<Overlap> {
+        Some(match s {
+            "skip" => Overlap::Skip,
+            "buffer_one" => Overlap::BufferOne,
+            "buffer_all" => Overlap::BufferAll,
+            "cancel_other" => Overlap::CancelOther,
+            "allow_all" => Overlap::AllowAll,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Concurrency {
+    pub overlap: Overlap,
+    pub catchup_window: Option<Duration>,
+    pub jitter: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackoffKind {
+    Exponential,
+    Fixed,
+    Linear,
+}
+
+/// How a step retries. `limit` counts retries, so a step makes at most `limit + 1` attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub limit: u32,
+    pub backoff: BackoffKind,
+    /// None with exponential backoff means QStash's own curve, `min(86400, e^(2.5·n))` seconds.
+    pub initial: Option<Duration>,
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            limit: 3,
+            backoff: BackoffKind::Exponential,
+            initial: None,
+            max: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl Retry {
+    /// The delay before retry `n` (1-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        match (self.backoff, self.initial) {
+            (BackoffKind::Exponential, None) => crate::backoff::qstash_default(n).min(self.max),
+            (kind, initial) => {
+                let kind = match kind {
+                    BackoffKind::Exponential => crate::backoff::Backoff::Exponential,
+                    BackoffKind::Fixed => crate::backoff::Backoff::Fixed,
+                    BackoffKind::Linear => crate::backoff::Backoff::Linear,
+                };
+                crate::backoff::delay(kind, initial.unwrap_or(Duration::from_secs(10)), self.max, n)
+            }
+        }
+    }
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A template string as written; rendered at dispatch time (see `workflow::template`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Template(pub String);
+
+impl Template {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub condition: Option<Template>,
+    pub kind: StepKind,
+    pub timeout: Duration,
+    pub retry: Retry,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Http(HttpCall),
+    Approval(Approval),
+    Sleep(Duration),
+    SleepUntil(Template),
+    Email(Email),
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Http(_) => "http",
+            StepKind::Approval(_) => "approval",
+            StepKind::Sleep(_) => "sleep",
+            StepKind::SleepUntil(_) => "sleep_until",
+            StepKind::Email(_) => "email",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    pub url: Template,
+    pub method: String,
+    pub headers: Vec<(String, Template)>,
+    /// A JSON value whose strings are templates; None sends an empty body.
+    pub body: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub to: Vec<Template>,
+    pub subject: Template,
+    pub body: Option<Template>,
+    pub timeout: Duration,
+    pub on_timeout: Decision,
+}
+
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub to: Vec<Template>,
+    pub subject: Template,
+    pub body: Option<Template>,
+}
+
+/// The fields a step of each kind makes visible to later templates as `steps.<id>.<field>`.
+pub fn produced_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "http" => &["status", "headers", "body"],
+        "approval" => &["decision", "approver", "comment", "decided_at"],
+        "sleep" | "sleep_until" => &["woke_at"],
+        "email" => &["sent_to"],
+        _ => &[],
+    }
+}
+
+pub const RUN_FIELDS: &[&str] = &["id", "trigger", "scheduled_for", "started_at"];
+pub const WORKFLOW_FIELDS: &[&str] = &["name"];
+pub const FAILURE_FIELDS: &[&str] = &["step", "error", "status", "body", "attempts"];

@@ -1,0 +1,329 @@
+//! A YAML document as a tree of nodes that remember where they came from.
+//!
+//! Part of the pure core: no I/O. serde-saphyr parses the text; this module keeps every value's
+//! line and column so that the checker can point at it. The checker walks this tree instead of
+//! deserializing straight into typed structs because serde stops at the first unknown key, missing
+//! key or wrong type, and `runner validate` must report every problem in one pass.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+use std::fmt;
+
+/// A 1-based line and column (in characters), plus the byte offset when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+    pub offset: Option<usize>,
+}
+
+impl Pos {
+    pub const START: Pos = Pos {
+        line: 1,
+        col: 1,
+        offset: Some(0),
+    };
+
+    fn from_location(loc: serde_saphyr::Location) -> Pos {
+        Pos {
+            line: u32::try_from(loc.line()).unwrap_or(u32::MAX).max(1),
+            col: u32::try_from(loc.column()).unwrap_or(u32::MAX).max(1),
+            offset: loc
+                .span()
+                .byte_offset()
+                .and_then(|o| usize::try_from(o).ok()),
+        }
+    }
+
+    /// The position of byte `offset` in `source` (used for places inside a scalar).
+    pub fn at_offset(source: &str, offset: usize) -> Pos {
+        let offset = offset.min(source.len());
+        let before = &source[..floor_char_boundary(source, offset)];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before[line_start..].chars().count() + 1;
+        Pos {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            col: u32::try_from(col).unwrap_or(u32::MAX),
+            offset: Some(offset),
+        }
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// A mapping key with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    pub pos: Pos,
+    pub name: String,
+}
+
+/// A YAML value with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Key, Node)>),
+}
+
+impl Value {
+    /// What a user would call this kind of value, for "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "nothing (null)",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+impl Node {
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Key, Node)]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Converts to JSON, dropping positions.
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.value {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Str(s) => serde_json::Value::String(s.clone()),
+            Value::Seq(items) => serde_json::Value::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.name.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A YAML syntax error with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Parses one YAML document. An empty document is `Null` at the start.
+pub fn parse(source: &str) -> Result<Node, SyntaxError> {
+    if source.trim().is_empty() || source.lines().all(|l| l.trim_start().starts_with('#') || l.trim().is_empty()) {
+        return Ok(Node {
+            pos: Pos::START,
+            value: Value::Null,
+        });
+    }
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    match serde_saphyr::from_str_with_options::<Node>(source, options) {
+        Ok(node) => Ok(node),
+        Err(err) => {
+            let pos = err
+                .location()
+                .map(Pos::from_location)
+                .unwrap_or(Pos::START);
+            Err(SyntaxError {
+                pos,
+                message: clean_message(&err.without_snippet().to_string()),
+            })
+        }
+    }
+}
+
+fn clean_message(raw: &str) -> String {
+    // serde-saphyr appends " at line X column Y"; the diagnostic carries the position itself.
+    let first = raw.lines().next().unwrap_or(raw).trim();
+    let cut = first.find(" at line ").map_or(first, |i| &first[..i]);
+    cut.trim_end_matches('.').to_string()
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<Value>::deserialize(deserializer)?;
+        Ok(Node {
+            pos: Pos::from_location(spanned.referenced),
+            value: spanned.value,
+        })
+    }
+}
+
+/// A mapping key: any scalar, kept as its text.
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a scalar mapping key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
+                Ok(KeyText(String::new()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Value, D2::Error> {
+                Value::deserialize(d)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+                Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+                Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+                Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Float(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Str(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Str(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Node>()? {
+                    items.push(item);
+                }
+                Ok(Value::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<KeyText>>()? {
+                    let value = map.next_value::<Node>()?;
+                    entries.push((
+                        Key {
+                            pos: Pos::from_location(key.referenced),
+                            name: key.value.0,
+                        },
+                        value,
+                    ));
+                }
+                Ok(Value::Map(entries))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_positions_of_keys_and_values() {
+        let src = "name: x\non:\n  webhook: true\nsteps:\n  - id: a\n    sleep: 3d\n";
+        let root = parse(src).expect("valid yaml");
+        let map = root.as_map().expect("map");
+        assert_eq!(map[0].0.name, "name");
+        assert_eq!((map[0].0.pos.line, map[0].0.pos.col), (1, 1));
+        assert_eq!((map[0].1.pos.line, map[0].1.pos.col), (1, 7));
+        assert_eq!(map[1].0.name, "on");
+        let steps = &map[2].1;
+        let Value::Seq(items) = &steps.value else {
+            panic!("seq")
+        };
+        let step = items[0].as_map().expect("map");
+        assert_eq!((step[1].0.pos.line, step[1].0.pos.col), (6, 5));
+        assert_eq!((step[1].1.pos.line, step[1].1.pos.col), (6, 12));
+        assert_eq!(step[1].1.pos.offset, Some(src.find("3d").expect("3d")));
+    }
+
+    #[test]
+    fn scalars_keep_their_types() {
+        let root = parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: on\n").expect("yaml");
+        let kinds: Vec<_> = root
+            .as_map()
+            .expect("map")
+            .iter()
+            .map(|(_, v)| v.value.kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["an integer", "a string", "a boolean", "nothing (null)", "a number", "a string"]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse("a: [1, 2\nb: 3\n").expect_err("broken");
+        assert!(err.pos.line >= 1, "{err:?}");
+        assert!(!err.message.is_empty());
+    }
+}
