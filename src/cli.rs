@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "runner", version, about = "Declarative, self-hosted durable workflows", propagate_version = true)]
+#[command(
+    name = "runner",
+    version,
+    about = "Declarative, self-hosted durable workflows",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -55,7 +60,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {
@@ -70,7 +79,13 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { paths, format } => validate(paths, format),
-        Command::Next { workflow, n, from, json, dir } => next(&workflow, n, from.as_deref(), json, &dir),
+        Command::Next {
+            workflow,
+            n,
+            from,
+            json,
+            dir,
+        } => next(&workflow, n, from.as_deref(), json, &dir),
         Command::Schema => {
             print!("{}", workflow::schema::generate());
             Ok(ExitCode::SUCCESS)
@@ -82,7 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -92,14 +109,17 @@ pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
     let mut files = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?;
         let list = if meta.is_dir() {
-            workflow_files(path).map_err(|e| anyhow::anyhow!("cannot list `{}`: {e}", path.display()))?
+            workflow_files(path)
+                .map_err(|e| anyhow::anyhow!("cannot list `{}`: {e}", path.display()))?
         } else {
             vec![path.clone()]
         };
         for file in list {
-            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", file.display()))?;
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", file.display()))?;
             files.push(SourceFile {
                 path: file.display().to_string(),
                 text: String::from_utf8_lossy(&bytes).into_owned(),
@@ -110,38 +130,69 @@ pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
 }
 
 fn validate(paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
-    let paths = if paths.is_empty() { vec![PathBuf::from("workflows")] } else { paths };
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("workflows")]
+    } else {
+        paths
+    };
     let files = read_sources(&paths)?;
     let checked = workflow::check_set(&files);
     let diags = checked.diagnostics();
     let out = render_diagnostics(&diags, &files, format, files.len());
     print!("{out}");
-    Ok(if diags.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if diags.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The output of `runner validate` for a set of diagnostics (also used in snapshot tests).
-pub fn render_diagnostics(diags: &[Diagnostic], files: &[SourceFile], format: Format, checked: usize) -> String {
+pub fn render_diagnostics(
+    diags: &[Diagnostic],
+    files: &[SourceFile],
+    format: Format,
+    checked: usize,
+) -> String {
     match format {
         Format::Json => {
             let mut s = diagnostic::render_json(diags);
             s.push('\n');
             s
         }
-        Format::Github => diags.iter().map(|d| diagnostic::render_github(d) + "\n").collect(),
+        Format::Github => diags
+            .iter()
+            .map(|d| diagnostic::render_github(d) + "\n")
+            .collect(),
         Format::Human => {
             let mut out = String::new();
             for d in diags {
-                let source = files.iter().find(|f| f.path == d.file).map(|f| f.text.as_str());
+                let source = files
+                    .iter()
+                    .find(|f| f.path == d.file)
+                    .map(|f| f.text.as_str());
                 out.push_str(&diagnostic::render_human(d, source));
                 out.push('\n');
             }
-            let bad_files = diags.iter().map(|d| &d.file).collect::<std::collections::BTreeSet<_>>().len();
+            let bad_files = diags
+                .iter()
+                .map(|d| &d.file)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
             let files_word = if checked == 1 { "file" } else { "files" };
             if diags.is_empty() {
                 out.push_str(&format!("checked {checked} {files_word}: no problems\n"));
             } else {
-                let problems = if diags.len() == 1 { "problem" } else { "problems" };
-                out.push_str(&format!("checked {checked} {files_word}: {} {problems} in {bad_files} {}\n", diags.len(), if bad_files == 1 { "file" } else { "files" }));
+                let problems = if diags.len() == 1 {
+                    "problem"
+                } else {
+                    "problems"
+                };
+                out.push_str(&format!(
+                    "checked {checked} {files_word}: {} {problems} in {bad_files} {}\n",
+                    diags.len(),
+                    if bad_files == 1 { "file" } else { "files" }
+                ));
             }
             out
         }
@@ -156,12 +207,17 @@ pub fn load_workflow(name_or_file: &str, dir: &Path) -> anyhow::Result<(Workflow
     } else {
         let all = read_sources(&[dir.to_path_buf()])?;
         let found = all.into_iter().find(|f| {
-            workflow::check_file(&f.path, &f.text).map(|w| w.name == name_or_file).unwrap_or(false)
+            workflow::check_file(&f.path, &f.text)
+                .map(|w| w.name == name_or_file)
+                .unwrap_or(false)
                 || workflow::check::file_stem(&f.path) == name_or_file
         });
         match found {
             Some(f) => vec![f],
-            None => anyhow::bail!("no workflow named `{name_or_file}` in `{}` (and no such file)", dir.display()),
+            None => anyhow::bail!(
+                "no workflow named `{name_or_file}` in `{}` (and no such file)",
+                dir.display()
+            ),
         }
     };
     let file = files.into_iter().next().expect("one file was found");
@@ -174,7 +230,13 @@ pub fn load_workflow(name_or_file: &str, dir: &Path) -> anyhow::Result<(Workflow
     }
 }
 
-fn next(name: &str, n: usize, from: Option<&str>, json: bool, dir: &Path) -> anyhow::Result<ExitCode> {
+fn next(
+    name: &str,
+    n: usize,
+    from: Option<&str>,
+    json: bool,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
     let (wf, _) = load_workflow(name, dir)?;
     let from: DateTime<Utc> = match from {
         Some(s) => DateTime::parse_from_rfc3339(s)
@@ -225,7 +287,11 @@ fn next(name: &str, n: usize, from: Option<&str>, json: bool, dir: &Path) -> any
                 line.push_str(&format!("  (for {})", slot.nominal.format("%H:%M")));
             }
             if many {
-                line.push_str(&format!("  [schedule {}: {}]", i + 1, wf.schedules[*i].cron.expression()));
+                line.push_str(&format!(
+                    "  [schedule {}: {}]",
+                    i + 1,
+                    wf.schedules[*i].cron.expression()
+                ));
             }
             println!("{line}");
         }

@@ -6,5 +6,6 @@
 pub mod backoff;
 pub mod cli;
 pub mod cron;
+pub mod engine;
 pub mod sign;
 pub mod workflow;

@@ -30,7 +30,11 @@ fn expectations(text: &str) -> Vec<(u32, u32, String)> {
         .map(|rest| {
             let (pos, code) = rest.split_once(' ').expect("`LINE:COL CODE`");
             let (line, col) = pos.split_once(':').expect("LINE:COL");
-            (line.parse().expect("line"), col.parse().expect("col"), code.trim().to_string())
+            (
+                line.parse().expect("line"),
+                col.parse().expect("col"),
+                code.trim().to_string(),
+            )
         })
         .collect()
 }
@@ -38,13 +42,21 @@ fn expectations(text: &str) -> Vec<(u32, u32, String)> {
 #[test]
 fn every_invalid_fixture_reports_its_problem_at_its_place_with_the_exact_output() {
     let files = fixtures("invalid");
-    assert!(files.len() >= 30, "at least 30 distinct mistakes, found {}", files.len());
+    assert!(
+        files.len() >= 30,
+        "at least 30 distinct mistakes, found {}",
+        files.len()
+    );
     let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
     let mut failures = Vec::new();
     for path in &files {
         let file = source(path);
         let expected = expectations(&file.text);
-        assert!(!expected.is_empty(), "{} has no `# expect:` line", file.path);
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            file.path
+        );
         let checked = workflow::check_set(std::slice::from_ref(&file));
         let diags = checked.diagnostics();
         let got: Vec<(u32, u32, String)> = diags
@@ -53,11 +65,19 @@ fn every_invalid_fixture_reports_its_problem_at_its_place_with_the_exact_output(
             .collect();
         for e in &expected {
             if !got.contains(e) {
-                failures.push(format!("{}: expected {}:{} {}, got {:?}", file.path, e.0, e.1, e.2, got));
+                failures.push(format!(
+                    "{}: expected {}:{} {}, got {:?}",
+                    file.path, e.0, e.1, e.2, got
+                ));
             }
         }
         if got.len() != expected.len() {
-            failures.push(format!("{}: expected {} diagnostics, got {:?}", file.path, expected.len(), got));
+            failures.push(format!(
+                "{}: expected {} diagnostics, got {:?}",
+                file.path,
+                expected.len(),
+                got
+            ));
         }
         let output = render_diagnostics(&diags, std::slice::from_ref(&file), Format::Human, 1);
         let snapshot = path.with_extension("out");
@@ -66,7 +86,11 @@ fn every_invalid_fixture_reports_its_problem_at_its_place_with_the_exact_output(
         } else {
             let want = std::fs::read_to_string(&snapshot).expect("read snapshot");
             if want != output {
-                failures.push(format!("{}: output differs from {}:\n--- want\n{want}\n--- got\n{output}", file.path, snapshot.display()));
+                failures.push(format!(
+                    "{}: output differs from {}:\n--- want\n{want}\n--- got\n{output}",
+                    file.path,
+                    snapshot.display()
+                ));
             }
         }
     }
@@ -92,7 +116,7 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.schedules.len(), 4);
     assert_eq!(wf.schedules[1].cron.timezone().name(), "Europe/Berlin");
     assert!(wf.webhook);
-    assert_eq!(wf.steps.len(), 10);
+    assert_eq!(wf.steps.len(), 9);
     assert_eq!(wf.on_failure.len(), 2);
     assert_eq!(wf.on_failure[0].id, "on_failure-1");
     assert_eq!(wf.on_failure[1].id, "mail-ops");
@@ -101,7 +125,10 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(send.timeout, std::time::Duration::from_secs(120));
     let fetch = wf.step("fetch-user").expect("fetch-user");
     assert_eq!(fetch.retry.limit, 3);
-    assert_eq!(fetch.retry.initial, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        fetch.retry.initial,
+        Some(std::time::Duration::from_secs(10))
+    );
     let bare = wf.step("bare_condition").expect("bare");
     assert_eq!(
         bare.condition.as_ref().map(|t| t.as_str()),
@@ -119,11 +146,32 @@ fn the_valid_fixture_builds_the_model_it_says() {
 
 #[test]
 fn duplicate_names_across_files_are_reported_on_the_second() {
-    let a = SourceFile { path: "w/a.yaml".into(), text: "name: same\nsteps:\n  - id: x\n    sleep: 1s\n".into() };
-    let b = SourceFile { path: "w/b.yaml".into(), text: "name: same\nsteps:\n  - id: x\n    sleep: 1s\n".into() };
-    let c = SourceFile { path: "w/same.yaml".into(), text: "steps:\n  - id: x\n    sleep: 1s\n".into() };
+    let a = SourceFile {
+        path: "w/a.yaml".into(),
+        text: "name: same\nsteps:\n  - id: x\n    sleep: 1s\n".into(),
+    };
+    let b = SourceFile {
+        path: "w/b.yaml".into(),
+        text: "name: same\nsteps:\n  - id: x\n    sleep: 1s\n".into(),
+    };
+    let c = SourceFile {
+        path: "w/same.yaml".into(),
+        text: "steps:\n  - id: x\n    sleep: 1s\n".into(),
+    };
     let diags = workflow::check_set(&[a, b, c]).diagnostics();
-    let got: Vec<String> = diags.iter().map(|d| format!("{}:{}:{} {} {}", d.file, d.pos.line, d.pos.col, d.code.as_str(), d.message)).collect();
+    let got: Vec<String> = diags
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{}:{} {} {}",
+                d.file,
+                d.pos.line,
+                d.pos.col,
+                d.code.as_str(),
+                d.message
+            )
+        })
+        .collect();
     assert_eq!(
         got,
         [
@@ -140,7 +188,8 @@ fn run_input_is_checked_against_inputs() {
     let ok = workflow::resolve_input(&wf, &serde_json::json!({"userId": "u9"})).expect("ok");
     assert_eq!(ok["days"], 7);
     assert_eq!(ok["userId"], "u9");
-    let errs = workflow::resolve_input(&wf, &serde_json::json!({"days": "7", "usrId": 1})).expect_err("bad");
+    let errs = workflow::resolve_input(&wf, &serde_json::json!({"days": "7", "usrId": 1}))
+        .expect_err("bad");
     assert_eq!(
         errs,
         [
@@ -158,16 +207,31 @@ fn runner() -> Command {
 
 #[test]
 fn cli_exit_codes() {
-    runner().args(["validate", "workflows"]).assert().code(0).stdout("checked 4 files: no problems\n");
-    runner().args(["validate", "tests/fixtures/invalid/03-misspelt-http-key.yaml"]).assert().code(1).stdout(
-        std::fs::read_to_string("tests/fixtures/invalid/03-misspelt-http-key.out").expect("snapshot"),
-    );
+    runner()
+        .args(["validate", "workflows"])
+        .assert()
+        .code(0)
+        .stdout("checked 4 files: no problems\n");
+    runner()
+        .args([
+            "validate",
+            "tests/fixtures/invalid/03-misspelt-http-key.yaml",
+        ])
+        .assert()
+        .code(1)
+        .stdout(
+            std::fs::read_to_string("tests/fixtures/invalid/03-misspelt-http-key.out")
+                .expect("snapshot"),
+        );
     runner()
         .args(["validate", "does/not/exist"])
         .assert()
         .code(2)
         .stderr(predicates_str("error: cannot read `does/not/exist`"));
-    runner().args(["validate", "--format", "nope"]).assert().code(2);
+    runner()
+        .args(["validate", "--format", "nope"])
+        .assert()
+        .code(2);
 }
 
 fn predicates_str(prefix: &'static str) -> impl predicates::Predicate<str> {
@@ -177,7 +241,12 @@ fn predicates_str(prefix: &'static str) -> impl predicates::Predicate<str> {
 #[test]
 fn cli_github_and_json_formats() {
     let out = runner()
-        .args(["validate", "--format", "github", "tests/fixtures/invalid/03-misspelt-http-key.yaml"])
+        .args([
+            "validate",
+            "--format",
+            "github",
+            "tests/fixtures/invalid/03-misspelt-http-key.yaml",
+        ])
         .assert()
         .code(1)
         .get_output()
@@ -188,7 +257,12 @@ fn cli_github_and_json_formats() {
         "::error file=tests/fixtures/invalid/03-misspelt-http-key.yaml,line=6,col=7,endColumn=12,title=runner unknown-key::unknown key `metod` in `http` (hint: did you mean `method`?)\n"
     );
     let out = runner()
-        .args(["validate", "--format", "json", "tests/fixtures/invalid/38-many-problems.yaml"])
+        .args([
+            "validate",
+            "--format",
+            "json",
+            "tests/fixtures/invalid/38-many-problems.yaml",
+        ])
         .assert()
         .code(1)
         .get_output()
@@ -207,7 +281,19 @@ fn cli_github_and_json_formats() {
         })
     );
     let keys: Vec<&String> = items[0].as_object().expect("object").keys().collect();
-    assert_eq!(keys, ["file", "line", "column", "end_column", "severity", "code", "message", "hint"]);
+    assert_eq!(
+        keys,
+        [
+            "file",
+            "line",
+            "column",
+            "end_column",
+            "severity",
+            "code",
+            "message",
+            "hint"
+        ]
+    );
 }
 
 #[test]
@@ -217,7 +303,10 @@ fn schema_is_fresh_and_accepts_the_examples() {
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write("schemas/workflow.schema.json", &generated).expect("write schema");
     } else {
-        assert!(committed == generated, "schemas/workflow.schema.json is stale: run `cargo run -- schema > schemas/workflow.schema.json`");
+        assert!(
+            committed == generated,
+            "schemas/workflow.schema.json is stale: run `cargo run -- schema > schemas/workflow.schema.json`"
+        );
     }
     let schema: serde_json::Value = serde_json::from_str(&generated).expect("schema json");
     let validator = jsonschema::validator_for(&schema).expect("valid schema");
@@ -225,18 +314,31 @@ fn schema_is_fresh_and_accepts_the_examples() {
     files.extend(runner::cli::read_sources(&[PathBuf::from("workflows")]).expect("examples"));
     for f in &files {
         let doc = workflow::yaml::parse(&f.text).expect("yaml").to_json();
-        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
         assert!(errors.is_empty(), "{}: {errors:?}", f.path);
-        assert!(f.text.starts_with("# yaml-language-server: $schema="), "{} lacks the schema line", f.path);
+        assert!(
+            f.text.starts_with("# yaml-language-server: $schema="),
+            "{} lacks the schema line",
+            f.path
+        );
     }
 }
 
 #[test]
 fn schema_and_checker_agree_on_keys() {
     use runner::workflow::check::*;
-    let schema: serde_json::Value = serde_json::from_str(&workflow::schema::generate()).expect("json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&workflow::schema::generate()).expect("json");
     let props = |v: &serde_json::Value| -> Vec<String> {
-        let mut k: Vec<String> = v["properties"].as_object().expect("properties").keys().cloned().collect();
+        let mut k: Vec<String> = v["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect();
         k.sort();
         k
     };
@@ -266,40 +368,83 @@ fn schema_and_checker_agree_on_keys() {
 #[test]
 fn next_prints_utc_then_local_across_dst() {
     let cases: &[(&str, &str, &str, &str, &[&str])] = &[
-        ("0,30 2 * * *", "America/New_York", "2026-03-08T05:00:00Z", "3", &[
-            "2026-03-08T07:00:00Z  2026-03-08 03:00:00 -04:00 America/New_York  (for 02:00)",
-            "2026-03-08T07:00:00Z  2026-03-08 03:00:00 -04:00 America/New_York  (for 02:30)",
-            "2026-03-09T06:00:00Z  2026-03-09 02:00:00 -04:00 America/New_York",
-        ]),
-        ("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", "2", &[
-            "2026-11-01T05:30:00Z  2026-11-01 01:30:00 -04:00 America/New_York",
-            "2026-11-02T06:30:00Z  2026-11-02 01:30:00 -05:00 America/New_York",
-        ]),
-        ("0 * * * *", "America/New_York", "2026-11-01T04:30:00Z", "3", &[
-            "2026-11-01T05:00:00Z  2026-11-01 01:00:00 -04:00 America/New_York",
-            "2026-11-01T06:00:00Z  2026-11-01 01:00:00 -05:00 America/New_York",
-            "2026-11-01T07:00:00Z  2026-11-01 02:00:00 -05:00 America/New_York",
-        ]),
-        ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", "2", &[
-            "2026-03-29T01:00:00Z  2026-03-29 03:00:00 +02:00 Europe/Berlin  (for 02:30)",
-            "2026-03-30T00:30:00Z  2026-03-30 02:30:00 +02:00 Europe/Berlin",
-        ]),
-        ("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", "2", &[
-            "2026-10-25T00:30:00Z  2026-10-25 02:30:00 +02:00 Europe/Berlin",
-            "2026-10-26T01:30:00Z  2026-10-26 02:30:00 +01:00 Europe/Berlin",
-        ]),
-        ("*/30 * * * *", "Europe/Berlin", "2026-03-29T00:15:00Z", "3", &[
-            "2026-03-29T00:30:00Z  2026-03-29 01:30:00 +01:00 Europe/Berlin",
-            "2026-03-29T01:00:00Z  2026-03-29 03:00:00 +02:00 Europe/Berlin",
-            "2026-03-29T01:30:00Z  2026-03-29 03:30:00 +02:00 Europe/Berlin",
-        ]),
+        (
+            "0,30 2 * * *",
+            "America/New_York",
+            "2026-03-08T05:00:00Z",
+            "3",
+            &[
+                "2026-03-08T07:00:00Z  2026-03-08 03:00:00 -04:00 America/New_York  (for 02:00)",
+                "2026-03-08T07:00:00Z  2026-03-08 03:00:00 -04:00 America/New_York  (for 02:30)",
+                "2026-03-09T06:00:00Z  2026-03-09 02:00:00 -04:00 America/New_York",
+            ],
+        ),
+        (
+            "30 1 * * *",
+            "America/New_York",
+            "2026-10-31T12:00:00Z",
+            "2",
+            &[
+                "2026-11-01T05:30:00Z  2026-11-01 01:30:00 -04:00 America/New_York",
+                "2026-11-02T06:30:00Z  2026-11-02 01:30:00 -05:00 America/New_York",
+            ],
+        ),
+        (
+            "0 * * * *",
+            "America/New_York",
+            "2026-11-01T04:30:00Z",
+            "3",
+            &[
+                "2026-11-01T05:00:00Z  2026-11-01 01:00:00 -04:00 America/New_York",
+                "2026-11-01T06:00:00Z  2026-11-01 01:00:00 -05:00 America/New_York",
+                "2026-11-01T07:00:00Z  2026-11-01 02:00:00 -05:00 America/New_York",
+            ],
+        ),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2026-03-28T12:00:00Z",
+            "2",
+            &[
+                "2026-03-29T01:00:00Z  2026-03-29 03:00:00 +02:00 Europe/Berlin  (for 02:30)",
+                "2026-03-30T00:30:00Z  2026-03-30 02:30:00 +02:00 Europe/Berlin",
+            ],
+        ),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2026-10-24T12:00:00Z",
+            "2",
+            &[
+                "2026-10-25T00:30:00Z  2026-10-25 02:30:00 +02:00 Europe/Berlin",
+                "2026-10-26T01:30:00Z  2026-10-26 02:30:00 +01:00 Europe/Berlin",
+            ],
+        ),
+        (
+            "*/30 * * * *",
+            "Europe/Berlin",
+            "2026-03-29T00:15:00Z",
+            "3",
+            &[
+                "2026-03-29T00:30:00Z  2026-03-29 01:30:00 +01:00 Europe/Berlin",
+                "2026-03-29T01:00:00Z  2026-03-29 03:00:00 +02:00 Europe/Berlin",
+                "2026-03-29T01:30:00Z  2026-03-29 03:30:00 +02:00 Europe/Berlin",
+            ],
+        ),
     ];
     let dir = tempfile::tempdir().expect("tmp");
     for (cron, tz, from, n, want) in cases {
         let file = dir.path().join("w.yaml");
         std::fs::write(&file, format!("on:\n  schedule:\n    - cron: \"{cron}\"\n      timezone: {tz}\nsteps:\n  - id: a\n    sleep: 1s\n")).expect("write");
         let out = runner()
-            .args(["next", file.to_str().expect("utf8"), "-n", n, "--from", from])
+            .args([
+                "next",
+                file.to_str().expect("utf8"),
+                "-n",
+                n,
+                "--from",
+                from,
+            ])
             .assert()
             .code(0)
             .get_output()
@@ -316,15 +461,65 @@ mod no_panic {
     use runner::workflow;
 
     const KEYS: &[&str] = &[
-        "name", "on", "schedule", "cron", "timezone", "input", "webhook", "inputs", "type", "default",
-        "required", "secrets", "concurrency", "overlap", "defaults", "retry", "limit", "steps", "id",
-        "if", "http", "url", "method", "headers", "body", "approval", "to", "subject", "sleep",
-        "sleep_until", "email", "timeout", "on_failure", "zz", "",
+        "name",
+        "on",
+        "schedule",
+        "cron",
+        "timezone",
+        "input",
+        "webhook",
+        "inputs",
+        "type",
+        "default",
+        "required",
+        "secrets",
+        "concurrency",
+        "overlap",
+        "defaults",
+        "retry",
+        "limit",
+        "steps",
+        "id",
+        "if",
+        "http",
+        "url",
+        "method",
+        "headers",
+        "body",
+        "approval",
+        "to",
+        "subject",
+        "sleep",
+        "sleep_until",
+        "email",
+        "timeout",
+        "on_failure",
+        "zz",
+        "",
     ];
     const SCALARS: &[&str] = &[
-        "https://example.com/{{ input.x }}", "{{ steps['a-b'].body.c }}", "{{ steps.a-b }}", "{% for %}",
-        "{{", "}}", "0 9 * * 1", "* * * * * *", "@daily", "CRON_TZ=Europe/Berlin 0 0 * * *", "Europe/Berln",
-        "1d12h", "3 days", "a@b.c", "“quoted”", "é✓", "POST", "skip", "string", "integer", "\u{0}", "{{ 'é' ~ input.é }}",
+        "https://example.com/{{ input.x }}",
+        "{{ steps['a-b'].body.c }}",
+        "{{ steps.a-b }}",
+        "{% for %}",
+        "{{",
+        "}}",
+        "0 9 * * 1",
+        "* * * * * *",
+        "@daily",
+        "CRON_TZ=Europe/Berlin 0 0 * * *",
+        "Europe/Berln",
+        "1d12h",
+        "3 days",
+        "a@b.c",
+        "“quoted”",
+        "é✓",
+        "POST",
+        "skip",
+        "string",
+        "integer",
+        "\u{0}",
+        "{{ 'é' ~ input.é }}",
     ];
 
     fn json_tree() -> impl Strategy<Value = serde_json::Value> {
@@ -338,9 +533,16 @@ mod no_panic {
         leaf.prop_recursive(5, 64, 8, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
-                prop::collection::vec((prop::sample::select(KEYS), inner), 0..6).prop_map(|entries| {
-                    serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-                }),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..6).prop_map(
+                    |entries| {
+                        serde_json::Value::Object(
+                            entries
+                                .into_iter()
+                                .map(|(k, v)| (k.to_string(), v))
+                                .collect(),
+                        )
+                    }
+                ),
             ]
         })
     }

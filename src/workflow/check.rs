@@ -5,10 +5,10 @@
 //! messages.
 
 use super::diagnostic::{Code, Diagnostic, did_you_mean};
+use super::duration;
 use super::model::*;
 use super::template::{self, Analysis};
 use super::yaml::{self, Key, Node, Pos, Value};
-use super::duration;
 use crate::cron::{CronError, CronSchedule};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -49,7 +49,16 @@ pub const EMAIL_KEYS: &[&str] = &["to", "subject", "body"];
 pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 pub const BACKOFFS: &[&str] = &["exponential", "fixed", "linear"];
 const ROOTS: &[&str] = &["input", "steps", "secrets", "run", "workflow", "failure"];
-const GLOBALS: &[&str] = &["range", "dict", "namespace", "debug", "loop", "true", "false", "none"];
+const GLOBALS: &[&str] = &[
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "loop",
+    "true",
+    "false",
+    "none",
+];
 
 /// Checks one file on its own. `path` is used in diagnostics; `name_from_path` is the file stem.
 pub fn check_file(path: &str, text: &str) -> Result<Workflow, Vec<Diagnostic>> {
@@ -61,7 +70,13 @@ pub fn check_file(path: &str, text: &str) -> Result<Workflow, Vec<Diagnostic>> {
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            c.error(e.pos, 1, Code::YamlSyntax, e.message, Some("fix the YAML syntax first; other checks run once the file parses".into()));
+            c.error(
+                e.pos,
+                1,
+                Code::YamlSyntax,
+                e.message,
+                Some("fix the YAML syntax first; other checks run once the file parses".into()),
+            );
             return Err(c.diags);
         }
     };
@@ -149,7 +164,10 @@ pub fn file_stem(path: &str) -> String {
 }
 
 /// Checks a run's input against `inputs`, filling defaults. Errors are sentences for users.
-pub fn resolve_input(wf: &Workflow, input: &serde_json::Value) -> Result<serde_json::Value, Vec<String>> {
+pub fn resolve_input(
+    wf: &Workflow,
+    input: &serde_json::Value,
+) -> Result<serde_json::Value, Vec<String>> {
     let mut errors = Vec::new();
     let empty = serde_json::Map::new();
     let given = match input {
@@ -206,7 +224,11 @@ pub fn resolve_input(wf: &Workflow, input: &serde_json::Value) -> Result<serde_j
 }
 
 fn article(word: &str) -> &'static str {
-    if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -222,7 +244,11 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 fn list(items: &[&str]) -> String {
-    items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct Checker<'s> {
@@ -238,10 +264,16 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| *v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| *v)
     }
     fn key(&self, name: &str) -> Option<&'n Key> {
-        self.entries.iter().find(|(k, _)| k.name == name).map(|(k, _)| *k)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(k, _)| *k)
     }
 }
 
@@ -259,7 +291,14 @@ struct Scope<'a> {
 }
 
 impl<'s> Checker<'s> {
-    fn error(&mut self, pos: Pos, width: usize, code: Code, message: impl Into<String>, hint: Option<String>) {
+    fn error(
+        &mut self,
+        pos: Pos,
+        width: usize,
+        code: Code,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.diags.push(Diagnostic {
             file: self.file.clone(),
             pos,
@@ -301,7 +340,13 @@ impl<'s> Checker<'s> {
     }
 
     /// Checks that `node` is a mapping with only `allowed` keys and all `required` keys.
-    fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str], required: &[&str]) -> Option<Fields<'n>> {
+    fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        allowed: &[&str],
+        required: &[&str],
+    ) -> Option<Fields<'n>> {
         let Value::Map(entries) = &node.value else {
             if matches!(node.value, Value::Null) && required.is_empty() {
                 return Some(Fields { entries: vec![] });
@@ -313,7 +358,13 @@ impl<'s> Checker<'s> {
         let mut out = Vec::new();
         for (k, v) in entries {
             if !seen.insert(k.name.as_str()) {
-                self.error(k.pos, k.name.chars().count(), Code::UnknownKey, format!("key `{}` appears twice in `{what}`", k.name), Some("remove one of them".into()));
+                self.error(
+                    k.pos,
+                    k.name.chars().count(),
+                    Code::UnknownKey,
+                    format!("key `{}` appears twice in `{what}`", k.name),
+                    Some("remove one of them".into()),
+                );
                 continue;
             }
             if allowed.contains(&k.name.as_str()) {
@@ -323,14 +374,21 @@ impl<'s> Checker<'s> {
                     Some(m) => format!("did you mean `{m}`?"),
                     None => format!("allowed keys: {}", list(allowed)),
                 };
-                self.error(k.pos, k.name.chars().count(), Code::UnknownKey, format!("unknown key `{}` in `{what}`", k.name), Some(hint));
+                self.error(
+                    k.pos,
+                    k.name.chars().count(),
+                    Code::UnknownKey,
+                    format!("unknown key `{}` in `{what}`", k.name),
+                    Some(hint),
+                );
             }
         }
         for r in required {
             // `step:` written for `steps:` is reported once, as the misspelling.
-            let misspelt = entries
-                .iter()
-                .any(|(k, _)| !allowed.contains(&k.name.as_str()) && did_you_mean(&k.name, allowed.iter().copied()) == Some(*r));
+            let misspelt = entries.iter().any(|(k, _)| {
+                !allowed.contains(&k.name.as_str())
+                    && did_you_mean(&k.name, allowed.iter().copied()) == Some(*r)
+            });
             if !misspelt && !entries.iter().any(|(k, _)| k.name == *r) {
                 self.error(
                     node.pos,
@@ -357,7 +415,13 @@ impl<'s> Checker<'s> {
     fn nonempty_string<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
         let s = self.string(node, what)?;
         if s.trim().is_empty() {
-            self.error(node.pos, 1, Code::EmptyValue, format!("`{what}` is empty"), None);
+            self.error(
+                node.pos,
+                1,
+                Code::EmptyValue,
+                format!("`{what}` is empty"),
+                None,
+            );
             return None;
         }
         Some(s)
@@ -378,7 +442,13 @@ impl<'s> Checker<'s> {
             Value::Str(s) => s.clone(),
             Value::Int(_) => {
                 let w = self.width(node);
-                self.error(node.pos, w, Code::InvalidDuration, format!("`{what}` needs a unit"), Some("write durations like `30s`, `15m`, `2h`, `3d` or `1d12h`".into()));
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidDuration,
+                    format!("`{what}` needs a unit"),
+                    Some("write durations like `30s`, `15m`, `2h`, `3d` or `1d12h`".into()),
+                );
                 return None;
             }
             _ => {
@@ -390,7 +460,13 @@ impl<'s> Checker<'s> {
             Ok(d) => Some(d),
             Err(message) => {
                 let w = self.width(node);
-                self.error(node.pos, w, Code::InvalidDuration, message, Some("write durations like `30s`, `15m`, `2h`, `3d` or `1d12h`".into()));
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidDuration,
+                    message,
+                    Some("write durations like `30s`, `15m`, `2h`, `3d` or `1d12h`".into()),
+                );
                 None
             }
         }
@@ -406,18 +482,39 @@ impl<'s> Checker<'s> {
             None => format!("use one of {}", list(options)),
         };
         let w = self.width(node);
-        self.error(node.pos, w, Code::InvalidValue, format!("`{s}` is not a valid `{what}`"), Some(hint));
+        self.error(
+            node.pos,
+            w,
+            Code::InvalidValue,
+            format!("`{s}` is not a valid `{what}`"),
+            Some(hint),
+        );
         None
     }
 
     fn workflow(&mut self, root: &Node, stem: &str) -> Option<Workflow> {
         if matches!(root.value, Value::Null) {
-            self.error(Pos::START, 1, Code::NotAMapping, "the file is empty", Some("a workflow needs at least `steps:`".into()));
+            self.error(
+                Pos::START,
+                1,
+                Code::NotAMapping,
+                "the file is empty",
+                Some("a workflow needs at least `steps:`".into()),
+            );
             return None;
         }
         if !matches!(root.value, Value::Map(_)) {
             let w = self.width(root);
-            self.error(root.pos, w, Code::NotAMapping, format!("a workflow file must be a mapping, not {}", root.value.kind()), Some("start with `name:` and `steps:` keys".into()));
+            self.error(
+                root.pos,
+                w,
+                Code::NotAMapping,
+                format!(
+                    "a workflow file must be a mapping, not {}",
+                    root.value.kind()
+                ),
+                Some("start with `name:` and `steps:` keys".into()),
+            );
             return None;
         }
         let f = self.fields(root, "workflow", TOP_KEYS, &["steps"])?;
@@ -428,20 +525,34 @@ impl<'s> Checker<'s> {
                 if valid_name(stem) {
                     Some(stem.to_string())
                 } else {
-                    self.error(Pos::START, 1, Code::InvalidName, format!("the file name `{stem}` is not a valid workflow name"), Some("add a `name:` made of letters, digits, `-`, `_` and `.`".into()));
+                    self.error(
+                        Pos::START,
+                        1,
+                        Code::InvalidName,
+                        format!("the file name `{stem}` is not a valid workflow name"),
+                        Some("add a `name:` made of letters, digits, `-`, `_` and `.`".into()),
+                    );
                     None
                 }
             }
         };
-        let description = f.get("description").and_then(|n| self.string(n, "description").map(str::to_string));
+        let description = f
+            .get("description")
+            .and_then(|n| self.string(n, "description").map(str::to_string));
         let inputs = f.get("inputs").map(|n| self.inputs(n)).unwrap_or_default();
         let input_names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
-        let secrets = f.get("secrets").map(|n| self.secrets(n)).unwrap_or_default();
+        let secrets = f
+            .get("secrets")
+            .map(|n| self.secrets(n))
+            .unwrap_or_default();
         let (schedules, webhook) = match f.get("on") {
             Some(n) => self.triggers(n, &inputs),
             None => (Vec::new(), false),
         };
-        let concurrency = f.get("concurrency").map(|n| self.concurrency(n)).unwrap_or_default();
+        let concurrency = f
+            .get("concurrency")
+            .map(|n| self.concurrency(n))
+            .unwrap_or_default();
         let (default_timeout, default_retry) = match f.get("defaults") {
             Some(n) => self.defaults(n),
             None => (DEFAULT_TIMEOUT, Retry::default()),
@@ -452,7 +563,13 @@ impl<'s> Checker<'s> {
             Some(n) => match &n.value {
                 Value::Seq(items) if !items.is_empty() => items.iter().collect(),
                 Value::Seq(_) => {
-                    self.error(n.pos, 1, Code::EmptyValue, "`steps` is empty", Some("a workflow needs at least one step".into()));
+                    self.error(
+                        n.pos,
+                        1,
+                        Code::EmptyValue,
+                        "`steps` is empty",
+                        Some("a workflow needs at least one step".into()),
+                    );
                     Vec::new()
                 }
                 _ => {
@@ -462,10 +579,8 @@ impl<'s> Checker<'s> {
             },
             None => Vec::new(),
         };
-        let all: Vec<(String, &'static str)> = step_nodes
-            .iter()
-            .filter_map(|n| step_identity(n))
-            .collect();
+        let all: Vec<(String, &'static str)> =
+            step_nodes.iter().filter_map(|n| step_identity(n)).collect();
         let mut seen_ids: BTreeMap<String, Pos> = BTreeMap::new();
         let mut steps = Vec::new();
         let mut before: Vec<(String, &'static str)> = Vec::new();
@@ -478,7 +593,14 @@ impl<'s> Checker<'s> {
                 current: None,
                 in_hook: false,
             };
-            let step = self.step(node, &scope, &default_timeout, &default_retry, None, &mut seen_ids);
+            let step = self.step(
+                node,
+                &scope,
+                &default_timeout,
+                &default_retry,
+                None,
+                &mut seen_ids,
+            );
             if let Some(identity) = step_identity(node) {
                 before.push(identity);
             }
@@ -501,7 +623,14 @@ impl<'s> Checker<'s> {
                             in_hook: true,
                         };
                         let default_id = format!("on_failure-{}", i + 1);
-                        if let Some(step) = self.step(item, &scope, &default_timeout, &default_retry, Some(default_id), &mut seen_ids) {
+                        if let Some(step) = self.step(
+                            item,
+                            &scope,
+                            &default_timeout,
+                            &default_retry,
+                            Some(default_id),
+                            &mut seen_ids,
+                        ) {
                             on_failure.push(step);
                         }
                     }
@@ -548,16 +677,38 @@ impl<'s> Checker<'s> {
                 continue;
             }
             let what = format!("inputs.{}", key.name);
-            let Some(f) = self.fields(spec, &what, INPUT_KEYS, &["type"]) else { continue };
-            let ty = f.get("type").and_then(|n| self.one_of(n, "type", &InputType::NAMES)).and_then(InputType::parse);
-            let required = f.get("required").and_then(|n| self.boolean(n, "required")).unwrap_or(false);
-            let description = f.get("description").and_then(|n| self.string(n, "description").map(str::to_string));
+            let Some(f) = self.fields(spec, &what, INPUT_KEYS, &["type"]) else {
+                continue;
+            };
+            let ty = f
+                .get("type")
+                .and_then(|n| self.one_of(n, "type", &InputType::NAMES))
+                .and_then(InputType::parse);
+            let required = f
+                .get("required")
+                .and_then(|n| self.boolean(n, "required"))
+                .unwrap_or(false);
+            let description = f
+                .get("description")
+                .and_then(|n| self.string(n, "description").map(str::to_string));
             let default = f.get("default").map(Node::to_json);
             if let (Some(ty), Some(d), Some(n)) = (ty, &default, f.get("default"))
                 && !ty.accepts(d)
             {
                 let w = self.width(n);
-                self.error(n.pos, w, Code::WrongType, format!("the default of input `{}` must be {} {}, not {}", key.name, article(ty.name()), ty.name(), n.value.kind()), None);
+                self.error(
+                    n.pos,
+                    w,
+                    Code::WrongType,
+                    format!(
+                        "the default of input `{}` must be {} {}, not {}",
+                        key.name,
+                        article(ty.name()),
+                        ty.name(),
+                        n.value.kind()
+                    ),
+                    None,
+                );
             }
             if let Some(ty) = ty {
                 out.push(InputSpec {
@@ -579,13 +730,27 @@ impl<'s> Checker<'s> {
         };
         let mut out: Vec<String> = Vec::new();
         for item in items {
-            let Some(s) = self.string(item, "secrets[]") else { continue };
+            let Some(s) = self.string(item, "secrets[]") else {
+                continue;
+            };
             if !valid_identifier(s) {
                 let w = self.width(item);
-                self.error(item.pos, w, Code::InvalidName, format!("`{s}` is not a valid secret name"), Some("secrets are environment variable names such as `APP_TOKEN`".into()));
+                self.error(
+                    item.pos,
+                    w,
+                    Code::InvalidName,
+                    format!("`{s}` is not a valid secret name"),
+                    Some("secrets are environment variable names such as `APP_TOKEN`".into()),
+                );
             } else if out.iter().any(|o| o == s) {
                 let w = self.width(item);
-                self.error(item.pos, w, Code::InvalidValue, format!("secret `{s}` is listed twice"), None);
+                self.error(
+                    item.pos,
+                    w,
+                    Code::InvalidValue,
+                    format!("secret `{s}` is listed twice"),
+                    None,
+                );
             } else {
                 out.push(s.to_string());
             }
@@ -597,7 +762,10 @@ impl<'s> Checker<'s> {
         let Some(f) = self.fields(node, "on", ON_KEYS, &[]) else {
             return (Vec::new(), false);
         };
-        let webhook = f.get("webhook").and_then(|n| self.boolean(n, "webhook")).unwrap_or(false);
+        let webhook = f
+            .get("webhook")
+            .and_then(|n| self.boolean(n, "webhook"))
+            .unwrap_or(false);
         let mut schedules = Vec::new();
         if let Some(n) = f.get("schedule") {
             match &n.value {
@@ -643,15 +811,41 @@ impl<'s> Checker<'s> {
                 };
                 if let Err(errors) = resolve_input(&probe, &v) {
                     for e in errors {
-                        self.error(n.pos, 1, Code::InvalidInput, format!("this schedule's input does not match `inputs`: {e}"), None);
+                        self.error(
+                            n.pos,
+                            1,
+                            Code::InvalidInput,
+                            format!("this schedule's input does not match `inputs`: {e}"),
+                            None,
+                        );
                     }
                 }
                 v
             }
             None => {
-                let missing: Vec<&str> = inputs.iter().filter(|i| i.required && i.default.is_none()).map(|i| i.name.as_str()).collect();
+                let missing: Vec<&str> = inputs
+                    .iter()
+                    .filter(|i| i.required && i.default.is_none())
+                    .map(|i| i.name.as_str())
+                    .collect();
                 if !missing.is_empty() {
-                    self.error(node.pos, 1, Code::InvalidInput, format!("this schedule gives no input, but {} required", if missing.len() == 1 { format!("input {} is", list(&missing)) } else { format!("inputs {} are", list(&missing)) }), Some("add `input: { … }` to the schedule, or give the input a `default`".into()));
+                    self.error(
+                        node.pos,
+                        1,
+                        Code::InvalidInput,
+                        format!(
+                            "this schedule gives no input, but {} required",
+                            if missing.len() == 1 {
+                                format!("input {} is", list(&missing))
+                            } else {
+                                format!("inputs {} are", list(&missing))
+                            }
+                        ),
+                        Some(
+                            "add `input: { … }` to the schedule, or give the input a `default`"
+                                .into(),
+                        ),
+                    );
                 }
                 serde_json::json!({})
             }
@@ -685,8 +879,14 @@ impl<'s> Checker<'s> {
             return Concurrency::default();
         };
         Concurrency {
-            overlap: f.get("overlap").and_then(|n| self.one_of(n, "overlap", &Overlap::NAMES)).and_then(Overlap::parse).unwrap_or_default(),
-            catchup_window: f.get("catchup_window").and_then(|n| self.duration(n, "catchup_window")),
+            overlap: f
+                .get("overlap")
+                .and_then(|n| self.one_of(n, "overlap", &Overlap::NAMES))
+                .and_then(Overlap::parse)
+                .unwrap_or_default(),
+            catchup_window: f
+                .get("catchup_window")
+                .and_then(|n| self.duration(n, "catchup_window")),
             jitter: f.get("jitter").and_then(|n| self.duration(n, "jitter")),
         }
     }
@@ -695,7 +895,10 @@ impl<'s> Checker<'s> {
         let Some(f) = self.fields(node, "defaults", DEFAULTS_KEYS, &[]) else {
             return (DEFAULT_TIMEOUT, Retry::default());
         };
-        let timeout = f.get("timeout").and_then(|n| self.positive_duration(n, "timeout")).unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = f
+            .get("timeout")
+            .and_then(|n| self.positive_duration(n, "timeout"))
+            .unwrap_or(DEFAULT_TIMEOUT);
         let retry = match f.get("retry") {
             Some(n) => self.retry(n, &Retry::default()),
             None => Retry::default(),
@@ -707,7 +910,13 @@ impl<'s> Checker<'s> {
         let d = self.duration(node, what)?;
         if d.is_zero() {
             let w = self.width(node);
-            self.error(node.pos, w, Code::InvalidDuration, format!("`{what}` must be longer than zero"), None);
+            self.error(
+                node.pos,
+                w,
+                Code::InvalidDuration,
+                format!("`{what}` must be longer than zero"),
+                None,
+            );
             return None;
         }
         Some(d)
@@ -720,10 +929,18 @@ impl<'s> Checker<'s> {
         };
         if let Some(n) = f.get("limit") {
             match n.value {
-                Value::Int(i) if (0..=100).contains(&i) => r.limit = u32::try_from(i).expect("0..=100 fits u32"),
+                Value::Int(i) if (0..=100).contains(&i) => {
+                    r.limit = u32::try_from(i).expect("0..=100 fits u32")
+                }
                 Value::Int(_) => {
                     let w = self.width(n);
-                    self.error(n.pos, w, Code::InvalidValue, "`limit` must be between 0 and 100", None);
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidValue,
+                        "`limit` must be between 0 and 100",
+                        None,
+                    );
                 }
                 _ => self.wrong_type(n, "limit", "an integer"),
             }
@@ -764,13 +981,28 @@ impl<'s> Checker<'s> {
                 let s = self.nonempty_string(n, "id")?;
                 if !valid_step_id(s) {
                     let w = self.width(n);
-                    self.error(n.pos, w, Code::InvalidStepId, format!("`{s}` is not a valid step id"), Some("use letters, digits, `_` and `-`, starting with a letter or `_`".into()));
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidStepId,
+                        format!("`{s}` is not a valid step id"),
+                        Some(
+                            "use letters, digits, `_` and `-`, starting with a letter or `_`"
+                                .into(),
+                        ),
+                    );
                     return None;
                 }
                 if let Some(first) = seen_ids.get(s) {
                     let w = self.width(n);
                     let line = first.line;
-                    self.error(n.pos, w, Code::DuplicateStepId, format!("step id `{s}` is already used on line {line}"), Some("step ids must be unique in a workflow".into()));
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::DuplicateStepId,
+                        format!("step id `{s}` is already used on line {line}"),
+                        Some("step ids must be unique in a workflow".into()),
+                    );
                     return None;
                 }
                 seen_ids.insert(s.to_string(), n.pos);
@@ -792,25 +1024,58 @@ impl<'s> Checker<'s> {
         let (kind_key, kind_node) = match kinds.as_slice() {
             [one] => *one,
             [] => {
-                self.error(node.pos, 1, Code::StepKind, format!("{what} `{id}` does not say what to do"), Some(format!("add one of {}", list(allowed_kinds))));
+                self.error(
+                    node.pos,
+                    1,
+                    Code::StepKind,
+                    format!("{what} `{id}` does not say what to do"),
+                    Some(format!("add one of {}", list(allowed_kinds))),
+                );
                 return None;
             }
             [_, second, ..] => {
-                self.error(second.0.pos, second.0.name.chars().count(), Code::StepKind, format!("{what} `{id}` has more than one kind: {}", list(&kinds.iter().map(|(k, _)| k.name.as_str()).collect::<Vec<_>>())), Some("a step does one thing; split it into several steps".into()));
+                self.error(
+                    second.0.pos,
+                    second.0.name.chars().count(),
+                    Code::StepKind,
+                    format!(
+                        "{what} `{id}` has more than one kind: {}",
+                        list(
+                            &kinds
+                                .iter()
+                                .map(|(k, _)| k.name.as_str())
+                                .collect::<Vec<_>>()
+                        )
+                    ),
+                    Some("a step does one thing; split it into several steps".into()),
+                );
                 return None;
             }
         };
         if !allowed_kinds.contains(&kind_key.name.as_str()) {
-            self.error(kind_key.pos, kind_key.name.chars().count(), Code::StepKind, format!("`{}` cannot be used in `on_failure`", kind_key.name), Some("on_failure hooks can be `http` or `email`".into()));
+            self.error(
+                kind_key.pos,
+                kind_key.name.chars().count(),
+                Code::StepKind,
+                format!("`{}` cannot be used in `on_failure`", kind_key.name),
+                Some("on_failure hooks can be `http` or `email`".into()),
+            );
             return None;
         }
         let condition = f.get("if").and_then(|n| {
             let s = self.nonempty_string(n, "if")?;
-            let text = if template::is_template(s) { s.to_string() } else { format!("{{{{ {s} }}}}") };
+            let text = if template::is_template(s) {
+                s.to_string()
+            } else {
+                format!("{{{{ {s} }}}}")
+            };
             self.template(n, s, &scope);
             Some(Template(text))
         });
-        let timeout = f.get("timeout").and_then(|n| self.positive_duration(n, "timeout")).unwrap_or(*default_timeout);
+        let timeout = f
+            .get("timeout")
+            .and_then(|n| self.positive_duration(n, "timeout"))
+            .unwrap_or(*default_timeout);
         let retry = match f.get("retry") {
             Some(n) => self.retry(n, default_retry),
             None => default_retry.clone(),
@@ -861,7 +1126,13 @@ impl<'s> Checker<'s> {
                         }
                     };
                     let w = self.width(n);
-                    self.error(n.pos, w, Code::InvalidMethod, format!("`{s}` is not an HTTP method"), Some(hint));
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidMethod,
+                        format!("`{s}` is not an HTTP method"),
+                        Some(hint),
+                    );
                     None
                 }
             }
@@ -872,8 +1143,18 @@ impl<'s> Checker<'s> {
             match &n.value {
                 Value::Map(entries) => {
                     for (k, v) in entries {
-                        if k.name.is_empty() || !k.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
-                            self.error(k.pos, k.name.chars().count(), Code::InvalidValue, format!("`{}` is not a valid header name", k.name), None);
+                        if k.name.is_empty()
+                            || !k.name.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                            })
+                        {
+                            self.error(
+                                k.pos,
+                                k.name.chars().count(),
+                                Code::InvalidValue,
+                                format!("`{}` is not a valid header name", k.name),
+                                None,
+                            );
                             continue;
                         }
                         let text = match &v.value {
@@ -909,24 +1190,53 @@ impl<'s> Checker<'s> {
         if template::is_template(s) {
             self.template(node, s, scope);
             let starts_with_template = s.trim_start().starts_with("{{");
-            if !starts_with_template && !(s.starts_with("http://") || s.starts_with("https://")) {
+            if !(starts_with_template || s.starts_with("http://") || s.starts_with("https://")) {
                 let w = self.width(node);
-                self.error(node.pos, w, Code::InvalidUrl, format!("`{s}` does not start with `http://` or `https://`"), None);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidUrl,
+                    format!("`{s}` does not start with `http://` or `https://`"),
+                    None,
+                );
                 return None;
             }
             return Some(Template(s.to_string()));
         }
         match url::Url::parse(s) {
-            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some_and(|h| !h.is_empty()) => Some(Template(s.to_string())),
+            Ok(u)
+                if (u.scheme() == "http" || u.scheme() == "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty()) =>
+            {
+                Some(Template(s.to_string()))
+            }
             Ok(u) => {
                 let w = self.width(node);
-                self.error(node.pos, w, Code::InvalidUrl, format!("`{s}` uses `{}:`; steps call `http://` or `https://` URLs", u.scheme()), None);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidUrl,
+                    format!(
+                        "`{s}` uses `{}:`; steps call `http://` or `https://` URLs",
+                        u.scheme()
+                    ),
+                    None,
+                );
                 None
             }
             Err(e) => {
                 let w = self.width(node);
-                let hint = if !s.contains("://") { Some(format!("did you mean `https://{s}`?")) } else { None };
-                self.error(node.pos, w, Code::InvalidUrl, format!("`{s}` is not a valid URL: {e}"), hint);
+                let hint = (!s.contains("://")
+                    && url::Url::parse(&format!("https://{s}"))
+                        .is_ok_and(|u| u.host_str().is_some_and(|h| h.contains('.'))))
+                .then(|| format!("did you mean `https://{s}`?"));
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidUrl,
+                    format!("`{s}` is not a valid URL: {e}"),
+                    hint,
+                );
                 None
             }
         }
@@ -936,7 +1246,13 @@ impl<'s> Checker<'s> {
         let items: Vec<&Node> = match &node.value {
             Value::Seq(items) if !items.is_empty() => items.iter().collect(),
             Value::Seq(_) => {
-                self.error(node.pos, 1, Code::EmptyValue, "`to` has no recipients", None);
+                self.error(
+                    node.pos,
+                    1,
+                    Code::EmptyValue,
+                    "`to` has no recipients",
+                    None,
+                );
                 return None;
             }
             Value::Str(_) => vec![node],
@@ -956,7 +1272,13 @@ impl<'s> Checker<'s> {
                 self.template(item, s, scope);
             } else if let Err(why) = check_address(s) {
                 let w = self.width(item);
-                self.error(item.pos, w, Code::InvalidEmail, format!("`{s}` is not a valid e-mail address: {why}"), Some("write `name@example.com` or `Name <name@example.com>`".into()));
+                self.error(
+                    item.pos,
+                    w,
+                    Code::InvalidEmail,
+                    format!("`{s}` is not a valid e-mail address: {why}"),
+                    Some("write `name@example.com` or `Name <name@example.com>`".into()),
+                );
                 ok = false;
                 continue;
             }
@@ -1019,15 +1341,21 @@ impl<'s> Checker<'s> {
         match &node.value {
             Value::Str(s) => self.template(node, s, scope),
             Value::Seq(items) => items.iter().for_each(|n| self.templates_in(n, scope)),
-            Value::Map(entries) => entries.iter().for_each(|(_, n)| self.templates_in(n, scope)),
+            Value::Map(entries) => entries
+                .iter()
+                .for_each(|(_, n)| self.templates_in(n, scope)),
             _ => {}
         }
     }
 
     /// Where byte `offset` of the string value of `node` is in the file.
     fn locate(&self, node: &Node, text: &str, offset: usize, fragment: &str) -> Pos {
-        let Some(base) = node.pos.offset else { return node.pos };
-        let Some(rest) = self.source.get(base..) else { return node.pos };
+        let Some(base) = node.pos.offset else {
+            return node.pos;
+        };
+        let Some(rest) = self.source.get(base..) else {
+            return node.pos;
+        };
         let skip = usize::from(rest.starts_with(['"', '\'']));
         let prefix = text.get(..offset).unwrap_or("");
         if rest[skip..].starts_with(prefix) {
@@ -1051,11 +1379,22 @@ impl<'s> Checker<'s> {
                 let end = (e.offset + e.len).min(text.len());
                 let fragment = text.get(e.offset..end).unwrap_or("");
                 let pos = self.locate(node, text, e.offset, fragment);
-                self.error(pos, e.len.min(40), Code::TemplateSyntax, format!("template syntax error: {}", e.message), Some("templates use `{{ expression }}`; see the minijinja syntax".into()));
+                self.error(
+                    pos,
+                    e.len.min(40),
+                    Code::TemplateSyntax,
+                    format!("template syntax error: {}", e.message),
+                    Some("templates use `{{ expression }}`; see the minijinja syntax".into()),
+                );
                 return;
             }
         };
-        let hyphen_ids: Vec<&str> = scope.all.iter().map(|(id, _)| id.as_str()).filter(|id| id.contains('-')).collect();
+        let hyphen_ids: Vec<&str> = scope
+            .all
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| id.contains('-'))
+            .collect();
         let mut had_hyphen = false;
         for r in &analysis.references {
             let fragment = text.get(r.offset..r.offset + r.len).unwrap_or("");
@@ -1068,7 +1407,19 @@ impl<'s> Checker<'s> {
                 let joined = format!("{}{}", first.name, minus);
                 if let Some(id) = hyphen_ids.iter().find(|id| joined.starts_with(**id)) {
                     had_hyphen = true;
-                    self.error(pos, r.len + minus.len(), Code::HyphenatedStepId, format!("`steps.{joined}` is read as `steps.{}` minus `{}`", first.name, &minus[1..]), Some(format!("a step id with a hyphen is reached as `steps['{id}']`")));
+                    self.error(
+                        pos,
+                        r.len + minus.len(),
+                        Code::HyphenatedStepId,
+                        format!(
+                            "`steps.{joined}` is read as `steps.{}` minus `{}`",
+                            first.name,
+                            &minus[1..]
+                        ),
+                        Some(format!(
+                            "a step id with a hyphen is reached as `steps['{id}']`"
+                        )),
+                    );
                     continue;
                 }
             }
@@ -1079,9 +1430,16 @@ impl<'s> Checker<'s> {
             self.reference(r, pos, scope, had_hyphen);
         }
         if !had_hyphen {
-            let referenced: HashSet<&str> = analysis.references.iter().map(|r| r.root.as_str()).collect();
+            let referenced: HashSet<&str> = analysis
+                .references
+                .iter()
+                .map(|r| r.root.as_str())
+                .collect();
             for free in &analysis.free {
-                if !ROOTS.contains(&free.as_str()) && !GLOBALS.contains(&free.as_str()) && !referenced.contains(free.as_str()) {
+                if !ROOTS.contains(&free.as_str())
+                    && !GLOBALS.contains(&free.as_str())
+                    && !referenced.contains(free.as_str())
+                {
                     let pos = self.locate(node, text, text.find(free.as_str()).unwrap_or(0), free);
                     self.unknown_root(free, pos, free.len());
                 }
@@ -1094,40 +1452,65 @@ impl<'s> Checker<'s> {
             Some(m) => format!("did you mean `{m}`?"),
             None => format!("templates can read {}", list(ROOTS)),
         };
-        self.error(pos, width, Code::UnknownVariable, format!("`{root}` is not defined in templates"), Some(hint));
+        self.error(
+            pos,
+            width,
+            Code::UnknownVariable,
+            format!("`{root}` is not defined in templates"),
+            Some(hint),
+        );
     }
 
     fn reference(&mut self, r: &template::Reference, pos: Pos, scope: &Scope, had_hyphen: bool) {
         let first = r.path.first();
-        let seg_pos = |this: &Self, seg: &template::Segment| Pos {
-            col: pos.col + u32::try_from(seg.offset - r.offset).unwrap_or(0),
-            offset: pos.offset.map(|o| o + seg.offset - r.offset),
-            ..pos
-        }
-        .clamp_to(this.source);
+        let seg_pos = |this: &Self, seg: &template::Segment| {
+            Pos {
+                col: pos.col + u32::try_from(seg.offset - r.offset).unwrap_or(0),
+                offset: pos.offset.map(|o| o + seg.offset - r.offset),
+                ..pos
+            }
+            .clamp_to(this.source)
+        };
         match r.root.as_str() {
             "input" => {
                 if let Some(seg) = first
-                    && !scope.inputs.iter().any(|i| *i == seg.name)
+                    && !scope.inputs.contains(&seg.name)
                 {
-                    let hint = match did_you_mean(&seg.name, scope.inputs.iter().map(String::as_str)) {
-                        Some(m) => format!("did you mean `input.{m}`?"),
-                        None => format!("declare it under `inputs:` as `{}: {{ type: string }}`", seg.name),
-                    };
+                    let hint =
+                        match did_you_mean(&seg.name, scope.inputs.iter().map(String::as_str)) {
+                            Some(m) => format!("did you mean `input.{m}`?"),
+                            None => format!(
+                                "declare it under `inputs:` as `{}: {{ type: string }}`",
+                                seg.name
+                            ),
+                        };
                     let p = seg_pos(self, seg);
-                    self.error(p, seg.name.len(), Code::UndeclaredInput, format!("input `{}` is not declared", seg.name), Some(hint));
+                    self.error(
+                        p,
+                        seg.name.len(),
+                        Code::UndeclaredInput,
+                        format!("input `{}` is not declared", seg.name),
+                        Some(hint),
+                    );
                 }
             }
             "secrets" => {
                 if let Some(seg) = first
-                    && !scope.secrets.iter().any(|s| *s == seg.name)
+                    && !scope.secrets.contains(&seg.name)
                 {
-                    let hint = match did_you_mean(&seg.name, scope.secrets.iter().map(String::as_str)) {
-                        Some(m) => format!("did you mean `secrets.{m}`?"),
-                        None => format!("add `{}` to the workflow's `secrets:` list", seg.name),
-                    };
+                    let hint =
+                        match did_you_mean(&seg.name, scope.secrets.iter().map(String::as_str)) {
+                            Some(m) => format!("did you mean `secrets.{m}`?"),
+                            None => format!("add `{}` to the workflow's `secrets:` list", seg.name),
+                        };
                     let p = seg_pos(self, seg);
-                    self.error(p, seg.name.len(), Code::UndeclaredSecret, format!("secret `{}` is not declared", seg.name), Some(hint));
+                    self.error(
+                        p,
+                        seg.name.len(),
+                        Code::UndeclaredSecret,
+                        format!("secret `{}` is not declared", seg.name),
+                        Some(hint),
+                    );
                 }
             }
             "steps" => {
@@ -1138,16 +1521,40 @@ impl<'s> Checker<'s> {
                 let p = seg_pos(self, seg);
                 let Some((_, kind)) = scope.before.iter().find(|(id, _)| *id == seg.name) else {
                     if scope.current == Some(seg.name.as_str()) {
-                        self.error(p, seg.name.len(), Code::LaterStep, format!("step `{}` refers to its own result", seg.name), Some("a step can read only the steps before it".into()));
+                        self.error(
+                            p,
+                            seg.name.len(),
+                            Code::LaterStep,
+                            format!("step `{}` refers to its own result", seg.name),
+                            Some("a step can read only the steps before it".into()),
+                        );
                     } else if scope.all.iter().any(|(id, _)| *id == seg.name) {
                         self.error(p, seg.name.len(), Code::LaterStep, format!("step `{}` runs after this point, so its result is not available yet", seg.name), Some("a step can read only the steps before it; move this step after it".into()));
                     } else {
-                        let hint = match did_you_mean(&seg.name, scope.all.iter().map(|(id, _)| id.as_str())) {
+                        let hint = match did_you_mean(
+                            &seg.name,
+                            scope.all.iter().map(|(id, _)| id.as_str()),
+                        ) {
                             Some(m) if m.contains('-') => format!("did you mean `steps['{m}']`?"),
                             Some(m) => format!("did you mean `steps.{m}`?"),
-                            None => format!("steps before this point: {}", list(&scope.before.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())),
+                            None => format!(
+                                "steps before this point: {}",
+                                list(
+                                    &scope
+                                        .before
+                                        .iter()
+                                        .map(|(id, _)| id.as_str())
+                                        .collect::<Vec<_>>()
+                                )
+                            ),
                         };
-                        self.error(p, seg.name.len(), Code::UnknownStep, format!("there is no step `{}`", seg.name), Some(hint));
+                        self.error(
+                            p,
+                            seg.name.len(),
+                            Code::UnknownStep,
+                            format!("there is no step `{}`", seg.name),
+                            Some(hint),
+                        );
                     }
                     return;
                 };
@@ -1155,11 +1562,25 @@ impl<'s> Checker<'s> {
                     let fields = produced_fields(kind);
                     if !fields.contains(&field.name.as_str()) {
                         let hint = match did_you_mean(&field.name, fields.iter().copied()) {
-                            Some(m) => format!("did you mean `{m}`? {} {kind} step has {}", capitalize(article(kind)), list(fields)),
-                            None => format!("{} {kind} step has {}", capitalize(article(kind)), list(fields)),
+                            Some(m) => format!(
+                                "did you mean `{m}`? {} {kind} step has {}",
+                                capitalize(article(kind)),
+                                list(fields)
+                            ),
+                            None => format!(
+                                "{} {kind} step has {}",
+                                capitalize(article(kind)),
+                                list(fields)
+                            ),
                         };
                         let fp = seg_pos(self, field);
-                        self.error(fp, field.name.len(), Code::UnknownField, format!("step `{}` ({kind}) has no field `{}`", seg.name, field.name), Some(hint));
+                        self.error(
+                            fp,
+                            field.name.len(),
+                            Code::UnknownField,
+                            format!("step `{}` ({kind}) has no field `{}`", seg.name, field.name),
+                            Some(hint),
+                        );
                     }
                 }
             }
@@ -1170,7 +1591,13 @@ impl<'s> Checker<'s> {
                     _ => FAILURE_FIELDS,
                 };
                 if r.root == "failure" && !scope.in_hook {
-                    self.error(pos, r.root.len(), Code::UnknownVariable, "`failure` is only available in `on_failure` hooks", None);
+                    self.error(
+                        pos,
+                        r.root.len(),
+                        Code::UnknownVariable,
+                        "`failure` is only available in `on_failure` hooks",
+                        None,
+                    );
                     return;
                 }
                 if let Some(seg) = first
@@ -1181,7 +1608,13 @@ impl<'s> Checker<'s> {
                         None => format!("`{}` has {}", r.root, list(fields)),
                     };
                     let p = seg_pos(self, seg);
-                    self.error(p, seg.name.len(), Code::UnknownField, format!("`{}` has no field `{}`", r.root, seg.name), Some(hint));
+                    self.error(
+                        p,
+                        seg.name.len(),
+                        Code::UnknownField,
+                        format!("`{}` has no field `{}`", r.root, seg.name),
+                        Some(hint),
+                    );
                 }
             }
             other => {
@@ -1218,7 +1651,12 @@ impl ClampPos for Pos {
 /// The id and kind of a step node, if it has them (used before the step itself is checked).
 fn step_identity(node: &Node) -> Option<(String, &'static str)> {
     let entries = node.as_map()?;
-    let id = entries.iter().find(|(k, _)| k.name == "id")?.1.as_str()?.to_string();
+    let id = entries
+        .iter()
+        .find(|(k, _)| k.name == "id")?
+        .1
+        .as_str()?
+        .to_string();
     let kind = entries
         .iter()
         .find_map(|(k, _)| STEP_KINDS.iter().find(|s| **s == k.name))?;
@@ -1234,13 +1672,17 @@ fn valid_name(s: &str) -> bool {
 
 fn valid_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn valid_step_id(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && s.len() <= 64
 }
@@ -1258,7 +1700,9 @@ pub fn check_address(s: &str) -> Result<(), &'static str> {
         return Err("the part before `@` is not valid");
     }
     if domain.is_empty()
-        || !domain.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        || !domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
     {
         return Err("the domain is not valid");
     }

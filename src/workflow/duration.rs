@@ -19,7 +19,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             i += 1;
         }
         if start == i {
-            return Err(format!("`{s}` is not a duration; expected a number followed by a unit"));
+            return Err(format!(
+                "`{s}` is not a duration; expected a number followed by a unit"
+            ));
         }
         let number: u128 = s[start..i]
             .parse()
@@ -35,7 +37,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "h" => 3_600_000,
             "d" => 86_400_000,
             "w" => 604_800_000,
-            "" => return Err(format!("`{s}` needs a unit after `{number}`: s, m, h, d or w")),
+            "" => {
+                return Err(format!(
+                    "`{s}` needs a unit after `{number}`: s, m, h, d or w"
+                ));
+            }
             other => {
                 return Err(format!(
                     "`{other}` in `{s}` is not a unit; use ms, s, m, h, d or w"
@@ -60,7 +66,13 @@ pub fn format(d: Duration) -> String {
         return "0s".into();
     }
     let mut out = String::new();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if ms >= size {
             out.push_str(&format!("{}{unit}", ms / size));
             ms %= size;
@@ -92,7 +104,16 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_duration() {
-        for text in ["", "10", "s", "3 days", "1x", "1.5h", "-1s", "99999999999999999999999d"] {
+        for text in [
+            "",
+            "10",
+            "s",
+            "3 days",
+            "1x",
+            "1.5h",
+            "-1s",
+            "99999999999999999999999d",
+        ] {
             assert!(parse(text).is_err(), "{text}");
         }
     }

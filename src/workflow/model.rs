@@ -49,7 +49,8 @@ pub enum InputType {
 }
 
 impl InputType {
-    pub const NAMES: [&'static str; 6] = ["string", "integer", "number", "boolean", "object", "array"];
+    pub const NAMES: [&'static str; 6] =
+        ["string", "integer", "number", "boolean", "object", "array"];
 
     pub fn parse(s: &str) -> Option<InputType> {
         Some(match s {
@@ -107,7 +108,13 @@ pub enum Overlap {
 }
 
 impl Overlap {
-    pub const NAMES: [&'static str; 5] = ["skip", "buffer_one", "buffer_all", "cancel_other", "allow_all"];
+    pub const NAMES: [&'static str; 5] = [
+        "skip",
+        "buffer_one",
+        "buffer_all",
+        "cancel_other",
+        "allow_all",
+    ];
 
     pub fn parse(s: &str) -> Option<Overlap> {
         Some(match s {
@@ -168,7 +175,12 @@ impl Retry {
                     BackoffKind::Fixed => crate::backoff::Backoff::Fixed,
                     BackoffKind::Linear => crate::backoff::Backoff::Linear,
                 };
-                crate::backoff::delay(kind, initial.unwrap_or(Duration::from_secs(10)), self.max, n)
+                crate::backoff::delay(
+                    kind,
+                    initial.unwrap_or(Duration::from_secs(10)),
+                    self.max,
+                    n,
+                )
             }
         }
     }
@@ -226,7 +238,7 @@ pub struct HttpCall {
     pub body: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Approved,

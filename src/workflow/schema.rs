@@ -177,9 +177,18 @@ struct HttpDecl {
     url: String,
     /// Default POST.
     method: Option<MethodDecl>,
-    headers: Option<BTreeMap<String, String>>,
+    headers: Option<BTreeMap<String, HeaderValue>>,
     /// Any JSON value; strings inside are templates.
     body: Option<serde_json::Value>,
+}
+
+/// A header value: a string template (numbers and booleans are written as text).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum HeaderValue {
+    Text(String),
+    Integer(i64),
+    Boolean(bool),
 }
 
 #[derive(JsonSchema)]

@@ -285,7 +285,10 @@ pub fn render_text(text: &str, ctx: &minijinja::Value) -> Result<String, String>
 }
 
 /// Renders every string inside a JSON value.
-pub fn render_json(value: &serde_json::Value, ctx: &minijinja::Value) -> Result<serde_json::Value, String> {
+pub fn render_json(
+    value: &serde_json::Value,
+    ctx: &minijinja::Value,
+) -> Result<serde_json::Value, String> {
     Ok(match value {
         serde_json::Value::String(s) => render_str(s, ctx)?,
         serde_json::Value::Array(items) => serde_json::Value::Array(
@@ -340,12 +343,20 @@ mod tests {
         let refs: Vec<(String, Vec<String>)> = a
             .references
             .iter()
-            .map(|r| (r.root.clone(), r.path.iter().map(|s| s.name.clone()).collect()))
+            .map(|r| {
+                (
+                    r.root.clone(),
+                    r.path.iter().map(|s| s.name.clone()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             refs,
             [
-                ("steps".to_string(), vec!["fetch-user".into(), "body".into(), "email".into()]),
+                (
+                    "steps".to_string(),
+                    vec!["fetch-user".into(), "body".into(), "email".into()]
+                ),
                 ("input".to_string(), vec!["days".into()]),
             ]
         );
@@ -353,8 +364,9 @@ mod tests {
 
     #[test]
     fn filters_strings_and_loop_variables_are_not_references() {
-        let a = analyze("{% for x in input.items %}{{ x.name | upper }}{% endfor %}{{ 'input.nope' }}")
-            .expect("parses");
+        let a =
+            analyze("{% for x in input.items %}{{ x.name | upper }}{% endfor %}{{ 'input.nope' }}")
+                .expect("parses");
         let roots: Vec<&str> = a.references.iter().map(|r| r.root.as_str()).collect();
         assert_eq!(roots, ["input"]);
     }
@@ -378,7 +390,10 @@ mod tests {
         let ctx = context(&json!({"input": {"days": 7, "user": {"a": 1}}}));
         assert_eq!(render_str("{{ input.days }}", &ctx), Ok(json!(7)));
         assert_eq!(render_str("{{ input.user }}", &ctx), Ok(json!({"a": 1})));
-        assert_eq!(render_str("days: {{ input.days }}", &ctx), Ok(json!("days: 7")));
+        assert_eq!(
+            render_str("days: {{ input.days }}", &ctx),
+            Ok(json!("days: 7"))
+        );
         assert_eq!(render_str("plain", &ctx), Ok(json!("plain")));
         assert!(render_str("{{ input.missing }}", &ctx).is_err());
         assert!(render_str("x {{ input.missing }}", &ctx).is_err());
@@ -387,7 +402,13 @@ mod tests {
     #[test]
     fn conditions() {
         let ctx = context(&json!({"steps": {"review": {"decision": "approved"}}}));
-        assert_eq!(eval_condition("{{ steps.review.decision == 'approved' }}", &ctx), Ok(true));
-        assert_eq!(eval_condition("steps.review.decision == 'rejected'", &ctx), Ok(false));
+        assert_eq!(
+            eval_condition("{{ steps.review.decision == 'approved' }}", &ctx),
+            Ok(true)
+        );
+        assert_eq!(
+            eval_condition("steps.review.decision == 'rejected'", &ctx),
+            Ok(false)
+        );
     }
 }

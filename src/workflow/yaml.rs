@@ -121,7 +121,9 @@ impl Node {
             Value::Float(f) => serde_json::Number::from_f64(*f)
                 .map_or(serde_json::Value::Null, serde_json::Value::Number),
             Value::Str(s) => serde_json::Value::String(s.clone()),
-            Value::Seq(items) => serde_json::Value::Array(items.iter().map(Node::to_json).collect()),
+            Value::Seq(items) => {
+                serde_json::Value::Array(items.iter().map(Node::to_json).collect())
+            }
             Value::Map(entries) => serde_json::Value::Object(
                 entries
                     .iter()
@@ -141,7 +143,11 @@ pub struct SyntaxError {
 
 /// Parses one YAML document. An empty document is `Null` at the start.
 pub fn parse(source: &str) -> Result<Node, SyntaxError> {
-    if source.trim().is_empty() || source.lines().all(|l| l.trim_start().starts_with('#') || l.trim().is_empty()) {
+    if source.trim().is_empty()
+        || source
+            .lines()
+            .all(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+    {
         return Ok(Node {
             pos: Pos::START,
             value: Value::Null,
@@ -152,10 +158,7 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     match serde_saphyr::from_str_with_options::<Node>(source, options) {
         Ok(node) => Ok(node),
         Err(err) => {
-            let pos = err
-                .location()
-                .map(Pos::from_location)
-                .unwrap_or(Pos::START);
+            let pos = err.location().map(Pos::from_location).unwrap_or(Pos::START);
             Err(SyntaxError {
                 pos,
                 message: clean_message(&err.without_snippet().to_string()),
@@ -316,7 +319,14 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["an integer", "a string", "a boolean", "nothing (null)", "a number", "a string"]
+            [
+                "an integer",
+                "a string",
+                "a boolean",
+                "nothing (null)",
+                "a number",
+                "a string"
+            ]
         );
     }
 

@@ -1,0 +1,5 @@
+//! Running workflows: the pure state machine and request rendering (core), and the executor
+//! that drives them against the store, HTTP and mail (shell).
+
+pub mod machine;
+pub mod request;

@@ -1,0 +1,97 @@
+//! Rendering a step's HTTP request from the workflow, the run and the secrets.
+//!
+//! Part of the pure core: no I/O. Secrets are passed in by the shell, never stored.
+
+use super::machine::{Run, context};
+use crate::workflow::{StepKind, Workflow, template};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A request ready to be signed and sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The deduplication id of one step of one run: the same for every attempt and after restarts,
+/// different for every other run and step.
+pub fn dedup_id(run_id: &str, step_id: &str) -> String {
+    let digest = Sha256::digest(format!("{run_id}\u{0}{step_id}").as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+/// Renders the URL, headers and body of an `http` step.
+pub fn render_http(
+    wf: &Workflow,
+    run: &Run,
+    step_id: &str,
+    secrets: &serde_json::Map<String, Value>,
+) -> Result<HttpRequest, String> {
+    let step = wf
+        .steps
+        .iter()
+        .chain(wf.on_failure.iter())
+        .find(|s| s.id == step_id)
+        .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))?;
+    let StepKind::Http(call) = &step.kind else {
+        return Err(format!("step `{step_id}` is not an http step"));
+    };
+    let ctx = template::context(&context(wf, run, Some(secrets)));
+    let url = template::render_text(call.url.as_str(), &ctx)
+        .map_err(|e| format!("rendering `url`: {e}"))?;
+    let mut headers = Vec::new();
+    for (name, value) in &call.headers {
+        let v = template::render_text(value.as_str(), &ctx)
+            .map_err(|e| format!("rendering header `{name}`: {e}"))?;
+        headers.push((name.clone(), v));
+    }
+    let has_content_type = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    let body = match &call.body {
+        None => Vec::new(),
+        Some(b) => {
+            match template::render_json(b, &ctx).map_err(|e| format!("rendering `body`: {e}"))? {
+                Value::String(s) => {
+                    if !has_content_type {
+                        headers.push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
+                    }
+                    s.into_bytes()
+                }
+                other => {
+                    if !has_content_type {
+                        headers.push(("Content-Type".into(), "application/json".into()));
+                    }
+                    serde_json::to_vec(&other).expect("a JSON value serializes")
+                }
+            }
+        }
+    };
+    Ok(HttpRequest {
+        method: call.method.clone(),
+        url,
+        headers,
+        body,
+    })
+}
+
+/// Replaces every secret value in `text` by `[redacted:NAME]`, for what is stored and logged.
+pub fn redact(text: &str, secrets: &serde_json::Map<String, Value>) -> String {
+    let mut out = text.to_string();
+    let mut values: Vec<(&String, &str)> = secrets
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k, s)))
+        .filter(|(_, s)| s.len() >= 3)
+        .collect();
+    values.sort_by_key(|(_, s)| std::cmp::Reverse(s.len()));
+    for (name, value) in values {
+        if out.contains(value) {
+            out = out.replace(value, &format!("[redacted:{name}]"));
+        }
+    }
+    out
+}
