@@ -45,6 +45,69 @@ pub enum Command {
     },
     /// Print the JSON schema of workflow files
     Schema,
+    /// Run one workflow now, in the foreground, to its end (exit 0 only when it succeeded)
+    Run {
+        /// A workflow name (looked up in --dir) or a file path
+        workflow: String,
+        /// The run's input as a JSON object
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Return the earlier run started with the same key instead of starting another
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, default_value = "workflows", env = "RUNNER_DIR")]
+        dir: PathBuf,
+    },
+    /// Continue unfinished runs after a crash, in the foreground, until they end
+    Resume {
+        /// One run (default: every unfinished run)
+        run_id: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List runs, newest first
+    Runs {
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show a run with every step and attempt, and what it is waiting for
+    Show {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show the signing keys receivers need (QSTASH_CURRENT_SIGNING_KEY / QSTASH_NEXT_SIGNING_KEY), or rotate them
+    Keys {
+        #[arg(value_enum)]
+        action: Option<KeysAction>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeysAction {
+    /// Promote the next key to current and make a new next key
+    Rotate,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbArgs {
+    /// The SQLite database file
+    #[arg(long, env = "RUNNER_DB", default_value = "runner.db")]
+    pub db: PathBuf,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,7 +153,329 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", workflow::schema::generate());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run {
+            workflow,
+            input,
+            idempotency_key,
+            db,
+            dir,
+        } => {
+            init_logs("warn");
+            runtime()?.block_on(run_foreground(
+                &workflow,
+                &input,
+                idempotency_key,
+                &db.db,
+                &dir,
+            ))
+        }
+        Command::Resume { run_id, db } => {
+            init_logs("warn");
+            runtime()?.block_on(resume(run_id, &db.db))
+        }
+        Command::Runs {
+            workflow,
+            status,
+            limit,
+            json,
+            db,
+        } => runs(workflow, status, limit, json, &db.db),
+        Command::Show { run_id, json, db } => show(&run_id, json, &db.db),
+        Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Logs to stderr; `RUNNER_LOG` overrides the default filter (e.g. `RUNNER_LOG=debug`).
+pub fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("runner={default}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn open_engine(db: &Path) -> anyhow::Result<crate::engine::executor::Engine> {
+    let store = crate::store::Store::open(db)?;
+    let (keys, _) = crate::dispatch::keys::resolve(&store).await?;
+    let engine = crate::engine::executor::Engine::new(store, keys);
+    tokio::spawn(engine.clone().timer_loop());
+    Ok(engine)
+}
+
+async fn run_foreground(
+    name: &str,
+    input: &str,
+    idempotency_key: Option<String>,
+    db: &Path,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let (wf, file) = load_workflow(name, dir)?;
+    let input: serde_json::Value = serde_json::from_str(input)
+        .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
+    let engine = open_engine(db).await?;
+    let version = crate::store::Version::new(&file.path, &file.text, wf);
+    let (run, created) = match engine
+        .start_run(version, input, "cli", None, idempotency_key)
+        .await
+    {
+        Ok(r) => r,
+        Err(crate::engine::executor::EngineError::Input(errors)) => {
+            eprintln!("error: the input does not match the inputs of `{name}`:");
+            for e in errors {
+                eprintln!("  - {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if created {
+        println!("run {} started: {}", run.id, run.workflow);
+    } else {
+        println!(
+            "run {} already exists for this idempotency key: {}",
+            run.id, run.workflow
+        );
+    }
+    let status = engine.wait(&run.id).await?;
+    println!("run {} {}", run.id, status.as_str());
+    Ok(exit_for(&[status]))
+}
+
+fn exit_for(statuses: &[crate::engine::machine::RunStatus]) -> ExitCode {
+    if statuses
+        .iter()
+        .all(|s| *s == crate::engine::machine::RunStatus::Succeeded)
+    {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+async fn resume(run_id: Option<String>, db: &Path) -> anyhow::Result<ExitCode> {
+    if !db.exists() {
+        anyhow::bail!("no database at `{}`", db.display());
+    }
+    let engine = open_engine(db).await?;
+    let ids = match run_id {
+        Some(id) => {
+            if engine.store().get_run(&id)?.is_none() {
+                anyhow::bail!("no run `{id}` in `{}`", db.display());
+            }
+            vec![id]
+        }
+        None => engine.store().unfinished_runs()?,
+    };
+    engine.recover().await?;
+    if ids.is_empty() {
+        println!("no unfinished runs");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut statuses = Vec::new();
+    for id in &ids {
+        println!("resuming run {id}");
+    }
+    for id in ids {
+        let status = engine.wait(&id).await?;
+        println!("run {id} {}", status.as_str());
+        statuses.push(status);
+    }
+    Ok(exit_for(&statuses))
+}
+
+fn open_store_readonly(db: &Path) -> anyhow::Result<crate::store::Store> {
+    if !db.exists() {
+        anyhow::bail!("no database at `{}` (set --db or RUNNER_DB)", db.display());
+    }
+    Ok(crate::store::Store::open(db)?)
+}
+
+fn runs(
+    workflow: Option<String>,
+    status: Option<String>,
+    limit: usize,
+    json: bool,
+    db: &Path,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store_readonly(db)?;
+    let status = match status {
+        Some(s) => Some(crate::engine::machine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
+        None => None,
+    };
+    let list = store.list_runs(&crate::store::RunFilter {
+        workflow,
+        status,
+        limit,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if list.is_empty() {
+        println!("no runs");
+    } else {
+        println!(
+            "{:<36}  {:<24}  {:<16}  {:<8}  {:<24}",
+            "RUN", "WORKFLOW", "STATUS", "TRIGGER", "CREATED"
+        );
+        for r in list {
+            println!(
+                "{:<36}  {:<24}  {:<16}  {:<8}  {:<24}",
+                r.id, r.workflow, r.status, r.trigger, r.created_at
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON form of a run used by `runner show --json` and the HTTP API.
+pub fn run_json(
+    store: &crate::store::Store,
+    run: &crate::engine::machine::Run,
+) -> anyhow::Result<serde_json::Value> {
+    let attempts = store.attempts(&run.id)?;
+    let step_json = |s: &crate::engine::machine::StepState| {
+        let mine: Vec<serde_json::Value> = attempts
+            .iter()
+            .filter(|a| a.step == s.id)
+            .map(|a| {
+                serde_json::json!({
+                    "attempt": a.attempt,
+                    "started_at": a.started_at,
+                    "finished_at": a.finished_at,
+                    "duration_ms": match (a.started_at, a.finished_at) { (Some(x), Some(y)) => Some((y - x).num_milliseconds()), _ => None },
+                    "status": a.status,
+                    "outcome": a.outcome,
+                    "error": a.error,
+                    "request": a.request,
+                    "response": a.response,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": s.id,
+            "kind": s.kind,
+            "status": s.status.as_str(),
+            "attempts": s.attempts,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "wake_at": s.wake_at,
+            "error": s.error,
+            "output": s.output,
+            "dedup_id": crate::engine::request::dedup_id(&run.id, &s.id),
+            "attempt_log": mine,
+        })
+    };
+    Ok(serde_json::json!({
+        "id": run.id,
+        "workflow": run.workflow,
+        "version": run.version,
+        "status": run.status.as_str(),
+        "trigger": run.trigger,
+        "input": run.input,
+        "scheduled_for": run.scheduled_for,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "waiting_for": run.waiting_for(),
+        "wake_at": run.wake_at,
+        "failure": run.failure,
+        "steps": run.steps.iter().map(step_json).collect::<Vec<_>>(),
+        "on_failure": run.hooks.iter().map(step_json).collect::<Vec<_>>(),
+    }))
+}
+
+fn show(run_id: &str, json: bool, db: &Path) -> anyhow::Result<ExitCode> {
+    let store = open_store_readonly(db)?;
+    let Some(run) = store.get_run(run_id)? else {
+        anyhow::bail!("no run `{run_id}` in `{}`", db.display());
+    };
+    let v = run_json(&store, &run)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+    println!("run       {}", run.id);
+    println!("workflow  {} (version {})", run.workflow, run.version);
+    println!("status    {}", run.status.as_str());
+    println!("trigger   {}", run.trigger);
+    println!("created   {}", t(&v["created_at"]));
+    println!("finished  {}", t(&v["finished_at"]));
+    if let Some(w) = run.waiting_for() {
+        println!("waiting   for {w}");
+    }
+    println!("input     {}", run.input);
+    if let Some(f) = &run.failure {
+        println!(
+            "failure   step `{}` after {} attempt(s): {}",
+            f.step, f.attempts, f.error
+        );
+    }
+    for (title, list) in [("steps", &v["steps"]), ("on_failure", &v["on_failure"])] {
+        let Some(items) = list.as_array().filter(|a| !a.is_empty()) else {
+            continue;
+        };
+        println!("{title}:");
+        for s in items {
+            let mut line = format!(
+                "  {:<20} {:<12} {:<17}",
+                t(&s["id"]),
+                t(&s["kind"]),
+                t(&s["status"])
+            );
+            if s["attempts"].as_u64().unwrap_or(0) > 0 {
+                line.push_str(&format!(" attempts {}", s["attempts"]));
+            }
+            if let Some(w) = s["wake_at"].as_str() {
+                line.push_str(&format!("  until {w}"));
+            }
+            println!("{}", line.trim_end());
+            for a in s["attempt_log"].as_array().into_iter().flatten() {
+                let status = a["status"]
+                    .as_u64()
+                    .map_or_else(|| "---".to_string(), |c| c.to_string());
+                let ms = a["duration_ms"]
+                    .as_i64()
+                    .map_or_else(String::new, |m| format!("{m} ms"));
+                let mut l = format!(
+                    "    #{} {}  {status}  {:<9} {ms}",
+                    a["attempt"],
+                    t(&a["started_at"]),
+                    t(&a["outcome"])
+                );
+                if let Some(e) = a["error"].as_str() {
+                    l.push_str(&format!("  {e}"));
+                }
+                println!("{l}");
+            }
+            if let (Some(e), true) = (
+                s["error"].as_str(),
+                s["attempt_log"].as_array().is_none_or(|a| a.is_empty()),
+            ) {
+                println!("    {e}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(action: Option<KeysAction>, db: &Path) -> anyhow::Result<ExitCode> {
+    let store = crate::store::Store::open(db)?;
+    let keys = match action {
+        Some(KeysAction::Rotate) => crate::dispatch::keys::rotate(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
+        None => crate::dispatch::keys::resolve(&store).await?.0,
+    };
+    println!("QSTASH_CURRENT_SIGNING_KEY={}", keys.current);
+    println!("QSTASH_NEXT_SIGNING_KEY={}", keys.next);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Lists the workflow files of a directory (`*.yaml`, `*.yml`), sorted, not recursive.

@@ -6,6 +6,13 @@
 pub mod backoff;
 pub mod cli;
 pub mod cron;
+pub mod dispatch;
 pub mod engine;
 pub mod sign;
+pub mod store;
 pub mod workflow;
+
+/// rustls needs one process-wide crypto provider; runner uses ring (no C toolchain beyond cc).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,5 +1,6 @@
 //! Running workflows: the pure state machine and request rendering (core), and the executor
 //! that drives them against the store, HTTP and mail (shell).
 
+pub mod executor;
 pub mod machine;
 pub mod request;

@@ -1,0 +1,357 @@
+//! One attempt of an `http` step: render, sign as QStash does, send, classify the answer.
+
+use crate::engine::machine::{Event, Outcome, Run};
+use crate::engine::request::{self, HttpRequest};
+use crate::store::AttemptRecord;
+use crate::workflow::Workflow;
+use chrono::Utc;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Responses larger than this fail the step with a clear error (they are stored with the run).
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// How much of a request or failed response body is kept in the attempt record.
+const KEPT_BODY_BYTES: usize = 16 * 1024;
+
+/// The signing keys: requests are signed with `current`; receivers also accept `next`.
+#[derive(Clone)]
+pub struct Keys {
+    pub current: String,
+    pub next: String,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys { current: [redacted], next: [redacted] }")
+    }
+}
+
+/// Builds the HTTP client used for every step (one connection pool).
+pub fn client() -> reqwest::Client {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("the HTTP client builds with static settings")
+}
+
+/// Reads the declared secrets from the environment. A missing one is an error naming it.
+pub fn secrets_from_env(wf: &Workflow) -> Result<serde_json::Map<String, Value>, String> {
+    let mut out = serde_json::Map::new();
+    for name in &wf.secrets {
+        match std::env::var(name) {
+            Ok(v) => {
+                out.insert(name.clone(), Value::String(v));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "secret `{name}` is not set in the environment of the runner process"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn truncate(bytes: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+    if bytes.len() > max {
+        format!("{s}… ({} bytes in all)", bytes.len())
+    } else {
+        s
+    }
+}
+
+/// Performs one attempt and returns the event to apply and the record to store.
+pub async fn attempt(
+    client: &reqwest::Client,
+    keys: &Keys,
+    wf: &Workflow,
+    run: &Run,
+    step_id: &str,
+    attempt: u32,
+) -> (Event, AttemptRecord) {
+    let started = Utc::now();
+    let mut record = AttemptRecord {
+        step: step_id.to_string(),
+        attempt,
+        started_at: Some(started),
+        ..AttemptRecord::default()
+    };
+    let fail = |record: &mut AttemptRecord,
+                error: String,
+                status: Option<u16>,
+                body: Option<Value>,
+                outcome: Outcome| {
+        record.finished_at = Some(Utc::now());
+        record.status = status;
+        record.error = Some(error.clone());
+        record.outcome = match outcome {
+            Outcome::Permanent => "failed".into(),
+            Outcome::Retryable { .. } => "retry".into(),
+        };
+        Event::AttemptFailed {
+            step: step_id.to_string(),
+            attempt,
+            error,
+            status,
+            body,
+            outcome,
+        }
+    };
+    let secrets = match secrets_from_env(wf) {
+        Ok(s) => s,
+        Err(e) => {
+            let ev = fail(&mut record, e, None, None, Outcome::Permanent);
+            return (ev, record);
+        }
+    };
+    let req = match request::render_http(wf, run, step_id, &secrets) {
+        Ok(r) => r,
+        Err(e) => {
+            let ev = fail(&mut record, e, None, None, Outcome::Permanent);
+            return (ev, record);
+        }
+    };
+    let url = match reqwest::Url::parse(&req.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        Ok(u) => {
+            let ev = fail(
+                &mut record,
+                format!(
+                    "`{}` is not an http(s) URL",
+                    request::redact(u.as_str(), &secrets)
+                ),
+                None,
+                None,
+                Outcome::Permanent,
+            );
+            return (ev, record);
+        }
+        Err(e) => {
+            let ev = fail(
+                &mut record,
+                format!(
+                    "the rendered URL `{}` is not valid: {e}",
+                    request::redact(&req.url, &secrets)
+                ),
+                None,
+                None,
+                Outcome::Permanent,
+            );
+            return (ev, record);
+        }
+    };
+    let timeout = wf
+        .steps
+        .iter()
+        .chain(wf.on_failure.iter())
+        .find(|s| s.id == step_id)
+        .map_or(Duration::from_secs(30), |s| s.timeout);
+    let dedup = request::dedup_id(&run.id, step_id);
+    let jti = crate::sign::jti_from_random(rand::random());
+    let token = crate::sign::sign(
+        &keys.current,
+        url.as_str(),
+        &req.body,
+        Utc::now().timestamp(),
+        &jti,
+    );
+    record.request = Some(request_record(&req, &url, &secrets));
+
+    let method =
+        reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut builder = client.request(method, url.clone()).timeout(timeout);
+    for (name, value) in &req.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder = builder
+        .header("Upstash-Signature", token)
+        .header("Upstash-Message-Id", &dedup)
+        .header("Idempotency-Key", &dedup)
+        .header("Upstash-Retried", (attempt.saturating_sub(1)).to_string())
+        .header("Runner-Workflow", &wf.name)
+        .header("Runner-Run-Id", &run.id)
+        .header("Runner-Step", step_id)
+        .header("Runner-Attempt", attempt.to_string());
+    if run.trigger == "schedule" {
+        builder = builder.header(
+            "Upstash-Schedule-Id",
+            format!(
+                "{}:{}",
+                wf.name,
+                run.scheduled_for.map(|t| t.timestamp()).unwrap_or_default()
+            ),
+        );
+    }
+    let response = match builder.body(req.body.clone()).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let error = if e.is_timeout() {
+                format!(
+                    "no answer within {}",
+                    crate::workflow::duration::format(timeout)
+                )
+            } else if e.is_connect() {
+                format!(
+                    "could not connect to {}: {}",
+                    url.host_str().unwrap_or(""),
+                    root_cause(&e)
+                )
+            } else {
+                format!("request failed: {}", root_cause(&e))
+            };
+            let ev = fail(
+                &mut record,
+                error,
+                None,
+                None,
+                Outcome::Retryable { after: None },
+            );
+            return (ev, record);
+        }
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    let is_json = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    // Read the body with a cap (the deadline covers the body too).
+    let mut body: Vec<u8> = Vec::new();
+    let mut too_large = false;
+    let mut response = response;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    too_large = true;
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let error = if e.is_timeout() {
+                    format!(
+                        "the response body did not arrive within {}",
+                        crate::workflow::duration::format(timeout)
+                    )
+                } else {
+                    format!("reading the response failed: {}", root_cause(&e))
+                };
+                let ev = fail(
+                    &mut record,
+                    error,
+                    Some(status.as_u16()),
+                    None,
+                    Outcome::Retryable { after: None },
+                );
+                return (ev, record);
+            }
+        }
+    }
+    let body_value: Value = if is_json {
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+    } else {
+        Value::String(String::from_utf8_lossy(&body).into_owned())
+    };
+    let header_map: serde_json::Map<String, Value> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), Value::String(v.to_string())))
+        })
+        .collect();
+    record.response = Some(json!({
+        "status": status.as_u16(),
+        "headers": header_map,
+        "body": if too_large { Value::String(format!("(over {MAX_RESPONSE_BYTES} bytes)")) } else { Value::String(truncate(&body, KEPT_BODY_BYTES)) },
+    }));
+    if status.is_success() {
+        if too_large {
+            let ev = fail(
+                &mut record,
+                format!(
+                    "the response body is larger than {} KiB; runner stores step results and refuses larger ones",
+                    MAX_RESPONSE_BYTES / 1024
+                ),
+                Some(status.as_u16()),
+                None,
+                Outcome::Permanent,
+            );
+            return (ev, record);
+        }
+        record.finished_at = Some(Utc::now());
+        record.status = Some(status.as_u16());
+        record.outcome = "succeeded".into();
+        let output =
+            json!({ "status": status.as_u16(), "headers": header_map, "body": body_value });
+        return (
+            Event::AttemptSucceeded {
+                step: step_id.to_string(),
+                attempt,
+                output,
+            },
+            record,
+        );
+    }
+    let non_retryable = status.as_u16() == 489
+        && headers
+            .get("upstash-nonretryable-error")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let snippet = truncate(&body, 300);
+    let error = if snippet.trim().is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {}", snippet.trim())
+    };
+    let outcome = if non_retryable {
+        Outcome::Permanent
+    } else {
+        let after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::backoff::parse_retry_after(v, Utc::now()));
+        Outcome::Retryable { after }
+    };
+    let failure_body = if too_large { None } else { Some(body_value) };
+    let ev = fail(
+        &mut record,
+        error,
+        Some(status.as_u16()),
+        failure_body,
+        outcome,
+    );
+    (ev, record)
+}
+
+fn request_record(
+    req: &HttpRequest,
+    url: &reqwest::Url,
+    secrets: &serde_json::Map<String, Value>,
+) -> Value {
+    let headers: serde_json::Map<String, Value> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(request::redact(v, secrets))))
+        .collect();
+    json!({
+        "method": req.method,
+        "url": request::redact(url.as_str(), secrets),
+        "headers": headers,
+        "body": request::redact(&truncate(&req.body, KEPT_BODY_BYTES), secrets),
+    })
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
