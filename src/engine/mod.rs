@@ -3,4 +3,6 @@
 
 pub mod executor;
 pub mod machine;
+#[cfg(test)]
+mod machine_tests;
 pub mod request;

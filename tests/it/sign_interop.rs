@@ -3,87 +3,13 @@
 //!
 //! Needs Node.js 18+ and `npm ci --prefix tests/qstash`; without them these tests fail, they do not skip.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use runner::sign::{jti_from_random, key_from_random, sign};
 use serde_json::{Value, json};
 
-const SETUP_HINT: &str = "install Node.js 18 or later and run `npm ci --prefix tests/qstash`";
-
-/// The receiver process; killed when dropped, also when a test panics.
-struct QstashReceiver {
-    child: Child,
-    base: String,
-    current_key: String,
-    next_key: String,
-}
-
-impl Drop for QstashReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl QstashReceiver {
-    fn start() -> Self {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qstash");
-        assert!(
-            dir.join("node_modules/@upstash/qstash/package.json")
-                .is_file(),
-            "`@upstash/qstash` is not installed in {}: {SETUP_HINT}",
-            dir.display()
-        );
-        let current_key = key_from_random([1; 32]);
-        let next_key = key_from_random([2; 32]);
-        let mut child = Command::new("node")
-            .arg(dir.join("receiver.mjs"))
-            .arg("--exit-with-stdin")
-            .env("QSTASH_CURRENT_SIGNING_KEY", &current_key)
-            .env("QSTASH_NEXT_SIGNING_KEY", &next_key)
-            .env_remove("PORT")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {SETUP_HINT}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut receiver = QstashReceiver {
-            child,
-            base: String::new(),
-            current_key,
-            next_key,
-        };
-
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("receiver.mjs did not print its port within 30 s")
-            .expect("reading receiver.mjs's stdout");
-        let port = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-            .unwrap_or_else(|| {
-                panic!("receiver.mjs printed {line:?}, not {{\"port\": N}} (see its stderr above): {SETUP_HINT}")
-            });
-        receiver.base = format!("http://127.0.0.1:{port}");
-        receiver
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
+use crate::support::QstashReceiver;
 
 fn client() -> reqwest::Client {
     // runner's reqwest uses rustls without a built-in provider; building any client needs one installed.
