@@ -273,7 +273,7 @@ async fn resume(run_id: Option<String>, db: &Path) -> anyhow::Result<ExitCode> {
         }
         None => engine.store().unfinished_runs()?,
     };
-    engine.recover().await?;
+    engine.recover(true).await?;
     if ids.is_empty() {
         println!("no unfinished runs");
         return Ok(ExitCode::SUCCESS);

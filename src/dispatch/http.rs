@@ -115,7 +115,12 @@ pub async fn attempt(
         }
     };
     let url = match reqwest::Url::parse(&req.url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        Ok(mut u) if matches!(u.scheme(), "http" | "https") => {
+            // A fragment is never sent, so it must not be signed: receivers check `sub` against
+            // the URL they were called at.
+            u.set_fragment(None);
+            u
+        }
         Ok(u) => {
             let ev = fail(
                 &mut record,

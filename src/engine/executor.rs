@@ -27,6 +27,7 @@ struct Inner {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<RunStatus>>>>,
     inflight: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
     handlers: RwLock<Handlers>,
+    finished: tokio::sync::broadcast::Sender<(String, String, RunStatus)>,
 }
 
 /// Performers for effects that later parts of runner provide (mail, approvals).
@@ -67,6 +68,7 @@ impl Engine {
                 waiters: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 handlers: RwLock::new(Handlers::default()),
+                finished: tokio::sync::broadcast::channel(1024).0,
             }),
         }
     }
@@ -109,7 +111,7 @@ impl Engine {
         let applied = self
             .inner
             .store
-            .start_run(version, new, idempotency_key, Utc::now())
+            .start_run(version, new, idempotency_key, None, true, Utc::now())
             .await?;
         let created = applied.created;
         let run = applied.run.clone();
@@ -118,6 +120,43 @@ impl Engine {
         }
         self.after_commit(applied);
         Ok((run, created))
+    }
+
+    /// Fires a schedule slot: claims it and creates the run (started, or queued when `start` is
+    /// false) in one transaction. Returns None when the slot had already been handled.
+    pub async fn fire(
+        &self,
+        version: Version,
+        input: serde_json::Value,
+        slot: crate::store::SlotClaim,
+        start: bool,
+    ) -> Result<Option<Run>, EngineError> {
+        let input = crate::workflow::resolve_input(&version.workflow, &input)
+            .map_err(EngineError::Input)?;
+        let new = NewRun {
+            id: new_run_id(),
+            version: version.hash.clone(),
+            trigger: "schedule".to_string(),
+            input,
+            scheduled_for: Some(slot.at),
+        };
+        let applied = self
+            .inner
+            .store
+            .start_run(version, new, None, Some(slot), start, Utc::now())
+            .await?;
+        if applied.slot_taken {
+            return Ok(None);
+        }
+        let run = applied.run.clone();
+        info!(run_id = %run.id, workflow = %run.workflow, queued = !start, "scheduled run created");
+        self.after_commit(applied);
+        Ok(Some(run))
+    }
+
+    /// Subscribes to runs reaching a terminal status: (run id, workflow, status).
+    pub fn finished(&self) -> tokio::sync::broadcast::Receiver<(String, String, RunStatus)> {
+        self.inner.finished.subscribe()
     }
 
     /// Applies an event and performs its effects.
@@ -165,13 +204,14 @@ impl Engine {
     }
 
     /// After a restart: performs effects that were committed but not done, and re-arms timers.
-    pub async fn recover(&self) -> Result<usize, StoreError> {
+    /// With `start_queued`, runs that were queued behind others are started too (the daemon
+    /// instead starts them one by one as the runs ahead finish).
+    pub async fn recover(&self, start_queued: bool) -> Result<usize, StoreError> {
         let unfinished = self.inner.store.unfinished_runs()?;
         for id in &unfinished {
             if let Some(run) = self.inner.store.get_run(id)? {
                 self.arm_timers(&run);
-                if run.status == RunStatus::Pending {
-                    // Created but never started (cannot happen with start_run, kept for safety).
+                if run.status == RunStatus::Pending && start_queued {
                     let engine = self.clone();
                     let id = id.clone();
                     tokio::spawn(async move {
@@ -340,6 +380,10 @@ impl Engine {
                 for w in waiters {
                     let _ = w.send(status);
                 }
+                let _ = self
+                    .inner
+                    .finished
+                    .send((run.id.clone(), run.workflow.clone(), status));
             }
         }
     }

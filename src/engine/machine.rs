@@ -438,9 +438,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                 Outcome::Retryable { after } if retries_left => {
                     let delay = after.unwrap_or_else(|| def.retry.delay(s.attempts));
                     s.status = StepStatus::Retrying;
-                    s.wake_at = Some(
-                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
-                    );
+                    s.wake_at = Some(later(now, delay));
                 }
                 _ => {
                     s.status = StepStatus::Failed;
@@ -543,6 +541,14 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
     }
     finish(&mut run, now, &mut effects);
     (run, effects)
+}
+
+/// `now + d`, saturating at the latest representable time (`now + Duration::MAX` panics).
+fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn find_step<'w>(wf: &'w Workflow, id: &str) -> Option<&'w Step> {
@@ -694,7 +700,7 @@ fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<E
                 return;
             }
             StepKind::Sleep(d) => {
-                let until = now + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX);
+                let until = later(now, *d);
                 sleep_until(run, hooks, index, until, now);
                 if run_step(run, hooks, index).status.is_done() {
                     continue;
@@ -724,8 +730,7 @@ fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<E
                 }
             },
             StepKind::Approval(a) => {
-                let deadline =
-                    now + chrono::Duration::from_std(a.timeout).unwrap_or(chrono::Duration::MAX);
+                let deadline = later(now, a.timeout);
                 mark(run, hooks, index, |s| {
                     s.status = StepStatus::WaitingApproval;
                     s.started_at = Some(now);

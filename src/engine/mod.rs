@@ -6,3 +6,4 @@ pub mod machine;
 #[cfg(test)]
 mod machine_tests;
 pub mod request;
+pub mod trigger;

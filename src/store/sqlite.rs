@@ -92,6 +92,17 @@ pub struct Applied {
     pub effects: Vec<(Option<i64>, Effect)>,
     /// False when a start with an idempotency key found an existing run.
     pub created: bool,
+    /// True when the slot had already been handled: nothing was created.
+    pub slot_taken: bool,
+}
+
+/// A schedule slot claimed in the same transaction that creates its run: the unique key
+/// (schedule, slot) makes every slot fire at most once, across restarts and reloads.
+#[derive(Debug, Clone)]
+pub struct SlotClaim {
+    pub schedule: String,
+    pub slot: String,
+    pub at: DateTime<Utc>,
 }
 
 /// A pending outbox row, read back after a restart.
@@ -130,11 +141,16 @@ pub struct RunSummary {
     pub finished_at: Option<String>,
 }
 
+/// A piece of work run inside a write transaction of the writer thread.
+type WriteJob = Box<dyn FnOnce(&Connection) -> Result<serde_json::Value, StoreError> + Send>;
+
 enum Command {
     Start {
         version: Version,
         new: NewRun,
         idempotency_key: Option<String>,
+        slot: Option<SlotClaim>,
+        start: bool,
         now: DateTime<Utc>,
         reply: oneshot::Sender<Result<Applied, StoreError>>,
     },
@@ -156,7 +172,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Exec {
-        job: Box<dyn FnOnce(&Connection) -> Result<serde_json::Value, StoreError> + Send>,
+        job: WriteJob,
         reply: oneshot::Sender<Result<serde_json::Value, StoreError>>,
     },
 }
@@ -186,7 +202,8 @@ pub struct Store {
     path: PathBuf,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE workflow_versions (
     hash TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -245,7 +262,34 @@ CREATE TABLE kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE slots (
+    schedule TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    run_id TEXT,
+    outcome TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (schedule, slot)
+);
+CREATE TABLE schedule_marks (
+    schedule TEXT PRIMARY KEY,
+    since INTEGER NOT NULL
+);
+CREATE TABLE schedules (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT,
+    input TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX runs_queued ON runs(workflow, created_at) WHERE status = 'pending';
+"#,
+];
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -310,11 +354,16 @@ impl Store {
 
     /// Creates a run pinned to `version` and starts it, in one transaction. With an
     /// idempotency key that was used before for this workflow, returns that run instead.
+    /// With `slot`, the slot is claimed in the same transaction; if it was already claimed the
+    /// result has `slot_taken` and nothing is created. With `start: false` the run is created
+    /// `pending` (queued behind others) and started later with `Event::Started`.
     pub async fn start_run(
         &self,
         version: Version,
         new: NewRun,
         idempotency_key: Option<String>,
+        slot: Option<SlotClaim>,
+        start: bool,
         now: DateTime<Utc>,
     ) -> Result<Applied, StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -322,6 +371,8 @@ impl Store {
             version,
             new,
             idempotency_key,
+            slot,
+            start,
             now,
             reply,
         })?;
@@ -545,6 +596,109 @@ impl Store {
         })
     }
 
+    /// Records a slot that was skipped (overlap), so it is not fired again after a restart.
+    pub async fn skip_slot(
+        &self,
+        claim: SlotClaim,
+        reason: &'static str,
+    ) -> Result<bool, StoreError> {
+        let v = self
+            .write(move |c| {
+                let n = c
+                    .execute(
+                        "INSERT INTO slots(schedule, slot, at, run_id, outcome, created_at) VALUES (?1, ?2, ?3, NULL, ?4, ?5) ON CONFLICT DO NOTHING",
+                        params![claim.schedule, claim.slot, claim.at.timestamp_millis(), reason, ts(Utc::now())],
+                    )
+                    .map_err(sql("recording a skipped slot"))?;
+                mark_schedule(c, &claim.schedule, claim.at)?;
+                Ok(serde_json::Value::Bool(n > 0))
+            })
+            .await?;
+        Ok(v.as_bool().unwrap_or(false))
+    }
+
+    /// Remembers that a schedule was first seen at `at` (catch-up never goes further back).
+    pub async fn mark_schedule_seen(
+        &self,
+        schedule: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let schedule = schedule.to_string();
+        self.write(move |c| {
+            c.execute("INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![schedule, at.timestamp_millis()])
+                .map_err(sql("remembering a schedule"))?;
+            Ok(serde_json::Value::Null)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// How far every schedule has been handled.
+    pub fn schedule_marks(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT schedule, since FROM schedule_marks")
+                .map_err(sql("reading schedule marks"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(sql("reading schedule marks"))?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (k, ms) = row.map_err(sql("reading schedule marks"))?;
+                if let Some(t) = DateTime::from_timestamp_millis(ms) {
+                    out.insert(k, t);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// (started and unfinished, queued) runs of a workflow.
+    pub fn run_counts(&self, workflow: &str) -> Result<(usize, usize), StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FILTER (WHERE status != 'pending'), COUNT(*) FILTER (WHERE status = 'pending') FROM runs WHERE workflow = ?1 AND finished_at IS NULL",
+                [workflow],
+                |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
+            )
+            .map_err(sql("counting runs"))
+        })
+    }
+
+    /// Ids of the started, unfinished runs of a workflow.
+    pub fn active_runs(&self, workflow: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT id FROM runs WHERE workflow = ?1 AND finished_at IS NULL AND status != 'pending' ORDER BY created_at")
+                .map_err(sql("listing active runs"))?;
+            let rows = stmt.query_map([workflow], |r| r.get(0)).map_err(sql("listing active runs"))?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(sql("listing active runs"))
+        })
+    }
+
+    /// The oldest queued (created, not started) run of a workflow.
+    pub fn oldest_queued(&self, workflow: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT id FROM runs WHERE workflow = ?1 AND status = 'pending' ORDER BY created_at, id LIMIT 1", [workflow], |r| r.get(0))
+                .optional()
+                .map_err(sql("finding a queued run"))
+        })
+    }
+
+    /// Workflows that have queued runs.
+    pub fn workflows_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT DISTINCT workflow FROM runs WHERE status = 'pending'")
+                .map_err(sql("listing queued runs"))?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(sql("listing queued runs"))?;
+            rows.collect::<Result<Vec<String>, _>>()
+                .map_err(sql("listing queued runs"))
+        })
+    }
+
     /// The value of `PRAGMA synchronous` on the writer's settings (2 = FULL), for benchmarks.
     pub fn synchronous(&self) -> Result<i64, StoreError> {
         self.read(|c| {
@@ -630,6 +784,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, versions: Vers
     }
 }
 
+#[allow(clippy::large_enum_variant)] // short-lived, one per command in a batch
 enum Reply {
     Applied(
         oneshot::Sender<Result<Applied, StoreError>>,
@@ -751,9 +906,11 @@ fn run_command(tx: &mut rusqlite::Savepoint, cmd: Command, versions: &Versions) 
             version,
             new,
             idempotency_key,
+            slot,
+            start: start_now,
             now,
             reply,
-        } => Reply::Applied(reply, start(tx, versions, version, new, idempotency_key, now)),
+        } => Reply::Applied(reply, start(tx, versions, version, new, idempotency_key, slot, start_now, now)),
         Command::Apply {
             run_id,
             event,
@@ -778,15 +935,36 @@ fn run_command(tx: &mut rusqlite::Savepoint, cmd: Command, versions: &Versions) 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start(
     tx: &rusqlite::Savepoint,
     versions: &Versions,
     version: Version,
     new: NewRun,
     idempotency_key: Option<String>,
+    slot: Option<SlotClaim>,
+    start_now: bool,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
     let wf = version.workflow.clone();
+    if let Some(claim) = &slot {
+        let claimed = tx
+            .execute(
+                "INSERT INTO slots(schedule, slot, at, run_id, outcome, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                params![claim.schedule, claim.slot, claim.at.timestamp_millis(), new.id, if start_now { "started" } else { "queued" }, ts(now)],
+            )
+            .map_err(sql("claiming a schedule slot"))?;
+        mark_schedule(tx, &claim.schedule, claim.at)?;
+        if claimed == 0 {
+            let placeholder = Run::new(&wf, new, now);
+            return Ok(Applied {
+                run: placeholder,
+                effects: vec![],
+                created: false,
+                slot_taken: true,
+            });
+        }
+    }
     if let Some(key) = &idempotency_key {
         let existing: Option<String> = tx
             .query_row(
@@ -802,6 +980,7 @@ fn start(
                 run,
                 effects: vec![],
                 created: false,
+                slot_taken: false,
             });
         }
     }
@@ -827,11 +1006,36 @@ fn start(
         ],
     )
     .map_err(sql("creating a run"))?;
-    let id = run.id.clone();
+    tx.execute(
+        "INSERT INTO events(run_id, at, kind, data) VALUES (?1, ?2, 'created', ?3)",
+        params![
+            run.id,
+            ts(now),
+            serde_json::json!({"trigger": run.trigger, "version": run.version}).to_string()
+        ],
+    )
+    .map_err(sql("recording an event"))?;
+    if !start_now {
+        return Ok(Applied {
+            run,
+            effects: vec![],
+            created: true,
+            slot_taken: false,
+        });
+    }
     let mut applied = transition(tx, &wf, run, &Event::Started, now)?;
     applied.created = true;
-    debug_assert_eq!(applied.run.id, id);
     Ok(applied)
+}
+
+/// Remembers that a schedule has been handled up to `at` (only ever moves forward).
+fn mark_schedule(c: &Connection, schedule: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT(schedule) DO UPDATE SET since = max(since, excluded.since)",
+        params![schedule, at.timestamp_millis()],
+    )
+    .map_err(sql("remembering a schedule's progress"))?;
+    Ok(())
 }
 
 fn apply(
@@ -901,6 +1105,7 @@ fn transition(
             run: next,
             effects: vec![],
             created: false,
+            slot_taken: false,
         });
     }
     tx.execute(
@@ -954,5 +1159,6 @@ fn transition(
         run: next,
         effects: out,
         created: false,
+        slot_taken: false,
     })
 }

@@ -18,6 +18,7 @@
 //   /nonretryable        489 with `Upstash-NonRetryable-Error: true`
 //   /slow/<ms>           200 after <ms> milliseconds
 //   /echo                200 {"received": <the JSON body, or the body as a string when it is not JSON>}
+//   /big/<bytes>         200 JSON `{"data":"xxx…"}` of exactly <bytes> bytes (at least 11), for response limits
 //   anything else        200 {}
 //
 //   GET  /__log    the records, oldest first: [{method, url, path, headers (lower-case names), body, valid,
@@ -124,6 +125,12 @@ async function handle(req, res, port) {
   if ((match = path.match(/^\/slow\/(\d+)$/))) {
     await new Promise((resolve) => setTimeout(resolve, Number(match[1])));
     return send(res, record, 200, { ok: true });
+  }
+  if ((match = path.match(/^\/big\/(\d+)$/))) {
+    const text = JSON.stringify({ data: "x".repeat(Math.max(0, Number(match[1]) - 11)) });
+    record.status = 200;
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+    return res.end(text);
   }
   if (path === "/echo") {
     let received;

@@ -1,0 +1,1261 @@
+//! runner's benchmark: the floors the hardware allows and runner itself, measured in one run,
+//! against one local endpoint, with ratios beside the absolute figures
+//! (method: `reference/benchmark.md`).
+//!
+//! ```text
+//! cargo run --release --example bench              # full run (~2–3 minutes)
+//! cargo run --release --example bench -- --quick   # smaller counts (~30 s)
+//! cargo run --release --example bench -- --json    # machine-readable report on stdout
+//! ```
+//!
+//! The endpoint is an axum server on 127.0.0.1 on its own tokio runtime (threads named
+//! `bench-endpoint`), answering every POST with `{"ok":true}` and counting requests. runner and
+//! the floors run on a second runtime. CPU per step is the on-CPU time of every thread of this
+//! process except the endpoint's, from `/proc/self/task/*/schedstat` (nanoseconds).
+//!
+//! Every loop is bounded by a count and by a time. Nothing here asserts a speed: figures that miss
+//! the aims are reported as "not met"; only the correctness gates make the run not count.
+
+use anyhow::{Context, Result, anyhow, bail};
+use runner::dispatch::http::Keys;
+use runner::engine::executor::Engine;
+use runner::engine::machine::RunStatus;
+use runner::store::{Store, Version};
+use serde_json::{Value, json};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// Concurrency of the parallel phases.
+const IN_FLIGHT: usize = 16;
+/// Thread-name prefix of the endpoint's runtime (its CPU is not runner's).
+const ENDPOINT_THREADS: &str = "bench-endpoint";
+/// A step body of about 100 bytes.
+const BODY: &str = r#"{"step":"bench","payload":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123"}"#;
+
+/// How much each phase does, by count and by time (whichever ends first).
+struct Sizes {
+    fsync_probes: usize,
+    commits: usize,
+    group_txs: usize,
+    http_seq: usize,
+    http_par: usize,
+    signs: usize,
+    wf3_one: usize,
+    wf3_many: usize,
+    seq_runs: usize,
+    par_runs: usize,
+    floor_time: Duration,
+    seq_time: Duration,
+    par_time: Duration,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                fsync_probes: 200,
+                commits: 500,
+                group_txs: 50,
+                http_seq: 1_000,
+                http_par: 10_000,
+                signs: 50_000,
+                wf3_one: 300,
+                wf3_many: 3_000,
+                seq_runs: 100,
+                par_runs: 500,
+                floor_time: Duration::from_secs(2),
+                seq_time: Duration::from_secs(20),
+                par_time: Duration::from_secs(10),
+            }
+        } else {
+            Sizes {
+                fsync_probes: 200,
+                commits: 2_000,
+                group_txs: 200,
+                http_seq: 5_000,
+                http_par: 50_000,
+                signs: 200_000,
+                wf3_one: 1_500,
+                wf3_many: 12_000,
+                seq_runs: 500,
+                par_runs: 2_000,
+                floor_time: Duration::from_secs(4),
+                seq_time: Duration::from_secs(120),
+                par_time: Duration::from_secs(30),
+            }
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let mut quick = false;
+    let mut json_out = false;
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--json" => json_out = true,
+            "-h" | "--help" => {
+                println!("usage: cargo run --release --example bench [-- --quick] [--json]");
+                return Ok(());
+            }
+            other => bail!("unknown argument `{other}` (use --quick, --json)"),
+        }
+    }
+    let sizes = Sizes::new(quick);
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut report = Report::default();
+    let progress = |what: &str| {
+        if !json_out {
+            eprintln!("… {what}");
+        }
+    };
+
+    // 1. Quiet check.
+    progress("quiet check");
+    report.load_start = load_average()?;
+    let fsync = fsync_probe(&dir.path().join("fsync.probe"), sizes.fsync_probes)?;
+    report.fsync_p50_us = percentile(&fsync, 50.0);
+    report.fsync_p99_us = percentile(&fsync, 99.0);
+
+    // The endpoint, on its own runtime.
+    let endpoint = Endpoint::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-runner")
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+
+    // 2. Floors.
+    progress("floor: SQLite commits");
+    let (commits, commit_lat) = sqlite_commits(
+        &dir.path().join("floor-commit.db"),
+        sizes.commits,
+        sizes.floor_time,
+    )?;
+    report.sqlite_commits_per_s = commits;
+    report.sqlite_commit_p50_us = percentile(&commit_lat, 50.0);
+    progress("floor: SQLite group commit");
+    report.sqlite_group_rows_per_s = sqlite_group(
+        &dir.path().join("floor-group.db"),
+        sizes.group_txs,
+        sizes.floor_time,
+    )?;
+    progress("floor: HS256 signing");
+    report.sign_ns = sign_cost(sizes.signs, sizes.floor_time);
+
+    let floor_url = format!("{}/floor", endpoint.base);
+    rt.block_on(async {
+        let client = runner::dispatch::http::client();
+        progress("floor: HTTP round trips");
+        // Warm the pool.
+        http_sequential(&client, &floor_url, 200, sizes.floor_time).await?;
+        let seq = http_sequential(&client, &floor_url, sizes.http_seq, sizes.floor_time).await?;
+        report.http_seq_p50_us = percentile(&seq, 50.0);
+        report.http_seq_mean_us = mean(&seq);
+        report.http_par_req_per_s =
+            http_parallel(&client, &floor_url, sizes.http_par, sizes.floor_time).await?;
+
+        progress("floor: wf3_floor");
+        let one = Wf3Floor::new(&dir.path().join("floor-wf3-1.db"), &floor_url, false)?;
+        let (steps, secs) = one.run(&client, 1, sizes.wf3_one, sizes.floor_time).await?;
+        report.wf3_one_ms_per_step = secs * 1e3 / steps as f64;
+        let many = Wf3Floor::new(&dir.path().join("floor-wf3-16.db"), &floor_url, false)?;
+        let (steps, secs) = many
+            .run(&client, IN_FLIGHT, sizes.wf3_many, sizes.floor_time)
+            .await?;
+        report.wf3_many_steps_per_s = steps as f64 / secs;
+        let group = Wf3Floor::new(&dir.path().join("floor-wf3-g.db"), &floor_url, true)?;
+        let (steps, secs) = group
+            .run(&client, IN_FLIGHT, sizes.wf3_many, sizes.floor_time)
+            .await?;
+        report.wf3_group_steps_per_s = steps as f64 / secs;
+        anyhow::Ok(())
+    })?;
+
+    // 3. runner itself.
+    let db_path = dir.path().join("runner.db");
+    let runner_requests_before = endpoint.count();
+    let (mut total_runs, store_sync) = rt.block_on(async {
+        let store = Store::open(&db_path)?;
+        let store_sync = store.synchronous()?;
+        let keys = Keys {
+            current: runner::sign::key_from_random(rand::random()),
+            next: runner::sign::key_from_random(rand::random()),
+        };
+        let engine = Engine::new(store, keys);
+        tokio::spawn(engine.clone().timer_loop());
+        let version = bench_version(&endpoint.base)?;
+
+        progress("runner: warm-up");
+        let warm = run_sequential(&engine, &version, 20, Duration::from_secs(10)).await?;
+        let mut total = warm.runs;
+
+        progress("runner: one run at a time");
+        let cpu0 = cpu_now();
+        let seq = run_sequential(&engine, &version, sizes.seq_runs, sizes.seq_time).await?;
+        let cpu1 = cpu_now();
+        total += seq.runs;
+        report.seq = Some(PhaseReport::new(&seq, cpu1.since(&cpu0)));
+
+        progress("runner: 16 in flight");
+        let cpu0 = cpu_now();
+        let par = run_parallel(&engine, &version, sizes.par_runs, sizes.par_time).await?;
+        let cpu1 = cpu_now();
+        total += par.runs;
+        report.par = Some(PhaseReport::new(&par, cpu1.since(&cpu0)));
+        report.failed_runs = warm.failed + seq.failed + par.failed;
+        // Let any step still in flight land before counting (none should be).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        anyhow::Ok((total, store_sync))
+    })?;
+    report.runner_requests = endpoint.count() - runner_requests_before;
+    report.load_end = load_average()?;
+
+    // 4. Correctness gates.
+    let (db_runs, db_steps, db_attempts) = db_counts(&db_path)?;
+    if total_runs == 0 {
+        total_runs = 1; // avoids a vacuous pass: 0 runs would satisfy every count.
+    }
+    let n = total_runs as u64;
+    let mut gates = vec![
+        Gate::new(
+            "endpoint counted exactly 3N requests",
+            report.runner_requests == 3 * n,
+            format!("N = {n} runs, {} requests", report.runner_requests),
+        ),
+        Gate::new(
+            "the database holds 3N succeeded steps",
+            db_steps == 3 * n && db_runs == n && db_attempts == 3 * n,
+            format!(
+                "{db_steps} succeeded steps in run states, {db_attempts} succeeded attempts, {db_runs} succeeded runs"
+            ),
+        ),
+        Gate::new(
+            "PRAGMA synchronous is 2 (FULL) on the store",
+            store_sync == 2,
+            format!("synchronous = {store_sync}"),
+        ),
+        Gate::new(
+            "every run succeeded",
+            report.failed_runs == 0,
+            format!("{} runs did not succeed", report.failed_runs),
+        ),
+    ];
+    for (name, phase) in [
+        ("one at a time", &report.seq),
+        ("16 in flight", &report.par),
+    ] {
+        if let Some(p) = phase {
+            gates.push(Gate::new(
+                "no run took more than 100× the median",
+                p.max_ms <= 100.0 * p.p50_ms,
+                format!("{name}: max {:.2} ms, median {:.2} ms", p.max_ms, p.p50_ms),
+            ));
+        }
+    }
+    report.gates = gates;
+
+    drop(rt);
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report.json(quick))?);
+    } else {
+        print!("{}", report.text(quick));
+    }
+    if report.gates.iter().any(|g| !g.ok) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quiet check
+
+fn load_average() -> Result<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    let mut out = [0.0; 3];
+    for (slot, field) in out.iter_mut().zip(text.split_whitespace()) {
+        *slot = field.parse().context("parsing /proc/loadavg")?;
+    }
+    Ok(out)
+}
+
+/// `n` × (4 KiB write at offset 0 + fdatasync), in µs.
+fn fsync_probe(path: &Path, n: usize) -> Result<Vec<f64>> {
+    let mut f = std::fs::File::create(path).context("creating the fsync probe file")?;
+    let block = [0x5au8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..n {
+        if Instant::now() > deadline {
+            break;
+        }
+        let t = Instant::now();
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&block)?;
+        f.sync_data()?;
+        lat.push(us(t.elapsed()));
+    }
+    Ok(lat)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The endpoint
+
+struct Endpoint {
+    base: String,
+    count: Arc<AtomicU64>,
+}
+
+impl Endpoint {
+    fn start() -> Result<Endpoint> {
+        let count = Arc::new(AtomicU64::new(0));
+        let counter = count.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(ENDPOINT_THREADS)
+            .enable_all()
+            .build()
+            .context("building the endpoint runtime")?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .context("binding 127.0.0.1")?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .route("/{*path}", axum::routing::post(answer))
+            .with_state(counter);
+        std::thread::Builder::new()
+            .name(ENDPOINT_THREADS.into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+                    match server.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => eprintln!("the endpoint stopped: {e}"),
+                        Err(e) => eprintln!("the endpoint task ended: {e}"),
+                    }
+                });
+            })
+            .context("starting the endpoint thread")?;
+        Ok(Endpoint {
+            base: format!("http://{addr}"),
+            count,
+        })
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    axum::extract::State(count): axum::extract::State<Arc<AtomicU64>>,
+    _body: axum::body::Bytes,
+) -> axum::Json<Value> {
+    count.fetch_add(1, Ordering::SeqCst);
+    axum::Json(json!({ "ok": true }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floors
+
+fn floor_db(path: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    if sync != 2 {
+        bail!("the floor database is not synchronous=FULL ({sync})");
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS steps (id INTEGER PRIMARY KEY, run TEXT NOT NULL, step TEXT NOT NULL, body TEXT NOT NULL)",
+    )?;
+    Ok(conn)
+}
+
+/// Single-row autocommit inserts: (commits/s, latencies µs).
+fn sqlite_commits(path: &Path, n: usize, limit: Duration) -> Result<(f64, Vec<f64>)> {
+    let conn = floor_db(path)?;
+    let mut stmt = conn.prepare("INSERT INTO steps(run, step, body) VALUES (?1, ?2, ?3)")?;
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        if start.elapsed() > limit {
+            break;
+        }
+        let t = Instant::now();
+        stmt.execute(rusqlite::params![format!("run-{i}"), "one", BODY])?;
+        lat.push(us(t.elapsed()));
+    }
+    Ok((lat.len() as f64 / start.elapsed().as_secs_f64(), lat))
+}
+
+/// 100 rows per transaction: rows/s.
+fn sqlite_group(path: &Path, txs: usize, limit: Duration) -> Result<f64> {
+    let mut conn = floor_db(path)?;
+    let start = Instant::now();
+    let mut rows = 0usize;
+    for t in 0..txs {
+        if start.elapsed() > limit {
+            break;
+        }
+        let tx = conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO steps(run, step, body) VALUES (?1, ?2, ?3)")?;
+            for i in 0..100 {
+                stmt.execute(rusqlite::params![format!("run-{t}-{i}"), "one", BODY])?;
+            }
+        }
+        tx.commit()?;
+        rows += 100;
+    }
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+/// ns per `runner::sign::sign`.
+fn sign_cost(n: usize, limit: Duration) -> f64 {
+    let key = runner::sign::key_from_random([7; 32]);
+    let jti = runner::sign::jti_from_random([9; 16]);
+    let start = Instant::now();
+    let mut done = 0usize;
+    let mut sink = 0usize;
+    while done < n {
+        for _ in 0..1_000 {
+            let t = runner::sign::sign(
+                std::hint::black_box(&key),
+                "http://127.0.0.1:8080/floor",
+                std::hint::black_box(BODY.as_bytes()),
+                1_700_000_000,
+                &jti,
+            );
+            sink = sink.wrapping_add(t.len());
+        }
+        done += 1_000;
+        if start.elapsed() > limit {
+            break;
+        }
+    }
+    std::hint::black_box(sink);
+    start.elapsed().as_nanos() as f64 / done as f64
+}
+
+async fn post(client: &reqwest::Client, url: &str, token: Option<String>) -> Result<()> {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(BODY);
+    if let Some(t) = token {
+        req = req.header("Upstash-Signature", t);
+    }
+    let resp = req.send().await?;
+    if !resp.status().is_success() {
+        bail!("the endpoint answered {}", resp.status());
+    }
+    resp.bytes().await?;
+    Ok(())
+}
+
+/// Sequential POSTs: latencies in µs.
+async fn http_sequential(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+    limit: Duration,
+) -> Result<Vec<f64>> {
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        if start.elapsed() > limit {
+            break;
+        }
+        let t = Instant::now();
+        post(client, url, None).await?;
+        lat.push(us(t.elapsed()));
+    }
+    Ok(lat)
+}
+
+/// `IN_FLIGHT` concurrent POST loops: requests/s.
+async fn http_parallel(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+    limit: Duration,
+) -> Result<f64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (client, url, next) = (client.clone(), url.to_string(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            while next.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
+                post(&client, &url, None).await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await??;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The minimal durable loop: sign, POST, commit one row (synchronous=FULL), then the next step.
+/// With `group`, commits go through one writer thread that batches whatever is waiting.
+struct Wf3Floor {
+    url: String,
+    key: String,
+    commit: Committer,
+}
+
+#[derive(Clone)]
+enum Committer {
+    Each(Arc<Mutex<rusqlite::Connection>>),
+    Group(mpsc::Sender<(String, tokio::sync::oneshot::Sender<()>)>),
+}
+
+impl Wf3Floor {
+    fn new(path: &Path, url: &str, group: bool) -> Result<Wf3Floor> {
+        let conn = floor_db(path)?;
+        let commit = if group {
+            let (tx, rx) = mpsc::channel::<(String, tokio::sync::oneshot::Sender<()>)>();
+            std::thread::Builder::new()
+                .name("bench-floor-writer".into())
+                .spawn(move || group_writer(conn, rx))?;
+            Committer::Group(tx)
+        } else {
+            Committer::Each(Arc::new(Mutex::new(conn)))
+        };
+        Ok(Wf3Floor {
+            url: url.to_string(),
+            key: runner::sign::key_from_random([3; 32]),
+            commit,
+        })
+    }
+
+    /// `chains` loops of steps, `n` steps in all: (steps done, seconds).
+    async fn run(
+        &self,
+        client: &reqwest::Client,
+        chains: usize,
+        n: usize,
+        limit: Duration,
+    ) -> Result<(usize, f64)> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + limit;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for chain in 0..chains {
+            let (client, next) = (client.clone(), next.clone());
+            let (url, key, commit) = (self.url.clone(), self.key.clone(), self.commit.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0usize;
+                while next.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
+                    let jti = runner::sign::jti_from_random(rand::random());
+                    let token = runner::sign::sign(
+                        &key,
+                        &url,
+                        BODY.as_bytes(),
+                        chrono::Utc::now().timestamp(),
+                        &jti,
+                    );
+                    post(&client, &url, Some(token)).await?;
+                    let run = format!("chain-{chain}-{done}");
+                    match &commit {
+                        Committer::Each(conn) => {
+                            let conn = conn.lock().map_err(|_| anyhow!("floor db lock"))?;
+                            conn.prepare_cached(
+                                "INSERT INTO steps(run, step, body) VALUES (?1, ?2, ?3)",
+                            )?
+                            .execute(rusqlite::params![
+                                run,
+                                "one",
+                                r#"{"ok":true}"#
+                            ])?;
+                        }
+                        Committer::Group(tx) => {
+                            let (reply, rx) = tokio::sync::oneshot::channel();
+                            tx.send((run, reply))
+                                .map_err(|_| anyhow!("floor writer gone"))?;
+                            rx.await?;
+                        }
+                    }
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            }));
+        }
+        let mut done = 0;
+        for t in tasks {
+            done += t.await??;
+        }
+        Ok((done.max(1), start.elapsed().as_secs_f64()))
+    }
+}
+
+fn group_writer(
+    mut conn: rusqlite::Connection,
+    rx: mpsc::Receiver<(String, tokio::sync::oneshot::Sender<()>)>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(_) => break,
+            }
+        }
+        let ok = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("INSERT INTO steps(run, step, body) VALUES (?1, ?2, ?3)")?;
+                for (run, _) in &batch {
+                    stmt.execute(rusqlite::params![run, "one", r#"{"ok":true}"#])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = ok {
+            eprintln!("floor group commit failed: {e}");
+            return; // dropping the replies fails the waiting steps
+        }
+        for (_, reply) in batch {
+            let _ = reply.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// runner
+
+fn bench_version(base: &str) -> Result<Version> {
+    let mut yaml =
+        String::from("name: bench\ndescription: three signed POSTs of about 100 bytes\nsteps:\n");
+    for id in ["one", "two", "three"] {
+        yaml.push_str(&format!(
+            "  - id: {id}\n    http:\n      url: {base}/runner/{id}\n      body: {{ step: {id}, payload: \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\" }}\n"
+        ));
+    }
+    let path = "bench.yaml";
+    let wf = runner::workflow::check_file(path, &yaml).map_err(|diags| {
+        anyhow!(
+            "the bench workflow does not check: {}",
+            diags
+                .iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    if wf.steps.len() != 3 {
+        bail!("the bench workflow has {} steps, not 3", wf.steps.len());
+    }
+    Ok(Version::new(path, &yaml, wf))
+}
+
+struct Phase {
+    runs: usize,
+    failed: usize,
+    secs: f64,
+    lat_ms: Vec<f64>,
+}
+
+async fn one_run(engine: &Engine, version: &Version) -> Result<(bool, f64)> {
+    let t = Instant::now();
+    let (run, _) = engine
+        .start_run(version.clone(), json!({}), "bench", None, None)
+        .await?;
+    let status = tokio::time::timeout(Duration::from_secs(60), engine.wait(&run.id))
+        .await
+        .map_err(|_| anyhow!("run {} did not finish within 60 s", run.id))??;
+    Ok((status == RunStatus::Succeeded, ms(t.elapsed())))
+}
+
+async fn run_sequential(
+    engine: &Engine,
+    version: &Version,
+    n: usize,
+    limit: Duration,
+) -> Result<Phase> {
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        if start.elapsed() > limit {
+            break;
+        }
+        let (ok, l) = one_run(engine, version).await?;
+        failed += usize::from(!ok);
+        lat.push(l);
+    }
+    Ok(Phase {
+        runs: lat.len(),
+        failed,
+        secs: start.elapsed().as_secs_f64(),
+        lat_ms: lat,
+    })
+}
+
+async fn run_parallel(
+    engine: &Engine,
+    version: &Version,
+    n: usize,
+    limit: Duration,
+) -> Result<Phase> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (engine, version, next) = (engine.clone(), version.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0usize;
+            while next.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
+                let (ok, l) = one_run(&engine, &version).await?;
+                failed += usize::from(!ok);
+                lat.push(l);
+            }
+            anyhow::Ok((lat, failed))
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await??;
+        lat.extend(l);
+        failed += f;
+    }
+    Ok(Phase {
+        runs: lat.len(),
+        failed,
+        secs: start.elapsed().as_secs_f64(),
+        lat_ms: lat,
+    })
+}
+
+/// Counts in the runner database, read with SQL on the file:
+/// (succeeded runs, succeeded steps in run states, succeeded attempts).
+fn db_counts(path: &Path) -> Result<(u64, u64, u64)> {
+    let conn = rusqlite::Connection::open(path)?;
+    let runs: i64 = conn.query_row(
+        "SELECT count(*) FROM runs WHERE status = 'succeeded'",
+        [],
+        |r| r.get(0),
+    )?;
+    let steps: i64 = conn.query_row(
+        "SELECT count(*) FROM runs, json_each(runs.state, '$.steps') AS s
+         WHERE json_extract(s.value, '$.status') = 'succeeded'",
+        [],
+        |r| r.get(0),
+    )?;
+    let attempts: i64 = conn.query_row(
+        "SELECT count(*) FROM attempts WHERE outcome = 'succeeded'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((
+        u64::try_from(runs)?,
+        u64::try_from(steps)?,
+        u64::try_from(attempts)?,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time
+
+/// On-CPU time in ns of runner's threads (every thread but the endpoint's) and of the endpoint's,
+/// from `/proc/self/task/*/schedstat`; and process utime+stime from `/proc/self/stat` in ticks
+/// (CLK_TCK assumed 100).
+struct Cpu {
+    runner_ns: u64,
+    endpoint_ns: u64,
+    process_ticks: u64,
+}
+
+impl Cpu {
+    fn since(&self, earlier: &Cpu) -> Cpu {
+        Cpu {
+            runner_ns: self.runner_ns.saturating_sub(earlier.runner_ns),
+            endpoint_ns: self.endpoint_ns.saturating_sub(earlier.endpoint_ns),
+            process_ticks: self.process_ticks.saturating_sub(earlier.process_ticks),
+        }
+    }
+}
+
+fn cpu_now() -> Cpu {
+    let mut cpu = Cpu {
+        runner_ns: 0,
+        endpoint_ns: 0,
+        process_ticks: 0,
+    };
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let p = t.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let ns = std::fs::read_to_string(p.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+                .unwrap_or(0u64);
+            if comm.starts_with(ENDPOINT_THREADS) {
+                cpu.endpoint_ns += ns;
+            } else {
+                cpu.runner_ns += ns;
+            }
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let get = |i: usize| {
+                f.get(i - 3)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            cpu.process_ticks = get(14) + get(15);
+        }
+    }
+    cpu
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+#[derive(Default)]
+struct Report {
+    load_start: [f64; 3],
+    load_end: [f64; 3],
+    fsync_p50_us: f64,
+    fsync_p99_us: f64,
+    sqlite_commits_per_s: f64,
+    sqlite_commit_p50_us: f64,
+    sqlite_group_rows_per_s: f64,
+    http_seq_p50_us: f64,
+    http_seq_mean_us: f64,
+    http_par_req_per_s: f64,
+    sign_ns: f64,
+    wf3_one_ms_per_step: f64,
+    wf3_many_steps_per_s: f64,
+    wf3_group_steps_per_s: f64,
+    seq: Option<PhaseReport>,
+    par: Option<PhaseReport>,
+    failed_runs: usize,
+    runner_requests: u64,
+    gates: Vec<Gate>,
+}
+
+struct PhaseReport {
+    runs: usize,
+    secs: f64,
+    ms_per_step: f64,
+    steps_per_s: f64,
+    cpu_ms_per_step: f64,
+    cpu_ms_per_step_ticks: f64,
+    endpoint_cpu_ms_per_step: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl PhaseReport {
+    fn new(p: &Phase, cpu: Cpu) -> PhaseReport {
+        let steps = (3 * p.runs).max(1) as f64;
+        PhaseReport {
+            runs: p.runs,
+            secs: p.secs,
+            ms_per_step: p.secs * 1e3 / steps,
+            steps_per_s: steps / p.secs,
+            cpu_ms_per_step: cpu.runner_ns as f64 / 1e6 / steps,
+            // Whole process (endpoint included), 10 ms ticks.
+            cpu_ms_per_step_ticks: cpu.process_ticks as f64 * 10.0 / steps,
+            endpoint_cpu_ms_per_step: cpu.endpoint_ns as f64 / 1e6 / steps,
+            p50_ms: percentile(&p.lat_ms, 50.0),
+            p99_ms: percentile(&p.lat_ms, 99.0),
+            max_ms: p.lat_ms.iter().copied().fold(0.0, f64::max),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "runs": self.runs,
+            "steps": 3 * self.runs,
+            "seconds": self.secs,
+            "ms_per_step": self.ms_per_step,
+            "steps_per_s": self.steps_per_s,
+            "cpu_ms_per_step": self.cpu_ms_per_step,
+            "cpu_ms_per_step_whole_process_ticks": self.cpu_ms_per_step_ticks,
+            "endpoint_cpu_ms_per_step": self.endpoint_cpu_ms_per_step,
+            "run_latency_ms": { "p50": self.p50_ms, "p99": self.p99_ms, "max": self.max_ms },
+        })
+    }
+}
+
+struct Gate {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+impl Gate {
+    fn new(name: &'static str, ok: bool, detail: String) -> Gate {
+        Gate { name, ok, detail }
+    }
+}
+
+struct Aim {
+    name: &'static str,
+    value: f64,
+    target: f64,
+    unit: &'static str,
+    met: bool,
+}
+
+/// Aims from reference/benchmark.md.
+const AIM_OVERHEAD_MS: f64 = 0.5;
+const AIM_STEPS_PER_S: f64 = 5_000.0;
+const AIM_CPU_MS: f64 = 0.3;
+
+impl Report {
+    fn invalid_reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.load_start[0] > 1.5 {
+            out.push(format!(
+                "1-minute load {:.2} > 1.5 at the start",
+                self.load_start[0]
+            ));
+        }
+        if self.load_end[0] > 1.5 {
+            out.push(format!(
+                "1-minute load {:.2} > 1.5 at the end",
+                self.load_end[0]
+            ));
+        }
+        if self.fsync_p50_us > 500.0 {
+            out.push(format!("fsync p50 {:.0} µs > 500 µs", self.fsync_p50_us));
+        }
+        out
+    }
+
+    fn overhead_ms(&self) -> f64 {
+        self.seq
+            .as_ref()
+            .map_or(f64::NAN, |s| s.ms_per_step - self.http_seq_mean_us / 1e3)
+    }
+
+    fn cpu_ms(&self) -> f64 {
+        [&self.seq, &self.par]
+            .iter()
+            .filter_map(|p| p.as_ref().map(|p| p.cpu_ms_per_step))
+            .fold(0.0, f64::max)
+    }
+
+    fn aims(&self) -> Vec<Aim> {
+        let overhead = self.overhead_ms();
+        let tput = self.par.as_ref().map_or(0.0, |p| p.steps_per_s);
+        let cpu = self.cpu_ms();
+        vec![
+            Aim {
+                name: "sequential overhead per step",
+                value: overhead,
+                target: AIM_OVERHEAD_MS,
+                unit: "ms ≤",
+                met: overhead <= AIM_OVERHEAD_MS,
+            },
+            Aim {
+                name: "steps/s with 16 in flight",
+                value: tput,
+                target: AIM_STEPS_PER_S,
+                unit: "≥",
+                met: tput >= AIM_STEPS_PER_S,
+            },
+            Aim {
+                name: "CPU per step (worse phase)",
+                value: cpu,
+                target: AIM_CPU_MS,
+                unit: "ms ≤",
+                met: cpu <= AIM_CPU_MS,
+            },
+        ]
+    }
+
+    fn ratios(&self) -> Vec<(&'static str, f64)> {
+        let seq = self.seq.as_ref().map_or(f64::NAN, |s| s.ms_per_step);
+        let tput = self.par.as_ref().map_or(f64::NAN, |p| p.steps_per_s);
+        vec![
+            (
+                "latency: runner ms/step ÷ wf3_floor 1 chain (aim ≤ 2.5)",
+                seq / self.wf3_one_ms_per_step,
+            ),
+            (
+                "throughput: runner ÷ wf3_floor 16 chains, commit per step (aim ≥ 0.33)",
+                tput / self.wf3_many_steps_per_s,
+            ),
+            (
+                "throughput: runner ÷ wf3_floor 16 chains, group commit",
+                tput / self.wf3_group_steps_per_s,
+            ),
+            (
+                "throughput: runner steps/s ÷ raw HTTP req/s, 16 in flight",
+                tput / self.http_par_req_per_s,
+            ),
+        ]
+    }
+
+    fn text(&self, quick: bool) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let invalid = self.invalid_reasons();
+        let failed: Vec<&Gate> = self.gates.iter().filter(|g| !g.ok).collect();
+        let banner = |s: &mut String| {
+            if !invalid.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                     !!! INVALID RUN: the machine was not quiet ({}).\n\
+                     !!! The figures below are printed but do not count.\n\
+                     !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+                    invalid.join("; ")
+                );
+            }
+            if !failed.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\nXXX FAIL: {} correctness gate(s) failed; this run does not count.",
+                    failed.len()
+                );
+            }
+        };
+        let _ = writeln!(
+            s,
+            "runner benchmark{} — {} cores, same run, same endpoint",
+            if quick { " (--quick)" } else { "" },
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        banner(&mut s);
+        let _ = writeln!(s, "\n1. Quiet check");
+        let _ = writeln!(
+            s,
+            "   load average        start {:.2} {:.2} {:.2}   end {:.2} {:.2} {:.2}   (limit 1-min ≤ 1.5)",
+            self.load_start[0],
+            self.load_start[1],
+            self.load_start[2],
+            self.load_end[0],
+            self.load_end[1],
+            self.load_end[2]
+        );
+        let _ = writeln!(
+            s,
+            "   fsync probe         p50 {:.0} µs, p99 {:.0} µs   (200 × 4 KiB write + fdatasync; limit p50 ≤ 500 µs)",
+            self.fsync_p50_us, self.fsync_p99_us
+        );
+        let _ = writeln!(
+            s,
+            "   => {}",
+            if invalid.is_empty() {
+                "quiet: VALID"
+            } else {
+                "INVALID"
+            }
+        );
+
+        let _ = writeln!(s, "\n2. Floors");
+        let _ = writeln!(
+            s,
+            "   SQLite WAL FULL, 1 row/commit     {:>9.0} commits/s   p50 {:.0} µs",
+            self.sqlite_commits_per_s, self.sqlite_commit_p50_us
+        );
+        let _ = writeln!(
+            s,
+            "   SQLite WAL FULL, 100 rows/commit  {:>9.0} rows/s",
+            self.sqlite_group_rows_per_s
+        );
+        let _ = writeln!(
+            s,
+            "   reqwest POST, sequential          p50 {:.0} µs   mean {:.0} µs",
+            self.http_seq_p50_us, self.http_seq_mean_us
+        );
+        let _ = writeln!(
+            s,
+            "   reqwest POST, 16 in flight        {:>9.0} req/s",
+            self.http_par_req_per_s
+        );
+        let _ = writeln!(
+            s,
+            "   HS256 sign (runner::sign::sign)   {:>9.0} ns/op",
+            self.sign_ns
+        );
+        let _ = writeln!(
+            s,
+            "   wf3_floor, 1 chain                {:>9.3} ms/step",
+            self.wf3_one_ms_per_step
+        );
+        let _ = writeln!(
+            s,
+            "   wf3_floor, 16 chains, commit/step {:>9.0} steps/s",
+            self.wf3_many_steps_per_s
+        );
+        let _ = writeln!(
+            s,
+            "   wf3_floor, 16 chains, group commit{:>9.0} steps/s",
+            self.wf3_group_steps_per_s
+        );
+
+        let _ = writeln!(
+            s,
+            "\n3. runner (3 signed POSTs of ~100 B per run, synchronous=FULL)"
+        );
+        for (name, p) in [
+            ("one run at a time", &self.seq),
+            ("16 in flight     ", &self.par),
+        ] {
+            if let Some(p) = p {
+                let _ = writeln!(
+                    s,
+                    "   {name}  {:>5} runs in {:>5.1} s   {:.3} ms/step   {:>6.0} steps/s",
+                    p.runs, p.secs, p.ms_per_step, p.steps_per_s
+                );
+                let _ = writeln!(
+                    s,
+                    "       run latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                    p.p50_ms, p.p99_ms, p.max_ms
+                );
+                let _ = writeln!(
+                    s,
+                    "       CPU {:.3} ms/step (runner's threads, schedstat)   [whole process {:.3} ms/step from /proc/self/stat ticks; endpoint {:.3}]",
+                    p.cpu_ms_per_step, p.cpu_ms_per_step_ticks, p.endpoint_cpu_ms_per_step
+                );
+            }
+        }
+
+        let _ = writeln!(s, "\n4. Correctness gates");
+        for g in &self.gates {
+            let _ = writeln!(
+                s,
+                "   [{}] {} — {}",
+                if g.ok { " ok " } else { "FAIL" },
+                g.name,
+                g.detail
+            );
+        }
+
+        let _ = writeln!(s, "\n5. Summary");
+        let _ = writeln!(
+            s,
+            "   overhead per step = {:.3} ms/step (sequential) − {:.3} ms (raw round trip, mean) = {:.3} ms",
+            self.seq.as_ref().map_or(f64::NAN, |p| p.ms_per_step),
+            self.http_seq_mean_us / 1e3,
+            self.overhead_ms()
+        );
+        let _ = writeln!(
+            s,
+            "   steps/s with 16 in flight = {:.0}",
+            self.par.as_ref().map_or(f64::NAN, |p| p.steps_per_s)
+        );
+        let _ = writeln!(
+            s,
+            "   CPU per step = {:.3} ms (worse of the two phases)",
+            self.cpu_ms()
+        );
+        let _ = writeln!(s, "   ratios runner / floor:");
+        for (name, r) in self.ratios() {
+            let _ = writeln!(s, "     {r:>7.2}  {name}");
+        }
+        let _ = writeln!(s, "   aims (reference/benchmark.md):");
+        for a in self.aims() {
+            let _ = writeln!(
+                s,
+                "     [{}] {}: {:.3} (aim {} {})",
+                if a.met { "met" } else { "NOT MET" },
+                a.name,
+                a.value,
+                a.unit,
+                a.target
+            );
+        }
+        let _ = writeln!(
+            s,
+            "   cron lateness: not measured (the engine has no scheduler yet)"
+        );
+        banner(&mut s);
+        s
+    }
+
+    fn json(&self, quick: bool) -> Value {
+        let invalid = self.invalid_reasons();
+        json!({
+            "quick": quick,
+            "valid": invalid.is_empty(),
+            "invalid_reasons": invalid,
+            "counts": self.gates.iter().all(|g| g.ok) && invalid.is_empty(),
+            "quiet": {
+                "load_start": self.load_start,
+                "load_end": self.load_end,
+                "fsync_p50_us": self.fsync_p50_us,
+                "fsync_p99_us": self.fsync_p99_us,
+            },
+            "floor": {
+                "sqlite_full_commits_per_s": self.sqlite_commits_per_s,
+                "sqlite_full_commit_p50_us": self.sqlite_commit_p50_us,
+                "sqlite_group100_rows_per_s": self.sqlite_group_rows_per_s,
+                "http_seq_p50_us": self.http_seq_p50_us,
+                "http_seq_mean_us": self.http_seq_mean_us,
+                "http_16_req_per_s": self.http_par_req_per_s,
+                "sign_ns": self.sign_ns,
+                "wf3_floor_1_chain_ms_per_step": self.wf3_one_ms_per_step,
+                "wf3_floor_16_chains_steps_per_s": self.wf3_many_steps_per_s,
+                "wf3_floor_16_chains_group_steps_per_s": self.wf3_group_steps_per_s,
+            },
+            "runner": {
+                "sequential": self.seq.as_ref().map(PhaseReport::json),
+                "in_flight_16": self.par.as_ref().map(PhaseReport::json),
+                "cpu_source": "/proc/self/task/*/schedstat, every thread except the endpoint's",
+            },
+            "gates": self.gates.iter().map(|g| json!({"name": g.name, "ok": g.ok, "detail": g.detail})).collect::<Vec<_>>(),
+            "summary": {
+                "overhead_ms_per_step": self.overhead_ms(),
+                "steps_per_s_16": self.par.as_ref().map(|p| p.steps_per_s),
+                "cpu_ms_per_step": self.cpu_ms(),
+                "ratios": self.ratios().into_iter().map(|(n, r)| json!({"name": n, "ratio": r})).collect::<Vec<_>>(),
+                "aims": self.aims().into_iter().map(|a| json!({"name": a.name, "value": a.value, "target": a.target, "met": a.met})).collect::<Vec<_>>(),
+            },
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
