@@ -88,6 +88,64 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// The daemon: watch the workflows directory, fire schedules, serve the API and approval pages
+    Serve {
+        #[arg(long, default_value = "workflows", env = "RUNNER_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Address to listen on (a non-loopback address needs RUNNER_API_TOKEN)
+        #[arg(long, env = "RUNNER_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The URL users reach the daemon at (used in approval links)
+        #[arg(long, env = "RUNNER_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Bearer token required by the API
+        #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+        #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "RUNNER_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Start a run through the daemon's API (the workflow needs `on: { webhook: true }`)
+    Trigger {
+        workflow: String,
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a run through the daemon's API
+    Cancel {
+        run_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Retry a failed run from its failed step, through the daemon's API
+    Retry {
+        run_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approve a step that waits for a decision, through the daemon's API
+    Approve {
+        run_id: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Reject a step that waits for a decision, through the daemon's API
+    Reject {
+        run_id: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Show the signing keys receivers need (QSTASH_CURRENT_SIGNING_KEY / QSTASH_NEXT_SIGNING_KEY), or rotate them
     Keys {
         #[arg(value_enum)]
@@ -95,6 +153,22 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The daemon's address
+    #[arg(long, env = "RUNNER_URL", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The daemon's API token
+    #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -182,6 +256,131 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => runs(workflow, status, limit, json, &db.db),
         Command::Show { run_id, json, db } => show(&run_id, json, &db.db),
         Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
+        Command::Serve {
+            dir,
+            db,
+            listen,
+            public_url,
+            api_token,
+            log_format,
+        } => {
+            init_logs_format("info", log_format);
+            let cfg = crate::daemon::ServeConfig {
+                dir,
+                db: db.db,
+                listen,
+                public_url,
+                api_token,
+            };
+            runtime()?.block_on(crate::daemon::serve(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trigger {
+            workflow,
+            input,
+            idempotency_key,
+            server,
+        } => {
+            let body: serde_json::Value = serde_json::from_str(&input)
+                .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
+            let mut headers = Vec::new();
+            if let Some(k) = idempotency_key {
+                headers.push(("Idempotency-Key".to_string(), k));
+            }
+            runtime()?.block_on(call_daemon(
+                &server,
+                reqwest::Method::POST,
+                &format!("/api/v1/workflows/{workflow}/runs"),
+                Some(body),
+                headers,
+            ))
+        }
+        Command::Cancel { run_id, server } => runtime()?.block_on(call_daemon(
+            &server,
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{run_id}/cancel"),
+            None,
+            vec![],
+        )),
+        Command::Retry { run_id, server } => runtime()?.block_on(call_daemon(
+            &server,
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{run_id}/retry"),
+            None,
+            vec![],
+        )),
+        Command::Approve {
+            run_id,
+            step,
+            comment,
+            server,
+        } => runtime()?.block_on(call_daemon(
+            &server,
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{run_id}/steps/{step}/approve"),
+            Some(serde_json::json!({"comment": comment, "approver": whoami()})),
+            vec![],
+        )),
+        Command::Reject {
+            run_id,
+            step,
+            comment,
+            server,
+        } => runtime()?.block_on(call_daemon(
+            &server,
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{run_id}/steps/{step}/reject"),
+            Some(serde_json::json!({"comment": comment, "approver": whoami()})),
+            vec![],
+        )),
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "cli".into())
+}
+
+/// Calls the daemon's API and prints its JSON answer; exit 0 on 2xx, 1 otherwise.
+async fn call_daemon(
+    server: &ServerArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    headers: Vec<(String, String)>,
+) -> anyhow::Result<ExitCode> {
+    let client = crate::dispatch::http::client();
+    let url = format!("{}{path}", server.server.trim_end_matches('/'));
+    let mut req = client
+        .request(method, &url)
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(t) = &server.api_token {
+        req = req.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("Content-Type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {}: {e} (is `runner serve` running? set --server or RUNNER_URL)", server.server))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: the daemon answered {status}:\n{pretty}");
+        Ok(ExitCode::from(1))
     }
 }
 
@@ -189,6 +388,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// Logs to stderr in the chosen format.
+pub fn init_logs_format(default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("runner={default}")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
 }
 
 /// Logs to stderr; `RUNNER_LOG` overrides the default filter (e.g. `RUNNER_LOG=debug`).

@@ -6,8 +6,10 @@
 pub mod backoff;
 pub mod cli;
 pub mod cron;
+pub mod daemon;
 pub mod dispatch;
 pub mod engine;
+pub mod metrics;
 pub mod sign;
 pub mod store;
 pub mod workflow;

@@ -257,24 +257,30 @@ pub async fn attempt(
             }
         }
     }
-    let body_value: Value = if is_json {
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-    } else {
-        Value::String(String::from_utf8_lossy(&body).into_owned())
-    };
+    // An endpoint may send a secret back (an echo, an error quoting the request): what is stored
+    // and what later steps see has it redacted, like the request.
+    let body_value: Value = request::redact_value(
+        if is_json {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        } else {
+            Value::String(String::from_utf8_lossy(&body).into_owned())
+        },
+        &secrets,
+    );
     let header_map: serde_json::Map<String, Value> = headers
         .iter()
         .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_string(), Value::String(v.to_string())))
+            v.to_str().ok().map(|v| {
+                let v = request::redact(v, &secrets);
+                (k.as_str().to_string(), Value::String(v))
+            })
         })
         .collect();
     record.response = Some(json!({
         "status": status.as_u16(),
         "headers": header_map,
-        "body": if too_large { Value::String(format!("(over {MAX_RESPONSE_BYTES} bytes)")) } else { Value::String(truncate(&body, KEPT_BODY_BYTES)) },
+        "body": if too_large { Value::String(format!("(over {MAX_RESPONSE_BYTES} bytes)")) } else { Value::String(truncate(request::redact(&String::from_utf8_lossy(&body), &secrets).as_bytes(), KEPT_BODY_BYTES)) },
     }));
     if status.is_success() {
         if too_large {
@@ -309,7 +315,10 @@ pub async fn attempt(
             .get("upstash-nonretryable-error")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let snippet = truncate(&body, 300);
+    let snippet = truncate(
+        request::redact(&String::from_utf8_lossy(&body), &secrets).as_bytes(),
+        300,
+    );
     let error = if snippet.trim().is_empty() {
         format!("HTTP {status}")
     } else {
@@ -349,7 +358,8 @@ fn request_record(
         "method": req.method,
         "url": request::redact(url.as_str(), secrets),
         "headers": headers,
-        "body": request::redact(&truncate(&req.body, KEPT_BODY_BYTES), secrets),
+        // Redact before cutting, so that no part of a secret is kept at the cut.
+        "body": truncate(request::redact(&String::from_utf8_lossy(&req.body), secrets).as_bytes(), KEPT_BODY_BYTES),
     })
 }
 

@@ -27,6 +27,7 @@ struct Inner {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<RunStatus>>>>,
     inflight: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
     handlers: RwLock<Handlers>,
+    metrics: Arc<crate::metrics::Metrics>,
     finished: tokio::sync::broadcast::Sender<(String, String, RunStatus)>,
 }
 
@@ -68,6 +69,7 @@ impl Engine {
                 waiters: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 handlers: RwLock::new(Handlers::default()),
+                metrics: Arc::new(crate::metrics::Metrics::default()),
                 finished: tokio::sync::broadcast::channel(1024).0,
             }),
         }
@@ -75,6 +77,10 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.inner.metrics.clone()
     }
 
     pub fn set_handlers(&self, handlers: Handlers) {
@@ -116,6 +122,7 @@ impl Engine {
         let created = applied.created;
         let run = applied.run.clone();
         if created {
+            self.inner.metrics.run_started();
             info!(run_id = %run.id, workflow = %run.workflow, trigger, "run started");
         }
         self.after_commit(applied);
@@ -149,6 +156,7 @@ impl Engine {
             return Ok(None);
         }
         let run = applied.run.clone();
+        self.inner.metrics.run_started();
         info!(run_id = %run.id, workflow = %run.workflow, queued = !start, "scheduled run created");
         self.after_commit(applied);
         Ok(Some(run))
@@ -364,6 +372,7 @@ impl Engine {
                 }
             }
             Effect::Finished { status } => {
+                self.inner.metrics.run_finished(status.as_str());
                 info!(run_id = %run.id, workflow = %run.workflow, status = status.as_str(), "run finished");
                 self.inner
                     .inflight
@@ -407,6 +416,21 @@ impl Engine {
         debug!(run_id = %run.id, workflow = %run.workflow, step, attempt, "calling");
         let (event, record) =
             http::attempt(&self.inner.client, &keys, &wf, &run, &step, attempt).await;
+        if let (Some(a), Some(b)) = (record.started_at, record.finished_at) {
+            self.inner
+                .metrics
+                .step_latency
+                .observe((b - a).num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
+        if matches!(
+            &event,
+            Event::AttemptFailed {
+                outcome: super::machine::Outcome::Retryable { .. },
+                ..
+            }
+        ) {
+            self.inner.metrics.retry();
+        }
         match &event {
             Event::AttemptFailed { error, outcome, .. } => {
                 warn!(run_id = %run.id, workflow = %run.workflow, step, attempt, error = %error, outcome = ?outcome, "attempt failed");

@@ -95,3 +95,25 @@ pub fn redact(text: &str, secrets: &serde_json::Map<String, Value>) -> String {
     }
     out
 }
+
+/// `redact` applied to every string (and key) of a JSON value.
+pub fn redact_value(value: Value, secrets: &serde_json::Map<String, Value>) -> Value {
+    if secrets.is_empty() {
+        return value;
+    }
+    match value {
+        Value::String(s) => Value::String(redact(&s, secrets)),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| redact_value(v, secrets))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (redact(&k, secrets), redact_value(v, secrets)))
+                .collect(),
+        ),
+        other => other,
+    }
+}

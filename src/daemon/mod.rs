@@ -1,0 +1,230 @@
+//! `runner serve`: the daemon. Watches the workflows directory, fires schedules, serves the API,
+//! and resumes every unfinished run on start.
+//!
+//! I/O shell: this wires the store, the engine, the scheduler, the watcher and the HTTP server.
+
+pub mod api;
+pub mod registry;
+pub mod scheduler;
+
+use crate::engine::executor::Engine;
+use registry::Registry;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// What `runner serve` needs; every field has an embedded default (see `cli.rs`).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    pub api_token: Option<String>,
+}
+
+impl ServeConfig {
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    if !cfg.listen.ip().is_loopback() && cfg.api_token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "refusing to listen on {} without an API token: set RUNNER_API_TOKEN (or listen on 127.0.0.1)",
+            cfg.listen
+        );
+    }
+    if !cfg.dir.is_dir() {
+        anyhow::bail!(
+            "the workflows directory `{}` does not exist (use --dir, or create it)",
+            cfg.dir.display()
+        );
+    }
+    let store = crate::store::Store::open(&cfg.db)?;
+    let (keys, source) = crate::dispatch::keys::resolve(&store).await?;
+    info!(
+        db = %cfg.db.display(),
+        keys = ?source,
+        "signing keys ready (`runner keys --db {}` prints them for receivers)",
+        cfg.db.display()
+    );
+    let engine = Engine::new(store, keys);
+    let metrics = engine.metrics();
+
+    let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
+    reload(&registry);
+
+    let resumed = engine.recover(false).await?;
+    if resumed > 0 {
+        info!(runs = resumed, "resuming unfinished runs");
+    }
+    tokio::spawn(engine.clone().timer_loop());
+
+    let (sched_tx, sched_rx) = mpsc::channel(1024);
+    let mut scheduler =
+        scheduler::Scheduler::new(engine.clone(), registry.clone(), metrics.clone());
+    let started = std::time::Instant::now();
+    scheduler.start(chrono::Utc::now()).await?;
+    info!(
+        ms = started.elapsed().as_millis() as u64,
+        "scheduler started"
+    );
+    tokio::spawn(scheduler.run(sched_rx));
+
+    // One reload path: the watcher and SIGHUP both send here.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
+    let _watcher = watch(&cfg.dir, reload_tx.clone());
+    spawn_sighup(reload_tx.clone());
+    {
+        let registry = registry.clone();
+        let sched_tx = sched_tx.clone();
+        tokio::spawn(async move {
+            while let Some(why) = reload_rx.recv().await {
+                // Coalesce a burst of events into one reload.
+                while reload_rx.try_recv().is_ok() {}
+                info!(reason = why, "reloading workflows");
+                let registry = registry.clone();
+                let changed = tokio::task::spawn_blocking(move || reload(&registry))
+                    .await
+                    .unwrap_or(false);
+                if changed {
+                    let _ = sched_tx.send(scheduler::Msg::Reload).await;
+                }
+            }
+        });
+    }
+
+    let state = Arc::new(api::AppState {
+        engine: engine.clone(),
+        registry: registry.clone(),
+        scheduler: sched_tx,
+        token: cfg.api_token.clone().filter(|t| !t.is_empty()),
+        metrics,
+        public_url: cfg.public_url(),
+    });
+    let app = api::router(state);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    info!(listen = %local, public_url = %cfg.public_url(), dir = %cfg.dir.display(), "runner is serving");
+    // A line for scripts and tests that start the daemon on port 0.
+    println!("listening on http://{local}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    info!("shutting down: runs in flight continue from the database on the next start");
+    Ok(())
+}
+
+/// Re-checks the directory and logs what changed. Returns whether the set of active versions changed.
+fn reload(registry: &Arc<RwLock<Registry>>) -> bool {
+    let changes = registry.write().expect("registry lock").reload();
+    for name in &changes.added {
+        info!(workflow = %name, "workflow loaded");
+    }
+    for name in &changes.changed {
+        info!(workflow = %name, "workflow changed; new runs use the new version");
+    }
+    for name in &changes.removed {
+        info!(workflow = %name, "workflow removed; its triggers stopped, runs in flight finish");
+    }
+    for (file, text) in &changes.refused {
+        warn!(file = %file, "workflow file refused; the last good version (if any) stays active:\n{text}");
+    }
+    for e in &changes.errors {
+        error!("{e}");
+    }
+    !(changes.added.is_empty() && changes.changed.is_empty() && changes.removed.is_empty())
+}
+
+fn watch(
+    dir: &std::path::Path,
+    tx: mpsc::Sender<&'static str>,
+) -> Option<
+    notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+> {
+    use notify::RecursiveMode;
+    let mut debouncer = match notify_debouncer_full::new_debouncer(
+        std::time::Duration::from_millis(200),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            // Reading the files for a reload opens them; only changes count, or reloads would loop.
+            let changed = result.is_ok_and(|events| {
+                events.iter().any(|e| {
+                    !matches!(e.event.kind, notify::EventKind::Access(_))
+                        && e.event.paths.iter().any(|p| {
+                            matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml"))
+                                || p.is_dir()
+                        })
+                })
+            });
+            if changed {
+                let _ = tx.blocking_send("file change");
+            }
+        },
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the workflows directory; use SIGHUP to reload");
+            return None;
+        }
+    };
+    if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
+        warn!(error = %e, dir = %dir.display(), "cannot watch the workflows directory; use SIGHUP to reload");
+        return None;
+    }
+    Some(debouncer)
+}
+
+#[cfg(unix)]
+fn spawn_sighup(tx: mpsc::Sender<&'static str>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = tx.send("SIGHUP").await;
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "cannot listen for SIGHUP"),
+    }
+}
+
+#[cfg(not(unix))]
+fn spawn_sighup(_tx: mpsc::Sender<&'static str>) {}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,566 @@
+//! The cron scheduler: YAML schedules of active workflows and programmatic schedules from the
+//! database, fired on time, each slot at most once (a unique key in the database, claimed in the
+//! same transaction that creates the run), with catch-up and overlap as the workflow says.
+
+use crate::cron::{CronSchedule, Slot};
+use crate::daemon::registry::Registry;
+use crate::engine::executor::Engine;
+use crate::engine::machine::Event;
+use crate::engine::trigger::{self, OverlapAction};
+use crate::metrics::Metrics;
+use crate::store::{SlotClaim, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// A programmatic schedule as stored (`PUT /api/v1/schedules/{id}`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApiSchedule {
+    pub id: String,
+    pub workflow: String,
+    pub cron: String,
+    pub timezone: Option<String>,
+    pub input: serde_json::Value,
+    pub paused: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub enum Msg {
+    /// The registry changed: re-read YAML schedules.
+    Reload,
+    Upsert(ApiSchedule),
+    Delete(String),
+}
+
+struct Entry {
+    workflow: String,
+    cron: Arc<CronSchedule>,
+    input: serde_json::Value,
+    paused: bool,
+    /// The next slot and when to fire it (slot time plus jitter).
+    next: Option<(DateTime<Utc>, Slot)>,
+    /// For YAML entries: the source text of the schedule, to tell an unchanged one on reload.
+    signature: String,
+}
+
+pub struct Scheduler {
+    engine: Engine,
+    registry: Arc<RwLock<Registry>>,
+    metrics: Arc<Metrics>,
+    entries: HashMap<String, Entry>,
+    queue: BTreeSet<(DateTime<Utc>, String)>,
+    crons: HashMap<(String, Option<String>), Arc<CronSchedule>>,
+    marks: HashMap<String, DateTime<Utc>>,
+    /// Fires of one workflow are decided one at a time (overlap counts must not race).
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+fn yaml_id(workflow: &str, index: usize) -> String {
+    format!("yaml:{workflow}:{index}")
+}
+
+pub fn api_id(id: &str) -> String {
+    format!("api:{id}")
+}
+
+/// The first slot after `last` in (instant, wall-clock) order, so two slots of the DST gap that
+/// fire at the same instant are both found.
+fn slot_after(cron: &CronSchedule, last: &Slot) -> Option<Slot> {
+    let from = last.at - chrono::Duration::milliseconds(1);
+    cron.slots_after(from).find(|s| s > last)
+}
+
+impl Scheduler {
+    pub fn new(
+        engine: Engine,
+        registry: Arc<RwLock<Registry>>,
+        metrics: Arc<Metrics>,
+    ) -> Scheduler {
+        Scheduler {
+            engine,
+            registry,
+            metrics,
+            entries: HashMap::new(),
+            queue: BTreeSet::new(),
+            crons: HashMap::new(),
+            marks: HashMap::new(),
+            locks: HashMap::new(),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.engine.store()
+    }
+
+    fn intern(
+        &mut self,
+        cron: &str,
+        tz: Option<&str>,
+    ) -> Result<Arc<CronSchedule>, crate::cron::CronError> {
+        let key = (cron.to_string(), tz.map(str::to_string));
+        if let Some(c) = self.crons.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(CronSchedule::parse(cron, tz)?);
+        self.crons.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Loads programmatic schedules and YAML schedules, fires what is due (catch-up), and
+    /// starts queued runs whose turn it is.
+    pub async fn start(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.marks = self.store().schedule_marks()?;
+        let api = load_api_schedules(self.store())?;
+        let mut unseen = Vec::new();
+        for s in api {
+            let id = api_id(&s.id);
+            if !self.marks.contains_key(&id) {
+                unseen.push(id.clone());
+            }
+            self.put_api(s, now, false).await;
+        }
+        if !unseen.is_empty() {
+            mark_seen_bulk(self.store(), &unseen, now).await?;
+            for id in unseen {
+                self.marks.insert(id, now);
+            }
+        }
+        self.sync_yaml(now).await;
+        for wf in self.store().workflows_with_queued_runs()? {
+            dequeue(&self.engine, &wf).await;
+        }
+        Ok(())
+    }
+
+    /// The scheduler's loop: fires due slots, applies messages, starts queued runs.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut finished = self.engine.finished();
+        loop {
+            let next_due = self.queue.first().map(|(t, _)| *t);
+            let sleep = match next_due {
+                Some(t) => (t - Utc::now()).to_std().unwrap_or_default(),
+                None => std::time::Duration::from_secs(3600),
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Reload) => self.sync_yaml(Utc::now()).await,
+                    Some(Msg::Upsert(s)) => self.put_api(s, Utc::now(), true).await,
+                    Some(Msg::Delete(id)) => self.remove(&api_id(&id)),
+                    None => return,
+                },
+                _ = tokio::time::sleep(sleep) => self.fire_due(Utc::now()).await,
+                done = finished.recv() => {
+                    if let Ok((_, workflow, _)) = done {
+                        let engine = self.engine.clone();
+                        let lock = self.lock(&workflow);
+                        tokio::spawn(async move {
+                            let _guard = lock.lock().await;
+                            dequeue(&engine, &workflow).await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn lock(&mut self, workflow: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.entry(workflow.to_string()).or_default().clone()
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(e) = self.entries.remove(id)
+            && let Some((at, _)) = e.next
+        {
+            self.queue.remove(&(at, id.to_string()));
+        }
+    }
+
+    fn arm(&mut self, id: &str, next: Option<Slot>) {
+        let jitter = self.jitter_of(id);
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        if let Some((at, _)) = entry.next.take() {
+            self.queue.remove(&(at, id.to_string()));
+        }
+        if let Some(slot) = next {
+            let fire_at = trigger::fire_time(&slot, jitter, rand::random::<f64>());
+            entry.next = Some((fire_at, slot));
+            if !entry.paused {
+                self.queue.insert((fire_at, id.to_string()));
+            }
+        }
+    }
+
+    fn jitter_of(&self, id: &str) -> Option<std::time::Duration> {
+        let wf = &self.entries.get(id)?.workflow;
+        let reg = self.registry.read().expect("registry lock");
+        reg.get(wf).and_then(|v| v.workflow.concurrency.jitter)
+    }
+
+    fn catchup_of(&self, workflow: &str) -> Option<std::time::Duration> {
+        let reg = self.registry.read().expect("registry lock");
+        reg.get(workflow)
+            .and_then(|v| v.workflow.concurrency.catchup_window)
+    }
+
+    /// Adds or replaces an entry: fires missed slots it is owed, then arms the next one.
+    async fn install(&mut self, id: String, entry: Entry, now: DateTime<Utc>) {
+        self.remove(&id);
+        let since = match self.marks.get(&id) {
+            Some(t) => *t,
+            None => {
+                if let Err(e) = self.store().mark_schedule_seen(&id, now).await {
+                    warn!(schedule = %id, error = %e, "cannot remember a new schedule");
+                }
+                self.marks.insert(id.clone(), now);
+                now
+            }
+        };
+        let cron = entry.cron.clone();
+        let paused = entry.paused;
+        let workflow = entry.workflow.clone();
+        self.entries.insert(id.clone(), entry);
+        let mut last: Option<Slot> = None;
+        if !paused {
+            let catchup = self.catchup_of(&workflow);
+            // `since` itself may be a slot that was claimed just before a crash: the unique key
+            // makes firing it again harmless, so look from just before it.
+            let due = trigger::due_slots(
+                &cron,
+                since - chrono::Duration::milliseconds(1),
+                now,
+                catchup,
+            );
+            for slot in due {
+                self.fire(&id, slot, slot.at, now).await;
+                last = Some(slot);
+            }
+        }
+        let next = match last {
+            Some(l) => slot_after(&cron, &l),
+            None => cron.next_after(now),
+        };
+        self.arm(&id, next);
+    }
+
+    async fn sync_yaml(&mut self, now: DateTime<Utc>) {
+        let wanted: Vec<(String, String, Arc<CronSchedule>, serde_json::Value)> = {
+            let reg = self.registry.read().expect("registry lock");
+            reg.active()
+                .into_iter()
+                .flat_map(|v| {
+                    v.workflow.schedules.iter().enumerate().map(move |(i, s)| {
+                        (
+                            yaml_id(&v.workflow.name, i),
+                            v.workflow.name.clone(),
+                            Arc::new(s.cron.clone()),
+                            s.input.clone(),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let wanted_ids: std::collections::HashSet<&String> = wanted.iter().map(|w| &w.0).collect();
+        let stale: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| k.starts_with("yaml:") && !wanted_ids.contains(k))
+            .cloned()
+            .collect();
+        for id in stale {
+            info!(schedule = %id, "schedule removed");
+            self.remove(&id);
+        }
+        for (id, workflow, cron, input) in wanted {
+            let signature = format!("{}|{}|{}", cron.expression(), cron.timezone().name(), input);
+            if self
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.signature == signature)
+            {
+                continue;
+            }
+            let entry = Entry {
+                workflow,
+                cron,
+                input,
+                paused: false,
+                next: None,
+                signature,
+            };
+            self.install(id, entry, now).await;
+        }
+    }
+
+    async fn put_api(&mut self, s: ApiSchedule, now: DateTime<Utc>, log: bool) {
+        let cron = match self.intern(&s.cron, s.timezone.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(schedule = %s.id, error = %e, "stored schedule has an invalid cron; ignored");
+                return;
+            }
+        };
+        if log {
+            info!(schedule = %s.id, workflow = %s.workflow, cron = %s.cron, paused = s.paused, "schedule saved");
+        }
+        let entry = Entry {
+            workflow: s.workflow,
+            cron,
+            input: s.input,
+            paused: s.paused,
+            next: None,
+            signature: String::new(),
+        };
+        self.install(api_id(&s.id), entry, now).await;
+    }
+
+    async fn fire_due(&mut self, now: DateTime<Utc>) {
+        let mut due = Vec::new();
+        while let Some((at, id)) = self.queue.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.queue.remove(&(at, id.clone()));
+            due.push((at, id));
+        }
+        for (fire_at, id) in due {
+            let Some(slot) = self.entries.get(&id).and_then(|e| e.next.map(|(_, s)| s)) else {
+                continue;
+            };
+            self.fire(&id, slot, fire_at, Utc::now()).await;
+            let next = self
+                .entries
+                .get(&id)
+                .and_then(|e| slot_after(&e.cron, &slot));
+            self.arm(&id, next);
+        }
+    }
+
+    /// Fires one slot in a task of its own (fires of one workflow are decided one at a time).
+    async fn fire(&mut self, id: &str, slot: Slot, fire_at: DateTime<Utc>, now: DateTime<Utc>) {
+        let Some(entry) = self.entries.get(id) else {
+            return;
+        };
+        let workflow = entry.workflow.clone();
+        let input = entry.input.clone();
+        let version = self
+            .registry
+            .read()
+            .expect("registry lock")
+            .get(&workflow)
+            .cloned();
+        let lock = self.lock(&workflow);
+        let engine = self.engine.clone();
+        let metrics = self.metrics.clone();
+        let claim = SlotClaim {
+            schedule: id.to_string(),
+            slot: slot.key(),
+            at: slot.at,
+        };
+        self.marks.insert(id.to_string(), slot.at);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let Some(version) = version else {
+                warn!(schedule = %id, workflow, "the schedule's workflow is not active; slot skipped");
+                metrics.skipped();
+                let _ = engine.store().skip_slot(claim, "workflow_missing").await;
+                return;
+            };
+            let policy = version.workflow.concurrency.overlap;
+            let (active, queued) = match engine.store().run_counts(&workflow) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(schedule = %id, error = %e, "cannot count runs; slot skipped");
+                    return;
+                }
+            };
+            let action = trigger::overlap(policy, active, queued);
+            let result = match action {
+                OverlapAction::Skip => {
+                    info!(schedule = %id, workflow, slot = %claim.slot, "slot skipped: a run is still going (overlap: skip)");
+                    metrics.skipped();
+                    engine
+                        .store()
+                        .skip_slot(claim, "skipped_overlap")
+                        .await
+                        .map(|_| None)
+                        .map_err(|e| e.to_string())
+                }
+                OverlapAction::CancelOthersAndStart => {
+                    for other in engine.store().active_runs(&workflow).unwrap_or_default() {
+                        let _ = engine
+                            .apply(&other, Event::CancelRequested { reason: Some("cancelled by a newer scheduled run (overlap: cancel_other)".into()) }, None, None)
+                            .await;
+                    }
+                    engine
+                        .fire(version, input, claim, true)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                OverlapAction::Start => engine
+                    .fire(version, input, claim, true)
+                    .await
+                    .map_err(|e| e.to_string()),
+                OverlapAction::Queue => engine
+                    .fire(version, input, claim, false)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match result {
+                Ok(Some(_)) => {
+                    let lateness =
+                        (Utc::now() - fire_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    metrics.fired(lateness.max(0.0));
+                }
+                Ok(None) => {}
+                Err(e) => warn!(schedule = %id, workflow, error = %e, "a schedule could not fire"),
+            }
+            let _ = now;
+        });
+    }
+}
+
+/// Starts the oldest queued run of a workflow when nothing of it is running.
+async fn dequeue(engine: &Engine, workflow: &str) {
+    let Ok((active, queued)) = engine.store().run_counts(workflow) else {
+        return;
+    };
+    if active > 0 || queued == 0 {
+        return;
+    }
+    if let Ok(Some(id)) = engine.store().oldest_queued(workflow) {
+        info!(run_id = %id, workflow, "starting a queued run");
+        if let Err(e) = engine.apply(&id, Event::Started, None, None).await {
+            warn!(run_id = %id, error = %e, "cannot start a queued run");
+        }
+    }
+}
+
+async fn mark_seen_bulk(
+    store: &Store,
+    ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let ids = ids.to_vec();
+    store
+        .write(move |c| {
+            let mut stmt = c
+                .prepare("INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                .map_err(|source| StoreError::Sql { doing: "remembering schedules", source })?;
+            for id in ids {
+                stmt.execute(rusqlite::params![id, now.timestamp_millis()])
+                    .map_err(|source| StoreError::Sql { doing: "remembering schedules", source })?;
+            }
+            Ok(serde_json::Value::Null)
+        })
+        .await
+        .map(|_| ())
+}
+
+fn row_to_schedule(r: &rusqlite::Row) -> rusqlite::Result<ApiSchedule> {
+    let input: String = r.get(4)?;
+    Ok(ApiSchedule {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        cron: r.get(2)?,
+        timezone: r.get(3)?,
+        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::Null),
+        paused: r.get::<_, i64>(5)? != 0,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
+const SCHEDULE_COLUMNS: &str =
+    "id, workflow, cron, timezone, input, paused, created_at, updated_at";
+
+pub fn load_api_schedules(store: &Store) -> Result<Vec<ApiSchedule>, StoreError> {
+    store.read(|c| {
+        let mut stmt = c
+            .prepare(&format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY id"
+            ))
+            .map_err(|source| StoreError::Sql {
+                doing: "reading schedules",
+                source,
+            })?;
+        let rows = stmt
+            .query_map([], row_to_schedule)
+            .map_err(|source| StoreError::Sql {
+                doing: "reading schedules",
+                source,
+            })?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StoreError::Sql {
+                doing: "reading schedules",
+                source,
+            })
+    })
+}
+
+pub fn get_api_schedule(store: &Store, id: &str) -> Result<Option<ApiSchedule>, StoreError> {
+    use rusqlite::OptionalExtension;
+    store.read(|c| {
+        c.query_row(
+            &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?1"),
+            [id],
+            row_to_schedule,
+        )
+        .optional()
+        .map_err(|source| StoreError::Sql {
+            doing: "reading a schedule",
+            source,
+        })
+    })
+}
+
+/// Creates or replaces a schedule; returns it and whether it was created.
+pub async fn save_api_schedule(
+    store: &Store,
+    s: ApiSchedule,
+) -> Result<(ApiSchedule, bool), StoreError> {
+    let id = s.id.clone();
+    let v = store
+        .write(move |c| {
+            let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let existed: bool = c
+                .query_row("SELECT COUNT(*) FROM schedules WHERE id = ?1", [&s.id], |r| r.get::<_, i64>(0))
+                .map_err(|source| StoreError::Sql { doing: "saving a schedule", source })?
+                > 0;
+            c.execute(
+                "INSERT INTO schedules(id, workflow, cron, timezone, input, paused, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT(id) DO UPDATE SET workflow = excluded.workflow, cron = excluded.cron, timezone = excluded.timezone,
+                   input = excluded.input, paused = excluded.paused, updated_at = excluded.updated_at",
+                rusqlite::params![s.id, s.workflow, s.cron, s.timezone, s.input.to_string(), i64::from(s.paused), now],
+            )
+            .map_err(|source| StoreError::Sql { doing: "saving a schedule", source })?;
+            Ok(serde_json::json!({"created": !existed}))
+        })
+        .await?;
+    let created = v["created"].as_bool().unwrap_or(false);
+    let saved = get_api_schedule(store, &id)?.ok_or_else(|| StoreError::NoSuchRun(id.clone()))?;
+    Ok((saved, created))
+}
+
+/// Deletes a schedule; returns whether it existed.
+pub async fn delete_api_schedule(store: &Store, id: &str) -> Result<bool, StoreError> {
+    let id = id.to_string();
+    let v = store
+        .write(move |c| {
+            let n = c
+                .execute("DELETE FROM schedules WHERE id = ?1", [&id])
+                .map_err(|source| StoreError::Sql {
+                    doing: "deleting a schedule",
+                    source,
+                })?;
+            Ok(serde_json::Value::Bool(n > 0))
+        })
+        .await?;
+    Ok(v.as_bool().unwrap_or(false))
+}
