@@ -93,12 +93,16 @@ impl Sizes {
 fn main() -> Result<()> {
     let mut quick = false;
     let mut json_out = false;
+    let mut runner_only = false;
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--quick" => quick = true,
             "--json" => json_out = true,
+            "--runner-only" => runner_only = true,
             "-h" | "--help" => {
-                println!("usage: cargo run --release --example bench [-- --quick] [--json]");
+                println!(
+                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument `{other}` (use --quick, --json)"),
@@ -128,52 +132,12 @@ fn main() -> Result<()> {
         .build()
         .context("building the runtime")?;
 
-    // 2. Floors.
-    progress("floor: SQLite commits");
-    let (commits, commit_lat) = sqlite_commits(
-        &dir.path().join("floor-commit.db"),
-        sizes.commits,
-        sizes.floor_time,
-    )?;
-    report.sqlite_commits_per_s = commits;
-    report.sqlite_commit_p50_us = percentile(&commit_lat, 50.0);
-    progress("floor: SQLite group commit");
-    report.sqlite_group_rows_per_s = sqlite_group(
-        &dir.path().join("floor-group.db"),
-        sizes.group_txs,
-        sizes.floor_time,
-    )?;
-    progress("floor: HS256 signing");
-    report.sign_ns = sign_cost(sizes.signs, sizes.floor_time);
-
-    let floor_url = format!("{}/floor", endpoint.base);
-    rt.block_on(async {
-        let client = runner::dispatch::http::client();
-        progress("floor: HTTP round trips");
-        // Warm the pool.
-        http_sequential(&client, &floor_url, 200, sizes.floor_time).await?;
-        let seq = http_sequential(&client, &floor_url, sizes.http_seq, sizes.floor_time).await?;
-        report.http_seq_p50_us = percentile(&seq, 50.0);
-        report.http_seq_mean_us = mean(&seq);
-        report.http_par_req_per_s =
-            http_parallel(&client, &floor_url, sizes.http_par, sizes.floor_time).await?;
-
-        progress("floor: wf3_floor");
-        let one = Wf3Floor::new(&dir.path().join("floor-wf3-1.db"), &floor_url, false)?;
-        let (steps, secs) = one.run(&client, 1, sizes.wf3_one, sizes.floor_time).await?;
-        report.wf3_one_ms_per_step = secs * 1e3 / steps as f64;
-        let many = Wf3Floor::new(&dir.path().join("floor-wf3-16.db"), &floor_url, false)?;
-        let (steps, secs) = many
-            .run(&client, IN_FLIGHT, sizes.wf3_many, sizes.floor_time)
-            .await?;
-        report.wf3_many_steps_per_s = steps as f64 / secs;
-        let group = Wf3Floor::new(&dir.path().join("floor-wf3-g.db"), &floor_url, true)?;
-        let (steps, secs) = group
-            .run(&client, IN_FLIGHT, sizes.wf3_many, sizes.floor_time)
-            .await?;
-        report.wf3_group_steps_per_s = steps as f64 / secs;
-        anyhow::Ok(())
-    })?;
+    // 2. Floors (skipped with --runner-only, which is for profiling runner alone).
+    if !runner_only {
+        floors(&mut report, &sizes, dir.path(), &endpoint, &rt, &progress)?;
+    } else {
+        report.floors_skipped = true;
+    }
 
     // 3. runner itself.
     let db_path = dir.path().join("runner.db");
@@ -267,6 +231,64 @@ fn main() -> Result<()> {
     if report.gates.iter().any(|g| !g.ok) {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// The floors: what the hardware allows, measured in this run against the same endpoint.
+fn floors(
+    report: &mut Report,
+    sizes: &Sizes,
+    dir: &Path,
+    endpoint: &Endpoint,
+    rt: &tokio::runtime::Runtime,
+    progress: &dyn Fn(&str),
+) -> Result<()> {
+    progress("floor: SQLite commits");
+    let (commits, commit_lat) = sqlite_commits(
+        &dir.join("floor-commit.db"),
+        sizes.commits,
+        sizes.floor_time,
+    )?;
+    report.sqlite_commits_per_s = commits;
+    report.sqlite_commit_p50_us = percentile(&commit_lat, 50.0);
+    progress("floor: SQLite group commit");
+    report.sqlite_group_rows_per_s = sqlite_group(
+        &dir.join("floor-group.db"),
+        sizes.group_txs,
+        sizes.floor_time,
+    )?;
+    progress("floor: HS256 signing");
+    report.sign_ns = sign_cost(sizes.signs, sizes.floor_time);
+
+    let floor_url = format!("{}/floor", endpoint.base);
+    rt.block_on(async {
+        let client = runner::dispatch::http::client();
+        progress("floor: HTTP round trips");
+        // Warm the pool.
+        http_sequential(&client, &floor_url, 200, sizes.floor_time).await?;
+        let seq = http_sequential(&client, &floor_url, sizes.http_seq, sizes.floor_time).await?;
+        report.http_seq_p50_us = percentile(&seq, 50.0);
+        report.http_seq_mean_us = mean(&seq);
+        report.http_par_req_per_s =
+            http_parallel(&client, &floor_url, sizes.http_par, sizes.floor_time).await?;
+
+        progress("floor: wf3_floor");
+        let one = Wf3Floor::new(&dir.join("floor-wf3-1.db"), &floor_url, false)?;
+        let (steps, secs) = one.run(&client, 1, sizes.wf3_one, sizes.floor_time).await?;
+        report.wf3_one_ms_per_step = secs * 1e3 / steps as f64;
+        let many = Wf3Floor::new(&dir.join("floor-wf3-16.db"), &floor_url, false)?;
+        let (steps, secs) = many
+            .run(&client, IN_FLIGHT, sizes.wf3_many, sizes.floor_time)
+            .await?;
+        report.wf3_many_steps_per_s = steps as f64 / secs;
+        let group = Wf3Floor::new(&dir.join("floor-wf3-g.db"), &floor_url, true)?;
+        let (steps, secs) = group
+            .run(&client, IN_FLIGHT, sizes.wf3_many, sizes.floor_time)
+            .await?;
+        report.wf3_group_steps_per_s = steps as f64 / secs;
+        anyhow::Ok(())
+    })?;
+
     Ok(())
 }
 
@@ -832,6 +854,7 @@ fn cpu_now() -> Cpu {
 
 #[derive(Default)]
 struct Report {
+    floors_skipped: bool,
     load_start: [f64; 3],
     load_end: [f64; 3],
     fsync_p50_us: f64,
@@ -927,6 +950,9 @@ const AIM_CPU_MS: f64 = 0.3;
 impl Report {
     fn invalid_reasons(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.floors_skipped {
+            out.push("the floors were skipped (--runner-only)".to_string());
+        }
         if self.load_start[0] > 1.5 {
             out.push(format!(
                 "1-minute load {:.2} > 1.5 at the start",

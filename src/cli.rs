@@ -105,6 +105,8 @@ pub enum Command {
         api_token: Option<String>,
         #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "RUNNER_LOG_FORMAT")]
         log_format: LogFormat,
+        #[command(flatten)]
+        mail: MailArgs,
     },
     /// Start a run through the daemon's API (the workflow needs `on: { webhook: true }`)
     Trigger {
@@ -169,6 +171,19 @@ pub struct ServerArgs {
     /// The daemon's API token
     #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MailArgs {
+    /// SMTP server, e.g. smtp://user:pass@host:2525 (unset: e-mails go to the outbox folder)
+    #[arg(long, env = "RUNNER_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of e-mails
+    #[arg(long, env = "RUNNER_MAIL_FROM")]
+    pub mail_from: Option<String>,
+    /// Where e-mails are written when no SMTP server is configured
+    #[arg(long, env = "RUNNER_OUTBOX", default_value = "outbox")]
+    pub outbox: PathBuf,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -263,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             public_url,
             api_token,
             log_format,
+            mail,
         } => {
             init_logs_format("info", log_format);
             let cfg = crate::daemon::ServeConfig {
@@ -271,6 +287,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 public_url,
                 api_token,
+                smtp_url: mail.smtp_url,
+                mail_from: mail.mail_from,
+                outbox: mail.outbox,
             };
             runtime()?.block_on(crate::daemon::serve(cfg))?;
             Ok(ExitCode::SUCCESS)

@@ -100,6 +100,10 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route(
+            "/approvals/{token}",
+            get(super::pages::show).post(super::pages::decide),
+        )
         .nest("/api/v1", api)
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 //! I/O shell: this wires the store, the engine, the scheduler, the watcher and the HTTP server.
 
 pub mod api;
+pub mod pages;
 pub mod registry;
 pub mod scheduler;
 
@@ -23,6 +24,10 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub api_token: Option<String>,
+    /// `RUNNER_SMTP_URL`; None writes e-mails to `outbox`.
+    pub smtp_url: Option<String>,
+    pub mail_from: Option<String>,
+    pub outbox: PathBuf,
 }
 
 impl ServeConfig {
@@ -59,6 +64,20 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     );
     let engine = Engine::new(store, keys);
     let metrics = engine.metrics();
+    let mailer = crate::dispatch::mail::Mailer::new(
+        cfg.smtp_url.as_deref(),
+        cfg.mail_from.as_deref(),
+        cfg.outbox.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    info!(mail = %mailer.describe(), "mail ready");
+    crate::dispatch::approval::install(
+        &engine,
+        crate::dispatch::approval::MailContext {
+            mailer,
+            public_url: cfg.public_url(),
+        },
+    );
 
     let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
     reload(&registry);

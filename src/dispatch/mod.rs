@@ -2,5 +2,7 @@
 //!
 //! I/O shell: everything here talks to the network; the decisions stay in the core.
 
+pub mod approval;
 pub mod http;
 pub mod keys;
+pub mod mail;

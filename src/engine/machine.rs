@@ -289,6 +289,11 @@ pub enum Event {
         reason: Option<String>,
     },
     RetryRequested,
+    /// The approval e-mails of a waiting step could not be delivered (a permanent error).
+    ApprovalDeliveryFailed {
+        step: String,
+        error: String,
+    },
 }
 
 impl Event {
@@ -301,6 +306,7 @@ impl Event {
             Event::ApprovalDecided { .. } => "approval_decided",
             Event::CancelRequested { .. } => "cancel_requested",
             Event::RetryRequested => "retry_requested",
+            Event::ApprovalDeliveryFailed { .. } => "approval_delivery_failed",
         }
     }
 }
@@ -538,6 +544,24 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             effects.push(Effect::AbandonInFlight);
         }
         Event::RetryRequested => {}
+        Event::ApprovalDeliveryFailed { step, error } => {
+            if let Some(s) = run.step_mut(step)
+                && s.status == StepStatus::WaitingApproval
+            {
+                s.status = StepStatus::Failed;
+                s.finished_at = Some(now);
+                s.wake_at = None;
+                s.error = Some(error.clone());
+                let failure = Failure {
+                    step: step.clone(),
+                    error: error.clone(),
+                    status: None,
+                    body: None,
+                    attempts: 1,
+                };
+                step_failed(wf, &mut run, failure, now, &mut effects);
+            }
+        }
     }
     finish(&mut run, now, &mut effects);
     (run, effects)

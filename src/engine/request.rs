@@ -117,3 +117,72 @@ pub fn redact_value(value: Value, secrets: &serde_json::Map<String, Value>) -> V
         other => other,
     }
 }
+
+/// An e-mail ready to send: recipients, subject and plain-text body, all rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mail {
+    pub to: Vec<String>,
+    pub subject: String,
+    pub body: String,
+}
+
+/// Renders the recipients, subject and body of an `email` or `approval` step.
+pub fn render_mail(
+    wf: &Workflow,
+    run: &Run,
+    step_id: &str,
+    secrets: &serde_json::Map<String, Value>,
+) -> Result<Mail, String> {
+    let step = wf
+        .steps
+        .iter()
+        .chain(wf.on_failure.iter())
+        .find(|s| s.id == step_id)
+        .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))?;
+    let (to, subject, body) = match &step.kind {
+        StepKind::Email(e) => (&e.to, &e.subject, &e.body),
+        StepKind::Approval(a) => (&a.to, &a.subject, &a.body),
+        _ => return Err(format!("step `{step_id}` does not send e-mail")),
+    };
+    let ctx = template::context(&context(wf, run, Some(secrets)));
+    let mut recipients = Vec::new();
+    for t in to {
+        match template::render_str(t.as_str(), &ctx).map_err(|e| format!("rendering `to`: {e}"))? {
+            Value::Array(items) => {
+                for item in items {
+                    recipients.push(
+                        item.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| item.to_string()),
+                    );
+                }
+            }
+            Value::String(s) => recipients.extend(
+                s.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty()),
+            ),
+            other => recipients.push(other.to_string()),
+        }
+    }
+    for r in &recipients {
+        crate::workflow::check::check_address(r)
+            .map_err(|why| format!("`{r}` is not a valid e-mail address: {why}"))?;
+    }
+    if recipients.is_empty() {
+        return Err("`to` rendered to no recipients".into());
+    }
+    let subject = template::render_text(subject.as_str(), &ctx)
+        .map_err(|e| format!("rendering `subject`: {e}"))?;
+    let body = match body {
+        Some(b) => {
+            template::render_text(b.as_str(), &ctx).map_err(|e| format!("rendering `body`: {e}"))?
+        }
+        None => String::new(),
+    };
+    Ok(Mail {
+        to: recipients,
+        subject: subject.replace(['\r', '\n'], " "),
+        body,
+    })
+}

@@ -714,12 +714,15 @@ fn a_secret_reaches_the_endpoint_but_is_never_stored() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let secret = format!("tok-{nanos:x}-s3cr3t");
+    let secret = format!("S3cr3t{nanos:x}");
+    // Attempt records keep the first 16 KiB of a body: the `echo` step's body is padded so that its
+    // cut falls 8 bytes into the secret (`{"pad":"` + pad + `","echo":"` = 16384 - 8 bytes).
+    let pad = "p".repeat(16384 - 8 - 8 - 10);
     let file = workflow(
         dir.path(),
         "secrets",
         &receiver,
-        r#"
+        &r#"
 secrets: [ENGINE_IT_TOKEN]
 steps:
   - id: call
@@ -727,9 +730,16 @@ steps:
       url: "BASE/ok?key={{ secrets.ENGINE_IT_TOKEN }}"
       headers: { Authorization: "Bearer {{ secrets.ENGINE_IT_TOKEN }}" }
       body: { token: "{{ secrets.ENGINE_IT_TOKEN }}", other: 1 }
+  - id: echo
+    http:
+      url: "BASE/echo"
+      body: { pad: "PAD", echo: "{{ secrets.ENGINE_IT_TOKEN }}", previous: "{{ steps.call.body.ok }}" }
   - id: after
-    http: { url: "BASE/echo", body: { previous: "{{ steps.call.body.ok }}" } }
-"#,
+    http:
+      url: "BASE/echo"
+      body: { echoed: "{{ steps.echo.body.received.echo }}" }
+"#
+        .replace("PAD", &pad),
     );
     let mut env = signing(&receiver).to_vec();
     env.push(("ENGINE_IT_TOKEN", &secret));
@@ -741,7 +751,7 @@ steps:
     );
 
     let records = records_of(&receiver, &id);
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     assert_all_valid(&records);
     assert_eq!(
         header(&records[0], "authorization"),
@@ -749,6 +759,16 @@ steps:
     );
     assert_eq!(records[0]["url"], format!("/ok?key={secret}"));
     assert_eq!(body_json(&records[0])["token"], secret.as_str());
+    assert_eq!(body_json(&records[1])["echo"], secret.as_str());
+    assert_eq!(
+        body_json(&records[1])["pad"].as_str().map(str::len),
+        Some(pad.len())
+    );
+    // The endpoint sent the secret back: what later steps see of it is redacted too.
+    assert_eq!(
+        body_json(&records[2]),
+        json!({ "echoed": "[redacted:ENGINE_IT_TOKEN]" })
+    );
 
     let shown = show(&db, &id);
     let text = shown.to_string();
@@ -776,14 +796,16 @@ steps:
         "{request:#}"
     );
 
-    // Not in the database file, its WAL or anything else runner left in the directory.
+    // Not in the database file, its WAL or anything else runner left in the directory; not even the
+    // part of it before a 16 KiB cut.
+    let needle = &secret.as_bytes()[..8];
     let mut checked = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
         checked += usize::from(path.to_string_lossy().contains("runner.db"));
         assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            !bytes.windows(needle.len()).any(|w| w == needle),
             "the secret is stored in {}",
             path.display()
         );

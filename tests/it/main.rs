@@ -2,7 +2,9 @@
 //! HTTP servers on 127.0.0.1 and the real `@upstash/qstash` Receiver.
 
 mod crash;
+mod daemon;
 mod engine;
+mod scheduler;
 mod sign_interop;
 mod support;
 mod validate;

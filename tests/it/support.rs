@@ -106,6 +106,10 @@ pub fn runner_cmd() -> Command {
         "RUNNER_API_TOKEN",
         "RUNNER_SMTP_URL",
         "RUNNER_LOG",
+        "RUNNER_LOG_FORMAT",
+        "RUNNER_URL",
+        "RUNNER_LISTEN",
+        "RUNNER_PUBLIC_URL",
     ] {
         c.env_remove(var);
     }
@@ -170,4 +174,365 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write file");
     p
+}
+
+/// The signing keys `QstashReceiver::start()` accepts, as (current, next).
+pub fn test_keys() -> (String, String) {
+    (
+        runner::sign::key_from_random([1; 32]),
+        runner::sign::key_from_random([2; 32]),
+    )
+}
+
+/// Milliseconds since the epoch (the receiver's `time` uses the same clock).
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(d.as_millis()).expect("milliseconds fit in i64")
+}
+
+/// Polls `probe` every 50 ms until it answers `Some`, failing the test after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One answer of [`http_request`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`null` when empty, a string when it is not JSON).
+    pub fn json(&self) -> Value {
+        if self.body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&self.body).unwrap_or_else(|_| Value::String(self.body.clone()))
+        }
+    }
+}
+
+/// A minimal blocking HTTP/1.1 request over a raw TCP socket (`Connection: close`). Errors only
+/// when the server cannot be reached or the connection breaks.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr: std::net::SocketAddr = host.parse().expect("an IP:port host");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of the response head"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut payload = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
+        payload = dechunk_bytes(&payload);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&payload).into_owned(),
+    })
+}
+
+fn dechunk_bytes(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..eol]);
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let rest = &s[eol + 2..];
+        let n = n.min(rest.len());
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// A client of the daemon's JSON API (`/api/v1`), with or without a bearer token.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// `path` is below `/api/v1` (e.g. `/runs`); answers (status, JSON body).
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, Value)> {
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            all.push(("Authorization", a));
+        }
+        let r = http_request(method, &format!("{}/api/v1{path}", self.base), &all, body)?;
+        Ok((r.status, r.json()))
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        self.try_call(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} at {}: {e}", self.base))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, &[], None)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.call("POST", path, &[], Some(body))
+    }
+
+    pub fn put(&self, path: &str, body: &str) -> (u16, Value) {
+        self.call("PUT", path, &[], Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.call("DELETE", path, &[], None)
+    }
+
+    /// Starts a run and answers its id, failing the test unless the daemon says 201.
+    pub fn start_run(&self, workflow: &str, input: &str) -> String {
+        let (status, v) = self.post(&format!("/workflows/{workflow}/runs"), input);
+        assert_eq!(status, 201, "starting a run of `{workflow}`: {v}");
+        v["id"].as_str().expect("run id").to_string()
+    }
+
+    /// Polls a run until its status is terminal; answers the run.
+    pub fn wait_run(&self, id: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok((200, v)) = self.try_call("GET", &format!("/runs/{id}"), &[], None) {
+                if matches!(
+                    v["status"].as_str(),
+                    Some("succeeded" | "failed" | "rejected" | "cancelled")
+                ) {
+                    return v;
+                }
+                last = v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {id} did not finish within {timeout:?}; last seen:\n{last:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `runner serve` on 127.0.0.1:0 with the test signing keys; killed (SIGKILL) when dropped.
+pub struct Daemon {
+    child: Child,
+    pub base: String,
+    pub token: Option<String>,
+    pub stderr: PathBuf,
+    exited: Option<std::process::ExitStatus>,
+}
+
+static DAEMONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Daemon {
+    /// Starts the daemon on `dir` and `db` and waits (30 s at most) until it listens. Its stderr
+    /// goes to a file next to `db`.
+    pub fn start(dir: &Path, db: &Path, token: Option<&str>) -> Daemon {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--db".into(),
+            db.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        if let Some(t) = token {
+            args.push("--api-token".into());
+            args.push(t.into());
+        }
+        let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr = db.with_extension(format!("daemon-{n}.stderr"));
+        let (current, next) = test_keys();
+        let mut child = runner_cmd()
+            .args(&args)
+            .env("RUNNER_SIGNING_KEY", current)
+            .env("RUNNER_NEXT_SIGNING_KEY", next)
+            .env("RUNNER_LOG", "runner=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn runner serve");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                    sent = true;
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            base: String::new(),
+            token: token.map(str::to_string),
+            stderr,
+            exited: None,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => daemon.base = url,
+            Err(_) => panic!(
+                "`runner serve` did not print `listening on …` within 30 s (exit: {:?})\n{}",
+                daemon.try_wait(),
+                daemon.logs()
+            ),
+        }
+        daemon
+    }
+
+    pub fn api(&self) -> Api {
+        Api {
+            base: self.base.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's log so far.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- runner serve stderr ({}):\n{}",
+            self.stderr.display(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("try_wait");
+        }
+        self.exited
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, …) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run `kill`");
+        assert!(status.success(), "`kill -s {name}` failed: {status}");
+    }
+
+    /// SIGKILL and reap; answers when the process was known dead (ms since the epoch).
+    pub fn kill9(&mut self) -> i64 {
+        if self.try_wait().is_none() {
+            self.child.kill().expect("kill -9");
+            self.exited = Some(self.child.wait().expect("reap"));
+        }
+        now_ms()
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`runner serve` did not exit within {timeout:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
