@@ -120,7 +120,11 @@ fn main() -> Result<()> {
         .context("runtime")?;
     // Memory first: VmHWM is the process's peak, so nothing else may have run before it.
     if args.memory {
-        rt.block_on(memory(&tmp.path().join("memory"), args.schedules, &endpoint))?;
+        rt.block_on(memory(
+            &tmp.path().join("memory"),
+            args.schedules,
+            &endpoint,
+        ))?;
     }
     if args.api {
         rt.block_on(api(
@@ -294,11 +298,7 @@ impl Endpoint {
     }
 
     fn arrival(&self, run_id: &str) -> Option<DateTime<Utc>> {
-        self.arrivals
-            .lock()
-            .expect("arrivals")
-            .get(run_id)
-            .copied()
+        self.arrivals.lock().expect("arrivals").get(run_id).copied()
     }
 
     fn count(&self) -> u64 {
@@ -398,7 +398,8 @@ async fn memory(dir: &Path, n: usize, endpoint: &Endpoint) -> Result<()> {
         |r| r.get(0),
     )?;
     let fired: i64 =
-        rusqlite::Connection::open(&db)?.query_row("SELECT COUNT(*) FROM slots", [], |r| r.get(0))?;
+        rusqlite::Connection::open(&db)?
+            .query_row("SELECT COUNT(*) FROM slots", [], |r| r.get(0))?;
     println!("schedule_marks rows: {marks}; slots claimed (expect 0): {fired}");
     for (label, secs, rss, hwm) in aims {
         println!(
@@ -479,7 +480,12 @@ async fn api(dir: &Path, endpoint: &Endpoint, clients: usize, secs: u64) -> Resu
                     .await;
                 match r {
                     Ok(resp) if resp.status().as_u16() == 201 => {
-                        let v: Value = resp.json().await.unwrap_or(Value::Null);
+                        let v: Value = resp
+                            .bytes()
+                            .await
+                            .ok()
+                            .and_then(|b| serde_json::from_slice(&b).ok())
+                            .unwrap_or(Value::Null);
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
                         if let Some(id) = v["id"].as_str() {
                             ids.push(id.to_string());
@@ -597,7 +603,10 @@ async fn lateness(dir: &Path, endpoint: &Endpoint, per_round: usize) -> Result<(
         let claims = claims(&db)?;
         let arrived = claims
             .iter()
-            .filter(|c| c.2.as_deref().is_some_and(|id| endpoint.arrival(id).is_some()))
+            .filter(|c| {
+                c.2.as_deref()
+                    .is_some_and(|id| endpoint.arrival(id).is_some())
+            })
             .count();
         if arrived >= expected || Utc::now() > give_up {
             break;
@@ -615,7 +624,9 @@ async fn lateness(dir: &Path, endpoint: &Endpoint, per_round: usize) -> Result<(
                 continue;
             }
             match run.as_deref().and_then(|id| endpoint.arrival(id)) {
-                Some(arr) => lat.push((arr - *slot_at).num_microseconds().unwrap_or(0) as f64 / 1e3),
+                Some(arr) => {
+                    lat.push((arr - *slot_at).num_microseconds().unwrap_or(0) as f64 / 1e3)
+                }
                 None => missing += 1,
             }
         }

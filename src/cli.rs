@@ -59,6 +59,8 @@ pub enum Command {
         db: DbArgs,
         #[arg(long, default_value = "workflows", env = "RUNNER_DIR")]
         dir: PathBuf,
+        #[command(flatten)]
+        fg: ForegroundArgs,
     },
     /// Continue unfinished runs after a crash, in the foreground, until they end
     Resume {
@@ -66,6 +68,8 @@ pub enum Command {
         run_id: Option<String>,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        fg: ForegroundArgs,
     },
     /// List runs, newest first
     Runs {
@@ -173,6 +177,19 @@ pub struct ServerArgs {
     pub api_token: Option<String>,
 }
 
+/// A foreground run serves the approval pages (and the API) while it waits.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ForegroundArgs {
+    /// Where the approval pages of this run are served (port 0: any free port)
+    #[arg(long, env = "RUNNER_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// The URL approval links use (default: the listen address)
+    #[arg(long, env = "RUNNER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[command(flatten)]
+    pub mail: MailArgs,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct MailArgs {
     /// SMTP server, e.g. smtp://user:pass@host:2525 (unset: e-mails go to the outbox folder)
@@ -248,19 +265,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idempotency_key,
             db,
             dir,
+            fg,
         } => {
-            init_logs("warn");
+            init_logs("warn,runner::dispatch::approval=info");
             runtime()?.block_on(run_foreground(
                 &workflow,
                 &input,
                 idempotency_key,
                 &db.db,
                 &dir,
+                &fg,
             ))
         }
-        Command::Resume { run_id, db } => {
-            init_logs("warn");
-            runtime()?.block_on(resume(run_id, &db.db))
+        Command::Resume { run_id, db, fg } => {
+            init_logs("warn,runner::dispatch::approval=info");
+            runtime()?.block_on(resume(run_id, &db.db, &fg))
         }
         Command::Runs {
             workflow,
@@ -432,11 +451,55 @@ pub fn init_logs(default: &str) {
         .try_init();
 }
 
-async fn open_engine(db: &Path) -> anyhow::Result<crate::engine::executor::Engine> {
+async fn open_engine(
+    db: &Path,
+    fg: &ForegroundArgs,
+) -> anyhow::Result<crate::engine::executor::Engine> {
     let store = crate::store::Store::open(db)?;
     let (keys, _) = crate::dispatch::keys::resolve(&store).await?;
     let engine = crate::engine::executor::Engine::new(store, keys);
     tokio::spawn(engine.clone().timer_loop());
+    // Approval links need a page to land on: serve the pages (and the API) while the run waits.
+    let listener = tokio::net::TcpListener::bind(fg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", fg.listen))?;
+    let local = listener.local_addr()?;
+    let public_url = fg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"))
+        .trim_end_matches('/')
+        .to_string();
+    let mailer = crate::dispatch::mail::Mailer::new(
+        fg.mail.smtp_url.as_deref(),
+        fg.mail.mail_from.as_deref(),
+        fg.mail.outbox.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    crate::dispatch::approval::install(
+        &engine,
+        crate::dispatch::approval::MailContext {
+            mailer,
+            public_url: public_url.clone(),
+        },
+    );
+    let state = std::sync::Arc::new(crate::daemon::api::AppState {
+        engine: engine.clone(),
+        registry: std::sync::Arc::new(std::sync::RwLock::new(
+            crate::daemon::registry::Registry::new(Path::new(".")),
+        )),
+        scheduler: tokio::sync::mpsc::channel(1).0,
+        token: std::env::var("RUNNER_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        metrics: engine.metrics(),
+        public_url,
+    });
+    let app = crate::daemon::api::router(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    tracing::info!(url = %format!("http://{local}"), "approval pages and API of this process");
     Ok(engine)
 }
 
@@ -446,11 +509,12 @@ async fn run_foreground(
     idempotency_key: Option<String>,
     db: &Path,
     dir: &Path,
+    fg: &ForegroundArgs,
 ) -> anyhow::Result<ExitCode> {
     let (wf, file) = load_workflow(name, dir)?;
     let input: serde_json::Value = serde_json::from_str(input)
         .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
-    let engine = open_engine(db).await?;
+    let engine = open_engine(db, fg).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
     let (run, created) = match engine
         .start_run(version, input, "cli", None, idempotency_key)
@@ -490,11 +554,15 @@ fn exit_for(statuses: &[crate::engine::machine::RunStatus]) -> ExitCode {
     }
 }
 
-async fn resume(run_id: Option<String>, db: &Path) -> anyhow::Result<ExitCode> {
+async fn resume(
+    run_id: Option<String>,
+    db: &Path,
+    fg: &ForegroundArgs,
+) -> anyhow::Result<ExitCode> {
     if !db.exists() {
         anyhow::bail!("no database at `{}`", db.display());
     }
-    let engine = open_engine(db).await?;
+    let engine = open_engine(db, fg).await?;
     let ids = match run_id {
         Some(id) => {
             if engine.store().get_run(&id)?.is_none() {

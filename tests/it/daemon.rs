@@ -583,7 +583,13 @@ steps:
     assert_eq!(failed["failure"]["step"], "flaky", "{failed:#}");
     assert_eq!(step(&failed, "flaky")["status"], "failed");
     assert_eq!(step(&failed, "flaky")["attempts"], 1);
-    assert_eq!(step(&failed, "after")["status"], "pending");
+    assert!(
+        matches!(
+            step(&failed, "after")["status"].as_str(),
+            Some("pending" | "skipped")
+        ),
+        "{failed:#}"
+    );
     let dedup = step(&failed, "flaky")["dedup_id"].clone();
     let before_done = step(&failed, "before").clone();
 
@@ -952,7 +958,7 @@ struct Death {
 /// Every run succeeded; each http step was attempted once, with its dedup id; no request arrived
 /// after the step had completed; a request was sent twice only when a daemon died between the two.
 /// Answers how many requests were sent again.
-fn check_runs(api: &Api, ids: &[String], deaths: &[Death]) -> usize {
+fn check_runs(api: &Api, workflows: &[&str], ids: &[String], deaths: &[Death]) -> usize {
     let log = receiver_log(receiver());
     let mut resent = 0;
     for id in ids {
@@ -1026,10 +1032,7 @@ fn check_runs(api: &Api, ids: &[String], deaths: &[Death]) -> usize {
     // Every request of these workflows belongs to a run the daemon knows.
     for r in &log {
         let h = &r["headers"];
-        if matches!(
-            h["runner-workflow"].as_str(),
-            Some("chaos-a" | "chaos-b" | "term")
-        ) {
+        if workflows.iter().any(|w| h["runner-workflow"] == *w) {
             let run = h["runner-run-id"].as_str().expect("run id");
             if ids.iter().any(|i| i == run) {
                 continue;
@@ -1151,7 +1154,7 @@ fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_complete
         Some(ids.len()),
         "runs lost or made up: {list:#}"
     );
-    let resent = check_runs(&api, &ids, &deaths);
+    let resent = check_runs(&api, &["chaos-a", "chaos-b"], &ids, &deaths);
     eprintln!(
         "daemon chaos: seed {seed}, {} runs, {KILLS} kills catching {caught:?} unfinished runs, {resent} in-flight requests re-sent; chaos {:.1} s, total {:.1} s",
         ids.len(),
@@ -1217,6 +1220,6 @@ steps:
         "every run had finished before SIGTERM; the test proves nothing"
     );
     wait_all(&api, &ids, Duration::from_secs(40));
-    let resent = check_runs(&api, &ids, &[Death { from, to }]);
+    let resent = check_runs(&api, &["term"], &ids, &[Death { from, to }]);
     eprintln!("sigterm: {resent} in-flight requests re-sent after the restart");
 }
