@@ -532,12 +532,16 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             }
         }
         Event::CancelRequested { reason } => {
+            let reason = reason.clone().unwrap_or_else(|| "cancelled".into());
             for s in run.steps.iter_mut().chain(run.hooks.iter_mut()) {
-                if !s.status.is_done() && s.status != StepStatus::Pending {
+                if s.status == StepStatus::Pending {
+                    // Never started: it will not run.
+                    s.status = StepStatus::Cancelled;
+                } else if !s.status.is_done() {
                     s.status = StepStatus::Cancelled;
                     s.finished_at = Some(now);
                     s.wake_at = None;
-                    s.error = Some(reason.clone().unwrap_or_else(|| "cancelled".into()));
+                    s.error = Some(reason.clone());
                 }
             }
             run.status = RunStatus::Cancelled;

@@ -20,6 +20,17 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
+/// Conditions read steps that may have been skipped: there, a missing value is false, not an error.
+/// (The checker has already refused references to undeclared inputs and unknown steps or fields.)
+fn condition_env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env
+    })
+}
+
 /// Whether `s` contains template syntax at all.
 pub fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
@@ -309,7 +320,7 @@ pub fn render_json(
 /// Evaluates an `if:` condition. A bare expression (`steps.a.status == 200`) is accepted too.
 pub fn eval_condition(text: &str, ctx: &minijinja::Value) -> Result<bool, String> {
     let expr = condition_expression(text);
-    let compiled = env().compile_expression(expr).map_err(describe)?;
+    let compiled = condition_env().compile_expression(expr).map_err(describe)?;
     let value = compiled.eval(ctx).map_err(describe)?;
     Ok(value.is_true())
 }
