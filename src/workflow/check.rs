@@ -430,6 +430,30 @@ impl<'s> Checker<'s> {
     fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
         match &node.value {
             Value::Bool(b) => Some(*b),
+            Value::Str(s)
+                if matches!(
+                    s.to_ascii_lowercase().as_str(),
+                    "yes" | "no" | "on" | "off" | "y" | "n" | "true" | "false"
+                ) =>
+            {
+                let word = if matches!(s.to_ascii_lowercase().as_str(), "yes" | "on" | "y" | "true")
+                {
+                    "true"
+                } else {
+                    "false"
+                };
+                let w = self.width(node);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::WrongType,
+                    format!("`{what}` must be `true` or `false`, not the string `{s}`"),
+                    Some(format!(
+                        "YAML 1.2 reads `{s}` as text; write `{word}` without quotes"
+                    )),
+                );
+                None
+            }
             _ => {
                 self.wrong_type(node, what, "`true` or `false`");
                 None

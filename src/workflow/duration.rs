@@ -10,6 +10,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err("an empty duration".into());
     }
+    if s.contains(char::is_whitespace)
+        || s.chars()
+            .any(|c| c.is_ascii_alphabetic() && c.is_ascii_uppercase())
+    {
+        return Err(match suggest(s) {
+            Some(better) => format!("`{s}` is not a duration; did you mean `{better}`?"),
+            None => format!(
+                "`{s}` is not a duration; write the unit right after the number, without spaces"
+            ),
+        });
+    }
     let bytes = s.as_bytes();
     let mut i = 0;
     let mut total: u128 = 0;
@@ -57,6 +68,37 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is longer than 100 years"));
     }
     Ok(Duration::from_millis(millis))
+}
+
+/// `10 minutes` → `10m`, `1 Day 2 hours` → `1d2h`: a suggestion for spelled-out units.
+fn suggest(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let lower = s.to_ascii_lowercase();
+    let mut words = lower.split_whitespace().peekable();
+    while let Some(w) = words.next() {
+        let split = w.find(|c: char| !c.is_ascii_digit()).unwrap_or(w.len());
+        let (num, unit) = w.split_at(split);
+        let (num, unit) = if unit.is_empty() {
+            (num, words.next()?)
+        } else {
+            (num, unit)
+        };
+        if num.is_empty() {
+            return None;
+        }
+        let u = match unit.trim_end_matches(',') {
+            "ms" | "millisecond" | "milliseconds" => "ms",
+            "s" | "sec" | "secs" | "second" | "seconds" => "s",
+            "m" | "min" | "mins" | "minute" | "minutes" => "m",
+            "h" | "hr" | "hrs" | "hour" | "hours" => "h",
+            "d" | "day" | "days" => "d",
+            "w" | "week" | "weeks" => "w",
+            _ => return None,
+        };
+        out.push_str(num);
+        out.push_str(u);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Formats a duration the way users write it (`1d12h`, `2m28s`, `250ms`).
@@ -116,6 +158,23 @@ mod tests {
         ] {
             assert!(parse(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn suggests_the_short_form() {
+        assert_eq!(
+            parse("10 minutes"),
+            Err("`10 minutes` is not a duration; did you mean `10m`?".into())
+        );
+        assert_eq!(
+            parse("1 day 12 hours"),
+            Err("`1 day 12 hours` is not a duration; did you mean `1d12h`?".into())
+        );
+        assert_eq!(
+            parse("3 Days"),
+            Err("`3 Days` is not a duration; did you mean `3d`?".into())
+        );
+        assert!(parse("soon please").is_err());
     }
 
     #[test]
