@@ -563,16 +563,16 @@ async fn resume(
         anyhow::bail!("no database at `{}`", db.display());
     }
     let engine = open_engine(db, fg).await?;
-    let ids = match run_id {
+    let ids = match &run_id {
         Some(id) => {
-            if engine.store().get_run(&id)?.is_none() {
+            if engine.store().get_run(id)?.is_none() {
                 anyhow::bail!("no run `{id}` in `{}`", db.display());
             }
-            vec![id]
+            vec![id.clone()]
         }
         None => engine.store().unfinished_runs()?,
     };
-    engine.recover(true).await?;
+    engine.recover_runs(true, run_id.as_deref()).await?;
     if ids.is_empty() {
         println!("no unfinished runs");
         return Ok(ExitCode::SUCCESS);

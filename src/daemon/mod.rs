@@ -31,10 +31,12 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    pub fn public_url(&self) -> String {
+    /// The base of approval links: `--public-url`, or else the address the daemon is bound to
+    /// (`bound`, not `listen`: with `--listen 127.0.0.1:0` only the bound address has the port).
+    pub fn public_url(&self, bound: SocketAddr) -> String {
         self.public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| format!("http://{bound}"))
             .trim_end_matches('/')
             .to_string()
     }
@@ -54,6 +56,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             cfg.dir.display()
         );
     }
+    // Bound before anything can mail a link: the links default to the bound address.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    let public_url = cfg.public_url(local);
     let store = crate::store::Store::open(&cfg.db)?;
     let (keys, source) = crate::dispatch::keys::resolve(&store).await?;
     info!(
@@ -75,7 +83,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         &engine,
         crate::dispatch::approval::MailContext {
             mailer,
-            public_url: cfg.public_url(),
+            public_url: public_url.clone(),
         },
     );
 
@@ -128,14 +136,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         scheduler: sched_tx,
         token: cfg.api_token.clone().filter(|t| !t.is_empty()),
         metrics,
-        public_url: cfg.public_url(),
+        public_url: public_url.clone(),
     });
     let app = api::router(state);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let local = listener.local_addr()?;
-    info!(listen = %local, public_url = %cfg.public_url(), dir = %cfg.dir.display(), "runner is serving");
+    info!(listen = %local, public_url = %public_url, dir = %cfg.dir.display(), "runner is serving");
     // A line for scripts and tests that start the daemon on port 0.
     println!("listening on http://{local}");
     axum::serve(listener, app)

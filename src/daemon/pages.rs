@@ -186,6 +186,14 @@ pub async fn show(State(state): State<Shared>, Path(token): Path<String>) -> Res
     )
 }
 
+/// The address of a recipient written `Name <address>`, or the recipient as it is.
+fn bare_address(recipient: &str) -> String {
+    match (recipient.rfind('<'), recipient.rfind('>')) {
+        (Some(a), Some(b)) if a < b => recipient[a + 1..b].trim().to_string(),
+        _ => recipient.trim().to_string(),
+    }
+}
+
 /// The `comment` field of the page's url-encoded form (missing or unreadable: no comment).
 fn comment_of(body: &[u8]) -> String {
     url::form_urlencoded::parse(body)
@@ -235,10 +243,12 @@ pub async fn decide(
     } else {
         Decision::Rejected
     };
+    // `Ed <ed@example.com>` decides as `ed@example.com`: templates compare addresses.
+    let approver = bare_address(&info.recipient);
     let event = Event::ApprovalDecided {
         step: info.step.clone(),
         decision,
-        approver: info.recipient.clone(),
+        approver: approver.clone(),
         comment: (!comment.is_empty()).then_some(comment),
     };
     let after = match state.engine.apply(&info.run_id, event, None, None).await {
@@ -255,9 +265,9 @@ pub async fn decide(
     };
     let _ = approval::mark_used(store, &token).await;
     let decided = after.step(&info.step).and_then(|s| s.output.clone());
-    let ours = decided.as_ref().is_some_and(|o| {
-        o["approver"] == info.recipient.as_str() && o["decision"] == decision.as_str()
-    });
+    let ours = decided
+        .as_ref()
+        .is_some_and(|o| o["approver"] == approver.as_str() && o["decision"] == decision.as_str());
     if !ours {
         let text = already_decided(&decided)
             .unwrap_or_else(|| "This step was decided in the meantime.".into());
@@ -273,7 +283,7 @@ pub async fn decide(
         text,
         Some(format!(
             "Recorded for {} at {}. You can close this page.",
-            info.recipient,
+            approver,
             chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
         )),
     )

@@ -215,7 +215,34 @@ impl Engine {
     /// With `start_queued`, runs that were queued behind others are started too (the daemon
     /// instead starts them one by one as the runs ahead finish).
     pub async fn recover(&self, start_queued: bool) -> Result<usize, StoreError> {
-        let unfinished = self.inner.store.unfinished_runs()?;
+        self.recover_runs(start_queued, None).await
+    }
+
+    /// Like [`Engine::recover`], limited to one run when `only` is given (`runner resume RUN_ID`
+    /// must not send other runs' attempts and then exit while they are in flight).
+    pub async fn recover_runs(
+        &self,
+        start_queued: bool,
+        only: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let mine = |id: &str| only.is_none_or(|o| o == id);
+        // Read the outbox before anything below can commit new effects (a due timer, a queued
+        // run started): those are performed after their own commit, and must not be performed
+        // a second time as "pending".
+        let pending: Vec<_> = self
+            .inner
+            .store
+            .pending_effects()?
+            .into_iter()
+            .filter(|p| mine(&p.run_id))
+            .collect();
+        let unfinished: Vec<String> = self
+            .inner
+            .store
+            .unfinished_runs()?
+            .into_iter()
+            .filter(|id| mine(id))
+            .collect();
         for id in &unfinished {
             if let Some(run) = self.inner.store.get_run(id)? {
                 self.arm_timers(&run);
@@ -228,7 +255,6 @@ impl Engine {
                 }
             }
         }
-        let pending = self.inner.store.pending_effects()?;
         for p in pending {
             let Some(run) = self.inner.store.get_run(&p.run_id)? else {
                 continue;

@@ -1069,8 +1069,7 @@ fn apply(
         tx.execute(
             "INSERT INTO attempts(run_id, step, attempt, started_at, finished_at, status, outcome, error, request, response)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT(run_id, step, attempt) DO UPDATE SET finished_at = excluded.finished_at, status = excluded.status,
-               outcome = excluded.outcome, error = excluded.error, request = excluded.request, response = excluded.response",
+             ON CONFLICT(run_id, step, attempt) DO NOTHING",
             params![
                 run_id,
                 a.step,

@@ -10,6 +10,7 @@
 //!
 //! Every wait is bounded. `DAEMON_CHAOS_SEED=<n>` replays the kill schedule of the chaos test.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
@@ -376,6 +377,20 @@ fn serve_refuses_a_non_loopback_address_without_a_token() {
         );
         assert!(!stdout.contains("listening on"), "{stdout}");
     }
+    // A workflows directory that does not exist: a clear error, not an empty daemon.
+    let missing = dir.path().join("no-such-dir");
+    let mut c = runner_cmd();
+    c.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&missing)
+        .arg("--db")
+        .arg(&db);
+    let out = run_to_end(&mut c, Duration::from_secs(20));
+    assert!(!out.status.success(), "serve started without its directory");
+    assert!(
+        text(&out.stderr).contains("no-such-dir"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,6 +459,46 @@ steps:
         .collect();
     assert_eq!(ids.len(), 2, "{runs:#}");
     assert!(ids.contains(&&a["id"]) && ids.contains(&&c["id"]));
+
+    // The same key from 8 clients at once: one run.
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    api.call(
+                        "POST",
+                        "/workflows/greet/runs",
+                        &[("Idempotency-Key", "burst")],
+                        body,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == 201).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|(s, v)| (*s == 201 || *s == 200) && v["id"] == answers[0].1["id"]),
+        "{answers:?}"
+    );
+    // A key that is too long: 400.
+    let long = "k".repeat(257);
+    let (status, v) = api.call(
+        "POST",
+        "/workflows/greet/runs",
+        &[("Idempotency-Key", &long)],
+        body,
+    );
+    assert_eq!(status, 400, "{v}");
 
     // Input errors: 422 naming the input.
     for (input, names) in [
@@ -544,8 +599,17 @@ steps:
         json!([]),
         "the call in flight was not abandoned: its outcome was recorded after the cancel"
     );
-    assert_eq!(step(&run, "nap")["status"], "pending", "{run:#}");
-    assert_eq!(step(&run, "after")["status"], "pending", "{run:#}");
+    for later in ["nap", "after"] {
+        let st = step(&run, later);
+        assert!(
+            matches!(
+                st["status"].as_str(),
+                Some("pending" | "cancelled" | "skipped")
+            ) && st["started_at"].is_null()
+                && st["attempts"] == 0,
+            "step `{later}` started after the cancel:\n{run:#}"
+        );
+    }
     let log = receiver_log(receiver());
     assert_eq!(
         requests_of(&log, &id, None).len(),
@@ -586,8 +650,8 @@ steps:
     assert!(
         matches!(
             step(&failed, "after")["status"].as_str(),
-            Some("pending" | "skipped")
-        ),
+            Some("pending" | "skipped" | "cancelled")
+        ) && step(&failed, "after")["started_at"].is_null(),
         "{failed:#}"
     );
     let dedup = step(&failed, "flaky")["dedup_id"].clone();
@@ -599,6 +663,15 @@ steps:
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["failure"], Value::Null);
     assert_eq!(step(&done, "flaky")["dedup_id"], dedup);
+    // The run's record shows the attempt that succeeded (a succeeded step whose only recorded
+    // attempt is the old 500 would be wrong).
+    let attempt_log = step(&done, "flaky")["attempt_log"].clone();
+    assert!(
+        attempt_log.as_array().is_some_and(|a| a
+            .iter()
+            .any(|a| a["outcome"] == "succeeded" && a["status"] == 200)),
+        "the retried step succeeded, but its attempt log does not show it: {attempt_log:#}"
+    );
     for field in ["status", "attempts", "started_at", "finished_at", "output"] {
         assert_eq!(
             step(&done, "before")[field],
@@ -955,10 +1028,26 @@ struct Death {
     to: i64,
 }
 
+/// The runs as GET /runs/{id} shows them, taken just before a daemon is stopped.
+type Snapshot = HashMap<String, Value>;
+
+fn snapshot(api: &Api, ids: &[String]) -> Snapshot {
+    ids.iter()
+        .map(|id| (id.clone(), api.get(&format!("/runs/{id}")).1))
+        .collect()
+}
+
 /// Every run succeeded; each http step was attempted once, with its dedup id; no request arrived
-/// after the step had completed; a request was sent twice only when a daemon died between the two.
-/// Answers how many requests were sent again.
-fn check_runs(api: &Api, workflows: &[&str], ids: &[String], deaths: &[Death]) -> usize {
+/// after the step had completed; a request was sent twice only when a daemon died between the two;
+/// what a snapshot before a stop saw completed is unchanged at the end, and a sleep seen sleeping
+/// kept its start (so its deadline). Answers how many requests were sent again.
+fn check_runs(
+    api: &Api,
+    workflows: &[&str],
+    ids: &[String],
+    deaths: &[Death],
+    snapshots: &[Snapshot],
+) -> usize {
     let log = receiver_log(receiver());
     let mut resent = 0;
     for id in ids {
@@ -970,6 +1059,29 @@ fn check_runs(api: &Api, workflows: &[&str], ids: &[String], deaths: &[Death]) -
             let sid = s["id"].as_str().expect("step id");
             let what = format!("step `{sid}` of run {id} ({wf})");
             assert_eq!(s["status"], "succeeded", "{what}:\n{s:#}");
+            for (i, snap) in snapshots.iter().enumerate() {
+                let Some(then) = snap.get(id).filter(|r| r["steps"].is_array()) else {
+                    continue;
+                };
+                let t = step(then, sid);
+                match t["status"].as_str() {
+                    Some("succeeded") => {
+                        for field in ["attempts", "started_at", "finished_at", "output"] {
+                            assert_eq!(
+                                t[field], s[field],
+                                "{what} had completed before stop {i}, then its `{field}` changed: it was done again"
+                            );
+                        }
+                    }
+                    Some("sleeping") => {
+                        assert_eq!(
+                            t["started_at"], s["started_at"],
+                            "{what}: the sleep was started again after stop {i}"
+                        );
+                    }
+                    _ => {}
+                }
+            }
             if s["kind"] == "sleep" {
                 let len = match (wf.as_str(), sid) {
                     ("chaos-a", "nap") | ("term", "nap") => 1000,
@@ -1103,8 +1215,10 @@ fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_complete
     let db = dir.path().join("chaos.db");
     let mut daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
 
+    // 18 runs, then 4 more after each restart but the last: 30 runs, and every kill finds
+    // runs that started less than 1.5 s before it (each takes 2.3 s or more).
     const FIRST_WAVE: usize = 18;
-    const LATER: usize = 8;
+    const PER_RESTART: usize = 4;
     const KILLS: usize = 4;
     let mut ids: Vec<String> = Vec::new();
     let start = |api: &Api, ids: &mut Vec<String>, n: usize| {
@@ -1125,9 +1239,12 @@ fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_complete
     }
     let mut deaths = Vec::new();
     let mut caught = Vec::new();
+    let mut snapshots = Vec::new();
     for k in 0..KILLS {
         std::thread::sleep(Duration::from_millis(rng.random_range(200..=1400)));
-        caught.push(unfinished(&daemon.api(), &ids));
+        let snap = snapshot(&daemon.api(), &ids);
+        caught.push(snap.values().filter(|r| r["status"] != "succeeded").count());
+        snapshots.push(snap);
         let from = now_ms();
         let to = daemon.kill9();
         deaths.push(Death { from, to });
@@ -1135,8 +1252,9 @@ fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_complete
             std::thread::sleep(Duration::from_millis(rng.random_range(0..=500)));
         }
         daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
-        if k == 0 {
-            for n in FIRST_WAVE..FIRST_WAVE + LATER {
+        if k + 1 < KILLS {
+            let n0 = FIRST_WAVE + k * PER_RESTART;
+            for n in n0..n0 + PER_RESTART {
                 start(&daemon.api(), &mut ids, n);
             }
         }
@@ -1145,8 +1263,8 @@ fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_complete
     wait_all(&api, &ids, Duration::from_secs(60));
     let chaos = began.elapsed();
     assert!(
-        caught[0] > 0,
-        "every run had finished before the first kill; the test proves nothing"
+        caught.iter().all(|&n| n > 0),
+        "a kill found every run finished ({caught:?}); the test did not exercise much"
     );
     let (_, list) = api.get("/runs?limit=1000");
     assert_eq!(
@@ -1154,7 +1272,7 @@ fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_complete
         Some(ids.len()),
         "runs lost or made up: {list:#}"
     );
-    let resent = check_runs(&api, &["chaos-a", "chaos-b"], &ids, &deaths);
+    let resent = check_runs(&api, &["chaos-a", "chaos-b"], &ids, &deaths, &snapshots);
     eprintln!(
         "daemon chaos: seed {seed}, {} runs, {KILLS} kills catching {caught:?} unfinished runs, {resent} in-flight requests re-sent; chaos {:.1} s, total {:.1} s",
         ids.len(),
@@ -1196,6 +1314,7 @@ steps:
             >= 4)
             .then_some(())
     });
+    let snap = snapshot(&daemon.api(), &ids);
     let from = now_ms();
     daemon.signal("TERM");
     let status = daemon.wait_exit(Duration::from_secs(15));
@@ -1220,6 +1339,6 @@ steps:
         "every run had finished before SIGTERM; the test proves nothing"
     );
     wait_all(&api, &ids, Duration::from_secs(40));
-    let resent = check_runs(&api, &["term"], &ids, &[Death { from, to }]);
+    let resent = check_runs(&api, &["term"], &ids, &[Death { from, to }], &[snap]);
     eprintln!("sigterm: {resent} in-flight requests re-sent after the restart");
 }

@@ -1,6 +1,7 @@
 //! runner's integration tests, in one test binary: the real binary, real SQLite files, real
 //! HTTP servers on 127.0.0.1 and the real `@upstash/qstash` Receiver.
 
+mod approval;
 mod crash;
 mod daemon;
 mod engine;
