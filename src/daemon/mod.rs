@@ -145,7 +145,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    info!("shutting down: runs in flight continue from the database on the next start");
+    info!("shutting down: finishing the calls in flight (up to 10 s)");
+    let left = engine.drain(std::time::Duration::from_secs(10)).await;
+    if left > 0 {
+        warn!(
+            in_flight = left,
+            "stopped with calls in flight; they are sent again (same dedup id) on the next start"
+        );
+    }
+    info!("stopped; unfinished runs continue from the database on the next start");
     Ok(())
 }
 

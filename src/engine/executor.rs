@@ -27,6 +27,8 @@ struct Inner {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<RunStatus>>>>,
     inflight: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
     handlers: RwLock<Handlers>,
+    /// Set on SIGTERM: new external effects stay in the outbox for the next start.
+    stopping: std::sync::atomic::AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
     finished: tokio::sync::broadcast::Sender<(String, String, RunStatus)>,
 }
@@ -69,6 +71,7 @@ impl Engine {
                 waiters: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 handlers: RwLock::new(Handlers::default()),
+                stopping: std::sync::atomic::AtomicBool::new(false),
                 metrics: Arc::new(crate::metrics::Metrics::default()),
                 finished: tokio::sync::broadcast::channel(1024).0,
             }),
@@ -342,7 +345,40 @@ impl Engine {
         }
     }
 
+    /// Stops starting new calls and e-mails (they stay in the outbox) and waits up to `grace`
+    /// for those in flight to finish and be recorded. Returns how many were still in flight.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy = self
+                .inner
+                .inflight
+                .lock()
+                .expect("inflight lock")
+                .values()
+                .flatten()
+                .filter(|h| !h.is_finished())
+                .count();
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                return busy;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     fn perform(&self, run: Run, effect: Effect, effect_id: Option<i64>) {
+        if effect.is_external()
+            && self
+                .inner
+                .stopping
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // Committed in the outbox: the next start performs it.
+            return;
+        }
         match effect {
             Effect::CallHttp { step, attempt } => {
                 let engine = self.clone();

@@ -118,6 +118,10 @@ pub struct StepState {
     pub error: Option<String>,
     /// The HTTP status of the last attempt, if there was one.
     pub last_status: Option<u16>,
+    /// Attempts made before the current round: retrying a failed run starts a new round, and the
+    /// step's retry limit counts from here, while attempt numbers (and history) continue.
+    #[serde(default)]
+    pub round_start: u32,
 }
 
 impl StepState {
@@ -133,6 +137,7 @@ impl StepState {
             output: None,
             error: None,
             last_status: None,
+            round_start: 0,
         }
     }
 }
@@ -439,7 +444,8 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             }
             s.error = Some(error.clone());
             s.last_status = *status;
-            let retries_left = s.attempts <= def.retry.limit;
+            let round_attempts = s.attempts - s.round_start.min(s.attempts);
+            let retries_left = round_attempts <= def.retry.limit;
             match outcome {
                 Outcome::Retryable { after } if retries_left => {
                     let delay = after.unwrap_or_else(|| def.retry.delay(s.attempts));
@@ -452,7 +458,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                     let why = if matches!(outcome, Outcome::Permanent) || def.retry.limit == 0 {
                         error.clone()
                     } else {
-                        format!("{error} (gave up after {} attempts)", s.attempts)
+                        format!("{error} (gave up after {round_attempts} attempts)")
                     };
                     s.error = Some(why.clone());
                     let failure = Failure {
@@ -460,7 +466,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                         error: why,
                         status: *status,
                         body: body.clone(),
-                        attempts: s.attempts,
+                        attempts: round_attempts,
                     };
                     step_failed(wf, &mut run, failure, now, &mut effects);
                 }
@@ -719,12 +725,14 @@ fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<E
         }
         match &def.kind {
             StepKind::Http(_) | StepKind::Email(_) => {
+                let mut attempt = 1;
                 mark(run, hooks, index, |s| {
                     s.status = StepStatus::Running;
-                    s.attempts = 1;
+                    s.attempts += 1;
+                    attempt = s.attempts;
                     s.started_at = Some(now);
                 });
-                effects.push(attempt_effect(def, 1));
+                effects.push(attempt_effect(def, attempt));
                 return;
             }
             StepKind::Sleep(d) => {
@@ -875,7 +883,8 @@ fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
     };
 }
 
-/// Retry a failed run from its failed step: that step starts again, with the same dedup id.
+/// Retry a failed run from its failed step: that step starts again, with the same dedup id and
+/// the next attempt number.
 fn retry_failed(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
     let Some(failed) = run
         .steps
@@ -885,10 +894,7 @@ fn retry_failed(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut 
         return;
     };
     for s in run.steps[failed..].iter_mut() {
-        *s = StepState {
-            attempts: 0,
-            ..StepState::new_from(s)
-        };
+        *s = StepState::new_from(s);
     }
     for h in run.hooks.iter_mut() {
         *h = StepState::new_from(h);
@@ -900,12 +906,15 @@ fn retry_failed(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut 
 }
 
 impl StepState {
+    /// The step again, pending, for a new round: attempt numbers continue (so every attempt
+    /// keeps its own record) and the retry limit counts from `round_start`.
     fn new_from(s: &StepState) -> StepState {
         StepState {
             id: s.id.clone(),
             kind: s.kind.clone(),
             status: StepStatus::Pending,
-            attempts: 0,
+            attempts: s.attempts,
+            round_start: s.attempts,
             started_at: None,
             finished_at: None,
             wake_at: None,

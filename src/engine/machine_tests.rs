@@ -648,7 +648,8 @@ fn every_state_by_every_event() {
             Becomes(
                 R::Running,
                 "running pending pending pending | pending pending",
-                &["http call 1"],
+                // Attempt numbers continue across a retry (attempts 1 and 2 failed before).
+                &["http call 3"],
             ),
         ),
         (S::Rejected, E::Started, Absorbed),
@@ -1568,8 +1569,10 @@ fn retrying_a_failed_run_goes_on_from_the_failed_step() {
     let a_before = run.step("a").unwrap().clone();
 
     let later = at + secs(3600);
+    let before = run.step("b").unwrap().attempts;
     let effects = apply(&wf, &mut run, Event::RetryRequested, later);
-    assert_eq!(show(&effects, later), ["http b 1"]);
+    // A new round: the attempt number continues, so every attempt keeps its own record.
+    assert_eq!(show(&effects, later), [format!("http b {}", before + 1)]);
     assert_eq!(run.status, RunStatus::Running);
     assert_eq!(
         statuses(&run),
@@ -1578,19 +1581,24 @@ fn retrying_a_failed_run_goes_on_from_the_failed_step() {
     assert_eq!(run.step("a").unwrap(), &a_before, "earlier steps are kept");
     let b = run.step("b").unwrap();
     assert_eq!(
-        (b.attempts, b.started_at, b.error.as_ref()),
-        (1, Some(later), None)
+        (b.attempts, b.round_start, b.started_at, b.error.as_ref()),
+        (before + 1, before, Some(later), None)
     );
     assert_eq!(run.failure, None);
     assert_eq!(run.finished_at, None);
     assert!(context(&wf, &run, None).get("failure").is_none());
     // A second retry request while it runs is absorbed.
     assert_absorbed(&wf, &run, Event::RetryRequested, later + secs(1));
-    // The attempts were reset: `b` (limit 1) may retry again.
-    apply(&wf, &mut run, fail("b", 1, retryable()), later + secs(1));
+    // The retry limit counts from the new round: `b` (limit 1) may retry again.
+    apply(
+        &wf,
+        &mut run,
+        fail("b", before + 1, retryable()),
+        later + secs(1),
+    );
     assert_eq!(run.step("b").unwrap().status, StepStatus::Retrying);
     apply(&wf, &mut run, timer("b"), later + secs(2));
-    apply(&wf, &mut run, ok("b", 2), later + secs(3));
+    apply(&wf, &mut run, ok("b", before + 2), later + secs(3));
     let effects = apply(&wf, &mut run, ok("c", 1), later + secs(4));
     assert_eq!(show(&effects, later), ["finished succeeded"]);
     assert_eq!(run.status, RunStatus::Succeeded);
@@ -1604,16 +1612,17 @@ fn a_retried_run_can_fail_again_and_run_its_hooks_again() {
     apply(&wf, &mut run, ok("only-b", 1), at + secs(1));
     apply(&wf, &mut run, ok("always", 1), at + secs(2));
     apply(&wf, &mut run, Event::RetryRequested, at + secs(10));
+    let next = run.step("b").unwrap().attempts;
     let effects = apply(
         &wf,
         &mut run,
-        fail("b", 1, Outcome::Permanent),
+        fail("b", next, Outcome::Permanent),
         at + secs(11),
     );
-    // `only-b` needs two attempts; this time there was one.
-    assert_eq!(show(&effects, at), ["email always 1"]);
+    // `only-b` needs two attempts; this time there was one (in this round).
+    assert_eq!(show(&effects, at), ["email always 2"]);
     assert_eq!(run.failure.as_ref().unwrap().attempts, 1);
-    let effects = apply(&wf, &mut run, ok("always", 1), at + secs(12));
+    let effects = apply(&wf, &mut run, ok("always", 2), at + secs(12));
     assert_eq!(show(&effects, at), ["finished failed"]);
     assert_eq!(run.finished_at, Some(at + secs(12)));
 }
@@ -1807,7 +1816,7 @@ proptest! {
                     .chain(wf.on_failure.iter())
                     .find(|d| d.id == s.id)
                     .expect("every step state has a definition");
-                prop_assert!(s.attempts <= def.retry.limit + 1, "{s:?}");
+                prop_assert!(s.attempts - s.round_start <= def.retry.limit + 1, "{s:?}");
             }
         }
         prop_assert_eq!(finished_effects, terminal_transitions);

@@ -1065,11 +1065,21 @@ fn apply(
 ) -> Result<Applied, StoreError> {
     let run = load_run(tx, run_id)?.ok_or_else(|| StoreError::NoSuchRun(run_id.to_string()))?;
     let wf = load_version(tx, versions, &run.version)?;
+    // An attempt is recorded only when the machine takes its outcome: the step is running that
+    // attempt. A stale result (a duplicate of an attempt already decided, one that ends after a
+    // cancel) leaves the record alone; after a manual retry the step runs attempt 1 again, and
+    // its result replaces the previous round's (which the run's `failure` no longer shows either).
+    let attempt = attempt.filter(|a| {
+        run.step(&a.step)
+            .is_some_and(|s| s.status == machine::StepStatus::Running && s.attempts == a.attempt)
+    });
     if let Some(a) = attempt {
         tx.execute(
             "INSERT INTO attempts(run_id, step, attempt, started_at, finished_at, status, outcome, error, request, response)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT(run_id, step, attempt) DO NOTHING",
+             ON CONFLICT(run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at, finished_at = excluded.finished_at,
+               status = excluded.status, outcome = excluded.outcome, error = excluded.error, request = excluded.request,
+               response = excluded.response",
             params![
                 run_id,
                 a.step,

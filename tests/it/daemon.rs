@@ -597,7 +597,7 @@ steps:
     assert_eq!(
         slow["attempt_log"],
         json!([]),
-        "the call in flight was not abandoned: its outcome was recorded after the cancel"
+        "an outcome was recorded for the step after the cancel"
     );
     for later in ["nap", "after"] {
         let st = step(&run, later);
@@ -611,11 +611,12 @@ steps:
         );
     }
     let log = receiver_log(receiver());
+    let reqs = requests_of(&log, &id, None);
+    assert_eq!(reqs.len(), 1, "a request after the cancel: {reqs:#?}");
     assert_eq!(
-        requests_of(&log, &id, None).len(),
-        1,
-        "a request after the cancel: {:#?}",
-        requests_of(&log, &id, None)
+        reqs[0]["aborted"], true,
+        "the call in flight was not abandoned: the daemon still waited for its answer: {:#}",
+        reqs[0]
     );
 }
 
@@ -1128,6 +1129,15 @@ fn check_runs(
                 );
                 times.push(t);
             }
+            // The last request is the one whose answer completed the step.
+            let last = reqs
+                .iter()
+                .max_by_key(|r| r["time"].as_i64())
+                .expect("a request");
+            assert_eq!(
+                last["aborted"], false,
+                "{what}: the last request was not answered: {last:#}"
+            );
             times.sort_unstable();
             for pair in times.windows(2) {
                 let (before, after) = (pair[0], pair[1]);
@@ -1222,7 +1232,11 @@ fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_complete
     const KILLS: usize = 4;
     let mut ids: Vec<String> = Vec::new();
     let start = |api: &Api, ids: &mut Vec<String>, n: usize| {
-        let wf = if n % 2 == 0 { "chaos-a" } else { "chaos-b" };
+        let wf = if n.is_multiple_of(2) {
+            "chaos-a"
+        } else {
+            "chaos-b"
+        };
         // An idempotency key, so a start can be retried safely.
         let key = format!("chaos-{n}");
         let (status, v) = api.call(

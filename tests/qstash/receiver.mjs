@@ -22,7 +22,8 @@
 //   anything else        200 {}
 //
 //   GET  /__log    the records, oldest first: [{method, url, path, headers (lower-case names), body, valid,
-//                  error, status, time (ms since the epoch, on arrival)}]
+//                  error, status, time (ms since the epoch, on arrival), aborted (the client closed the
+//                  connection before the answer was sent)}]
 //   POST /__reset  forgets the records and all counters
 
 import http from "node:http";
@@ -86,8 +87,13 @@ async function handle(req, res, port) {
     error: null,
     status: null,
     time: Date.now(),
+    aborted: false,
   };
   records.push(record);
+  // The client gave up (closed the connection) before the answer was sent: a cancelled call.
+  res.on("close", () => {
+    if (!res.writableFinished) record.aborted = true;
+  });
 
   try {
     await receiver.verify({
