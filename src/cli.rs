@@ -820,7 +820,7 @@ fn validate(paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
         paths
     };
     let files = read_sources(&paths)?;
-    let checked = workflow::check_set(&files);
+    let checked = check_parallel(&files);
     let diags = checked.diagnostics();
     let out = render_diagnostics(&diags, &files, format, files.len());
     print!("{out}");
@@ -829,6 +829,34 @@ fn validate(paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `workflow::check_set` with the per-file checks spread over the machine's cores.
+pub fn check_parallel(files: &[SourceFile]) -> workflow::CheckedSet {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads < 2 || files.len() < 16 {
+        return workflow::check_set(files);
+    }
+    let chunk = files.len().div_ceil(threads);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|f| workflow::check_file(&f.path, &f.text))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a checker thread does not panic"))
+            .collect()
+    });
+    workflow::check::check_names(files, results)
 }
 
 /// The output of `runner validate` for a set of diagnostics (also used in snapshot tests).

@@ -65,6 +65,9 @@ pub fn check_file(path: &str, text: &str) -> Result<Workflow, Vec<Diagnostic>> {
     let mut c = Checker {
         file: path.to_string(),
         source: text,
+        line_starts: std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
         diags: Vec::new(),
     };
     let root = match yaml::parse(text) {
@@ -117,8 +120,17 @@ impl CheckedSet {
 
 /// Checks a directory's worth of files, including names that must be unique across them.
 pub fn check_set(files: &[SourceFile]) -> CheckedSet {
-    let mut results: Vec<Result<Workflow, Vec<Diagnostic>>> =
-        files.iter().map(|f| check_file(&f.path, &f.text)).collect();
+    let results = files.iter().map(|f| check_file(&f.path, &f.text)).collect();
+    check_names(files, results)
+}
+
+/// The cross-file part of [`check_set`]: `results[i]` is `check_file` of `files[i]` (the shell may
+/// compute them on several threads).
+pub fn check_names(
+    files: &[SourceFile],
+    results: Vec<Result<Workflow, Vec<Diagnostic>>>,
+) -> CheckedSet {
+    let mut results = results;
     let mut first_by_name: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..files.len() {
         let Ok(wf) = &results[i] else { continue };
@@ -254,7 +266,19 @@ fn list(items: &[&str]) -> String {
 struct Checker<'s> {
     file: String,
     source: &'s str,
+    /// Byte offsets where lines start, to turn offsets into line:col without rescanning.
+    line_starts: Vec<usize>,
     diags: Vec<Diagnostic>,
+}
+
+impl Pos {
+    /// Recomputes line and column from the byte offset when it is known (segments can cross lines).
+    fn relocated(self, c: &Checker) -> Pos {
+        match self.offset {
+            Some(o) if o <= c.source.len() => c.pos_at(o),
+            _ => self,
+        }
+    }
 }
 
 /// A mapping's entries by key, after unknown and missing keys were reported.
@@ -291,6 +315,25 @@ struct Scope<'a> {
 }
 
 impl<'s> Checker<'s> {
+    /// The position of byte `offset` of the source.
+    fn pos_at(&self, offset: usize) -> Pos {
+        let offset = offset.min(self.source.len());
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= offset)
+            .max(1);
+        let start = self.line_starts[line - 1];
+        let mut end = offset;
+        while end > start && !self.source.is_char_boundary(end) {
+            end -= 1;
+        }
+        Pos {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            col: u32::try_from(self.source[start..end].chars().count() + 1).unwrap_or(u32::MAX),
+            offset: Some(offset),
+        }
+    }
+
     fn error(
         &mut self,
         pos: Pos,
@@ -1383,12 +1426,12 @@ impl<'s> Checker<'s> {
         let skip = usize::from(rest.starts_with(['"', '\'']));
         let prefix = text.get(..offset).unwrap_or("");
         if rest[skip..].starts_with(prefix) {
-            return Pos::at_offset(self.source, base + skip + prefix.len());
+            return self.pos_at(base + skip + prefix.len());
         }
         if !fragment.is_empty()
             && let Some(i) = rest.find(fragment)
         {
-            return Pos::at_offset(self.source, base + i);
+            return self.pos_at(base + i);
         }
         node.pos
     }
@@ -1493,7 +1536,7 @@ impl<'s> Checker<'s> {
                 offset: pos.offset.map(|o| o + seg.offset - r.offset),
                 ..pos
             }
-            .clamp_to(this.source)
+            .relocated(this)
         };
         match r.root.as_str() {
             "input" => {
@@ -1655,20 +1698,6 @@ fn capitalize(s: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
         None => String::new(),
-    }
-}
-
-trait ClampPos {
-    fn clamp_to(self, source: &str) -> Pos;
-}
-
-impl ClampPos for Pos {
-    /// Recomputes line and column from the byte offset when it is known (segments can cross lines).
-    fn clamp_to(self, source: &str) -> Pos {
-        match self.offset {
-            Some(o) if o <= source.len() => Pos::at_offset(source, o),
-            _ => self,
-        }
     }
 }
 

@@ -10,6 +10,6 @@ pub mod schema;
 pub mod template;
 pub mod yaml;
 
-pub use check::{CheckedSet, SourceFile, check_file, check_set, resolve_input};
+pub use check::{CheckedSet, SourceFile, check_file, check_names, check_set, resolve_input};
 pub use diagnostic::{Code, Diagnostic};
 pub use model::*;
