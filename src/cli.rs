@@ -225,6 +225,7 @@ pub enum Format {
 
 /// Entry point used by `main.rs`.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    quiet_broken_pipe();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -372,6 +373,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vec![],
         )),
     }
+}
+
+/// `runner show … | head` closes stdout early: end quietly, as other command-line tools do,
+/// instead of panicking in `println!` (Rust ignores SIGPIPE, and `unsafe` is forbidden here).
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn whoami() -> String {

@@ -115,19 +115,21 @@ impl Scheduler {
     pub async fn start(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.marks = self.store().schedule_marks()?;
         let api = load_api_schedules(self.store())?;
-        let mut unseen = Vec::new();
-        for s in api {
-            let id = api_id(&s.id);
-            if !self.marks.contains_key(&id) {
-                unseen.push(id.clone());
-            }
-            self.put_api(s, now, false).await;
-        }
+        // Remember new schedules as first seen now in one transaction, before installing them:
+        // `install` would otherwise commit one mark per schedule (100k fsyncs on a first start).
+        let unseen: Vec<String> = api
+            .iter()
+            .map(|s| api_id(&s.id))
+            .filter(|id| !self.marks.contains_key(id))
+            .collect();
         if !unseen.is_empty() {
             mark_seen_bulk(self.store(), &unseen, now).await?;
             for id in unseen {
                 self.marks.insert(id, now);
             }
+        }
+        for s in api {
+            self.put_api(s, now, false).await;
         }
         self.sync_yaml(now).await;
         for wf in self.store().workflows_with_queued_runs()? {
