@@ -312,6 +312,7 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -743,9 +744,32 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The writer runs the same few statements for every state change: each is prepared once per
+/// connection (rusqlite's statement cache) instead of parsed again on every call.
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 fn load_run(c: &Connection, id: &str) -> Result<Option<Run>, StoreError> {
     let state: Option<String> = c
-        .query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
+        .row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
         .optional()
         .map_err(sql("reading a run"))?;
     state
@@ -767,7 +791,7 @@ fn load_version(
         return Ok(wf);
     }
     let (path, source): (String, String) = c
-        .query_row(
+        .row(
             "SELECT path, source FROM workflow_versions WHERE hash = ?1",
             [hash],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -847,13 +871,34 @@ fn process_batch(conn: &mut Connection, batch: Vec<Command>, versions: &Versions
             return;
         }
     };
+    if batch.len() == 1 {
+        // A batch of one needs no savepoint: when the change fails, the whole transaction is undone.
+        let cmd = batch.into_iter().next().expect("a batch of one");
+        let reply = run_command(&tx, cmd, versions);
+        if !reply_ok(&reply) {
+            drop(tx.rollback());
+            reply.send();
+            return;
+        }
+        match tx.commit() {
+            Ok(()) => reply.send(),
+            Err(e) => {
+                let msg = e.to_string();
+                reply.fail(|| StoreError::Sql {
+                    doing: "committing",
+                    source: rusqlite::Error::InvalidParameterName(msg.clone()),
+                });
+            }
+        }
+        return;
+    }
     let mut replies = Vec::with_capacity(batch.len());
     let mut tx = tx;
     for cmd in batch {
         // Each command in its own savepoint: one failing change does not undo the others.
         let reply = match tx.savepoint() {
             Ok(mut sp) => {
-                let reply = run_command(&mut sp, cmd, versions);
+                let reply = run_command(&sp, cmd, versions);
                 let ok = reply_ok(&reply);
                 let end = if ok {
                     sp.commit()
@@ -916,7 +961,7 @@ fn command_reply(cmd: Command) -> Reply {
     }
 }
 
-fn run_command(tx: &mut rusqlite::Savepoint, cmd: Command, versions: &Versions) -> Reply {
+fn run_command(tx: &Connection, cmd: Command, versions: &Versions) -> Reply {
     match cmd {
         Command::Start {
             version,
@@ -937,13 +982,13 @@ fn run_command(tx: &mut rusqlite::Savepoint, cmd: Command, versions: &Versions) 
         } => Reply::Applied(reply, apply(tx, versions, &run_id, &event, now, attempt.as_ref(), done_effect)),
         Command::MarkDone { effect, reply } => Reply::Unit(
             reply,
-            tx.execute("UPDATE outbox SET done_at = ?2 WHERE id = ?1 AND done_at IS NULL", params![effect, ts(Utc::now())])
+            tx.exec("UPDATE outbox SET done_at = ?2 WHERE id = ?1 AND done_at IS NULL", params![effect, ts(Utc::now())])
                 .map(|_| ())
                 .map_err(sql("marking an effect done")),
         ),
         Command::SetKv { key, value, reply } => Reply::Unit(
             reply,
-            tx.execute("INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value])
+            tx.exec("INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value])
                 .map(|_| ())
                 .map_err(sql("writing settings")),
         ),
@@ -953,7 +998,7 @@ fn run_command(tx: &mut rusqlite::Savepoint, cmd: Command, versions: &Versions) 
 
 #[allow(clippy::too_many_arguments)]
 fn start(
-    tx: &rusqlite::Savepoint,
+    tx: &Connection,
     versions: &Versions,
     version: Version,
     new: NewRun,
@@ -965,7 +1010,7 @@ fn start(
     let wf = version.workflow.clone();
     if let Some(claim) = &slot {
         let claimed = tx
-            .execute(
+            .exec(
                 "INSERT INTO slots(schedule, slot, at, run_id, outcome, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
                 params![claim.schedule, claim.slot, claim.at.timestamp_millis(), new.id, if start_now { "started" } else { "queued" }, ts(now)],
             )
@@ -983,7 +1028,7 @@ fn start(
     }
     if let Some(key) = &idempotency_key {
         let existing: Option<String> = tx
-            .query_row(
+            .row(
                 "SELECT id FROM runs WHERE workflow = ?1 AND idempotency_key = ?2",
                 params![wf.name, key],
                 |r| r.get(0),
@@ -1000,14 +1045,14 @@ fn start(
             });
         }
     }
-    tx.execute(
+    tx.exec(
         "INSERT INTO workflow_versions(hash, name, path, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
         params![version.hash, wf.name, version.path, version.source, ts(now)],
     )
     .map_err(sql("storing a workflow version"))?;
     versions.insert(&version.hash, wf.clone());
     let run = Run::new(&wf, new, now);
-    tx.execute(
+    tx.exec(
         "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, state)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
         params![
@@ -1022,7 +1067,7 @@ fn start(
         ],
     )
     .map_err(sql("creating a run"))?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO events(run_id, at, kind, data) VALUES (?1, ?2, 'created', ?3)",
         params![
             run.id,
@@ -1046,7 +1091,7 @@ fn start(
 
 /// Remembers that a schedule has been handled up to `at` (only ever moves forward).
 fn mark_schedule(c: &Connection, schedule: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-    c.execute(
+    c.exec(
         "INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT(schedule) DO UPDATE SET since = max(since, excluded.since)",
         params![schedule, at.timestamp_millis()],
     )
@@ -1055,7 +1100,7 @@ fn mark_schedule(c: &Connection, schedule: &str, at: DateTime<Utc>) -> Result<()
 }
 
 fn apply(
-    tx: &rusqlite::Savepoint,
+    tx: &Connection,
     versions: &Versions,
     run_id: &str,
     event: &Event,
@@ -1074,7 +1119,7 @@ fn apply(
             .is_some_and(|s| s.status == machine::StepStatus::Running && s.attempts == a.attempt)
     });
     if let Some(a) = attempt {
-        tx.execute(
+        tx.exec(
             "INSERT INTO attempts(run_id, step, attempt, started_at, finished_at, status, outcome, error, request, response)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT(run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at, finished_at = excluded.finished_at,
@@ -1096,7 +1141,7 @@ fn apply(
         .map_err(sql("recording an attempt"))?;
     }
     if let Some(id) = done_effect {
-        tx.execute(
+        tx.exec(
             "UPDATE outbox SET done_at = ?2 WHERE id = ?1 AND done_at IS NULL",
             params![id, ts(now)],
         )
@@ -1107,7 +1152,7 @@ fn apply(
 
 /// Runs the state machine and stores its result: the new state, the event and the effects.
 fn transition(
-    tx: &rusqlite::Savepoint,
+    tx: &Connection,
     wf: &Workflow,
     run: Run,
     event: &Event,
@@ -1116,7 +1161,7 @@ fn transition(
     let (next, effects) = machine::decide(wf, &run, event, now);
     if next == run && effects.is_empty() {
         // Absorbed (late, duplicate or not applicable): nothing changes, but keep the event for the record.
-        tx.execute(
+        tx.exec(
             "INSERT INTO events(run_id, at, kind, data) VALUES (?1, ?2, ?3, ?4)",
             params![
                 run.id,
@@ -1133,7 +1178,7 @@ fn transition(
             slot_taken: false,
         });
     }
-    tx.execute(
+    tx.exec(
         "UPDATE runs SET status = ?2, updated_at = ?3, finished_at = ?4, wake_at = ?5, state = ?6 WHERE id = ?1",
         params![
             next.id,
@@ -1145,7 +1190,7 @@ fn transition(
         ],
     )
     .map_err(sql("updating a run"))?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO events(run_id, at, kind, data) VALUES (?1, ?2, ?3, ?4)",
         params![
             next.id,
@@ -1157,7 +1202,7 @@ fn transition(
     .map_err(sql("recording an event"))?;
     if next.status.is_terminal() {
         // Nothing that was queued for a finished run may run after a restart.
-        tx.execute(
+        tx.exec(
             "UPDATE outbox SET done_at = ?2 WHERE run_id = ?1 AND done_at IS NULL",
             params![next.id, ts(now)],
         )
@@ -1166,7 +1211,7 @@ fn transition(
     let mut out = Vec::with_capacity(effects.len());
     for effect in effects {
         if effect.is_external() {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO outbox(run_id, effect, created_at) VALUES (?1, ?2, ?3)",
                 params![
                     next.id,
