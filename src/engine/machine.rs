@@ -703,9 +703,10 @@ fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<E
             step_failed(wf, run, failure, now, effects);
             return;
         };
-        let ctx = template::context(&context(wf, run, None));
+        // The template context is built only for steps that need one (it copies every output).
+        let ctx = || template::context(&context(wf, run, None));
         if let Some(cond) = &def.condition {
-            match template::eval_condition(cond.as_str(), &ctx) {
+            match template::eval_condition(cond.as_str(), &ctx()) {
                 Ok(true) => {}
                 Ok(false) => {
                     mark(run, hooks, index, |s| {
@@ -743,7 +744,7 @@ fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<E
                 }
                 return;
             }
-            StepKind::SleepUntil(t) => match template::render_text(t.as_str(), &ctx)
+            StepKind::SleepUntil(t) => match template::render_text(t.as_str(), &ctx())
                 .map_err(|e| e.to_string())
                 .and_then(|s| {
                     DateTime::parse_from_rfc3339(s.trim())

@@ -40,7 +40,18 @@ pub fn render_http(
     let StepKind::Http(call) = &step.kind else {
         return Err(format!("step `{step_id}` is not an http step"));
     };
-    let ctx = template::context(&context(wf, run, Some(secrets)));
+    // Static requests (no template anywhere) skip building the context and minijinja.
+    let templated = template::is_template(call.url.as_str())
+        || call
+            .headers
+            .iter()
+            .any(|(_, v)| template::is_template(v.as_str()))
+        || call.body.as_ref().is_some_and(|b| json_has_template(b));
+    let ctx = if templated {
+        template::context(&context(wf, run, Some(secrets)))
+    } else {
+        minijinja::Value::UNDEFINED
+    };
     let url = template::render_text(call.url.as_str(), &ctx)
         .map_err(|e| format!("rendering `url`: {e}"))?;
     let mut headers = Vec::new();
@@ -77,6 +88,15 @@ pub fn render_http(
         headers,
         body,
     })
+}
+
+fn json_has_template(v: &Value) -> bool {
+    match v {
+        Value::String(s) => template::is_template(s),
+        Value::Array(items) => items.iter().any(json_has_template),
+        Value::Object(map) => map.values().any(json_has_template),
+        _ => false,
+    }
 }
 
 /// Replaces every secret value in `text` by `[redacted:NAME]`, for what is stored and logged.

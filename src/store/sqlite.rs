@@ -225,12 +225,11 @@ CREATE TABLE runs (
     state TEXT NOT NULL
 );
 CREATE UNIQUE INDEX runs_idempotency ON runs(workflow, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX runs_wake ON runs(wake_at) WHERE wake_at IS NOT NULL;
 CREATE INDEX runs_unfinished ON runs(status) WHERE finished_at IS NULL;
 CREATE INDEX runs_by_workflow ON runs(workflow, created_at);
 CREATE INDEX runs_by_time ON runs(created_at);
 CREATE TABLE events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL,
     at TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -238,7 +237,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_run ON events(run_id, seq);
 CREATE TABLE outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL,
     effect TEXT NOT NULL,
     created_at TEXT NOT NULL,
@@ -257,7 +256,7 @@ CREATE TABLE attempts (
     request TEXT,
     response TEXT,
     PRIMARY KEY (run_id, step, attempt)
-);
+) WITHOUT ROWID;
 CREATE TABLE kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
