@@ -9,12 +9,13 @@ use crate::engine::machine::Event;
 use crate::engine::trigger::{self, OverlapAction};
 use crate::metrics::Metrics;
 use crate::store::{SlotClaim, Store, StoreError};
+use crate::workflow::Overlap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// A programmatic schedule as stored (`PUT /api/v1/schedules/{id}`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -57,6 +58,9 @@ pub struct Scheduler {
     marks: HashMap<String, DateTime<Utc>>,
     /// Fires of one workflow are decided one at a time (overlap counts must not race).
     locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Runs that finished, to start what was queued behind them. Subscribed when the scheduler is
+    /// made, so that none finishing between `start` and `run` is missed.
+    finished: tokio::sync::broadcast::Receiver<(String, String, crate::engine::machine::RunStatus)>,
 }
 
 fn yaml_id(workflow: &str, index: usize) -> String {
@@ -81,6 +85,7 @@ impl Scheduler {
         metrics: Arc<Metrics>,
     ) -> Scheduler {
         Scheduler {
+            finished: engine.finished(),
             engine,
             registry,
             metrics,
@@ -140,7 +145,6 @@ impl Scheduler {
 
     /// The scheduler's loop: fires due slots, applies messages, starts queued runs.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut finished = self.engine.finished();
         loop {
             let next_due = self.queue.first().map(|(t, _)| *t);
             let sleep = match next_due {
@@ -155,8 +159,18 @@ impl Scheduler {
                     None => return,
                 },
                 _ = tokio::time::sleep(sleep) => self.fire_due(Utc::now()).await,
-                done = finished.recv() => {
-                    if let Ok((_, workflow, _)) = done {
+                done = self.finished.recv() => {
+                    let workflows = match done {
+                        Ok((_, workflow, _)) => vec![workflow],
+                        // Missed some: look at every workflow with queued runs instead, or a
+                        // queued run whose predecessor's end was missed would wait forever.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            warn!(missed = n, "the scheduler fell behind finished runs; checking every queue");
+                            self.store().workflows_with_queued_runs().unwrap_or_default()
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    for workflow in workflows {
                         let engine = self.engine.clone();
                         let lock = self.lock(&workflow);
                         tokio::spawn(async move {
@@ -365,9 +379,20 @@ impl Scheduler {
             at: slot.at,
         };
         self.marks.insert(id.to_string(), slot.at);
+        debug!(schedule = %id, slot = %claim.slot, fire_at = %fire_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "firing a slot");
         let id = id.to_string();
         tokio::spawn(async move {
-            let _guard = lock.lock().await;
+            // `allow_all` starts every fire without counting runs, so its fires need not wait
+            // for each other: a burst of them (many schedules of one workflow on the same
+            // minute) then shares the writer's group commits instead of one commit each.
+            let counted = version
+                .as_ref()
+                .is_none_or(|v| v.workflow.concurrency.overlap != Overlap::AllowAll);
+            let _guard = if counted {
+                Some(lock.lock().await)
+            } else {
+                None
+            };
             let Some(version) = version else {
                 warn!(schedule = %id, workflow, "the schedule's workflow is not active; slot skipped");
                 metrics.skipped();
@@ -375,14 +400,18 @@ impl Scheduler {
                 return;
             };
             let policy = version.workflow.concurrency.overlap;
-            let (active, queued) = match engine.store().run_counts(&workflow) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(schedule = %id, error = %e, "cannot count runs; slot skipped");
-                    return;
-                }
+            let action = if counted {
+                let (active, queued) = match engine.store().run_counts(&workflow) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(schedule = %id, error = %e, "cannot count runs; slot skipped");
+                        return;
+                    }
+                };
+                trigger::overlap(policy, active, queued)
+            } else {
+                OverlapAction::Start
             };
-            let action = trigger::overlap(policy, active, queued);
             let result = match action {
                 OverlapAction::Skip => {
                     info!(schedule = %id, workflow, slot = %claim.slot, "slot skipped: a run is still going (overlap: skip)");
@@ -430,13 +459,15 @@ impl Scheduler {
 
 /// Starts the oldest queued run of a workflow when nothing of it is running.
 async fn dequeue(engine: &Engine, workflow: &str) {
-    let Ok((active, queued)) = engine.store().run_counts(workflow) else {
+    // This runs after every finished run. Look for a queued run first (an index of pending runs
+    // answers that at once); only then count the running ones, which reads the workflow's runs.
+    let Ok(Some(id)) = engine.store().oldest_queued(workflow) else {
         return;
     };
-    if active > 0 || queued == 0 {
+    let Ok((active, _)) = engine.store().run_counts(workflow) else {
         return;
-    }
-    if let Ok(Some(id)) = engine.store().oldest_queued(workflow) {
+    };
+    if active == 0 {
         info!(run_id = %id, workflow, "starting a queued run");
         if let Err(e) = engine.apply(&id, Event::Started, None, None).await {
             warn!(run_id = %id, error = %e, "cannot start a queued run");

@@ -71,6 +71,10 @@ impl Rig {
     }
 
     fn scheduler_on(&self, store: Store) -> Scheduler {
+        self.engine_and_scheduler(store).1
+    }
+
+    fn engine_and_scheduler(&self, store: Store) -> (Engine, Scheduler) {
         let engine = Engine::new(
             store,
             Keys {
@@ -87,7 +91,8 @@ impl Rig {
             changes.errors
         );
         let metrics = engine.metrics();
-        Scheduler::new(engine, Arc::new(RwLock::new(registry)), metrics)
+        let scheduler = Scheduler::new(engine.clone(), Arc::new(RwLock::new(registry)), metrics);
+        (engine, scheduler)
     }
 
     fn conn(&self) -> rusqlite::Connection {
@@ -541,6 +546,71 @@ async fn c_overlap_buffer_one_queues_one_run_and_skips_the_next() {
         .find(|r| r.0 == "pending")
         .expect("queued run");
     assert_eq!(queued.3, Some(t("2026-01-05T10:20:00Z").timestamp_millis()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_a_buffered_run_starts_when_the_running_one_ends() {
+    // Slots in the future of the real clock: the scheduler's real-time loop runs here too, and
+    // must not fire them by itself.
+    let rig = Rig::new(&[(
+        "ov",
+        workflow("ov", "*/10 * * * *", None, "  overlap: buffer_one"),
+    )]);
+    let mut s = rig.scheduler();
+    s.start(t("2030-01-07T10:01:00Z")).await.expect("start");
+    rig.settle(0).await;
+    for (i, now) in ["2030-01-07T10:10:05Z", "2030-01-07T10:20:05Z"]
+        .iter()
+        .enumerate()
+    {
+        let mut s = rig.scheduler();
+        s.start(t(now)).await.expect("start");
+        rig.settle(i + 1).await;
+    }
+    let runs = rig.runs();
+    let (first, _) = runs
+        .iter()
+        .find(|(_, r)| r.0 != "pending")
+        .expect("a started run");
+    let (queued, _) = runs
+        .iter()
+        .find(|(_, r)| r.0 == "pending")
+        .expect("a queued run");
+
+    // A restarted daemon: the queued run waits while the first is going, and starts (from the
+    // scheduler's loop) once the first has ended.
+    let (engine, mut s) = rig.engine_and_scheduler(rig.store());
+    s.start(t("2030-01-07T10:20:06Z")).await.expect("start");
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let lp = tokio::spawn(s.run(rx));
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(rig.runs()[queued].0, "pending");
+    engine
+        .apply(
+            first,
+            runner::engine::machine::Event::CancelRequested {
+                reason: Some("test".into()),
+            },
+            None,
+            None,
+        )
+        .await
+        .expect("cancel");
+    let deadline = Instant::now() + CLAIM_TIMEOUT;
+    loop {
+        let runs = rig.runs();
+        if runs[queued].0 != "pending" {
+            assert_eq!(runs[first].0, "cancelled");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queued run did not start after the first ended: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lp.abort();
+    assert_eq!(rig.claims().len(), 2, "{:#?}", rig.claims());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
