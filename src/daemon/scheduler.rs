@@ -56,7 +56,7 @@ pub struct Scheduler {
     queue: BTreeSet<(DateTime<Utc>, String)>,
     crons: HashMap<(String, Option<String>), Arc<CronSchedule>>,
     marks: HashMap<String, DateTime<Utc>>,
-    /// Fires of one workflow are decided one at a time (overlap counts must not race).
+    /// Fires of one schedule are decided one at a time (overlap counts must not race).
     locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Runs that finished, to start what was queued behind them. Subscribed when the scheduler is
     /// made, so that none finishing between `start` and `run` is missed.
@@ -137,8 +137,8 @@ impl Scheduler {
             self.put_api(s, now, false).await;
         }
         self.sync_yaml(now).await;
-        for wf in self.store().workflows_with_queued_runs()? {
-            dequeue(&self.engine, &wf).await;
+        for schedule in self.store().schedules_with_queued_runs()? {
+            dequeue(&self.engine, &schedule).await;
         }
         Ok(())
     }
@@ -160,22 +160,22 @@ impl Scheduler {
                 },
                 _ = tokio::time::sleep(sleep) => self.fire_due(Utc::now()).await,
                 done = self.finished.recv() => {
-                    let workflows = match done {
-                        Ok((_, workflow, _)) => vec![workflow],
-                        // Missed some: look at every workflow with queued runs instead, or a
+                    let schedules = match done {
+                        Ok((run_id, _, _)) => self.store().schedule_of(&run_id).ok().flatten().into_iter().collect(),
+                        // Missed some: look at every schedule with queued runs instead, or a
                         // queued run whose predecessor's end was missed would wait forever.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                             warn!(missed = n, "the scheduler fell behind finished runs; checking every queue");
-                            self.store().workflows_with_queued_runs().unwrap_or_default()
+                            self.store().schedules_with_queued_runs().unwrap_or_default()
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     };
-                    for workflow in workflows {
+                    for schedule in schedules {
                         let engine = self.engine.clone();
-                        let lock = self.lock(&workflow);
+                        let lock = self.lock(&schedule);
                         tokio::spawn(async move {
                             let _guard = lock.lock().await;
-                            dequeue(&engine, &workflow).await;
+                            dequeue(&engine, &schedule).await;
                         });
                     }
                 }
@@ -183,8 +183,9 @@ impl Scheduler {
         }
     }
 
-    fn lock(&mut self, workflow: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.entry(workflow.to_string()).or_default().clone()
+    /// Fires of one schedule are decided one at a time (its overlap counts must not race).
+    fn lock(&mut self, schedule: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.entry(schedule.to_string()).or_default().clone()
     }
 
     fn remove(&mut self, id: &str) {
@@ -370,7 +371,7 @@ impl Scheduler {
             .expect("registry lock")
             .get(&workflow)
             .cloned();
-        let lock = self.lock(&workflow);
+        let lock = self.lock(id);
         let engine = self.engine.clone();
         let metrics = self.metrics.clone();
         let claim = SlotClaim {
@@ -401,7 +402,7 @@ impl Scheduler {
             };
             let policy = version.workflow.concurrency.overlap;
             let action = if counted {
-                let (active, queued) = match engine.store().run_counts(&workflow) {
+                let (active, queued) = match engine.store().run_counts(&id) {
                     Ok(c) => c,
                     Err(e) => {
                         warn!(schedule = %id, error = %e, "cannot count runs; slot skipped");
@@ -424,7 +425,7 @@ impl Scheduler {
                         .map_err(|e| e.to_string())
                 }
                 OverlapAction::CancelOthersAndStart => {
-                    for other in engine.store().active_runs(&workflow).unwrap_or_default() {
+                    for other in engine.store().active_runs(&id).unwrap_or_default() {
                         let _ = engine
                             .apply(&other, Event::CancelRequested { reason: Some("cancelled by a newer scheduled run (overlap: cancel_other)".into()) }, None, None)
                             .await;
@@ -457,18 +458,17 @@ impl Scheduler {
     }
 }
 
-/// Starts the oldest queued run of a workflow when nothing of it is running.
-async fn dequeue(engine: &Engine, workflow: &str) {
-    // This runs after every finished run. Look for a queued run first (an index of pending runs
-    // answers that at once); only then count the running ones, which reads the workflow's runs.
-    let Ok(Some(id)) = engine.store().oldest_queued(workflow) else {
+/// Starts the oldest queued run of a schedule when nothing of it is running.
+async fn dequeue(engine: &Engine, schedule: &str) {
+    // Look for a queued run first (the index of unfinished runs answers that at once).
+    let Ok(Some(id)) = engine.store().oldest_queued(schedule) else {
         return;
     };
-    let Ok((active, _)) = engine.store().run_counts(workflow) else {
+    let Ok((active, _)) = engine.store().run_counts(schedule) else {
         return;
     };
     if active == 0 {
-        info!(run_id = %id, workflow, "starting a queued run");
+        info!(run_id = %id, schedule, "starting a queued run");
         if let Err(e) = engine.apply(&id, Event::Started, None, None).await {
             warn!(run_id = %id, error = %e, "cannot start a queued run");
         }

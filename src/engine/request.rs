@@ -46,7 +46,7 @@ pub fn render_http(
             .headers
             .iter()
             .any(|(_, v)| template::is_template(v.as_str()))
-        || call.body.as_ref().is_some_and(|b| json_has_template(b));
+        || call.body.as_ref().is_some_and(json_has_template);
     let ctx = if templated {
         template::context(&context(wf, run, Some(secrets)))
     } else {

@@ -304,6 +304,10 @@ CREATE TABLE approval_tokens (
 );
 CREATE INDEX approval_tokens_by_step ON approval_tokens(run_id, step, recipient);
 "#,
+    r#"
+ALTER TABLE runs ADD COLUMN schedule TEXT;
+CREATE INDEX runs_by_schedule_unfinished ON runs(schedule, status, created_at) WHERE finished_at IS NULL AND schedule IS NOT NULL;
+"#,
 ];
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -669,49 +673,63 @@ impl Store {
         })
     }
 
-    /// (started and unfinished, queued) runs of a workflow.
-    pub fn run_counts(&self, workflow: &str) -> Result<(usize, usize), StoreError> {
+    /// (started and unfinished, queued) runs of a schedule: overlap is decided per schedule,
+    /// as Temporal does, so one user's weekly report never waits for another's.
+    pub fn run_counts(&self, schedule: &str) -> Result<(usize, usize), StoreError> {
         self.read(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FILTER (WHERE status != 'pending'), COUNT(*) FILTER (WHERE status = 'pending') FROM runs WHERE workflow = ?1 AND finished_at IS NULL",
-                [workflow],
+            c.row(
+                "SELECT COUNT(*) FILTER (WHERE status != 'pending'), COUNT(*) FILTER (WHERE status = 'pending') FROM runs WHERE schedule = ?1 AND finished_at IS NULL",
+                [schedule],
                 |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
             )
             .map_err(sql("counting runs"))
         })
     }
 
-    /// Ids of the started, unfinished runs of a workflow.
-    pub fn active_runs(&self, workflow: &str) -> Result<Vec<String>, StoreError> {
+    /// Ids of the started, unfinished runs of a schedule.
+    pub fn active_runs(&self, schedule: &str) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             let mut stmt = c
-                .prepare("SELECT id FROM runs WHERE workflow = ?1 AND finished_at IS NULL AND status != 'pending' ORDER BY created_at")
+                .prepare_cached("SELECT id FROM runs WHERE schedule = ?1 AND finished_at IS NULL AND status != 'pending' ORDER BY created_at")
                 .map_err(sql("listing active runs"))?;
-            let rows = stmt.query_map([workflow], |r| r.get(0)).map_err(sql("listing active runs"))?;
+            let rows = stmt.query_map([schedule], |r| r.get(0)).map_err(sql("listing active runs"))?;
             rows.collect::<Result<Vec<String>, _>>().map_err(sql("listing active runs"))
         })
     }
 
-    /// The oldest queued (created, not started) run of a workflow.
-    pub fn oldest_queued(&self, workflow: &str) -> Result<Option<String>, StoreError> {
+    /// The oldest queued (created, not started) run of a schedule.
+    pub fn oldest_queued(&self, schedule: &str) -> Result<Option<String>, StoreError> {
         self.read(|c| {
-            c.query_row("SELECT id FROM runs WHERE workflow = ?1 AND status = 'pending' ORDER BY created_at, id LIMIT 1", [workflow], |r| r.get(0))
-                .optional()
-                .map_err(sql("finding a queued run"))
+            c.row(
+                "SELECT id FROM runs WHERE schedule = ?1 AND finished_at IS NULL AND status = 'pending' ORDER BY created_at, id LIMIT 1",
+                [schedule],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("finding a queued run"))
         })
     }
 
-    /// Workflows that have queued runs.
-    pub fn workflows_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
+    /// Schedules that have queued runs.
+    pub fn schedules_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             let mut stmt = c
-                .prepare("SELECT DISTINCT workflow FROM runs WHERE status = 'pending'")
+                .prepare("SELECT DISTINCT schedule FROM runs WHERE status = 'pending' AND schedule IS NOT NULL")
                 .map_err(sql("listing queued runs"))?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(sql("listing queued runs"))?;
-            rows.collect::<Result<Vec<String>, _>>()
-                .map_err(sql("listing queued runs"))
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(sql("listing queued runs"))?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(sql("listing queued runs"))
+        })
+    }
+
+    /// The schedule a run was fired by, if any.
+    pub fn schedule_of(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.row("SELECT schedule FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql("reading a run's schedule"))
         })
     }
 
@@ -1052,8 +1070,8 @@ fn start(
     versions.insert(&version.hash, wf.clone());
     let run = Run::new(&wf, new, now);
     tx.exec(
-        "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+        "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, state, schedule)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
         params![
             run.id,
             run.workflow,
@@ -1062,7 +1080,8 @@ fn start(
             run.trigger,
             idempotency_key,
             ts(now),
-            serde_json::to_string(&run).expect("a run serializes")
+            serde_json::to_string(&run).expect("a run serializes"),
+            slot.as_ref().map(|c| c.schedule.as_str()),
         ],
     )
     .map_err(sql("creating a run"))?;

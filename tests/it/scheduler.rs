@@ -638,7 +638,9 @@ fn api_schedule(id: &str, cron: &str, zone: Option<&str>, user: &str, paused: bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d_programmatic_schedules_fire_like_yaml_ones() {
-    let report = "name: report\ninputs:\n  userId: { type: string, required: true }\nconcurrency:\n  overlap: allow_all\nsteps:\n  - id: nap\n    sleep: 1h\n";
+    // `overlap: skip` and hour-long runs: overlap is decided per schedule, so each user's
+    // schedule starts its run even while another user's run of the same workflow is going.
+    let report = "name: report\ninputs:\n  userId: { type: string, required: true }\nconcurrency:\n  overlap: skip\nsteps:\n  - id: nap\n    sleep: 1h\n";
     let rig = Rig::new(&[("report", report.to_string())]);
     let store = rig.store();
     for s in [
