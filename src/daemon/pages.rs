@@ -129,16 +129,24 @@ fn already_decided(output: &Option<serde_json::Value>) -> Option<String> {
     ))
 }
 
-pub async fn show(State(state): State<Shared>, Path(token): Path<String>) -> Response {
+/// A link that can still decide: its token, run and step are known, the step waits, and the
+/// link has not expired. Otherwise the page to answer with (`decided` is the status for a step
+/// that was already decided: 200 when looking, 409 when trying to decide again).
+#[allow(clippy::result_large_err)] // the error is the page to send; it is sent at once
+fn open_link(
+    state: &Shared,
+    token: &str,
+    decided: StatusCode,
+) -> Result<(approval::TokenInfo, crate::engine::machine::Run), Response> {
     let store = state.engine.store();
-    let Ok(Some(info)) = approval::lookup(store, &token) else {
-        return not_found();
+    let Ok(Some(info)) = approval::lookup(store, token) else {
+        return Err(not_found());
     };
     let Ok(Some(run)) = store.get_run(&info.run_id) else {
-        return not_found();
+        return Err(not_found());
     };
     let Some(step) = run.step(&info.step) else {
-        return not_found();
+        return Err(not_found());
     };
     if step.status != StepStatus::WaitingApproval {
         let text = already_decided(&step.output).unwrap_or_else(|| {
@@ -147,18 +155,14 @@ pub async fn show(State(state): State<Shared>, Path(token): Path<String>) -> Res
                 step.status.as_str()
             )
         });
-        return message(
-            StatusCode::OK,
-            "Already decided",
-            &text,
-            Some(format!(
-                "Workflow {}, run {}, step {}.",
-                run.workflow, run.id, info.step
-            )),
+        let detail = format!(
+            "Workflow {}, run {}, step {}.",
+            run.workflow, run.id, info.step
         );
+        return Err(message(decided, "Already decided", &text, Some(detail)));
     }
     if chrono::Utc::now() >= info.expires_at {
-        return message(
+        return Err(message(
             StatusCode::GONE,
             "Link expired",
             &format!(
@@ -166,8 +170,16 @@ pub async fn show(State(state): State<Shared>, Path(token): Path<String>) -> Res
                 info.expires_at.format("%Y-%m-%d %H:%M")
             ),
             None,
-        );
+        ));
     }
+    Ok((info, run))
+}
+
+pub async fn show(State(state): State<Shared>, Path(token): Path<String>) -> Response {
+    let (info, run) = match open_link(&state, &token, StatusCode::OK) {
+        Ok(open) => open,
+        Err(page) => return page,
+    };
     page(
         StatusCode::OK,
         "confirm",
@@ -208,35 +220,10 @@ pub async fn decide(
     body: Bytes,
 ) -> Response {
     let store = state.engine.store();
-    let Ok(Some(info)) = approval::lookup(store, &token) else {
-        return not_found();
+    let (info, _) = match open_link(&state, &token, StatusCode::CONFLICT) {
+        Ok(open) => open,
+        Err(page) => return page,
     };
-    let Ok(Some(run)) = store.get_run(&info.run_id) else {
-        return not_found();
-    };
-    let Some(step) = run.step(&info.step) else {
-        return not_found();
-    };
-    if step.status != StepStatus::WaitingApproval {
-        let text = already_decided(&step.output).unwrap_or_else(|| {
-            format!(
-                "This step is {} and no longer waits for a decision.",
-                step.status.as_str()
-            )
-        });
-        return message(StatusCode::CONFLICT, "Already decided", &text, None);
-    }
-    if chrono::Utc::now() >= info.expires_at {
-        return message(
-            StatusCode::GONE,
-            "Link expired",
-            &format!(
-                "This link expired at {} UTC.",
-                info.expires_at.format("%Y-%m-%d %H:%M")
-            ),
-            None,
-        );
-    }
     let comment: String = comment_of(&body).trim().chars().take(2000).collect();
     let decision = if info.decision == "approved" {
         Decision::Approved

@@ -24,6 +24,14 @@ pub fn dedup_id(run_id: &str, step_id: &str) -> String {
     format!("msg_{hex}")
 }
 
+fn find_step<'w>(wf: &'w Workflow, step_id: &str) -> Result<&'w crate::workflow::Step, String> {
+    wf.steps
+        .iter()
+        .chain(wf.on_failure.iter())
+        .find(|s| s.id == step_id)
+        .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))
+}
+
 /// Renders the URL, headers and body of an `http` step.
 pub fn render_http(
     wf: &Workflow,
@@ -31,12 +39,7 @@ pub fn render_http(
     step_id: &str,
     secrets: &serde_json::Map<String, Value>,
 ) -> Result<HttpRequest, String> {
-    let step = wf
-        .steps
-        .iter()
-        .chain(wf.on_failure.iter())
-        .find(|s| s.id == step_id)
-        .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))?;
+    let step = find_step(wf, step_id)?;
     let StepKind::Http(call) = &step.kind else {
         return Err(format!("step `{step_id}` is not an http step"));
     };
@@ -153,12 +156,7 @@ pub fn render_mail(
     step_id: &str,
     secrets: &serde_json::Map<String, Value>,
 ) -> Result<Mail, String> {
-    let step = wf
-        .steps
-        .iter()
-        .chain(wf.on_failure.iter())
-        .find(|s| s.id == step_id)
-        .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))?;
+    let step = find_step(wf, step_id)?;
     let (to, subject, body) = match &step.kind {
         StepKind::Email(e) => (&e.to, &e.subject, &e.body),
         StepKind::Approval(a) => (&a.to, &a.subject, &a.body),
