@@ -353,25 +353,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             step,
             comment,
             server,
-        } => runtime()?.block_on(call_daemon(
-            &server,
-            reqwest::Method::POST,
-            &format!("/api/v1/runs/{run_id}/steps/{step}/approve"),
-            Some(serde_json::json!({"comment": comment, "approver": whoami()})),
-            vec![],
-        )),
+        } => decide_via_daemon(&server, &run_id, &step, "approve", comment),
         Command::Reject {
             run_id,
             step,
             comment,
             server,
-        } => runtime()?.block_on(call_daemon(
-            &server,
-            reqwest::Method::POST,
-            &format!("/api/v1/runs/{run_id}/steps/{step}/reject"),
-            Some(serde_json::json!({"comment": comment, "approver": whoami()})),
-            vec![],
-        )),
+        } => decide_via_daemon(&server, &run_id, &step, "reject", comment),
     }
 }
 
@@ -391,6 +379,23 @@ fn quiet_broken_pipe() {
         }
         default(info);
     }));
+}
+
+/// `runner approve|reject`: the decision is made by the daemon, recorded as this user's.
+fn decide_via_daemon(
+    server: &ServerArgs,
+    run_id: &str,
+    step: &str,
+    action: &str,
+    comment: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(call_daemon(
+        server,
+        reqwest::Method::POST,
+        &format!("/api/v1/runs/{run_id}/steps/{step}/{action}"),
+        Some(serde_json::json!({"comment": comment, "approver": whoami()})),
+        vec![],
+    ))
 }
 
 fn whoami() -> String {
