@@ -202,9 +202,21 @@ pub fn key_from_random(bytes: [u8; 32]) -> String {
 }
 
 /// A new token id, `jwt_` followed by 32 characters from `[A-Za-z0-9]` (QStash's shape). The 128 random bits
-/// are spread over the 32 characters through SHA-256, so all of them are kept.
+/// are spread over the 32 characters through SHA-256, so all of them are kept: each half of the digest gives
+/// 16 base-62 digits (about 95 bits). One is made per call sent, so this avoids the byte-wise long division
+/// of [`base62`] (a tenth of a signed call's CPU).
 pub fn jti_from_random(bytes: [u8; 16]) -> String {
-    format!("jwt_{}", base62(&Sha256::digest(bytes), 32))
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(36);
+    out.push_str("jwt_");
+    for half in digest.chunks_exact(16) {
+        let mut n = u128::from_be_bytes(half.try_into().expect("16 bytes"));
+        for _ in 0..16 {
+            out.push(char::from(ALPHANUMERIC[(n % 62) as usize]));
+            n /= 62;
+        }
+    }
+    out
 }
 
 /// Signs an already serialized claims set.

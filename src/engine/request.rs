@@ -19,9 +19,18 @@ pub struct HttpRequest {
 /// The deduplication id of one step of one run: the same for every attempt and after restarts,
 /// different for every other run and step.
 pub fn dedup_id(run_id: &str, step_id: &str) -> String {
-    let digest = Sha256::digest(format!("{run_id}\u{0}{step_id}").as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("msg_{hex}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hasher = Sha256::new();
+    hasher.update(run_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(step_id.as_bytes());
+    let mut out = String::with_capacity(36);
+    out.push_str("msg_");
+    for b in hasher.finalize().iter().take(16) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 fn find_step<'w>(wf: &'w Workflow, step_id: &str) -> Result<&'w crate::workflow::Step, String> {
@@ -203,4 +212,17 @@ pub fn render_mail(
         subject: subject.replace(['\r', '\n'], " "),
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Dedup ids are kept by endpoints across runner upgrades: the value for a given run and
+    /// step must never change (this one was computed independently, with Python's hashlib).
+    #[test]
+    fn the_dedup_id_of_a_run_and_step_is_fixed() {
+        assert_eq!(
+            super::dedup_id("0190a5d2-7c4e-7000-8000-000000000001", "publish"),
+            "msg_1bcf3be2488fc0f9fe8ece992d1bfff4"
+        );
+    }
 }
