@@ -13,7 +13,8 @@
 //! `bench-endpoint`), answering every POST with `{"ok":true}` and counting requests. runner and
 //! the floors run on a second runtime. CPU per step is the on-CPU time of every thread of this
 //! process except the endpoint's, from `/proc/self/task/*/schedstat` (nanoseconds; the store's
-//! writer thread is also shown alone); `/proc/self/stat` utime+stime (CLK_TCK assumed 100) of the
+//! writer thread is also shown alone: it commits only what callers could not commit inline, see
+//! `store::sqlite::Writer`); `/proc/self/stat` utime+stime (CLK_TCK assumed 100) of the
 //! whole process is printed beside it as a cross-check. Overhead per step subtracts the mean raw
 //! sequential round trip from the mean sequential wall time per step.
 //!
@@ -1251,7 +1252,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "   wf3_floor, 1 chain, writer thread {:>9.3} ms/step   (commits handed to a thread, as runner does)",
+            "   wf3_floor, 1 chain, writer thread {:>9.3} ms/step   (every commit handed to a thread)",
             self.wf3_group_one_ms_per_step
         );
 
@@ -1276,7 +1277,7 @@ impl Report {
                 );
                 let _ = writeln!(
                     s,
-                    "       CPU {:.3} ms/step (runner's threads, schedstat), of which the DB writer thread {:.3}",
+                    "       CPU {:.3} ms/step (runner's threads, schedstat), of which the DB writer thread {:.3} (commits not made inline)",
                     p.cpu_ms_per_step, p.writer_cpu_ms_per_step
                 );
                 let _ = writeln!(

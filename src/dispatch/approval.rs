@@ -106,7 +106,7 @@ impl EffectHandler for ApprovalHandler {
     fn perform(
         &self,
         engine: Engine,
-        run: Run,
+        run: Arc<Run>,
         effect: Effect,
         effect_id: Option<i64>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -119,7 +119,7 @@ impl EffectHandler for ApprovalHandler {
             match outcome {
                 Ok(()) => {
                     if let Some(id) = effect_id {
-                        let _ = engine.store().mark_done(id).await;
+                        let _ = engine.store().mark_done(&run.id, id).await;
                     }
                 }
                 Err(error) => {
@@ -317,7 +317,7 @@ impl EffectHandler for EmailHandler {
     fn perform(
         &self,
         engine: Engine,
-        run: Run,
+        run: Arc<Run>,
         effect: Effect,
         effect_id: Option<i64>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {

@@ -45,7 +45,7 @@ pub trait EffectHandler: Send + Sync {
     fn perform(
         &self,
         engine: Engine,
-        run: Run,
+        run: Arc<Run>,
         effect: Effect,
         effect_id: Option<i64>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -107,7 +107,7 @@ impl Engine {
         trigger: &str,
         scheduled_for: Option<DateTime<Utc>>,
         idempotency_key: Option<String>,
-    ) -> Result<(Run, bool), EngineError> {
+    ) -> Result<(Arc<Run>, bool), EngineError> {
         let input = crate::workflow::resolve_input(&version.workflow, &input)
             .map_err(EngineError::Input)?;
         let new = NewRun {
@@ -140,7 +140,7 @@ impl Engine {
         input: serde_json::Value,
         slot: crate::store::SlotClaim,
         start: bool,
-    ) -> Result<Option<Run>, EngineError> {
+    ) -> Result<Option<Arc<Run>>, EngineError> {
         let input = crate::workflow::resolve_input(&version.workflow, &input)
             .map_err(EngineError::Input)?;
         let new = NewRun {
@@ -177,7 +177,7 @@ impl Engine {
         event: Event,
         attempt: Option<AttemptRecord>,
         done_effect: Option<i64>,
-    ) -> Result<Run, StoreError> {
+    ) -> Result<Arc<Run>, StoreError> {
         let applied = self
             .inner
             .store
@@ -263,11 +263,11 @@ impl Engine {
                 continue;
             };
             if run.status.is_terminal() {
-                self.inner.store.mark_done(p.id).await?;
+                self.inner.store.mark_done(&p.run_id, p.id).await?;
                 continue;
             }
             info!(run_id = %run.id, effect = ?p.effect, "performing an effect again after a restart");
-            self.perform(run, p.effect, Some(p.id));
+            self.perform(Arc::new(run), p.effect, Some(p.id));
         }
         Ok(unfinished.len())
     }
@@ -369,7 +369,7 @@ impl Engine {
         }
     }
 
-    fn perform(&self, run: Run, effect: Effect, effect_id: Option<i64>) {
+    fn perform(&self, run: Arc<Run>, effect: Effect, effect_id: Option<i64>) {
         if effect.is_external()
             && self
                 .inner
@@ -466,7 +466,7 @@ impl Engine {
         list.push(handle);
     }
 
-    async fn call_http(&self, run: Run, step: String, attempt: u32, effect_id: Option<i64>) {
+    async fn call_http(&self, run: Arc<Run>, step: String, attempt: u32, effect_id: Option<i64>) {
         let wf = match self.inner.store.workflow_for(&run) {
             Ok(wf) => wf,
             Err(e) => {

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -88,7 +88,7 @@ pub fn version_hash(source: &str) -> String {
 /// outbox row id when it is external.
 #[derive(Debug, Clone)]
 pub struct Applied {
-    pub run: Run,
+    pub run: Arc<Run>,
     pub effects: Vec<(Option<i64>, Effect)>,
     /// False when a start with an idempotency key found an existing run.
     pub created: bool,
@@ -163,6 +163,7 @@ enum Command {
         reply: oneshot::Sender<Result<Applied, StoreError>>,
     },
     MarkDone {
+        run_id: String,
         effect: i64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -196,7 +197,7 @@ impl Versions {
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Command>,
+    writer: Arc<WriterHandle>,
     reader: Arc<Mutex<Connection>>,
     versions: Versions,
     path: PathBuf,
@@ -308,7 +309,39 @@ CREATE INDEX approval_tokens_by_step ON approval_tokens(run_id, step, recipient)
 ALTER TABLE runs ADD COLUMN schedule TEXT;
 CREATE INDEX runs_by_schedule_unfinished ON runs(schedule, status, created_at) WHERE finished_at IS NULL AND schedule IS NOT NULL;
 "#,
+    // Fewer pages per state change: events and the outbox are clustered by run (one B-tree each,
+    // no second index), the outbox keeps only pending rows (done ones are deleted), and a run's
+    // `rev` lets the writer reuse the state it already holds instead of parsing it again.
+    // Event numbers become per run; outbox ids are derived from them (never reused), and rows
+    // still pending from before are renumbered below zero so they cannot collide.
+    r#"
+CREATE TABLE events_v5 (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+INSERT INTO events_v5(run_id, seq, at, kind, data) SELECT run_id, seq, at, kind, data FROM events;
+DROP TABLE events;
+ALTER TABLE events_v5 RENAME TO events;
+CREATE TABLE outbox_v5 (
+    run_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    effect TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, id)
+) WITHOUT ROWID;
+INSERT INTO outbox_v5(run_id, id, effect, created_at) SELECT run_id, -id, effect, created_at FROM outbox WHERE done_at IS NULL;
+DROP TABLE outbox;
+ALTER TABLE outbox_v5 RENAME TO outbox;
+ALTER TABLE runs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
+
+/// Outbox ids are `event seq × EFFECTS_PER_EVENT + index`: unique within a run and never reused.
+const EFFECTS_PER_EVENT: i64 = 1024;
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -347,17 +380,25 @@ impl Store {
             source,
         })?;
         let versions = Versions::default();
-        let (tx, rx) = mpsc::channel();
-        let writer_versions = versions.clone();
+        let shared = Arc::new(Writer {
+            queue: Mutex::new(WriteQueue::default()),
+            work: Condvar::new(),
+            state: Mutex::new(WriterState {
+                conn: writer,
+                cache: RunCache::default(),
+                versions: versions.clone(),
+            }),
+        });
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("runner-db-writer".into())
-            .spawn(move || writer_loop(writer, rx, writer_versions))
+            .spawn(move || writer_loop(&thread_shared))
             .map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         Ok(Store {
-            tx,
+            writer: Arc::new(WriterHandle(shared)),
             reader: Arc::new(Mutex::new(reader)),
             versions,
             path: path.to_path_buf(),
@@ -421,9 +462,13 @@ impl Store {
     }
 
     /// Marks an outbox row done when its effect produced no event (it was abandoned).
-    pub async fn mark_done(&self, effect: i64) -> Result<(), StoreError> {
+    pub async fn mark_done(&self, run_id: &str, effect: i64) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::MarkDone { effect, reply })?;
+        self.send(Command::MarkDone {
+            run_id: run_id.to_string(),
+            effect,
+            reply,
+        })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -451,7 +496,8 @@ impl Store {
     }
 
     fn send(&self, cmd: Command) -> Result<(), StoreError> {
-        self.tx.send(cmd).map_err(|_| StoreError::WriterGone)
+        self.writer.0.submit(cmd);
+        Ok(())
     }
 
     /// Reads with the shared read connection.
@@ -541,7 +587,7 @@ impl Store {
     pub fn pending_effects(&self) -> Result<Vec<PendingEffect>, StoreError> {
         self.read(|c| {
             let mut stmt = c
-                .prepare("SELECT id, run_id, effect FROM outbox WHERE done_at IS NULL ORDER BY id")
+                .prepare("SELECT id, run_id, effect FROM outbox ORDER BY created_at, run_id, id")
                 .map_err(sql("reading the outbox"))?;
             let rows = stmt
                 .query_map([], |r| {
@@ -825,19 +871,195 @@ fn load_version(
     Ok(wf)
 }
 
+/// The writer's copy of the state of unfinished runs, so a change does not parse the stored
+/// state again. Each entry carries the stored `rev` it matches (every change to a run, its
+/// event log included, moves `rev`); a lookup reads only `rev`, and the state too when it
+/// differs (another process changed the run), so the cache never serves a stale state. It is
+/// cleared whenever a change is rolled back.
+#[derive(Default)]
+struct RunCache {
+    /// id → (stored rev, state, number of the run's next event)
+    runs: HashMap<String, (i64, Arc<Run>, i64)>,
+}
+
+/// A run as the writer read it: its state, stored revision, and its next event's number when
+/// known (from the cache; otherwise it is looked up).
+struct Loaded {
+    run: Arc<Run>,
+    rev: i64,
+    next_seq: Option<i64>,
+}
+
+impl RunCache {
+    /// At most this many runs are kept; beyond it the cache starts over.
+    const CAPACITY: usize = 4096;
+
+    fn load(&mut self, tx: &Connection, id: &str) -> Result<Option<Loaded>, StoreError> {
+        let cached = self.runs.remove(id);
+        let known = cached.as_ref().map_or(-1, |(rev, _, _)| *rev);
+        let row: Option<(i64, Option<String>)> = tx
+            .row(
+                "SELECT rev, CASE WHEN rev = ?2 THEN NULL ELSE state END FROM runs WHERE id = ?1",
+                params![id, known],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql("reading a run"))?;
+        match (row, cached) {
+            (None, _) => Ok(None),
+            (Some((rev, None)), Some((_, run, next_seq))) => Ok(Some(Loaded {
+                run,
+                rev,
+                next_seq: Some(next_seq),
+            })),
+            (Some((rev, state)), _) => {
+                let state = state.ok_or_else(|| StoreError::Corrupt {
+                    id: id.to_string(),
+                    message: "the stored state is missing".into(),
+                })?;
+                let run = serde_json::from_str(&state).map_err(|e| StoreError::Corrupt {
+                    id: id.to_string(),
+                    message: e.to_string(),
+                })?;
+                let run = Arc::new(run);
+                Ok(Some(Loaded {
+                    run,
+                    rev,
+                    next_seq: None,
+                }))
+            }
+        }
+    }
+
+    fn put(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64) {
+        if self.runs.len() >= Self::CAPACITY {
+            self.runs.clear();
+        }
+        self.runs
+            .insert(run.id.clone(), (rev, run.clone(), next_seq));
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.runs.remove(id);
+    }
+
+    fn clear(&mut self) {
+        self.runs.clear();
+    }
+}
+
 /// How many commands one transaction takes at most.
 const BATCH: usize = 512;
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, versions: Versions) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
+/// The single writer of the database, shared by every clone of a [`Store`].
+///
+/// Group commit without a hop when nobody else is writing: a caller that finds the writer
+/// idle commits the queued changes itself, on its own thread, and so avoids waking another
+/// thread and being woken back (on this VM each wake-up costs more than the statements of a
+/// change). When the writer is busy, the caller leaves its change in the queue for the writer
+/// thread, which commits everything queued in one transaction when the current one ends.
+/// Long jobs (`Store::write`) always go to the thread.
+struct Writer {
+    queue: Mutex<WriteQueue>,
+    work: Condvar,
+    state: Mutex<WriterState>,
+}
+
+#[derive(Default)]
+struct WriteQueue {
+    commands: std::collections::VecDeque<Command>,
+    closed: bool,
+}
+
+struct WriterState {
+    conn: Connection,
+    cache: RunCache,
+    versions: Versions,
+}
+
+/// Dropped with the last clone of the store: the writer thread then finishes what is queued
+/// and ends.
+struct WriterHandle(Arc<Writer>);
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        unpoisoned(&self.0.queue).closed = true;
+        self.0.work.notify_one();
+    }
+}
+
+impl Writer {
+    fn submit(&self, cmd: Command) {
+        let inline = !matches!(cmd, Command::Exec { .. });
+        {
+            unpoisoned(&self.queue).commands.push_back(cmd);
+        }
+        let idle = match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if inline && let Some(mut state) = idle {
+            // Idle writer: commit here. The batch takes whatever else is queued too, unless a
+            // long job is among it (then the thread does it all).
+            let batch = {
+                let mut q = unpoisoned(&self.queue);
+                if q.commands.iter().any(|c| matches!(c, Command::Exec { .. })) {
+                    Vec::new()
+                } else {
+                    let n = q.commands.len().min(BATCH);
+                    q.commands.drain(..n).collect()
+                }
+            };
+            if !batch.is_empty() {
+                let WriterState {
+                    conn,
+                    cache,
+                    versions,
+                } = &mut *state;
+                process_batch(conn, batch, versions, cache);
+            }
+            drop(state);
+            if unpoisoned(&self.queue).commands.is_empty() {
+                return;
             }
         }
-        process_batch(&mut conn, batch, &versions);
+        self.work.notify_one();
+    }
+
+    fn next_batch(&self) -> Option<Vec<Command>> {
+        let mut q = unpoisoned(&self.queue);
+        let n = q.commands.len().min(BATCH);
+        (n > 0).then(|| q.commands.drain(..n).collect())
+    }
+}
+
+/// A panic while a lock was held (a bug) must not stop every later change: the state the
+/// lock guards stays usable (an open transaction is rolled back by the next batch).
+fn unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn writer_loop(writer: &Writer) {
+    loop {
+        {
+            let mut q = unpoisoned(&writer.queue);
+            while q.commands.is_empty() {
+                if q.closed {
+                    return;
+                }
+                q = writer.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        let mut state = unpoisoned(&writer.state);
+        let WriterState {
+            conn,
+            cache,
+            versions,
+        } = &mut *state;
+        while let Some(batch) = writer.next_batch() {
+            process_batch(conn, batch, versions, cache);
+        }
     }
 }
 
@@ -874,84 +1096,90 @@ impl Reply {
     }
 }
 
-fn process_batch(conn: &mut Connection, batch: Vec<Command>, versions: &Versions) {
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let msg = e.to_string();
-            for cmd in batch {
-                command_reply(cmd).fail(|| StoreError::Sql {
-                    doing: "starting a transaction",
-                    source: rusqlite::Error::InvalidParameterName(msg.clone()),
-                });
-            }
-            return;
+/// Transaction control with cached statements: rusqlite's `Transaction` and `Savepoint` parse
+/// `BEGIN`/`COMMIT`/`SAVEPOINT` text again on every use, two to three parses per state change.
+fn control(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.execute([]).map(|_| ())
+}
+
+fn sql_failure(doing: &'static str, e: &rusqlite::Error) -> impl Fn() -> StoreError {
+    let msg = e.to_string();
+    move || StoreError::Sql {
+        doing,
+        source: rusqlite::Error::InvalidParameterName(msg.clone()),
+    }
+}
+
+fn process_batch(
+    conn: &Connection,
+    batch: Vec<Command>,
+    versions: &Versions,
+    cache: &mut RunCache,
+) {
+    if !conn.is_autocommit() {
+        // Left open by a batch that panicked.
+        cache.clear();
+        drop(control(conn, "ROLLBACK"));
+    }
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        let fail = sql_failure("starting a transaction", &e);
+        for cmd in batch {
+            command_reply(cmd).fail(&fail);
+        }
+        return;
+    }
+    let rollback = |cache: &mut RunCache| {
+        cache.clear();
+        if !conn.is_autocommit() {
+            drop(control(conn, "ROLLBACK"));
         }
     };
     if batch.len() == 1 {
         // A batch of one needs no savepoint: when the change fails, the whole transaction is undone.
         let cmd = batch.into_iter().next().expect("a batch of one");
-        let reply = run_command(&tx, cmd, versions);
+        let reply = run_command(conn, cmd, versions, cache);
         if !reply_ok(&reply) {
-            drop(tx.rollback());
+            rollback(cache);
             reply.send();
             return;
         }
-        match tx.commit() {
+        match control(conn, "COMMIT") {
             Ok(()) => reply.send(),
             Err(e) => {
-                let msg = e.to_string();
-                reply.fail(|| StoreError::Sql {
-                    doing: "committing",
-                    source: rusqlite::Error::InvalidParameterName(msg.clone()),
-                });
+                rollback(cache);
+                reply.fail(sql_failure("committing", &e));
             }
         }
         return;
     }
     let mut replies = Vec::with_capacity(batch.len());
-    let mut tx = tx;
     for cmd in batch {
         // Each command in its own savepoint: one failing change does not undo the others.
-        let reply = match tx.savepoint() {
-            Ok(mut sp) => {
-                let reply = run_command(&sp, cmd, versions);
-                let ok = reply_ok(&reply);
-                let end = if ok {
-                    sp.commit()
-                } else {
-                    sp.rollback().and_then(|_| sp.commit())
-                };
-                if let Err(e) = end {
-                    let msg = e.to_string();
-                    reply.fail(|| StoreError::Sql {
-                        doing: "closing a savepoint",
-                        source: rusqlite::Error::InvalidParameterName(msg.clone()),
-                    });
-                    continue;
-                }
-                reply
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                command_reply(cmd).fail(|| StoreError::Sql {
-                    doing: "opening a savepoint",
-                    source: rusqlite::Error::InvalidParameterName(msg.clone()),
-                });
-                continue;
-            }
+        if let Err(e) = control(conn, "SAVEPOINT change") {
+            command_reply(cmd).fail(sql_failure("opening a savepoint", &e));
+            continue;
+        }
+        let reply = run_command(conn, cmd, versions, cache);
+        let end = if reply_ok(&reply) {
+            control(conn, "RELEASE change")
+        } else {
+            cache.clear();
+            control(conn, "ROLLBACK TO change").and_then(|()| control(conn, "RELEASE change"))
         };
+        if let Err(e) = end {
+            cache.clear();
+            reply.fail(sql_failure("closing a savepoint", &e));
+            continue;
+        }
         replies.push(reply);
     }
-    match tx.commit() {
+    match control(conn, "COMMIT") {
         Ok(()) => replies.into_iter().for_each(Reply::send),
         Err(e) => {
-            let msg = e.to_string();
+            rollback(cache);
+            let fail = sql_failure("committing", &e);
             for r in replies {
-                r.fail(|| StoreError::Sql {
-                    doing: "committing",
-                    source: rusqlite::Error::InvalidParameterName(msg.clone()),
-                });
+                r.fail(&fail);
             }
         }
     }
@@ -978,7 +1206,7 @@ fn command_reply(cmd: Command) -> Reply {
     }
 }
 
-fn run_command(tx: &Connection, cmd: Command, versions: &Versions) -> Reply {
+fn run_command(tx: &Connection, cmd: Command, versions: &Versions, cache: &mut RunCache) -> Reply {
     match cmd {
         Command::Start {
             version,
@@ -988,7 +1216,7 @@ fn run_command(tx: &Connection, cmd: Command, versions: &Versions) -> Reply {
             start: start_now,
             now,
             reply,
-        } => Reply::Applied(reply, start(tx, versions, version, new, idempotency_key, slot, start_now, now)),
+        } => Reply::Applied(reply, start(tx, versions, cache, version, new, idempotency_key, slot, start_now, now)),
         Command::Apply {
             run_id,
             event,
@@ -996,10 +1224,10 @@ fn run_command(tx: &Connection, cmd: Command, versions: &Versions) -> Reply {
             attempt,
             done_effect,
             reply,
-        } => Reply::Applied(reply, apply(tx, versions, &run_id, &event, now, attempt.as_ref(), done_effect)),
-        Command::MarkDone { effect, reply } => Reply::Unit(
+        } => Reply::Applied(reply, apply(tx, versions, cache, &run_id, &event, now, attempt.as_ref(), done_effect)),
+        Command::MarkDone { run_id, effect, reply } => Reply::Unit(
             reply,
-            tx.exec("UPDATE outbox SET done_at = ?2 WHERE id = ?1 AND done_at IS NULL", params![effect, ts(Utc::now())])
+            tx.exec("DELETE FROM outbox WHERE run_id = ?1 AND id = ?2", params![run_id, effect])
                 .map(|_| ())
                 .map_err(sql("marking an effect done")),
         ),
@@ -1017,6 +1245,7 @@ fn run_command(tx: &Connection, cmd: Command, versions: &Versions) -> Reply {
 fn start(
     tx: &Connection,
     versions: &Versions,
+    cache: &mut RunCache,
     version: Version,
     new: NewRun,
     idempotency_key: Option<String>,
@@ -1036,7 +1265,7 @@ fn start(
         if claimed == 0 {
             let placeholder = Run::new(&wf, new, now);
             return Ok(Applied {
-                run: placeholder,
+                run: Arc::new(placeholder),
                 effects: vec![],
                 created: false,
                 slot_taken: true,
@@ -1055,7 +1284,7 @@ fn start(
         if let Some(id) = existing {
             let run = load_run(tx, &id)?.ok_or(StoreError::NoSuchRun(id))?;
             return Ok(Applied {
-                run,
+                run: Arc::new(run),
                 effects: vec![],
                 created: false,
                 slot_taken: false,
@@ -1085,15 +1314,15 @@ fn start(
         ],
     )
     .map_err(sql("creating a run"))?;
-    tx.exec(
-        "INSERT INTO events(run_id, at, kind, data) VALUES (?1, ?2, 'created', ?3)",
-        params![
-            run.id,
-            ts(now),
-            serde_json::json!({"trigger": run.trigger, "version": run.version}).to_string()
-        ],
-    )
-    .map_err(sql("recording an event"))?;
+    record_event(
+        tx,
+        &run.id,
+        Some(1),
+        now,
+        "created",
+        &serde_json::json!({"trigger": run.trigger, "version": run.version}).to_string(),
+    )?;
+    let run = Arc::new(run);
     if !start_now {
         return Ok(Applied {
             run,
@@ -1102,7 +1331,12 @@ fn start(
             slot_taken: false,
         });
     }
-    let mut applied = transition(tx, &wf, run, &Event::Started, now)?;
+    let loaded = Loaded {
+        run,
+        rev: 0,
+        next_seq: Some(2),
+    };
+    let mut applied = transition(tx, cache, &wf, loaded, &Event::Started, now)?;
     applied.created = true;
     Ok(applied)
 }
@@ -1117,16 +1351,21 @@ fn mark_schedule(c: &Connection, schedule: &str, at: DateTime<Utc>) -> Result<()
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply(
     tx: &Connection,
     versions: &Versions,
+    cache: &mut RunCache,
     run_id: &str,
     event: &Event,
     now: DateTime<Utc>,
     attempt: Option<&AttemptRecord>,
     done_effect: Option<i64>,
 ) -> Result<Applied, StoreError> {
-    let run = load_run(tx, run_id)?.ok_or_else(|| StoreError::NoSuchRun(run_id.to_string()))?;
+    let loaded = cache
+        .load(tx, run_id)?
+        .ok_or_else(|| StoreError::NoSuchRun(run_id.to_string()))?;
+    let run = &loaded.run;
     let wf = load_version(tx, versions, &run.version)?;
     // An attempt is recorded only when the machine takes its outcome: the step is running that
     // attempt. A stale result (a duplicate of an attempt already decided, one that ends after a
@@ -1160,88 +1399,132 @@ fn apply(
     }
     if let Some(id) = done_effect {
         tx.exec(
-            "UPDATE outbox SET done_at = ?2 WHERE id = ?1 AND done_at IS NULL",
-            params![id, ts(now)],
+            "DELETE FROM outbox WHERE run_id = ?1 AND id = ?2",
+            params![run_id, id],
         )
         .map_err(sql("marking an effect done"))?;
     }
-    transition(tx, &wf, run, event, now)
+    transition(tx, cache, &wf, loaded, event, now)
+}
+
+/// Appends an event to a run's log and returns its number (per run, never reused).
+/// `seq` is the number when the caller knows it (the writer's cache); otherwise it is looked up.
+/// The lookup is avoided on the hot path: SQLite prepares that query again on every call here
+/// (its statement status counts one re-prepare per step), which costs more than the rest of it.
+fn record_event(
+    tx: &Connection,
+    run_id: &str,
+    seq: Option<i64>,
+    now: DateTime<Utc>,
+    kind: &str,
+    data: &str,
+) -> Result<i64, StoreError> {
+    let seq: i64 = match seq {
+        Some(seq) => seq,
+        None => tx
+            .row(
+                "SELECT coalesce(max(seq), 0) + 1 FROM events WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(sql("recording an event"))?,
+    };
+    tx.exec(
+        "INSERT INTO events(run_id, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![run_id, seq, ts(now), kind, data],
+    )
+    .map_err(sql("recording an event"))?;
+    Ok(seq)
 }
 
 /// Runs the state machine and stores its result: the new state, the event and the effects.
 fn transition(
     tx: &Connection,
+    cache: &mut RunCache,
     wf: &Workflow,
-    run: Run,
+    loaded: Loaded,
     event: &Event,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
+    let Loaded { run, rev, next_seq } = loaded;
     let (next, effects) = machine::decide(wf, &run, event, now);
-    if next == run && effects.is_empty() {
+    if next == *run && effects.is_empty() {
         // Absorbed (late, duplicate or not applicable): nothing changes, but keep the event for the record.
+        let seq = record_event(
+            tx,
+            &run.id,
+            next_seq,
+            now,
+            &format!("{} (absorbed)", event.name()),
+            &serde_json::to_string(event).expect("an event serializes"),
+        )?;
+        // The log grew, so the revision moves too: another process's cached next event
+        // number is then known to be stale.
         tx.exec(
-            "INSERT INTO events(run_id, at, kind, data) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                run.id,
-                ts(now),
-                format!("{} (absorbed)", event.name()),
-                serde_json::to_string(event).expect("an event serializes")
-            ],
+            "UPDATE runs SET rev = ?2 WHERE id = ?1",
+            params![run.id, rev + 1],
         )
-        .map_err(sql("recording an event"))?;
+        .map_err(sql("updating a run"))?;
+        if !run.status.is_terminal() {
+            cache.put(&run, rev + 1, seq + 1);
+        }
         return Ok(Applied {
-            run: next,
+            run,
             effects: vec![],
             created: false,
             slot_taken: false,
         });
     }
+    let next = Arc::new(next);
     tx.exec(
-        "UPDATE runs SET status = ?2, updated_at = ?3, finished_at = ?4, wake_at = ?5, state = ?6 WHERE id = ?1",
+        "UPDATE runs SET status = ?2, updated_at = ?3, finished_at = ?4, wake_at = ?5, state = ?6, rev = ?7 WHERE id = ?1",
         params![
             next.id,
             next.status.as_str(),
             ts(now),
             next.finished_at.map(ts),
             next.wake_at.map(|t| t.timestamp_millis()),
-            serde_json::to_string(&next).expect("a run serializes"),
+            serde_json::to_string(&*next).expect("a run serializes"),
+            rev + 1,
         ],
     )
     .map_err(sql("updating a run"))?;
-    tx.exec(
-        "INSERT INTO events(run_id, at, kind, data) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            next.id,
-            ts(now),
-            event.name(),
-            serde_json::to_string(event).expect("an event serializes")
-        ],
-    )
-    .map_err(sql("recording an event"))?;
+    let seq = record_event(
+        tx,
+        &next.id,
+        next_seq,
+        now,
+        event.name(),
+        &serde_json::to_string(event).expect("an event serializes"),
+    )?;
     if next.status.is_terminal() {
         // Nothing that was queued for a finished run may run after a restart.
-        tx.exec(
-            "UPDATE outbox SET done_at = ?2 WHERE run_id = ?1 AND done_at IS NULL",
-            params![next.id, ts(now)],
-        )
-        .map_err(sql("closing the outbox of a finished run"))?;
+        tx.exec("DELETE FROM outbox WHERE run_id = ?1", params![next.id])
+            .map_err(sql("closing the outbox of a finished run"))?;
     }
     let mut out = Vec::with_capacity(effects.len());
-    for effect in effects {
+    for (k, effect) in (0..).zip(effects) {
         if effect.is_external() {
+            let id = seq * EFFECTS_PER_EVENT + k.min(EFFECTS_PER_EVENT - 1);
             tx.exec(
-                "INSERT INTO outbox(run_id, effect, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO outbox(run_id, id, effect, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     next.id,
+                    id,
                     serde_json::to_string(&effect).expect("an effect serializes"),
                     ts(now)
                 ],
             )
             .map_err(sql("queueing an effect"))?;
-            out.push((Some(tx.last_insert_rowid()), effect));
+            out.push((Some(id), effect));
         } else {
             out.push((None, effect));
         }
+    }
+    if next.status.is_terminal() {
+        cache.remove(&next.id);
+    } else {
+        cache.put(&next, rev + 1, seq + 1);
     }
     Ok(Applied {
         run: next,
@@ -1249,4 +1532,230 @@ fn transition(
         created: false,
         slot_taken: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::machine::StepStatus;
+
+    const SOURCE: &str =
+        "name: one\nsteps:\n  - id: one\n    http:\n      url: http://127.0.0.1:9/one\n";
+
+    /// A database written by the previous schema (version 4): an unfinished run with events
+    /// numbered globally, a done and a pending outbox row.
+    fn version_4_database(path: &Path) -> String {
+        let mut c = Connection::open(path).expect("open");
+        for (i, m) in MIGRATIONS.iter().take(4).enumerate() {
+            let tx = c.transaction().expect("tx");
+            tx.execute_batch(m).expect("migration");
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .expect("user_version");
+            tx.commit().expect("commit");
+        }
+        let version = Version::new(
+            "one.yaml",
+            SOURCE,
+            crate::workflow::check_file("one.yaml", SOURCE).expect("checks"),
+        );
+        let now = Utc::now();
+        let run = Run::new(
+            &version.workflow,
+            NewRun {
+                id: "r1".into(),
+                version: version.hash.clone(),
+                trigger: "api".into(),
+                input: serde_json::json!({}),
+                scheduled_for: None,
+            },
+            now,
+        );
+        let (run, effects) = machine::decide(&version.workflow, &run, &Event::Started, now);
+        assert_eq!(effects.len(), 1);
+        c.execute(
+            "INSERT INTO workflow_versions VALUES (?1, 'one', 'one.yaml', ?2, ?3)",
+            params![version.hash, SOURCE, ts(now)],
+        )
+        .expect("version");
+        c.execute(
+            "INSERT INTO runs(id, workflow, version, status, trigger, created_at, updated_at, state) VALUES ('r1', 'one', ?1, 'running', 'api', ?2, ?2, ?3)",
+            params![version.hash, ts(now), serde_json::to_string(&run).expect("json")],
+        )
+        .expect("run");
+        for (seq, run_id, kind) in [
+            (7, "r1", "created"),
+            (8, "r0", "created"),
+            (9, "r1", "started"),
+        ] {
+            c.execute(
+                "INSERT INTO events(seq, run_id, at, kind, data) VALUES (?1, ?2, ?3, ?4, '{}')",
+                params![seq, run_id, ts(now), kind],
+            )
+            .expect("event");
+        }
+        let effect = serde_json::to_string(&effects[0].clone()).expect("json");
+        c.execute(
+            "INSERT INTO outbox(id, run_id, effect, created_at, done_at) VALUES (3, 'r1', ?1, ?2, ?2), (5, 'r1', ?1, ?2, NULL)",
+            params![effect, ts(now)],
+        )
+        .expect("outbox");
+        version.hash
+    }
+
+    #[tokio::test]
+    async fn a_version_4_database_migrates_and_its_pending_work_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        version_4_database(&path);
+        let store = Store::open(&path).expect("migrates");
+
+        let pending = store.pending_effects().expect("outbox");
+        assert_eq!(
+            pending.len(),
+            1,
+            "only the pending row survives: {pending:?}"
+        );
+        assert_eq!((pending[0].run_id.as_str(), pending[0].id), ("r1", -5));
+        let seqs: Vec<i64> = store
+            .events("r1")
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [7, 9]);
+
+        let event = Event::AttemptSucceeded {
+            step: "one".into(),
+            attempt: 1,
+            output: serde_json::json!({"status": 200}),
+        };
+        let applied = store
+            .apply("r1", event, Utc::now(), None, Some(pending[0].id))
+            .await
+            .expect("applies");
+        assert_eq!(applied.run.status, RunStatus::Succeeded);
+        assert_eq!(applied.run.steps[0].status, StepStatus::Succeeded);
+        assert!(store.pending_effects().expect("outbox").is_empty());
+        let kinds: Vec<(i64, String)> = store
+            .events("r1")
+            .expect("events")
+            .into_iter()
+            .map(|e| (e.seq, e.kind))
+            .collect();
+        assert_eq!(kinds.last(), Some(&(10, "attempt_succeeded".to_string())));
+    }
+
+    /// Outbox ids stay unique within a run across many transitions, and marking one done
+    /// removes that row only.
+    #[tokio::test]
+    async fn effects_get_ids_that_are_never_reused_and_done_rows_leave_the_outbox() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("new.db")).expect("opens");
+        let wf = crate::workflow::check_file("one.yaml", SOURCE).expect("checks");
+        let version = Version::new("one.yaml", SOURCE, wf);
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let new = NewRun {
+                id: format!("run-{n}"),
+                version: version.hash.clone(),
+                trigger: "api".into(),
+                input: serde_json::json!({}),
+                scheduled_for: None,
+            };
+            let applied = store
+                .start_run(version.clone(), new, None, None, true, Utc::now())
+                .await
+                .expect("starts");
+            let id = applied.effects[0].0.expect("an outbox row");
+            ids.push((applied.run.id.clone(), id));
+        }
+        assert_eq!(store.pending_effects().expect("outbox").len(), 3);
+        let (run, id) = ids[1].clone();
+        store.mark_done(&run, id).await.expect("done");
+        let left: Vec<String> = store
+            .pending_effects()
+            .expect("outbox")
+            .into_iter()
+            .map(|p| p.run_id)
+            .collect();
+        assert_eq!(left, ["run-0", "run-2"]);
+        // A cancel ends run-0: its outbox closes, and its events keep counting from where they were.
+        let applied = store
+            .apply(
+                "run-0",
+                Event::CancelRequested { reason: None },
+                Utc::now(),
+                None,
+                None,
+            )
+            .await
+            .expect("cancels");
+        assert!(applied.run.status.is_terminal());
+        let left: Vec<String> = store
+            .pending_effects()
+            .expect("outbox")
+            .into_iter()
+            .map(|p| p.run_id)
+            .collect();
+        assert_eq!(left, ["run-2"]);
+        let seqs: Vec<i64> = store
+            .events("run-0")
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    /// Two processes on one file: each writer's cached state is checked against the stored
+    /// revision, so a change made by the other is never overwritten with a stale state.
+    #[tokio::test]
+    async fn a_writer_never_uses_a_state_another_process_has_changed() {
+        const TWO: &str = "name: two\nsteps:\n  - id: one\n    http:\n      url: http://127.0.0.1:9/one\n  - id: two\n    http:\n      url: http://127.0.0.1:9/two\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shared.db");
+        let (a, b) = (
+            Store::open(&path).expect("a"),
+            Store::open(&path).expect("b"),
+        );
+        let wf = crate::workflow::check_file("two.yaml", TWO).expect("checks");
+        let version = Version::new("two.yaml", TWO, wf);
+        let new = NewRun {
+            id: "shared".into(),
+            version: version.hash.clone(),
+            trigger: "api".into(),
+            input: serde_json::json!({}),
+            scheduled_for: None,
+        };
+        a.start_run(version, new, None, None, true, Utc::now())
+            .await
+            .expect("starts");
+        let ok = |step: &str| Event::AttemptSucceeded {
+            step: step.into(),
+            attempt: 1,
+            output: serde_json::json!({"status": 200}),
+        };
+        let after_b = b
+            .apply("shared", ok("one"), Utc::now(), None, None)
+            .await
+            .expect("b applies");
+        assert_eq!(after_b.run.steps[1].status, StepStatus::Running);
+        let after_a = a
+            .apply("shared", ok("two"), Utc::now(), None, None)
+            .await
+            .expect("a applies");
+        assert_eq!(
+            after_a.run.status,
+            RunStatus::Succeeded,
+            "a used a stale state: {:?}",
+            after_a.run
+        );
+        let seqs: Vec<i64> = a
+            .events("shared")
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+    }
 }
