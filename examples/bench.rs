@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- --quick       # smaller counts (about 20 s)
 //! cargo run --release --example bench -- --json        # machine-readable report on stdout
 //! cargo run --release --example bench -- --runner-only # skip the floors (for profiling; does not count)
+//! cargo run --release --example bench -- --runner-only --sequential-only # also skip 16 in flight
 //! ```
 //!
 //! The endpoint is an axum server on 127.0.0.1 on its own tokio runtime (threads named
@@ -101,14 +102,19 @@ fn main() -> Result<()> {
     let mut quick = false;
     let mut json_out = false;
     let mut runner_only = false;
+    let mut sequential_only = false;
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--quick" => quick = true,
             "--json" => json_out = true,
             "--runner-only" => runner_only = true,
+            "--sequential-only" => {
+                sequential_only = true;
+                runner_only = true;
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only]"
+                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only]"
                 );
                 return Ok(());
             }
@@ -173,7 +179,8 @@ fn main() -> Result<()> {
 
         progress("runner: 16 in flight");
         let cpu0 = cpu_now();
-        let par = run_parallel(&engine, &version, sizes.par_runs, sizes.par_time).await?;
+        let par_runs = if sequential_only { 0 } else { sizes.par_runs };
+        let par = run_parallel(&engine, &version, par_runs, sizes.par_time).await?;
         let cpu1 = cpu_now();
         total += par.runs;
         report.par = Some(PhaseReport::new(&par, cpu1.since(&cpu0)));

@@ -991,17 +991,26 @@ impl Drop for WriterHandle {
 impl Writer {
     fn submit(&self, cmd: Command) {
         let inline = !matches!(cmd, Command::Exec { .. });
-        {
-            unpoisoned(&self.queue).commands.push_back(cmd);
-        }
-        let idle = match self.state.try_lock() {
-            Ok(state) => Some(state),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+        let alone = {
+            let mut q = unpoisoned(&self.queue);
+            q.commands.push_back(cmd);
+            q.commands.len() == 1
         };
-        if inline && let Some(mut state) = idle {
-            // Idle writer: commit here. The batch takes whatever else is queued too, unless a
-            // long job is among it (then the thread does it all).
+        // Inline only when this change is the only one waiting: under load the writer thread
+        // batches them, and the callers' threads stay free for their HTTP calls instead of
+        // waiting on an fsync.
+        let idle = if inline && alone {
+            match self.state.try_lock() {
+                Ok(state) => Some(state),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            }
+        } else {
+            None
+        };
+        if let Some(mut state) = idle {
+            // Idle writer: commit here. The batch takes whatever else was queued meanwhile
+            // too, unless a long job is among it (then the thread does it all).
             let batch = {
                 let mut q = unpoisoned(&self.queue);
                 if q.commands.iter().any(|c| matches!(c, Command::Exec { .. })) {
