@@ -1,7 +1,10 @@
 //! The command line: parses arguments and calls into the library. Exit codes are part of the
 //! contract: `validate` exits 0 valid, 1 problems, 2 could not run.
 
-use crate::workflow::{self, Diagnostic, SourceFile, Workflow, diagnostic};
+use crate::sources::{check_parallel, read_sources};
+use crate::store::run_json;
+use crate::workflow::diagnostic::{Format, render as render_diagnostics};
+use crate::workflow::{self, SourceFile, Workflow};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -214,13 +217,6 @@ pub struct DbArgs {
     /// The SQLite database file
     #[arg(long, env = "RUNNER_DB", default_value = "runner.db")]
     pub db: PathBuf,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
-    Github,
 }
 
 /// Entry point used by `main.rs`.
@@ -656,63 +652,6 @@ fn runs(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The JSON form of a run used by `runner show --json` and the HTTP API.
-pub fn run_json(
-    store: &crate::store::Store,
-    run: &crate::engine::machine::Run,
-) -> anyhow::Result<serde_json::Value> {
-    let attempts = store.attempts(&run.id)?;
-    let step_json = |s: &crate::engine::machine::StepState| {
-        let mine: Vec<serde_json::Value> = attempts
-            .iter()
-            .filter(|a| a.step == s.id)
-            .map(|a| {
-                serde_json::json!({
-                    "attempt": a.attempt,
-                    "started_at": a.started_at,
-                    "finished_at": a.finished_at,
-                    "duration_ms": match (a.started_at, a.finished_at) { (Some(x), Some(y)) => Some((y - x).num_milliseconds()), _ => None },
-                    "status": a.status,
-                    "outcome": a.outcome,
-                    "error": a.error,
-                    "request": a.request,
-                    "response": a.response,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "id": s.id,
-            "kind": s.kind,
-            "status": s.status.as_str(),
-            "attempts": s.attempts,
-            "started_at": s.started_at,
-            "finished_at": s.finished_at,
-            "wake_at": s.wake_at,
-            "error": s.error,
-            "output": s.output,
-            "dedup_id": crate::engine::request::dedup_id(&run.id, &s.id),
-            "attempt_log": mine,
-        })
-    };
-    Ok(serde_json::json!({
-        "id": run.id,
-        "workflow": run.workflow,
-        "version": run.version,
-        "status": run.status.as_str(),
-        "trigger": run.trigger,
-        "input": run.input,
-        "scheduled_for": run.scheduled_for,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "waiting_for": run.waiting_for(),
-        "wake_at": run.wake_at,
-        "failure": run.failure,
-        "steps": run.steps.iter().map(step_json).collect::<Vec<_>>(),
-        "on_failure": run.hooks.iter().map(step_json).collect::<Vec<_>>(),
-    }))
-}
-
 fn show(run_id: &str, json: bool, db: &Path) -> anyhow::Result<ExitCode> {
     let store = open_store_readonly(db)?;
     let Some(run) = store.get_run(run_id)? else {
@@ -801,42 +740,6 @@ async fn keys(action: Option<KeysAction>, db: &Path) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// Lists the workflow files of a directory (`*.yaml`, `*.yml`), sorted, not recursive.
-pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Reads files, or the workflow files of directories, as the checker's input.
-pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
-    let mut files = Vec::new();
-    for path in paths {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?;
-        let list = if meta.is_dir() {
-            workflow_files(path)
-                .map_err(|e| anyhow::anyhow!("cannot list `{}`: {e}", path.display()))?
-        } else {
-            vec![path.clone()]
-        };
-        for file in list {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", file.display()))?;
-            files.push(SourceFile {
-                path: file.display().to_string(),
-                text: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-        }
-    }
-    Ok(files)
-}
-
 fn validate(paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
     let paths = if paths.is_empty() {
         vec![PathBuf::from("workflows")]
@@ -853,86 +756,6 @@ fn validate(paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// `workflow::check_set` with the per-file checks spread over the machine's cores.
-pub fn check_parallel(files: &[SourceFile]) -> workflow::CheckedSet {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    if threads < 2 || files.len() < 16 {
-        return workflow::check_set(files);
-    }
-    let chunk = files.len().div_ceil(threads);
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|f| workflow::check_file(&f.path, &f.text))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a checker thread does not panic"))
-            .collect()
-    });
-    workflow::check::check_names(files, results)
-}
-
-/// The output of `runner validate` for a set of diagnostics (also used in snapshot tests).
-pub fn render_diagnostics(
-    diags: &[Diagnostic],
-    files: &[SourceFile],
-    format: Format,
-    checked: usize,
-) -> String {
-    match format {
-        Format::Json => {
-            let mut s = diagnostic::render_json(diags);
-            s.push('\n');
-            s
-        }
-        Format::Github => diags
-            .iter()
-            .map(|d| diagnostic::render_github(d) + "\n")
-            .collect(),
-        Format::Human => {
-            let mut out = String::new();
-            for d in diags {
-                let source = files
-                    .iter()
-                    .find(|f| f.path == d.file)
-                    .map(|f| f.text.as_str());
-                out.push_str(&diagnostic::render_human(d, source));
-                out.push('\n');
-            }
-            let bad_files = diags
-                .iter()
-                .map(|d| &d.file)
-                .collect::<std::collections::BTreeSet<_>>()
-                .len();
-            let files_word = if checked == 1 { "file" } else { "files" };
-            if diags.is_empty() {
-                out.push_str(&format!("checked {checked} {files_word}: no problems\n"));
-            } else {
-                let problems = if diags.len() == 1 {
-                    "problem"
-                } else {
-                    "problems"
-                };
-                out.push_str(&format!(
-                    "checked {checked} {files_word}: {} {problems} in {bad_files} {}\n",
-                    diags.len(),
-                    if bad_files == 1 { "file" } else { "files" }
-                ));
-            }
-            out
-        }
-    }
 }
 
 /// Loads one workflow by file path or by name from `dir`, refusing it with diagnostics if invalid.

@@ -1,7 +1,7 @@
 //! runner: declarative, self-hosted durable workflows.
 //!
 //! The pure core (no I/O): [`workflow`], [`cron`], [`sign`], [`backoff`], [`engine::machine`].
-//! The I/O shell: [`store`], [`dispatch`], [`cli`].
+//! The I/O shell: [`store`], [`dispatch`], [`sources`], [`daemon`], [`cli`].
 
 pub mod backoff;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod metrics;
 pub mod sign;
+pub mod sources;
 pub mod store;
 pub mod workflow;
 

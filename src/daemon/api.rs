@@ -360,7 +360,7 @@ fn load_run(state: &AppState, id: &str) -> Result<crate::engine::machine::Run, A
 
 async fn get_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
     let run = load_run(&state, &id)?;
-    let v = crate::cli::run_json(state.engine.store(), &run).map_err(ApiError::internal)?;
+    let v = crate::store::run_json(state.engine.store(), &run).map_err(ApiError::internal)?;
     json_ok(StatusCode::OK, v)
 }
 

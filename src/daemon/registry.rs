@@ -62,7 +62,7 @@ impl Registry {
     pub fn reload(&mut self) -> Changes {
         let mut changes = Changes::default();
         let sources: Vec<SourceFile> = if self.dir.is_dir() {
-            match crate::cli::read_sources(std::slice::from_ref(&self.dir)) {
+            match crate::sources::read_sources(std::slice::from_ref(&self.dir)) {
                 Ok(s) => s,
                 Err(e) => {
                     changes.errors.push(format!("{e:#}"));
@@ -100,10 +100,10 @@ impl Registry {
                     rendered: String::new(),
                 },
                 Err(diags) => {
-                    let rendered = crate::cli::render_diagnostics(
+                    let rendered = crate::workflow::diagnostic::render(
                         &diags,
                         std::slice::from_ref(file),
-                        crate::cli::Format::Human,
+                        crate::workflow::diagnostic::Format::Human,
                         1,
                     );
                     let unchanged = previous.is_some_and(|p| p.diagnostics == diags);

@@ -5,5 +5,7 @@
 //! inside that transaction, so several processes sharing one file stay correct.
 
 mod sqlite;
+mod view;
 
 pub use sqlite::*;
+pub use view::run_json;

@@ -290,3 +290,61 @@ mod tests {
         assert_eq!(did_you_mean("fecth", ["fetch", "send"]), Some("fetch"));
     }
 }
+
+/// How `runner validate` prints diagnostics.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+    Github,
+}
+
+/// The output of `runner validate` for a set of diagnostics (also the daemon's log of a refused
+/// file, and the snapshot tests).
+pub fn render(
+    diags: &[Diagnostic],
+    files: &[super::SourceFile],
+    format: Format,
+    checked: usize,
+) -> String {
+    match format {
+        Format::Json => {
+            let mut s = render_json(diags);
+            s.push('\n');
+            s
+        }
+        Format::Github => diags.iter().map(|d| render_github(d) + "\n").collect(),
+        Format::Human => {
+            let mut out = String::new();
+            for d in diags {
+                let source = files
+                    .iter()
+                    .find(|f| f.path == d.file)
+                    .map(|f| f.text.as_str());
+                out.push_str(&render_human(d, source));
+                out.push('\n');
+            }
+            let bad_files = diags
+                .iter()
+                .map(|d| &d.file)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            let files_word = if checked == 1 { "file" } else { "files" };
+            if diags.is_empty() {
+                out.push_str(&format!("checked {checked} {files_word}: no problems\n"));
+            } else {
+                let problems = if diags.len() == 1 {
+                    "problem"
+                } else {
+                    "problems"
+                };
+                out.push_str(&format!(
+                    "checked {checked} {files_word}: {} {problems} in {bad_files} {}\n",
+                    diags.len(),
+                    if bad_files == 1 { "file" } else { "files" }
+                ));
+            }
+            out
+        }
+    }
+}
