@@ -16,8 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::Value;
 
 use crate::support::{QstashReceiver, receiver_log, runner_cmd, temp_dir, write};
@@ -356,18 +355,7 @@ fn may_retry(workflow: &str, step: &str) -> bool {
 fn kill9_at_random_points_loses_no_run_and_repeats_no_completed_step() {
     let _serial = serial();
     let began = Instant::now();
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            let n = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos();
-            u64::try_from(n % u128::from(u64::MAX)).expect("fits")
-        });
-    eprintln!("crash test seed: {seed} (replay with CRASH_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut rng, seed) = crate::support::chaos_rng("CRASH_SEED", "crash test");
 
     let dir = temp_dir();
     let logs = dir.path().join("logs");

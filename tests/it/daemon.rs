@@ -14,11 +14,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::support::{
@@ -1206,18 +1205,7 @@ fn unfinished(api: &Api, ids: &[String]) -> usize {
 #[test]
 fn kill9_of_the_daemon_with_runs_in_flight_loses_nothing_and_repeats_no_completed_step() {
     let began = Instant::now();
-    let seed: u64 = std::env::var("DAEMON_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            let n = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos();
-            u64::try_from(n % u128::from(u64::MAX)).expect("fits")
-        });
-    eprintln!("daemon chaos seed: {seed} (replay with DAEMON_CHAOS_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut rng, seed) = crate::support::chaos_rng("DAEMON_CHAOS_SEED", "daemon chaos");
 
     let (dir, wf_dir) = setup();
     put_file(&wf_dir, "chaos-a.yaml", &wf_text(CHAOS_A));

@@ -185,6 +185,24 @@ pub fn test_keys() -> (String, String) {
 }
 
 /// Milliseconds since the epoch (the receiver's `time` uses the same clock).
+/// A random generator for a chaos test, seeded from `var` when set (to replay a failure) or else
+/// from the clock; the seed is printed so a failing run can be replayed.
+pub fn chaos_rng(var: &str, what: &str) -> (rand::rngs::StdRng, u64) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var(var)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos();
+            u64::try_from(n % u128::from(u64::MAX)).expect("fits")
+        });
+    eprintln!("{what} seed: {seed} (replay with {var}={seed})");
+    (rand::rngs::StdRng::seed_from_u64(seed), seed)
+}
+
 pub fn now_ms() -> i64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
