@@ -816,7 +816,7 @@ fn db_counts(path: &Path) -> Result<(u64, u64, u64)> {
         |r| r.get(0),
     )?;
     let attempts: i64 = conn.query_row(
-        "SELECT count(*) FROM attempts WHERE outcome = 'succeeded'",
+        "SELECT count(*) FROM events WHERE attempt IS NOT NULL AND attempt ->> '$.outcome' = 'succeeded'",
         [],
         |r| r.get(0),
     )?;

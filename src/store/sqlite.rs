@@ -338,6 +338,12 @@ DROP TABLE outbox;
 ALTER TABLE outbox_v5 RENAME TO outbox;
 ALTER TABLE runs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
 "#,
+    // An attempt's record (what was sent and got, secrets redacted) is kept on the event of its
+    // outcome instead of a table of its own: one B-tree fewer to write per step. Records written
+    // before stay in `attempts`, which is read but no longer written.
+    r#"
+ALTER TABLE events ADD COLUMN attempt TEXT;
+"#,
 ];
 
 /// Outbox ids are `event seq × EFFECTS_PER_EVENT + index`: unique within a run and never reused.
@@ -612,12 +618,16 @@ impl Store {
         })
     }
 
+    /// Every attempt of a run: the records kept on its events, and those written to the
+    /// `attempts` table before schema version 6. The latest record of a (step, attempt) wins
+    /// (after a manual retry the step runs attempt 1 again). Ordered by start time.
     pub fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         self.read(|c| {
+            let mut by_key: HashMap<(String, u32), AttemptRecord> = HashMap::new();
             let mut stmt = c
                 .prepare(
                     "SELECT step, attempt, started_at, finished_at, status, outcome, error, request, response
-                     FROM attempts WHERE run_id = ?1 ORDER BY started_at, step, attempt",
+                     FROM attempts WHERE run_id = ?1",
                 )
                 .map_err(sql("reading attempts"))?;
             let rows = stmt
@@ -637,7 +647,32 @@ impl Store {
                     })
                 })
                 .map_err(sql("reading attempts"))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(sql("reading attempts"))
+            for a in rows {
+                let a = a.map_err(sql("reading attempts"))?;
+                by_key.insert((a.step.clone(), a.attempt), a);
+            }
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, attempt FROM events WHERE run_id = ?1 AND attempt IS NOT NULL ORDER BY seq",
+                )
+                .map_err(sql("reading attempts"))?;
+            let rows = stmt
+                .query_map([run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql("reading attempts"))?;
+            for row in rows {
+                let (seq, json) = row.map_err(sql("reading attempts"))?;
+                let a: AttemptRecord =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                        id: run_id.to_string(),
+                        message: format!("the attempt record of event {seq}: {e}"),
+                    })?;
+                by_key.insert((a.step.clone(), a.attempt), a);
+            }
+            let mut out: Vec<AttemptRecord> = by_key.into_values().collect();
+            out.sort_by(|x, y| {
+                (x.started_at, &x.step, x.attempt).cmp(&(y.started_at, &y.step, y.attempt))
+            });
+            Ok(out)
         })
     }
 
@@ -1330,6 +1365,7 @@ fn start(
         now,
         "created",
         &serde_json::json!({"trigger": run.trigger, "version": run.version}).to_string(),
+        None,
     )?;
     let run = Arc::new(run);
     if !start_now {
@@ -1345,7 +1381,7 @@ fn start(
         rev: 0,
         next_seq: Some(2),
     };
-    let mut applied = transition(tx, cache, &wf, loaded, &Event::Started, now)?;
+    let mut applied = transition(tx, cache, &wf, loaded, &Event::Started, None, now)?;
     applied.created = true;
     Ok(applied)
 }
@@ -1384,28 +1420,7 @@ fn apply(
         run.step(&a.step)
             .is_some_and(|s| s.status == machine::StepStatus::Running && s.attempts == a.attempt)
     });
-    if let Some(a) = attempt {
-        tx.exec(
-            "INSERT INTO attempts(run_id, step, attempt, started_at, finished_at, status, outcome, error, request, response)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT(run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at, finished_at = excluded.finished_at,
-               status = excluded.status, outcome = excluded.outcome, error = excluded.error, request = excluded.request,
-               response = excluded.response",
-            params![
-                run_id,
-                a.step,
-                a.attempt,
-                a.started_at.map(ts),
-                a.finished_at.map(ts),
-                a.status,
-                a.outcome,
-                a.error,
-                a.request.as_ref().map(|v| v.to_string()),
-                a.response.as_ref().map(|v| v.to_string()),
-            ],
-        )
-        .map_err(sql("recording an attempt"))?;
-    }
+    let attempt = attempt.map(|a| serde_json::to_string(a).expect("an attempt record serializes"));
     if let Some(id) = done_effect {
         tx.exec(
             "DELETE FROM outbox WHERE run_id = ?1 AND id = ?2",
@@ -1413,7 +1428,7 @@ fn apply(
         )
         .map_err(sql("marking an effect done"))?;
     }
-    transition(tx, cache, &wf, loaded, event, now)
+    transition(tx, cache, &wf, loaded, event, attempt, now)
 }
 
 /// Appends an event to a run's log and returns its number (per run, never reused).
@@ -1427,6 +1442,7 @@ fn record_event(
     now: DateTime<Utc>,
     kind: &str,
     data: &str,
+    attempt: Option<String>,
 ) -> Result<i64, StoreError> {
     let seq: i64 = match seq {
         Some(seq) => seq,
@@ -1439,8 +1455,8 @@ fn record_event(
             .map_err(sql("recording an event"))?,
     };
     tx.exec(
-        "INSERT INTO events(run_id, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![run_id, seq, ts(now), kind, data],
+        "INSERT INTO events(run_id, seq, at, kind, data, attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![run_id, seq, ts(now), kind, data, attempt],
     )
     .map_err(sql("recording an event"))?;
     Ok(seq)
@@ -1453,6 +1469,7 @@ fn transition(
     wf: &Workflow,
     loaded: Loaded,
     event: &Event,
+    attempt: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
     let Loaded { run, rev, next_seq } = loaded;
@@ -1466,6 +1483,7 @@ fn transition(
             now,
             &format!("{} (absorbed)", event.name()),
             &serde_json::to_string(event).expect("an event serializes"),
+            attempt,
         )?;
         // The log grew, so the revision moves too: another process's cached next event
         // number is then known to be stale.
@@ -1485,18 +1503,29 @@ fn transition(
         });
     }
     let next = Arc::new(next);
-    tx.exec(
-        "UPDATE runs SET status = ?2, updated_at = ?3, finished_at = ?4, wake_at = ?5, state = ?6, rev = ?7 WHERE id = ?1",
-        params![
-            next.id,
-            next.status.as_str(),
-            ts(now),
-            next.finished_at.map(ts),
-            next.wake_at.map(|t| t.timestamp_millis()),
-            serde_json::to_string(&*next).expect("a run serializes"),
-            rev + 1,
-        ],
-    )
+    let state = serde_json::to_string(&*next).expect("a run serializes");
+    let wake_at = next.wake_at.map(|t| t.timestamp_millis());
+    if next.status == run.status && next.finished_at == run.finished_at {
+        // SQLite rewrites the index entries of every indexed column named in SET, changed or
+        // not: leaving `status` and `finished_at` out when they stay saves a page per change.
+        tx.exec(
+            "UPDATE runs SET updated_at = ?2, wake_at = ?3, state = ?4, rev = ?5 WHERE id = ?1",
+            params![next.id, ts(now), wake_at, state, rev + 1],
+        )
+    } else {
+        tx.exec(
+            "UPDATE runs SET status = ?2, updated_at = ?3, finished_at = ?4, wake_at = ?5, state = ?6, rev = ?7 WHERE id = ?1",
+            params![
+                next.id,
+                next.status.as_str(),
+                ts(now),
+                next.finished_at.map(ts),
+                wake_at,
+                state,
+                rev + 1,
+            ],
+        )
+    }
     .map_err(sql("updating a run"))?;
     let seq = record_event(
         tx,
@@ -1505,6 +1534,7 @@ fn transition(
         now,
         event.name(),
         &serde_json::to_string(event).expect("an event serializes"),
+        attempt,
     )?;
     if next.status.is_terminal() {
         // Nothing that was queued for a finished run may run after a restart.
@@ -1608,11 +1638,16 @@ mod tests {
             params![effect, ts(now)],
         )
         .expect("outbox");
+        c.execute(
+            "INSERT INTO attempts(run_id, step, attempt, started_at, outcome) VALUES ('r1', 'one', 1, ?1, 'retry'), ('r1', 'gone', 1, ?1, 'succeeded')",
+            params![ts(now - chrono::Duration::seconds(1))],
+        )
+        .expect("attempts");
         version.hash
     }
 
     #[tokio::test]
-    async fn a_version_4_database_migrates_and_its_pending_work_goes_on() {
+    async fn a_version_4_database_migrates_and_its_pending_work_and_records_go_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("old.db");
         version_4_database(&path);
@@ -1638,10 +1673,33 @@ mod tests {
             attempt: 1,
             output: serde_json::json!({"status": 200}),
         };
+        let record = AttemptRecord {
+            step: "one".into(),
+            attempt: 1,
+            started_at: Some(Utc::now()),
+            finished_at: Some(Utc::now()),
+            status: Some(200),
+            outcome: "succeeded".into(),
+            ..AttemptRecord::default()
+        };
         let applied = store
-            .apply("r1", event, Utc::now(), None, Some(pending[0].id))
+            .apply("r1", event, Utc::now(), Some(record), Some(pending[0].id))
             .await
             .expect("applies");
+        // Records from before version 6 are still read; a newer record of the same attempt wins.
+        let attempts: Vec<(String, u32, String)> = store
+            .attempts("r1")
+            .expect("attempts")
+            .into_iter()
+            .map(|a| (a.step, a.attempt, a.outcome))
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                ("gone".into(), 1, "succeeded".into()),
+                ("one".into(), 1, "succeeded".into())
+            ]
+        );
         assert_eq!(applied.run.status, RunStatus::Succeeded);
         assert_eq!(applied.run.steps[0].status, StepStatus::Succeeded);
         assert!(store.pending_effects().expect("outbox").is_empty());
