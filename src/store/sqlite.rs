@@ -47,7 +47,9 @@ fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 pub struct AttemptRecord {
     pub step: String,
     pub attempt: u32,
+    #[serde(serialize_with = "machine::rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "machine::rfc3339::option")]
     pub finished_at: Option<DateTime<Utc>>,
     pub status: Option<u16>,
     /// `succeeded`, `retry`, `failed`
