@@ -8,6 +8,7 @@
 //! cargo run --release --example bench -- --json        # machine-readable report on stdout
 //! cargo run --release --example bench -- --runner-only # skip the floors (for profiling; does not count)
 //! cargo run --release --example bench -- --runner-only --sequential-only # also skip 16 in flight
+//! cargo run --release --example bench -- --workers 1    # runner's runtime with one worker (a one-core host)
 //! ```
 //!
 //! The endpoint is an axum server on 127.0.0.1 on its own tokio runtime (threads named
@@ -103,8 +104,18 @@ fn main() -> Result<()> {
     let mut json_out = false;
     let mut runner_only = false;
     let mut sequential_only = false;
-    for a in std::env::args().skip(1) {
+    let mut workers: Option<usize> = None;
+    let mut args = std::env::args().skip(1).peekable();
+    while let Some(a) = args.next() {
         match a.as_str() {
+            "--workers" => {
+                workers = Some(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .context("--workers takes a number above 0")?,
+                );
+            }
             "--quick" => quick = true,
             "--json" => json_out = true,
             "--runner-only" => runner_only = true,
@@ -114,7 +125,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only]"
+                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N]"
                 );
                 return Ok(());
             }
@@ -139,7 +150,16 @@ fn main() -> Result<()> {
 
     // The endpoint, on its own runtime.
     let endpoint = Endpoint::start()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // runner's runtime as `runner serve` builds it (tokio's default: one worker per core),
+    // unless --workers says otherwise.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    report.workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let rt = builder
         .thread_name("bench-runner")
         .enable_all()
         .build()
@@ -930,6 +950,8 @@ fn cpu_now() -> Cpu {
 #[derive(Default)]
 struct Report {
     floors_skipped: bool,
+    /// Worker threads of runner's runtime.
+    workers: usize,
     load_start: [f64; 3],
     load_end: [f64; 3],
     fsync_p50_us: f64,
@@ -1265,7 +1287,8 @@ impl Report {
 
         let _ = writeln!(
             s,
-            "\n3. runner (3 signed POSTs of ~100 B per run, synchronous=FULL)"
+            "\n3. runner (3 signed POSTs of ~100 B per run, synchronous=FULL, {} runtime workers)",
+            self.workers
         );
         for (name, p) in [
             ("one run at a time", &self.seq),

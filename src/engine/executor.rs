@@ -476,8 +476,10 @@ impl Engine {
         };
         let keys = self.keys();
         debug!(run_id = %run.id, workflow = %run.workflow, step, attempt, "calling");
+        let pending = self.inner.store.outcome_pending();
         let (event, record) =
             http::attempt(&self.inner.client, &keys, &wf, &run, &step, attempt).await;
+        drop(pending);
         if let (Some(a), Some(b)) = (record.started_at, record.finished_at) {
             self.inner
                 .metrics

@@ -391,6 +391,7 @@ impl Store {
         let shared = Arc::new(Writer {
             queue: Mutex::new(WriteQueue::default()),
             work: Condvar::new(),
+            expected: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(WriterState {
                 conn: writer,
                 cache: RunCache::default(),
@@ -467,6 +468,17 @@ impl Store {
             reply,
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Says that a call is in flight whose outcome will be applied when it ends (until the guard
+    /// is dropped): other changes meanwhile are left to the writer thread to batch, so that
+    /// concurrent outcomes share commits.
+    pub fn outcome_pending(&self) -> OutcomePending {
+        self.writer
+            .0
+            .expected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OutcomePending(self.writer.0.clone())
     }
 
     /// Marks an outbox row done when its effect produced no event (it was abandoned).
@@ -1000,6 +1012,11 @@ struct Writer {
     queue: Mutex<WriteQueue>,
     work: Condvar,
     state: Mutex<WriterState>,
+    /// Calls in flight whose outcome will be committed soon (`Store::outcome_pending`). While
+    /// any is, a change waits for the thread's next batch instead of committing inline: a caller
+    /// blocked in its own commit would keep the others (on a one-worker runtime, all of them)
+    /// from queueing theirs, and every change would pay a commit of its own.
+    expected: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -1012,6 +1029,17 @@ struct WriterState {
     conn: Connection,
     cache: RunCache,
     versions: Versions,
+}
+
+/// See [`Store::outcome_pending`].
+pub struct OutcomePending(Arc<Writer>);
+
+impl Drop for OutcomePending {
+    fn drop(&mut self) {
+        self.0
+            .expected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Dropped with the last clone of the store: the writer thread then finishes what is queued
@@ -1036,7 +1064,8 @@ impl Writer {
         // Inline only when this change is the only one waiting: under load the writer thread
         // batches them, and the callers' threads stay free for their HTTP calls instead of
         // waiting on an fsync.
-        let idle = if inline && alone {
+        let expected = self.expected.load(std::sync::atomic::Ordering::Relaxed);
+        let idle = if inline && alone && expected == 0 {
             match self.state.try_lock() {
                 Ok(state) => Some(state),
                 Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
