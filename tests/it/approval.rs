@@ -5,8 +5,8 @@
 //! real MIME decoder.
 
 use crate::support::{
-    Api, HttpResponse, QstashReceiver, http_request, now_ms, receiver_log, runner_cmd, temp_dir,
-    test_keys, wait_for, write,
+    Api, Daemon, HttpResponse, QstashReceiver, http_request, now_ms, receiver_log, runner_cmd,
+    temp_dir, wait_for, write,
 };
 use serde_json::Value;
 use std::io::Read;
@@ -142,108 +142,42 @@ struct Opts {
     outbox: Option<PathBuf>,
 }
 
-struct Serve {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    dead: bool,
+/// Starts `runner serve` with `root` as its working directory, `root/workflows` and
+/// `root/runner.db` (the shared daemon guard of `support`, with mail settings).
+fn start_serve(root: &Path, opts: &Opts) -> Daemon {
+    let n = std::fs::read_dir(root)
+        .map(|d| d.count())
+        .unwrap_or_default();
+    let log = root.join(format!("serve-{n}-{}.log", now_ms()));
+    let mut cmd = runner_cmd();
+    cmd.current_dir(root)
+        .args([
+            "serve",
+            "--dir",
+            "workflows",
+            "--db",
+            "runner.db",
+            "--listen",
+        ])
+        .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"));
+    if let Some(u) = &opts.public_url {
+        cmd.args(["--public-url", u]);
+    }
+    if let Some(u) = &opts.smtp_url {
+        cmd.args(["--smtp-url", u]);
+    }
+    if let Some(o) = &opts.outbox {
+        cmd.arg("--outbox").arg(o);
+    }
+    cmd.env_remove("RUNNER_OUTBOX")
+        .env_remove("RUNNER_MAIL_FROM")
+        .env("NO_COLOR", "1");
+    Daemon::spawn(cmd, log, None)
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if !self.dead {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Serve {
-    /// Starts `runner serve` with `root` as its working directory, `root/workflows` and
-    /// `root/runner.db`; waits (30 s at most) for `listening on …`.
-    fn start(root: &Path, opts: &Opts) -> Serve {
-        let n = std::fs::read_dir(root)
-            .map(|d| d.count())
-            .unwrap_or_default();
-        let log = root.join(format!("serve-{n}-{}.log", now_ms()));
-        let mut cmd = runner_cmd();
-        cmd.current_dir(root)
-            .args([
-                "serve",
-                "--dir",
-                "workflows",
-                "--db",
-                "runner.db",
-                "--listen",
-            ])
-            .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"));
-        if let Some(u) = &opts.public_url {
-            cmd.args(["--public-url", u]);
-        }
-        if let Some(u) = &opts.smtp_url {
-            cmd.args(["--smtp-url", u]);
-        }
-        if let Some(o) = &opts.outbox {
-            cmd.arg("--outbox").arg(o);
-        }
-        let (current, next) = test_keys();
-        let mut child = cmd
-            .env_remove("RUNNER_OUTBOX")
-            .env_remove("RUNNER_MAIL_FROM")
-            .env("RUNNER_SIGNING_KEY", current)
-            .env("RUNNER_NEXT_SIGNING_KEY", next)
-            .env("RUNNER_LOG", "runner=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn runner serve");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut sent = false;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.trim().to_string());
-                    sent = true;
-                }
-            }
-        });
-        let mut serve = Serve {
-            child,
-            base: String::new(),
-            log,
-            dead: false,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => serve.base = url,
-            Err(_) => panic!(
-                "`runner serve` did not print `listening on …` within 30 s\n{}",
-                serve.logs()
-            ),
-        }
-        serve
-    }
-
-    fn api(&self) -> Api {
-        Api {
-            base: self.base.clone(),
-            token: None,
-        }
-    }
-
-    fn logs(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.dead = true;
-    }
+/// The daemon's log without colour codes.
+fn serve_logs(d: &Daemon) -> String {
+    strip_ansi(&d.logs())
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -633,7 +567,7 @@ fn approval_mails_links_pages_and_decision_end_to_end() {
         "review.yaml",
         &review_yaml(&receiver, "1h", None),
     );
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &Opts {
             public_url: Some(format!("{PUBLIC}/")),
@@ -856,7 +790,7 @@ on_failure:
             hook = receiver.url("/ok"),
         ),
     );
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &Opts {
             public_url: Some(PUBLIC.into()),
@@ -933,7 +867,7 @@ fn approval_timeout_rejects_by_default_or_approves_with_on_timeout() {
         &review_yaml(&receiver, "2s", Some("approve")).replacen("name: review", "name: auto", 1),
     );
     let outbox = tmp.path().join("mail");
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &Opts {
             outbox: Some(outbox.clone()),
@@ -1015,12 +949,12 @@ fn approval_survives_kill_9_without_a_second_email() {
         smtp_url: Some(maildev.smtp_url()),
         ..Opts::default()
     };
-    let mut first = Serve::start(tmp.path(), &opts);
+    let mut first = start_serve(tmp.path(), &opts);
     let id = first.api().start_run("review", r#"{"title": "X"}"#);
     let mails = maildev.wait_emails(2, Duration::from_secs(20));
     // Both e-mails are recorded as sent once the daemon logs them.
     wait_for(Duration::from_secs(10), "both sends logged", || {
-        (first.logs().matches("approval e-mail sent").count() == 2).then_some(())
+        (serve_logs(&first).matches("approval e-mail sent").count() == 2).then_some(())
     });
     let before = run_of(&first.api(), &id);
     assert_eq!(before["status"], "waiting_approval");
@@ -1028,7 +962,7 @@ fn approval_survives_kill_9_without_a_second_email() {
     assert!(deadline.is_string(), "{before:#}");
     first.kill9();
 
-    let second = Serve::start(tmp.path(), &opts);
+    let second = start_serve(tmp.path(), &opts);
     assert_eq!(second.base, format!("http://127.0.0.1:{port}"));
     let api = second.api();
     let after = run_of(&api, &id);
@@ -1046,9 +980,9 @@ fn approval_survives_kill_9_without_a_second_email() {
         "an approval e-mail was sent again"
     );
     assert!(
-        !second.logs().contains("approval e-mail sent"),
+        !serve_logs(&second).contains("approval e-mail sent"),
         "{}",
-        second.logs()
+        serve_logs(&second)
     );
 
     // The link from the e-mail, sent by the first process, decides in the second.
@@ -1100,7 +1034,7 @@ fn headless_chromium_approves_from_the_email_link() {
         &review_yaml(&receiver, "1h", None),
     );
     // No --public-url: the links use the address the daemon listens on.
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &Opts {
             smtp_url: Some(maildev.smtp_url()),
@@ -1196,7 +1130,7 @@ fn outbox_eml_links_work_and_are_logged() {
             &format!("before it goes out. {long}"),
         ),
     );
-    let serve = Serve::start(tmp.path(), &Opts::default());
+    let serve = start_serve(tmp.path(), &Opts::default());
     let api = serve.api();
     let id = api.start_run("review", r#"{"title": "Frühling ☀"}"#);
     let outbox = tmp.path().join("outbox");
@@ -1224,9 +1158,9 @@ fn outbox_eml_links_work_and_are_logged() {
             assert_eq!(m.html_link(label), link);
             // The daemon log shows the links, for a user without mail.
             assert!(
-                serve.logs().contains(&link),
+                serve_logs(&serve).contains(&link),
                 "the log lacks {link}:\n{}",
-                serve.logs()
+                serve_logs(&serve)
             );
         }
         approve_links.push((m.to.clone(), m.approve()));
@@ -1269,7 +1203,7 @@ fn cli_approve_and_reject_are_recorded_as_api_decisions() {
         "review.yaml",
         &review_yaml(&receiver, "1h", None),
     );
-    let serve = Serve::start(tmp.path(), &Opts::default());
+    let serve = start_serve(tmp.path(), &Opts::default());
     let api = serve.api();
     let yes = api.start_run("review", r#"{"title": "yes"}"#);
     let no = api.start_run("review", r#"{"title": "no"}"#);
@@ -1356,7 +1290,7 @@ on_failure:
             boom = receiver.url("/nonretryable"),
         ),
     );
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &Opts {
             smtp_url: Some(maildev.smtp_url()),
@@ -1417,7 +1351,7 @@ steps:
     retry: { limit: 3, backoff: fixed, initial: 1s }
 "#,
     );
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &Opts {
             smtp_url: Some(maildev.smtp_url()),
@@ -1452,7 +1386,7 @@ steps:
 "#,
     );
     let dead = free_port();
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &Opts {
             smtp_url: Some(format!("smtp://127.0.0.1:{dead}")),

@@ -12,9 +12,8 @@
 //! fire and restarted at once (about two minutes of wall time, mostly waiting for minute boundaries).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use runner::engine::executor::Engine;
 use runner::store::Store;
 use serde_json::{Value, json};
 
-use crate::support::{runner_cmd, temp_dir, write};
+use crate::support::{Daemon, runner_cmd, temp_dir, write};
 
 /// How long a check waits for claims that `start` fired in tasks of their own.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(20);
@@ -702,68 +701,6 @@ async fn d_programmatic_schedules_fire_like_yaml_ones() {
 // ---------------------------------------------------------------------------------------------
 // The daemon in real time
 
-/// `runner serve` on port 0; killed when dropped.
-struct Daemon {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(dir: &Path, db: &Path, log: PathBuf) -> Daemon {
-        let mut child = runner_cmd()
-            .args(["serve", "--dir"])
-            .arg(dir)
-            .arg("--db")
-            .arg(db)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn runner serve");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let mut daemon = Daemon {
-            child,
-            base: String::new(),
-            log,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(base) => daemon.base = base,
-            Err(_) => panic!(
-                "`runner serve` did not print `listening on …` within 30 s:\n{}",
-                daemon.stderr()
-            ),
-        }
-        daemon
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-}
-
 /// (schedule, slot key, at ms, run id) of every claim.
 fn slot_rows(db: &Path) -> Vec<(String, String, i64, Option<String>)> {
     let Ok(c) =
@@ -795,7 +732,7 @@ fn wait_for_slots(
         assert!(
             Instant::now() < deadline,
             "expected {n} slot claims within {timeout:?}, have {rows:?}\n--- daemon log:\n{}",
-            daemon.stderr()
+            daemon.logs()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -839,12 +776,12 @@ fn serve_fires_each_minute_once_across_a_kill_9_and_restart() {
     );
     let db = tmp.path().join("runner.db");
     let spawned_at = Utc::now().timestamp_millis();
-    let mut daemon = Daemon::start(&dir, &db, tmp.path().join("serve-1.log"));
+    let mut daemon = Daemon::start(&dir, &db, None);
 
     // The first fire: the next minute boundary after the daemon started.
     let first = wait_for_slots(&db, 1, Duration::from_secs(75), &daemon);
     daemon.kill9();
-    let mut daemon = Daemon::start(&dir, &db, tmp.path().join("serve-2.log"));
+    let mut daemon = Daemon::start(&dir, &db, None);
     let (schedule, key, at, run_id) = first[0].clone();
     assert_eq!(schedule, "yaml:tick:0");
     assert_eq!(at % 60_000, 0, "a slot is on a minute boundary: {key}");

@@ -428,24 +428,25 @@ impl Daemon {
     /// Starts the daemon on `dir` and `db` and waits (30 s at most) until it listens. Its stderr
     /// goes to a file next to `db`.
     pub fn start(dir: &Path, db: &Path, token: Option<&str>) -> Daemon {
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "--db".into(),
-            db.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-        ];
+        let mut cmd = runner_cmd();
+        cmd.arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--db")
+            .arg(db)
+            .args(["--listen", "127.0.0.1:0"]);
         if let Some(t) = token {
-            args.push("--api-token".into());
-            args.push(t.into());
+            cmd.args(["--api-token", t]);
         }
         let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stderr = db.with_extension(format!("daemon-{n}.stderr"));
+        Daemon::spawn(cmd, db.with_extension(format!("daemon-{n}.stderr")), token)
+    }
+
+    /// Starts `cmd` (a `runner serve` with its arguments) with the test signing keys, its stderr
+    /// in `stderr`, and waits (30 s at most) until it prints `listening on …`.
+    pub fn spawn(mut cmd: Command, stderr: PathBuf, token: Option<&str>) -> Daemon {
         let (current, next) = test_keys();
-        let mut child = runner_cmd()
-            .args(&args)
+        let mut child = cmd
             .env("RUNNER_SIGNING_KEY", current)
             .env("RUNNER_NEXT_SIGNING_KEY", next)
             .env("RUNNER_LOG", "runner=info")
