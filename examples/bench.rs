@@ -990,6 +990,8 @@ struct PhaseReport {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// Each run's latency (ms), for the per-step figures of the summary.
+    lat_ms: Vec<f64>,
 }
 
 impl PhaseReport {
@@ -1000,6 +1002,7 @@ impl PhaseReport {
             secs: p.secs,
             ms_per_step: p.secs * 1e3 / steps,
             steps_per_s: steps / p.secs,
+            lat_ms: p.lat_ms.clone(),
             cpu_ms_per_step: cpu.runner_ns as f64 / 1e6 / steps,
             writer_cpu_ms_per_step: cpu.writer_ns as f64 / 1e6 / steps,
             // Whole process (endpoint included), 10 ms ticks.
@@ -1287,7 +1290,7 @@ impl Report {
 
         let _ = writeln!(
             s,
-            "\n3. runner (3 signed POSTs of ~100 B per run, synchronous=FULL, {} runtime workers)",
+            "\n3. runner (3 signed POSTs of ~100 B per run, synchronous=FULL, runtime workers: {})",
             self.workers
         );
         for (name, p) in [
@@ -1342,6 +1345,21 @@ impl Report {
             self.http_seq_mean_us / 1e3,
             self.overhead_ms()
         );
+        if let Some(seq) = &self.seq {
+            // Per run, what each of its 3 steps added over a raw round trip (the run's start
+            // commit included): (run latency − 3 × raw p50) / 3.
+            let added: Vec<f64> = seq
+                .lat_ms
+                .iter()
+                .map(|l| (l - 3.0 * self.http_seq_p50_us / 1e3) / 3.0)
+                .collect();
+            let _ = writeln!(
+                s,
+                "   added per sequential step, per run ((run latency − 3 × raw p50) / 3): p50 {:.3} ms, p99 {:.3} ms",
+                percentile(&added, 50.0),
+                percentile(&added, 99.0)
+            );
+        }
         let _ = writeln!(
             s,
             "   steps/s with 16 in flight = {:.0}",

@@ -1,8 +1,10 @@
 //! Durable state in SQLite: runs, events, the effect outbox, attempts, workflow versions.
 //!
-//! I/O shell. One writer thread owns the write connection and batches concurrent state changes
-//! into one transaction (group commit); each change still runs `decide` on the state it reads
-//! inside that transaction, so several processes sharing one file stay correct.
+//! I/O shell. One writer owns the write connection: an idle caller commits its change itself,
+//! otherwise the writer thread batches concurrent state changes into one transaction (group
+//! commit). Each change still runs `decide` on the state it reads inside that transaction (from
+//! a cache checked against the stored revision), so several processes sharing one file stay
+//! correct.
 
 mod sqlite;
 mod view;
