@@ -137,7 +137,12 @@ impl EffectHandler for ApprovalHandler {
     }
 }
 
-/// Sends the approval e-mails, retrying transient failures a few times. Returns a permanent error.
+/// Sends the approval e-mails. A transient failure (the SMTP server is down or busy) is tried
+/// again with a growing delay (2 s, doubling, at most 5 min) until the approval's deadline, since
+/// the step waits for a person anyway: an SMTP outage of a few minutes must not fail a run that
+/// may wait days. Meanwhile the effect stays in the outbox, so a restart sends again (recipients
+/// already mailed are skipped). It stops when the step no longer waits (decided through the API,
+/// cancelled). Returns a permanent error, which fails the step.
 async fn request_approval(
     ctx: &MailContext,
     engine: &Engine,
@@ -152,8 +157,8 @@ async fn request_approval(
     let secrets = super::http::secrets_from_env(&wf)?;
     let mail = request::render_mail(&wf, run, step, &secrets)?;
     for recipient in &mail.to {
-        let mut delay = std::time::Duration::from_secs(2);
-        let mut tries = 0;
+        let mut delay = MAIL_RETRY_FIRST;
+        let mut tries = 0u32;
         loop {
             tries += 1;
             match send_one(ctx, engine.store(), run, step, recipient, &mail, deadline).await {
@@ -161,20 +166,50 @@ async fn request_approval(
                 Err(MailError::Permanent(e)) => {
                     return Err(format!("sending the approval e-mail to `{recipient}`: {e}"));
                 }
-                Err(MailError::Transient(e)) if tries < 5 => {
-                    warn!(run_id = %run.id, step, recipient, error = %e, "approval e-mail failed; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                }
                 Err(MailError::Transient(e)) => {
-                    return Err(format!(
-                        "sending the approval e-mail to `{recipient}` failed {tries} times: {e}"
-                    ));
+                    let Some((wait, next)) = mail_retry(delay, Utc::now(), deadline) else {
+                        warn!(run_id = %run.id, step, recipient, tries, error = %e, "approval e-mail not delivered before the deadline; the step times out");
+                        return Ok(());
+                    };
+                    warn!(run_id = %run.id, step, recipient, tries, error = %e, retry_in_s = wait.as_secs_f64(), "approval e-mail failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    delay = next;
+                    if !still_waiting(engine, run, step) {
+                        return Ok(());
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+const MAIL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
+const MAIL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// After a transient failure of an approval e-mail: how long to wait before the next try (the
+/// current `delay`, cut short at the deadline) and the delay after that (doubled, at most
+/// 5 min). None once the deadline has passed: the step's own timer then decides.
+fn mail_retry(
+    delay: std::time::Duration,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+) -> Option<(std::time::Duration, std::time::Duration)> {
+    let left = (deadline - now).to_std().ok().filter(|d| !d.is_zero())?;
+    Some((delay.min(left), (delay * 2).min(MAIL_RETRY_MAX)))
+}
+
+/// Whether the step still waits for its decision (it may have been decided through the API or
+/// cancelled while its e-mails were being retried).
+fn still_waiting(engine: &Engine, run: &Run, step: &str) -> bool {
+    match engine.store().get_run(&run.id) {
+        Ok(Some(now)) => now
+            .step(step)
+            .is_some_and(|s| s.status == crate::engine::machine::StepStatus::WaitingApproval),
+        Ok(None) => false,
+        // Cannot tell: keep trying (the deadline still ends it).
+        Err(_) => true,
+    }
 }
 
 async fn send_one(
@@ -389,4 +424,38 @@ pub fn install(engine: &Engine, ctx: MailContext) {
         email: Some(Arc::new(EmailHandler(ctx.clone()))),
         approval: Some(Arc::new(ApprovalHandler(ctx))),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An approval that waits three days keeps trying its e-mails for three days (the first
+    /// version gave up after 5 tries, about 3 minutes), never more than 5 minutes apart, and
+    /// stops at the deadline.
+    #[test]
+    fn approval_e_mails_are_retried_until_the_deadline() {
+        let start = Utc::now();
+        let deadline = start + chrono::Duration::days(3);
+        let (mut now, mut delay, mut tries) = (start, MAIL_RETRY_FIRST, 0u32);
+        let mut waits = Vec::new();
+        while let Some((wait, next)) = mail_retry(delay, now, deadline) {
+            waits.push(wait);
+            now += chrono::Duration::from_std(wait).expect("fits");
+            delay = next;
+            tries += 1;
+            assert!(tries < 10_000, "no end");
+        }
+        assert_eq!(now, deadline, "the last wait ends at the deadline");
+        assert_eq!(
+            waits[..4],
+            [2, 4, 8, 16].map(std::time::Duration::from_secs)
+        );
+        assert!(waits.iter().all(|w| *w <= MAIL_RETRY_MAX));
+        assert!(
+            tries > 800,
+            "3 days at 5 min apart is about 864 tries, got {tries}"
+        );
+        assert_eq!(mail_retry(MAIL_RETRY_FIRST, deadline, deadline), None);
+    }
 }

@@ -54,12 +54,21 @@ impl MailDev {
     /// Starts MailDev on two free ports with `extra` arguments; waits (20 s at most) until both
     /// its SMTP port and its REST API answer. Mail is kept in a folder below `dir`.
     fn start_with(dir: &Path, extra: &[&str]) -> MailDev {
+        Self::start_ports(dir, extra, None)
+    }
+
+    /// MailDev with its SMTP port chosen by the test (runner was told of it before it existed).
+    fn start_on(dir: &Path, smtp_port: u16) -> MailDev {
+        Self::start_ports(dir, &[], Some(smtp_port))
+    }
+
+    fn start_ports(dir: &Path, extra: &[&str], smtp: Option<u16>) -> MailDev {
         let bin = smtp_tools().join("node_modules/maildev/bin/maildev");
         assert!(bin.is_file(), "MailDev is not installed: {SMTP_HINT}");
         let mut last_log = String::new();
         // Another process may take a free port before MailDev binds it: try a few pairs.
         for _ in 0..3 {
-            let (smtp_port, web_port) = (free_port(), free_port());
+            let (smtp_port, web_port) = (smtp.unwrap_or_else(free_port), free_port());
             let store = dir.join(format!("maildev-{smtp_port}"));
             std::fs::create_dir_all(&store).expect("maildev folder");
             let log = dir.join(format!("maildev-{smtp_port}.log"));
@@ -1412,4 +1421,60 @@ steps:
     );
     assert_eq!(run["failure"]["step"], "tell", "{run:#}");
     assert_eq!(run["failure"]["attempts"], 3, "{run:#}");
+}
+
+/// The SMTP server is down when the approval e-mails are due and comes up a few seconds later:
+/// the step keeps waiting (no failure), the e-mails arrive, and the link works.
+#[test]
+fn approval_emails_wait_out_an_smtp_outage() {
+    let tmp = temp_dir();
+    write(
+        &workflows(tmp.path()),
+        "gate.yaml",
+        r#"on: { webhook: true }
+steps:
+  - id: gate
+    approval:
+      to: [alice@example.com]
+      subject: "Ship it?"
+      timeout: 10m
+  - id: after
+    sleep: 1s
+"#,
+    );
+    let port = free_port();
+    let serve = start_serve(
+        tmp.path(),
+        &Opts {
+            smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
+            ..Opts::default()
+        },
+    );
+    let api = serve.api();
+    let id = api.start_run("gate", "{}");
+    // Tries at about 0 s and 2 s fail (nothing listens); the next is at about 6 s.
+    wait_for(Duration::from_secs(20), "a failed try to be logged", || {
+        serve_logs(&serve)
+            .contains("approval e-mail failed; trying again")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let run = run_of(&api, &id);
+    assert_eq!(step(&run, "gate")["status"], "waiting_approval", "{run:#}");
+    let maildev = MailDev::start_on(tmp.path(), port);
+    let mails = wait_for(Duration::from_secs(30), "the approval e-mail", || {
+        let mails = maildev.emails();
+        (!mails.is_empty()).then_some(mails)
+    });
+    assert_eq!(mails.len(), 1, "one e-mail for one recipient");
+    let approve = on(&serve.base, &serve.base, &mails[0].approve());
+    let page = post_page(&approve, "after the outage");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let run = api.wait_run(&id, Duration::from_secs(20));
+    assert_eq!(
+        run["status"],
+        "succeeded",
+        "{run:#}\n{}",
+        serve_logs(&serve)
+    );
 }
