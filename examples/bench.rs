@@ -23,13 +23,15 @@
 //! Every loop is bounded by a count and by a time. Nothing here asserts a speed: figures that miss
 //! the aims are reported as "not met"; only the correctness gates make the run not count.
 
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail};
+use common::{fsync_probe, percentile};
 use runner::dispatch::http::Keys;
 use runner::engine::executor::Engine;
 use runner::engine::machine::RunStatus;
 use runner::store::{Store, Version};
 use serde_json::{Value, json};
-use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -343,25 +345,6 @@ fn load_average() -> Result<[f64; 3]> {
         *slot = field.parse().context("parsing /proc/loadavg")?;
     }
     Ok(out)
-}
-
-/// `n` × (4 KiB write at offset 0 + fdatasync), in µs.
-fn fsync_probe(path: &Path, n: usize) -> Result<Vec<f64>> {
-    let mut f = std::fs::File::create(path).context("creating the fsync probe file")?;
-    let block = [0x5au8; 4096];
-    let mut lat = Vec::with_capacity(n);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for _ in 0..n {
-        if Instant::now() > deadline {
-            break;
-        }
-        let t = Instant::now();
-        f.seek(SeekFrom::Start(0))?;
-        f.write_all(&block)?;
-        f.sync_data()?;
-        lat.push(us(t.elapsed()));
-    }
-    Ok(lat)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,21 +894,13 @@ fn cpu_now() -> Cpu {
             cpu.machine_total_ticks = f.iter().sum();
         }
     }
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for t in tasks.flatten() {
-            let p = t.path();
-            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-            let ns = std::fs::read_to_string(p.join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-                .unwrap_or(0u64);
-            if comm.starts_with(ENDPOINT_THREADS) {
-                cpu.endpoint_ns += ns;
-            } else {
-                cpu.runner_ns += ns;
-                if comm.starts_with(WRITER_THREAD) {
-                    cpu.writer_ns += ns;
-                }
+    for (comm, ns) in common::thread_cpu() {
+        if comm.starts_with(ENDPOINT_THREADS) {
+            cpu.endpoint_ns += ns;
+        } else {
+            cpu.runner_ns += ns;
+            if comm.starts_with(WRITER_THREAD) {
+                cpu.writer_ns += ns;
             }
         }
     }
@@ -1463,15 +1438,4 @@ fn mean(v: &[f64]) -> f64 {
         return f64::NAN;
     }
     v.iter().sum::<f64>() / v.len() as f64
-}
-
-/// Nearest-rank percentile.
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
 }

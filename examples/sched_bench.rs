@@ -37,8 +37,13 @@
 //! The load average is printed before and after each phase: figures taken while the machine is
 //! busy (load > 1.5 on 2 cores) are noisy.
 
+// Each program uses only some of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
+use common::{fsync_probe, percentile};
 use runner::daemon::registry::Registry;
 use runner::daemon::scheduler::Scheduler;
 use runner::dispatch::http::Keys;
@@ -129,7 +134,7 @@ fn main() -> Result<()> {
     let tmp = tempfile::tempdir().context("temporary directory")?;
     println!("sched_bench — {} cores", num_cpus());
     println!("load average at start: {}", load());
-    let fsync = fsync_probe(&tmp.path().join("fsync.probe"))?;
+    let fsync = fsync_probe(&tmp.path().join("fsync.probe"), 200)?;
     println!(
         "fsync probe (200 × 4 KiB write + fdatasync) µs: {}",
         summary(&fsync)
@@ -182,22 +187,6 @@ fn main() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// 200 × (4 KiB write at offset 0 + fdatasync), in µs.
-fn fsync_probe(path: &Path) -> Result<Vec<f64>> {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::File::create(path)?;
-    let block = [0x5au8; 4096];
-    let mut lat = Vec::new();
-    for _ in 0..200 {
-        let t = Instant::now();
-        f.seek(SeekFrom::Start(0))?;
-        f.write_all(&block)?;
-        f.sync_data()?;
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    Ok(lat)
-}
-
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -219,17 +208,6 @@ fn status_mib(field: &str) -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// Nearest-rank percentile.
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
 }
 
 fn summary(v: &[f64]) -> String {

@@ -11,6 +11,10 @@
 //! `/proc/self/task/*/schedstat`). This is a profiling aid, not the benchmark of record
 //! (`examples/bench.rs` is): nothing here is compared with a floor.
 
+// Each program uses only some of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use runner::engine::machine::{Event, NewRun};
@@ -30,17 +34,12 @@ fn version() -> Result<Version> {
     Ok(Version::new("bench.yaml", &yaml, wf))
 }
 
+/// On-CPU time of the store's writer thread (`runner-db-writer`, cut to 15 bytes by Linux).
 fn writer_cpu_ns() -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim().starts_with("runner-db-writ"))
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+    common::thread_cpu()
+        .into_iter()
+        .filter(|(comm, _)| comm.starts_with("runner-db-writ"))
+        .map(|(_, ns)| ns)
         .sum()
 }
 

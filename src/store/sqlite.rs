@@ -592,14 +592,12 @@ impl Store {
     /// Ids of runs that have not finished, oldest first.
     pub fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
-            let mut stmt = c
-                .prepare("SELECT id FROM runs WHERE finished_at IS NULL ORDER BY created_at, id")
-                .map_err(sql("listing unfinished runs"))?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(sql("listing unfinished runs"))?;
-            rows.collect::<Result<Vec<String>, _>>()
-                .map_err(sql("listing unfinished runs"))
+            strings(
+                c,
+                "SELECT id FROM runs WHERE finished_at IS NULL ORDER BY created_at, id",
+                [],
+                "listing unfinished runs",
+            )
         })
     }
 
@@ -784,11 +782,12 @@ impl Store {
     /// Ids of the started, unfinished runs of a schedule.
     pub fn active_runs(&self, schedule: &str) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
-            let mut stmt = c
-                .prepare_cached("SELECT id FROM runs WHERE schedule = ?1 AND finished_at IS NULL AND status != 'pending' ORDER BY created_at")
-                .map_err(sql("listing active runs"))?;
-            let rows = stmt.query_map([schedule], |r| r.get(0)).map_err(sql("listing active runs"))?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(sql("listing active runs"))
+            strings(
+                c,
+                "SELECT id FROM runs WHERE schedule = ?1 AND finished_at IS NULL AND status != 'pending' ORDER BY created_at",
+                [schedule],
+                "listing active runs",
+            )
         })
     }
 
@@ -808,11 +807,12 @@ impl Store {
     /// Schedules that have queued runs.
     pub fn schedules_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
-            let mut stmt = c
-                .prepare("SELECT DISTINCT schedule FROM runs WHERE status = 'pending' AND schedule IS NOT NULL")
-                .map_err(sql("listing queued runs"))?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(sql("listing queued runs"))?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(sql("listing queued runs"))
+            strings(
+                c,
+                "SELECT DISTINCT schedule FROM runs WHERE status = 'pending' AND schedule IS NOT NULL",
+                [],
+                "listing queued runs",
+            )
         })
     }
 
@@ -877,6 +877,18 @@ impl Cached for Connection {
     {
         self.prepare_cached(sql)?.query_row(params, f)
     }
+}
+
+/// The first column of every row of `sql`, as strings.
+fn strings<P: rusqlite::Params>(
+    c: &Connection,
+    sql_text: &str,
+    params: P,
+    doing: &'static str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(sql_text).map_err(sql(doing))?;
+    let rows = stmt.query_map(params, |r| r.get(0)).map_err(sql(doing))?;
+    rows.collect::<Result<Vec<String>, _>>().map_err(sql(doing))
 }
 
 fn load_run(c: &Connection, id: &str) -> Result<Option<Run>, StoreError> {
@@ -1055,50 +1067,33 @@ impl Drop for WriterHandle {
 
 impl Writer {
     fn submit(&self, cmd: Command) {
-        let inline = !matches!(cmd, Command::Exec { .. });
-        let alone = {
-            let mut q = unpoisoned(&self.queue);
-            q.commands.push_back(cmd);
-            q.commands.len() == 1
-        };
-        // Inline only when this change is the only one waiting: under load the writer thread
-        // batches them, and the callers' threads stay free for their HTTP calls instead of
-        // waiting on an fsync.
-        let expected = self.expected.load(std::sync::atomic::Ordering::Relaxed);
-        let idle = if inline && alone && expected == 0 {
-            match self.state.try_lock() {
+        // Inline only when nothing else is coming: no other change waits and no call is in
+        // flight. Under load the writer thread batches, and the callers' threads stay free for
+        // their HTTP calls instead of waiting on an fsync. Long jobs always go to the thread.
+        let inline = !matches!(cmd, Command::Exec { .. })
+            && self.expected.load(std::sync::atomic::Ordering::Relaxed) == 0;
+        let mut queue = unpoisoned(&self.queue);
+        if inline && queue.commands.is_empty() {
+            // `try_lock` under the queue lock cannot deadlock: it never waits.
+            let idle = match self.state.try_lock() {
                 Ok(state) => Some(state),
                 Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
                 Err(std::sync::TryLockError::WouldBlock) => None,
-            }
-        } else {
-            None
-        };
-        if let Some(mut state) = idle {
-            // Idle writer: commit here. The batch takes whatever else was queued meanwhile
-            // too, unless a long job is among it (then the thread does it all).
-            let batch = {
-                let mut q = unpoisoned(&self.queue);
-                if q.commands.iter().any(|c| matches!(c, Command::Exec { .. })) {
-                    Vec::new()
-                } else {
-                    let n = q.commands.len().min(BATCH);
-                    q.commands.drain(..n).collect()
-                }
             };
-            if !batch.is_empty() {
+            if let Some(mut state) = idle {
+                drop(queue);
                 let WriterState {
                     conn,
                     cache,
                     versions,
                 } = &mut *state;
-                process_batch(conn, batch, versions, cache);
-            }
-            drop(state);
-            if unpoisoned(&self.queue).commands.is_empty() {
+                // Changes queued meanwhile woke the thread, which commits them after this.
+                process_batch(conn, vec![cmd], versions, cache);
                 return;
             }
         }
+        queue.commands.push_back(cmd);
+        drop(queue);
         self.work.notify_one();
     }
 
