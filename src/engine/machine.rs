@@ -253,6 +253,7 @@ pub struct Run {
 }
 
 /// The parts of a new run that the shell chooses (ids and times come from outside the core).
+#[derive(Debug, Clone)]
 pub struct NewRun {
     pub id: String,
     pub version: String,

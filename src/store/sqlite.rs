@@ -146,7 +146,13 @@ pub struct RunSummary {
 /// A piece of work run inside a write transaction of the writer thread.
 type WriteJob = Box<dyn FnOnce(&Connection) -> Result<serde_json::Value, StoreError> + Send>;
 
-enum Command {
+/// A change for the writer: what to do, and where its result goes.
+struct Command {
+    job: Job,
+    reply: Reply,
+}
+
+enum Job {
     Start {
         version: Version,
         new: NewRun,
@@ -154,7 +160,6 @@ enum Command {
         slot: Option<SlotClaim>,
         start: bool,
         now: DateTime<Utc>,
-        reply: oneshot::Sender<Result<Applied, StoreError>>,
     },
     Apply {
         run_id: String,
@@ -162,22 +167,61 @@ enum Command {
         now: DateTime<Utc>,
         attempt: Option<AttemptRecord>,
         done_effect: Option<i64>,
-        reply: oneshot::Sender<Result<Applied, StoreError>>,
     },
     MarkDone {
         run_id: String,
         effect: i64,
-        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     SetKv {
         key: String,
         value: String,
-        reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    Exec {
-        job: WriteJob,
-        reply: oneshot::Sender<Result<serde_json::Value, StoreError>>,
-    },
+    /// Runs once (`None` after).
+    Exec(Option<WriteJob>),
+}
+
+/// Where a command's result goes.
+enum Reply {
+    Applied(oneshot::Sender<Result<Applied, StoreError>>),
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+    Value(oneshot::Sender<Result<serde_json::Value, StoreError>>),
+}
+
+/// A command's result, before its transaction commits.
+enum Outcome {
+    Applied(Result<Applied, StoreError>),
+    Unit(Result<(), StoreError>),
+    Value(Result<serde_json::Value, StoreError>),
+}
+
+impl Outcome {
+    fn is_ok(&self) -> bool {
+        match self {
+            Outcome::Applied(r) => r.is_ok(),
+            Outcome::Unit(r) => r.is_ok(),
+            Outcome::Value(r) => r.is_ok(),
+        }
+    }
+}
+
+impl Reply {
+    fn fail(self, e: impl Fn() -> StoreError) {
+        match self {
+            Reply::Applied(tx) => drop(tx.send(Err(e()))),
+            Reply::Unit(tx) => drop(tx.send(Err(e()))),
+            Reply::Value(tx) => drop(tx.send(Err(e()))),
+        }
+    }
+
+    fn send(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Reply::Applied(tx), Outcome::Applied(r)) => drop(tx.send(r)),
+            (Reply::Unit(tx), Outcome::Unit(r)) => drop(tx.send(r)),
+            (Reply::Value(tx), Outcome::Value(r)) => drop(tx.send(r)),
+            // Each job gives the outcome its reply takes (`run_job`).
+            (reply, _) => reply.fail(|| StoreError::WriterGone),
+        }
+    }
 }
 
 /// Workflow versions by hash, parsed once.
@@ -437,14 +481,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Applied, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Start {
-            version,
-            new,
-            idempotency_key,
-            slot,
-            start,
-            now,
-            reply,
+        self.send(Command {
+            job: Job::Start {
+                version,
+                new,
+                idempotency_key,
+                slot,
+                start,
+                now,
+            },
+            reply: Reply::Applied(reply),
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -459,13 +505,15 @@ impl Store {
         done_effect: Option<i64>,
     ) -> Result<Applied, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Apply {
-            run_id: run_id.to_string(),
-            event,
-            now,
-            attempt,
-            done_effect,
-            reply,
+        self.send(Command {
+            job: Job::Apply {
+                run_id: run_id.to_string(),
+                event,
+                now,
+                attempt,
+                done_effect,
+            },
+            reply: Reply::Applied(reply),
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -484,20 +532,24 @@ impl Store {
     /// Marks an outbox row done when its effect produced no event (it was abandoned).
     pub async fn mark_done(&self, run_id: &str, effect: i64) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::MarkDone {
-            run_id: run_id.to_string(),
-            effect,
-            reply,
+        self.send(Command {
+            job: Job::MarkDone {
+                run_id: run_id.to_string(),
+                effect,
+            },
+            reply: Reply::Unit(reply),
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     pub async fn set_kv(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::SetKv {
-            key: key.to_string(),
-            value: value.to_string(),
-            reply,
+        self.send(Command {
+            job: Job::SetKv {
+                key: key.to_string(),
+                value: value.to_string(),
+            },
+            reply: Reply::Unit(reply),
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -508,9 +560,9 @@ impl Store {
         F: FnOnce(&Connection) -> Result<serde_json::Value, StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Exec {
-            job: Box::new(job),
-            reply,
+        self.send(Command {
+            job: Job::Exec(Some(Box::new(job))),
+            reply: Reply::Value(reply),
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -1070,7 +1122,7 @@ impl Writer {
         // Inline only when nothing else is coming: no other change waits and no call is in
         // flight. Under load the writer thread batches, and the callers' threads stay free for
         // their HTTP calls instead of waiting on an fsync. Long jobs always go to the thread.
-        let inline = !matches!(cmd, Command::Exec { .. })
+        let inline = !matches!(cmd.job, Job::Exec(_))
             && self.expected.load(std::sync::atomic::Ordering::Relaxed) == 0;
         let mut queue = unpoisoned(&self.queue);
         if inline && queue.commands.is_empty() {
@@ -1133,39 +1185,6 @@ fn writer_loop(writer: &Writer) {
     }
 }
 
-#[allow(clippy::large_enum_variant)] // short-lived, one per command in a batch
-enum Reply {
-    Applied(
-        oneshot::Sender<Result<Applied, StoreError>>,
-        Result<Applied, StoreError>,
-    ),
-    Unit(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
-    Value(
-        oneshot::Sender<Result<serde_json::Value, StoreError>>,
-        Result<serde_json::Value, StoreError>,
-    ),
-}
-
-impl Reply {
-    fn fail(self, e: impl Fn() -> StoreError) {
-        match self {
-            Reply::Applied(tx, _) => drop(tx.send(Err(e()))),
-            Reply::Unit(tx, _) => drop(tx.send(Err(e()))),
-            Reply::Value(tx, _) => drop(tx.send(Err(e()))),
-        }
-    }
-    fn send(self) {
-        match self {
-            Reply::Applied(tx, r) => drop(tx.send(r)),
-            Reply::Unit(tx, r) => drop(tx.send(r)),
-            Reply::Value(tx, r) => drop(tx.send(r)),
-        }
-    }
-}
-
 /// Transaction control with cached statements: rusqlite's `Transaction` and `Savepoint` parse
 /// `BEGIN`/`COMMIT`/`SAVEPOINT` text again on every use, two to three parses per state change.
 fn control(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
@@ -1182,7 +1201,7 @@ fn sql_failure(doing: &'static str, e: &rusqlite::Error) -> impl Fn() -> StoreEr
 
 fn process_batch(
     conn: &Connection,
-    batch: Vec<Command>,
+    mut batch: Vec<Command>,
     versions: &Versions,
     cache: &mut RunCache,
 ) {
@@ -1191,46 +1210,74 @@ fn process_batch(
         cache.clear();
         drop(control(conn, "ROLLBACK"));
     }
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
-        let fail = sql_failure("starting a transaction", &e);
-        for cmd in batch {
-            command_reply(cmd).fail(&fail);
-        }
-        return;
-    }
     let rollback = |cache: &mut RunCache| {
         cache.clear();
         if !conn.is_autocommit() {
             drop(control(conn, "ROLLBACK"));
         }
     };
-    if batch.len() == 1 {
-        // A batch of one needs no savepoint: when the change fails, the whole transaction is undone.
-        let cmd = batch.into_iter().next().expect("a batch of one");
-        let reply = run_command(conn, cmd, versions, cache);
-        if !reply_ok(&reply) {
-            rollback(cache);
-            reply.send();
-            return;
-        }
-        match control(conn, "COMMIT") {
-            Ok(()) => reply.send(),
-            Err(e) => {
-                rollback(cache);
-                reply.fail(sql_failure("committing", &e));
-            }
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        let fail = sql_failure("starting a transaction", &e);
+        for cmd in batch {
+            cmd.reply.fail(&fail);
         }
         return;
     }
-    let mut replies = Vec::with_capacity(batch.len());
-    for cmd in batch {
+    // First without savepoints: each costs two statements and a copy of every page it
+    // changes (the sub-journal), and changes rarely fail. If one does, the transaction is
+    // rolled back and the batch runs again, each change in its own savepoint, so that one
+    // failing change does not undo the others. A job that can run only once (`Exec`) goes
+    // straight to savepoints. A batch of one needs none: its failure undoes only itself.
+    if batch.len() == 1 || batch.iter().all(|c| !matches!(c.job, Job::Exec(_))) {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for cmd in &mut batch {
+            let outcome = run_job(conn, &mut cmd.job, versions, cache);
+            if !outcome.is_ok() {
+                if batch.len() == 1 {
+                    rollback(cache);
+                    let cmd = batch.pop().expect("a batch of one");
+                    cmd.reply.send(outcome);
+                    return;
+                }
+                break;
+            }
+            outcomes.push(outcome);
+        }
+        if outcomes.len() == batch.len() {
+            match control(conn, "COMMIT") {
+                Ok(()) => {
+                    for (cmd, outcome) in batch.into_iter().zip(outcomes) {
+                        cmd.reply.send(outcome);
+                    }
+                }
+                Err(e) => {
+                    rollback(cache);
+                    let fail = sql_failure("committing", &e);
+                    for cmd in batch {
+                        cmd.reply.fail(&fail);
+                    }
+                }
+            }
+            return;
+        }
+        rollback(cache);
+        if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+            let fail = sql_failure("starting a transaction", &e);
+            for cmd in batch {
+                cmd.reply.fail(&fail);
+            }
+            return;
+        }
+    }
+    let mut done = Vec::with_capacity(batch.len());
+    for mut cmd in batch {
         // Each command in its own savepoint: one failing change does not undo the others.
         if let Err(e) = control(conn, "SAVEPOINT change") {
-            command_reply(cmd).fail(sql_failure("opening a savepoint", &e));
+            cmd.reply.fail(sql_failure("opening a savepoint", &e));
             continue;
         }
-        let reply = run_command(conn, cmd, versions, cache);
-        let end = if reply_ok(&reply) {
+        let outcome = run_job(conn, &mut cmd.job, versions, cache);
+        let end = if outcome.is_ok() {
             control(conn, "RELEASE change")
         } else {
             cache.clear();
@@ -1238,76 +1285,60 @@ fn process_batch(
         };
         if let Err(e) = end {
             cache.clear();
-            reply.fail(sql_failure("closing a savepoint", &e));
+            cmd.reply.fail(sql_failure("closing a savepoint", &e));
             continue;
         }
-        replies.push(reply);
+        done.push((cmd.reply, outcome));
     }
     match control(conn, "COMMIT") {
-        Ok(()) => replies.into_iter().for_each(Reply::send),
+        Ok(()) => {
+            for (reply, outcome) in done {
+                reply.send(outcome);
+            }
+        }
         Err(e) => {
             rollback(cache);
             let fail = sql_failure("committing", &e);
-            for r in replies {
-                r.fail(&fail);
+            for (reply, _) in done {
+                reply.fail(&fail);
             }
         }
     }
 }
 
-fn reply_ok(r: &Reply) -> bool {
-    match r {
-        Reply::Applied(_, r) => r.is_ok(),
-        Reply::Unit(_, r) => r.is_ok(),
-        Reply::Value(_, r) => r.is_ok(),
-    }
-}
-
-/// The reply channel of a command that could not run.
-fn command_reply(cmd: Command) -> Reply {
-    match cmd {
-        Command::Start { reply, .. } | Command::Apply { reply, .. } => {
-            Reply::Applied(reply, Err(StoreError::WriterGone))
-        }
-        Command::MarkDone { reply, .. } | Command::SetKv { reply, .. } => {
-            Reply::Unit(reply, Err(StoreError::WriterGone))
-        }
-        Command::Exec { reply, .. } => Reply::Value(reply, Err(StoreError::WriterGone)),
-    }
-}
-
-fn run_command(tx: &Connection, cmd: Command, versions: &Versions, cache: &mut RunCache) -> Reply {
-    match cmd {
-        Command::Start {
+/// Runs one job inside the open transaction. Every job but `Exec` can run again (after a
+/// rollback) with the same result.
+fn run_job(tx: &Connection, job: &mut Job, versions: &Versions, cache: &mut RunCache) -> Outcome {
+    match job {
+        Job::Start {
             version,
             new,
             idempotency_key,
             slot,
             start: start_now,
             now,
-            reply,
-        } => Reply::Applied(reply, start(tx, versions, cache, version, new, idempotency_key, slot, start_now, now)),
-        Command::Apply {
+        } => Outcome::Applied(start(tx, versions, cache, version, new, idempotency_key.as_deref(), slot.as_ref(), *start_now, *now)),
+        Job::Apply {
             run_id,
             event,
             now,
             attempt,
             done_effect,
-            reply,
-        } => Reply::Applied(reply, apply(tx, versions, cache, &run_id, &event, now, attempt.as_ref(), done_effect)),
-        Command::MarkDone { run_id, effect, reply } => Reply::Unit(
-            reply,
-            tx.exec("DELETE FROM outbox WHERE run_id = ?1 AND id = ?2", params![run_id, effect])
+        } => Outcome::Applied(apply(tx, versions, cache, run_id, event, *now, attempt.as_ref(), *done_effect)),
+        Job::MarkDone { run_id, effect } => Outcome::Unit(
+            tx.exec("DELETE FROM outbox WHERE run_id = ?1 AND id = ?2", params![*run_id, *effect])
                 .map(|_| ())
                 .map_err(sql("marking an effect done")),
         ),
-        Command::SetKv { key, value, reply } => Reply::Unit(
-            reply,
-            tx.exec("INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value])
+        Job::SetKv { key, value } => Outcome::Unit(
+            tx.exec("INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![*key, *value])
                 .map(|_| ())
                 .map_err(sql("writing settings")),
         ),
-        Command::Exec { job, reply } => Reply::Value(reply, job(tx)),
+        Job::Exec(job) => Outcome::Value(match job.take() {
+            Some(job) => job(tx),
+            None => Err(StoreError::WriterGone),
+        }),
     }
 }
 
@@ -1316,15 +1347,15 @@ fn start(
     tx: &Connection,
     versions: &Versions,
     cache: &mut RunCache,
-    version: Version,
-    new: NewRun,
-    idempotency_key: Option<String>,
-    slot: Option<SlotClaim>,
+    version: &Version,
+    new: &NewRun,
+    idempotency_key: Option<&str>,
+    slot: Option<&SlotClaim>,
     start_now: bool,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
     let wf = version.workflow.clone();
-    if let Some(claim) = &slot {
+    if let Some(claim) = slot {
         let claimed = tx
             .exec(
                 "INSERT INTO slots(schedule, slot, at, run_id, outcome, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
@@ -1333,7 +1364,7 @@ fn start(
             .map_err(sql("claiming a schedule slot"))?;
         mark_schedule(tx, &claim.schedule, claim.at)?;
         if claimed == 0 {
-            let placeholder = Run::new(&wf, new, now);
+            let placeholder = Run::new(&wf, new.clone(), now);
             return Ok(Applied {
                 run: Arc::new(placeholder),
                 effects: vec![],
@@ -1342,7 +1373,7 @@ fn start(
             });
         }
     }
-    if let Some(key) = &idempotency_key {
+    if let Some(key) = idempotency_key {
         let existing: Option<String> = tx
             .row(
                 "SELECT id FROM runs WHERE workflow = ?1 AND idempotency_key = ?2",
@@ -1367,7 +1398,7 @@ fn start(
     )
     .map_err(sql("storing a workflow version"))?;
     versions.insert(&version.hash, wf.clone());
-    let run = Run::new(&wf, new, now);
+    let run = Run::new(&wf, new.clone(), now);
     tx.exec(
         "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, state, schedule)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
@@ -1380,7 +1411,7 @@ fn start(
             idempotency_key,
             ts(now),
             serde_json::to_string(&run).expect("a run serializes"),
-            slot.as_ref().map(|c| c.schedule.as_str()),
+            slot.map(|c| c.schedule.as_str()),
         ],
     )
     .map_err(sql("creating a run"))?;
@@ -1740,6 +1771,82 @@ mod tests {
 
     /// Outbox ids stay unique within a run across many transitions, and marking one done
     /// removes that row only.
+    /// A batch is first tried without savepoints; when one change in it fails, the batch runs
+    /// again with a savepoint per change, and the failure undoes only that change.
+    #[tokio::test]
+    async fn a_failing_change_in_a_batch_undoes_only_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("batch.db");
+        let store = Store::open(&path).expect("opens");
+        let wf = crate::workflow::check_file("one.yaml", SOURCE).expect("checks");
+        let version = Version::new("one.yaml", SOURCE, wf);
+        let new = NewRun {
+            id: "run-1".into(),
+            version: version.hash.clone(),
+            trigger: "api".into(),
+            input: serde_json::json!({}),
+            scheduled_for: None,
+        };
+        store
+            .start_run(version.clone(), new, None, None, true, Utc::now())
+            .await
+            .expect("starts");
+        // The batch as the writer thread would take it, on a connection of its own.
+        let conn = Connection::open(&path).expect("opens");
+        configure(&conn).expect("configures");
+        let (versions, mut cache) = (Versions::default(), RunCache::default());
+        let cancel = |run_id: &str| Job::Apply {
+            run_id: run_id.into(),
+            event: Event::CancelRequested { reason: None },
+            now: Utc::now(),
+            attempt: None,
+            done_effect: None,
+        };
+        let (kv_tx, kv_rx) = oneshot::channel();
+        let (missing_tx, missing_rx) = oneshot::channel();
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let batch = vec![
+            Command {
+                job: Job::SetKv {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+                reply: Reply::Unit(kv_tx),
+            },
+            Command {
+                job: cancel("no-such-run"),
+                reply: Reply::Applied(missing_tx),
+            },
+            Command {
+                job: cancel("run-1"),
+                reply: Reply::Applied(cancel_tx),
+            },
+        ];
+        process_batch(&conn, batch, &versions, &mut cache);
+        kv_rx
+            .await
+            .expect("a reply")
+            .expect("the setting is written");
+        let missing = missing_rx.await.expect("a reply");
+        assert!(
+            matches!(missing, Err(StoreError::NoSuchRun(ref id)) if id == "no-such-run"),
+            "{missing:?}"
+        );
+        let cancelled = cancel_rx.await.expect("a reply").expect("cancels");
+        assert_eq!(cancelled.run.status, RunStatus::Cancelled);
+        assert!(conn.is_autocommit(), "the transaction is closed");
+        assert_eq!(store.get_kv("k").expect("reads").as_deref(), Some("v"));
+        let run = store.get_run("run-1").expect("reads").expect("the run");
+        assert_eq!(run.status, RunStatus::Cancelled);
+        let kinds: Vec<String> = store
+            .events("run-1")
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["created", "started", "cancel_requested"]);
+    }
+
     #[tokio::test]
     async fn effects_get_ids_that_are_never_reused_and_done_rows_leave_the_outbox() {
         let dir = tempfile::tempdir().expect("tempdir");
