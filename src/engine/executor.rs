@@ -193,12 +193,10 @@ impl Engine {
         let rx = {
             let mut waiters = self.inner.waiters.lock().expect("waiters lock");
             // Check under the lock so a Finished between the check and the registration is not lost.
-            if let Some(run) = self.inner.store.get_run(run_id)? {
-                if run.status.is_terminal() {
-                    return Ok(run.status);
-                }
-            } else {
-                return Err(StoreError::NoSuchRun(run_id.to_string()));
+            match self.inner.store.run_status(run_id)? {
+                Some(status) if status.is_terminal() => return Ok(status),
+                Some(_) => {}
+                None => return Err(StoreError::NoSuchRun(run_id.to_string())),
             }
             let (tx, rx) = oneshot::channel();
             waiters.entry(run_id.to_string()).or_default().push(tx);
@@ -209,8 +207,8 @@ impl Engine {
             Err(_) => Ok(self
                 .inner
                 .store
-                .get_run(run_id)?
-                .map_or(RunStatus::Failed, |r| r.status)),
+                .run_status(run_id)?
+                .unwrap_or(RunStatus::Failed)),
         }
     }
 

@@ -593,6 +593,23 @@ impl Store {
         self.read(|c| load_run(c, id))
     }
 
+    /// A run's status alone, without reading its state.
+    pub fn run_status(&self, id: &str) -> Result<Option<RunStatus>, StoreError> {
+        let status: Option<String> = self.read(|c| {
+            c.row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(sql("reading a run's status"))
+        })?;
+        status
+            .map(|s| {
+                RunStatus::parse(&s).ok_or_else(|| StoreError::Corrupt {
+                    id: id.to_string(),
+                    message: format!("unknown status `{s}`"),
+                })
+            })
+            .transpose()
+    }
+
     pub fn workflow_for(&self, run: &Run) -> Result<Arc<Workflow>, StoreError> {
         self.read(|c| load_version(c, &self.versions, &run.version))
     }
