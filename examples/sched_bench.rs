@@ -782,7 +782,9 @@ async fn lateness(
         }
         let row: Option<(String, String)> = conn
             .query_row(
-                "SELECT r.created_at, a.started_at FROM runs r JOIN attempts a ON a.run_id = r.id WHERE r.id = ?1 AND a.attempt = 1",
+                // Attempt records live on their outcome's event (store migration 6).
+                "SELECT r.created_at, e.attempt ->> '$.started_at' FROM runs r JOIN events e ON e.run_id = r.id
+                 WHERE r.id = ?1 AND e.attempt ->> '$.attempt' = 1 AND e.attempt ->> '$.started_at' IS NOT NULL",
                 [run],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
