@@ -1001,15 +1001,19 @@ fn load_version(
     Ok(wf)
 }
 
-/// The writer's copy of the state of unfinished runs, so a change does not parse the stored
-/// state again. Each entry carries the stored `rev` it matches (every change to a run, its
-/// event log included, moves `rev`); a lookup reads only `rev`, and the state too when it
-/// differs (another process changed the run), so the cache never serves a stale state. It is
-/// cleared whenever a change is rolled back.
+/// The writer's copy of the state of unfinished runs, so a change does not read and parse the
+/// stored state again. It holds only what this connection committed (or is committing), so it
+/// is right as long as no other connection has committed since: each transaction starts by
+/// reading `PRAGMA data_version`, which moves exactly when another connection (another
+/// process: the daemon and a `runner run` may share a file) has committed, and the cache is
+/// dropped when it moved. It is also cleared whenever a change is rolled back. Each entry keeps
+/// the run's stored `rev` (every change to a run, its event log included, moves it).
 #[derive(Default)]
 struct RunCache {
     /// id → (stored rev, state, number of the run's next event)
     runs: HashMap<String, (i64, Arc<Run>, i64)>,
+    /// `PRAGMA data_version` when the cache was last known to be right.
+    data_version: Option<i64>,
 }
 
 /// A run as the writer read it: its state, stored revision, and its next event's number when
@@ -1024,41 +1028,43 @@ impl RunCache {
     /// At most this many runs are kept; beyond it the cache starts over.
     const CAPACITY: usize = 4096;
 
+    /// Called at the start of every write transaction (the write lock is held, so nobody else
+    /// commits until it ends): forgets everything if another connection has committed.
+    fn check(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = tx.row("PRAGMA data_version", [], |r| r.get(0))?;
+        if self.data_version != Some(version) {
+            self.runs.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
     fn load(&mut self, tx: &Connection, id: &str) -> Result<Option<Loaded>, StoreError> {
-        let cached = self.runs.remove(id);
-        let known = cached.as_ref().map_or(-1, |(rev, _, _)| *rev);
-        let row: Option<(i64, Option<String>)> = tx
-            .row(
-                "SELECT rev, CASE WHEN rev = ?2 THEN NULL ELSE state END FROM runs WHERE id = ?1",
-                params![id, known],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(sql("reading a run"))?;
-        match (row, cached) {
-            (None, _) => Ok(None),
-            (Some((rev, None)), Some((_, run, next_seq))) => Ok(Some(Loaded {
+        if let Some((rev, run, next_seq)) = self.runs.remove(id) {
+            return Ok(Some(Loaded {
                 run,
                 rev,
                 next_seq: Some(next_seq),
-            })),
-            (Some((rev, state)), _) => {
-                let state = state.ok_or_else(|| StoreError::Corrupt {
-                    id: id.to_string(),
-                    message: "the stored state is missing".into(),
-                })?;
-                let run = serde_json::from_str(&state).map_err(|e| StoreError::Corrupt {
-                    id: id.to_string(),
-                    message: e.to_string(),
-                })?;
-                let run = Arc::new(run);
-                Ok(Some(Loaded {
-                    run,
-                    rev,
-                    next_seq: None,
-                }))
-            }
+            }));
         }
+        let row: Option<(i64, String)> = tx
+            .row("SELECT rev, state FROM runs WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql("reading a run"))?;
+        let Some((rev, state)) = row else {
+            return Ok(None);
+        };
+        let run = serde_json::from_str(&state).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(Loaded {
+            run: Arc::new(run),
+            rev,
+            next_seq: None,
+        }))
     }
 
     fn put(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64) {
@@ -1208,6 +1214,17 @@ fn control(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(statement)?.execute([]).map(|_| ())
 }
 
+/// Starts a write transaction, and checks the writer's cache against other connections' commits.
+fn begin(conn: &Connection, cache: &mut RunCache) -> rusqlite::Result<()> {
+    control(conn, "BEGIN IMMEDIATE")?;
+    let checked = cache.check(conn);
+    if checked.is_err() {
+        cache.clear();
+        drop(control(conn, "ROLLBACK"));
+    }
+    checked
+}
+
 fn sql_failure(doing: &'static str, e: &rusqlite::Error) -> impl Fn() -> StoreError {
     let msg = e.to_string();
     move || StoreError::Sql {
@@ -1233,7 +1250,7 @@ fn process_batch(
             drop(control(conn, "ROLLBACK"));
         }
     };
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+    if let Err(e) = begin(conn, cache) {
         let fail = sql_failure("starting a transaction", &e);
         for cmd in batch {
             cmd.reply.fail(&fail);
@@ -1278,7 +1295,7 @@ fn process_batch(
             return;
         }
         rollback(cache);
-        if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        if let Err(e) = begin(conn, cache) {
             let fail = sql_failure("starting a transaction", &e);
             for cmd in batch {
                 cmd.reply.fail(&fail);
@@ -1548,7 +1565,7 @@ fn transition(
 ) -> Result<Applied, StoreError> {
     let Loaded { run, rev, next_seq } = loaded;
     let (next, effects) = machine::decide(wf, &run, event, now);
-    if next == *run && effects.is_empty() {
+    if effects.is_empty() && next == *run {
         // Absorbed (late, duplicate or not applicable): nothing changes, but keep the event for the record.
         let seq = record_event(
             tx,
