@@ -3,8 +3,8 @@
 //! I/O shell. One writer owns the write connection: an idle caller commits its change itself,
 //! otherwise the writer thread batches concurrent state changes into one transaction (group
 //! commit). Each change still runs `decide` on the state it reads inside that transaction (from
-//! a cache checked against the stored revision), so several processes sharing one file stay
-//! correct.
+//! a cache that is dropped whenever another connection has committed, per `PRAGMA
+//! data_version`), so several processes sharing one file stay correct.
 
 mod sqlite;
 mod view;
