@@ -25,10 +25,6 @@
 
 mod common;
 
-/// The allocator `runner` itself uses (src/main.rs), so the figures are the binary's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::{Context, Result, anyhow, bail};
 use common::{fsync_probe, percentile};
 use runner::dispatch::http::Keys;

@@ -41,10 +41,6 @@
 #[allow(dead_code)]
 mod common;
 
-/// The allocator `runner` itself uses (src/main.rs), so the figures are the binary's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
 use common::{fsync_probe, percentile};

@@ -15,10 +15,6 @@
 #[allow(dead_code)]
 mod common;
 
-/// The allocator `runner` itself uses (src/main.rs), so the figures are the binary's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use runner::engine::machine::{Event, NewRun};

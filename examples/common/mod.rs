@@ -1,6 +1,10 @@
 //! Measuring helpers shared by the benchmark programs (`bench`, `sched_bench`, `store_bench`):
 //! each includes this module with `mod common;`. Not an example itself (no `main.rs`).
 
+/// The allocator `runner` itself uses (src/main.rs), so the programs' figures are the binary's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;

@@ -1219,8 +1219,7 @@ fn begin(conn: &Connection, cache: &mut RunCache) -> rusqlite::Result<()> {
     control(conn, "BEGIN IMMEDIATE")?;
     let checked = cache.check(conn);
     if checked.is_err() {
-        cache.clear();
-        drop(control(conn, "ROLLBACK"));
+        rollback(conn, cache);
     }
     checked
 }
@@ -1241,20 +1240,10 @@ fn process_batch(
 ) {
     if !conn.is_autocommit() {
         // Left open by a batch that panicked.
-        cache.clear();
-        drop(control(conn, "ROLLBACK"));
+        rollback(conn, cache);
     }
-    let rollback = |cache: &mut RunCache| {
-        cache.clear();
-        if !conn.is_autocommit() {
-            drop(control(conn, "ROLLBACK"));
-        }
-    };
     if let Err(e) = begin(conn, cache) {
-        let fail = sql_failure("starting a transaction", &e);
-        for cmd in batch {
-            cmd.reply.fail(&fail);
-        }
+        fail_all(batch, sql_failure("starting a transaction", &e));
         return;
     }
     // First without savepoints: each costs two statements and a copy of every page it
@@ -1264,42 +1253,28 @@ fn process_batch(
     // straight to savepoints. A batch of one needs none: its failure undoes only itself.
     if batch.len() == 1 || batch.iter().all(|c| !matches!(c.job, Job::Exec(_))) {
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut failed = None;
         for cmd in &mut batch {
             let outcome = run_job(conn, &mut cmd.job, versions, cache);
             if !outcome.is_ok() {
-                if batch.len() == 1 {
-                    rollback(cache);
-                    let cmd = batch.pop().expect("a batch of one");
-                    cmd.reply.send(outcome);
-                    return;
-                }
+                failed = Some(outcome);
                 break;
             }
             outcomes.push(outcome);
         }
-        if outcomes.len() == batch.len() {
-            match control(conn, "COMMIT") {
-                Ok(()) => {
-                    for (cmd, outcome) in batch.into_iter().zip(outcomes) {
-                        cmd.reply.send(outcome);
-                    }
-                }
-                Err(e) => {
-                    rollback(cache);
-                    let fail = sql_failure("committing", &e);
-                    for cmd in batch {
-                        cmd.reply.fail(&fail);
-                    }
-                }
-            }
+        let Some(outcome) = failed else {
+            let done = batch.into_iter().map(|c| c.reply).zip(outcomes).collect();
+            commit(conn, cache, done);
+            return;
+        };
+        rollback(conn, cache);
+        if batch.len() == 1 {
+            let cmd = batch.pop().expect("a batch of one");
+            cmd.reply.send(outcome);
             return;
         }
-        rollback(cache);
         if let Err(e) = begin(conn, cache) {
-            let fail = sql_failure("starting a transaction", &e);
-            for cmd in batch {
-                cmd.reply.fail(&fail);
-            }
+            fail_all(batch, sql_failure("starting a transaction", &e));
             return;
         }
     }
@@ -1324,6 +1299,11 @@ fn process_batch(
         }
         done.push((cmd.reply, outcome));
     }
+    commit(conn, cache, done);
+}
+
+/// Commits the open transaction, then sends each outcome (or the commit's failure).
+fn commit(conn: &Connection, cache: &mut RunCache, done: Vec<(Reply, Outcome)>) {
     match control(conn, "COMMIT") {
         Ok(()) => {
             for (reply, outcome) in done {
@@ -1331,12 +1311,26 @@ fn process_batch(
             }
         }
         Err(e) => {
-            rollback(cache);
+            rollback(conn, cache);
             let fail = sql_failure("committing", &e);
             for (reply, _) in done {
                 reply.fail(&fail);
             }
         }
+    }
+}
+
+/// Undoes the open transaction, if any, and what the cache learnt in it.
+fn rollback(conn: &Connection, cache: &mut RunCache) {
+    cache.clear();
+    if !conn.is_autocommit() {
+        drop(control(conn, "ROLLBACK"));
+    }
+}
+
+fn fail_all(batch: Vec<Command>, fail: impl Fn() -> StoreError) {
+    for cmd in batch {
+        cmd.reply.fail(&fail);
     }
 }
 
@@ -1672,6 +1666,23 @@ mod tests {
     const SOURCE: &str =
         "name: one\nsteps:\n  - id: one\n    http:\n      url: http://127.0.0.1:9/one\n";
 
+    /// Creates and starts run `id` of the workflow in `source`.
+    async fn start(store: &Store, source: &str, id: &str) -> Applied {
+        let wf = crate::workflow::check_file("wf.yaml", source).expect("checks");
+        let version = Version::new("wf.yaml", source, wf);
+        let new = NewRun {
+            id: id.into(),
+            version: version.hash.clone(),
+            trigger: "api".into(),
+            input: serde_json::json!({}),
+            scheduled_for: None,
+        };
+        store
+            .start_run(version, new, None, None, true, Utc::now())
+            .await
+            .expect("starts")
+    }
+
     /// A database written by the previous schema (version 4): an unfinished run with events
     /// numbered globally, a done and a pending outbox row.
     fn version_4_database(path: &Path) -> String {
@@ -1803,8 +1814,6 @@ mod tests {
         assert_eq!(kinds.last(), Some(&(10, "attempt_succeeded".to_string())));
     }
 
-    /// Outbox ids stay unique within a run across many transitions, and marking one done
-    /// removes that row only.
     /// A batch is first tried without savepoints; when one change in it fails, the batch runs
     /// again with a savepoint per change, and the failure undoes only that change.
     #[tokio::test]
@@ -1812,19 +1821,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("batch.db");
         let store = Store::open(&path).expect("opens");
-        let wf = crate::workflow::check_file("one.yaml", SOURCE).expect("checks");
-        let version = Version::new("one.yaml", SOURCE, wf);
-        let new = NewRun {
-            id: "run-1".into(),
-            version: version.hash.clone(),
-            trigger: "api".into(),
-            input: serde_json::json!({}),
-            scheduled_for: None,
-        };
-        store
-            .start_run(version.clone(), new, None, None, true, Utc::now())
-            .await
-            .expect("starts");
+        start(&store, SOURCE, "run-1").await;
         // The batch as the writer thread would take it, on a connection of its own.
         let conn = Connection::open(&path).expect("opens");
         configure(&conn).expect("configures");
@@ -1881,25 +1878,15 @@ mod tests {
         assert_eq!(kinds, ["created", "started", "cancel_requested"]);
     }
 
+    /// Outbox ids stay unique within a run across many transitions, and marking one done
+    /// removes that row only.
     #[tokio::test]
     async fn effects_get_ids_that_are_never_reused_and_done_rows_leave_the_outbox() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("new.db")).expect("opens");
-        let wf = crate::workflow::check_file("one.yaml", SOURCE).expect("checks");
-        let version = Version::new("one.yaml", SOURCE, wf);
         let mut ids = Vec::new();
         for n in 0..3 {
-            let new = NewRun {
-                id: format!("run-{n}"),
-                version: version.hash.clone(),
-                trigger: "api".into(),
-                input: serde_json::json!({}),
-                scheduled_for: None,
-            };
-            let applied = store
-                .start_run(version.clone(), new, None, None, true, Utc::now())
-                .await
-                .expect("starts");
+            let applied = start(&store, SOURCE, &format!("run-{n}")).await;
             let id = applied.effects[0].0.expect("an outbox row");
             ids.push((applied.run.id.clone(), id));
         }
@@ -1941,8 +1928,9 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3]);
     }
 
-    /// Two processes on one file: each writer's cached state is checked against the stored
-    /// revision, so a change made by the other is never overwritten with a stale state.
+    /// Two processes on one file: each writer drops its cached states when the other has
+    /// committed (`PRAGMA data_version`), so a change made by the other is never overwritten
+    /// with a stale state.
     #[tokio::test]
     async fn a_writer_never_uses_a_state_another_process_has_changed() {
         const TWO: &str = "name: two\nsteps:\n  - id: one\n    http:\n      url: http://127.0.0.1:9/one\n  - id: two\n    http:\n      url: http://127.0.0.1:9/two\n";
@@ -1952,18 +1940,7 @@ mod tests {
             Store::open(&path).expect("a"),
             Store::open(&path).expect("b"),
         );
-        let wf = crate::workflow::check_file("two.yaml", TWO).expect("checks");
-        let version = Version::new("two.yaml", TWO, wf);
-        let new = NewRun {
-            id: "shared".into(),
-            version: version.hash.clone(),
-            trigger: "api".into(),
-            input: serde_json::json!({}),
-            scheduled_for: None,
-        };
-        a.start_run(version, new, None, None, true, Utc::now())
-            .await
-            .expect("starts");
+        start(&a, TWO, "shared").await;
         let ok = |step: &str| Event::AttemptSucceeded {
             step: step.into(),
             attempt: 1,
