@@ -90,6 +90,18 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
     Ok(())
 }
 
+/// Prints a phase's transactions per second and the writer's CPU per transaction (a run is
+/// four: its start and three attempt results).
+fn report(label: &str, runs: usize, cpu0: u64, t0: Instant) {
+    let (cpu, secs) = (writer_cpu_ns() - cpu0, t0.elapsed().as_secs_f64());
+    let txs = runs * 4;
+    println!(
+        "{label} {runs} runs, {:.0} tx/s, writer CPU {:.1} µs/tx",
+        txs as f64 / secs,
+        cpu as f64 / 1e3 / txs as f64
+    );
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs = args
@@ -113,13 +125,7 @@ fn main() -> Result<()> {
         for _ in 0..runs {
             one_run(&store, &version).await?;
         }
-        let (cpu, secs) = (writer_cpu_ns() - cpu0, t0.elapsed().as_secs_f64());
-        let txs = runs * 4;
-        println!(
-            "one at a time: {runs} runs, {:.0} tx/s, writer CPU {:.1} µs/tx",
-            txs as f64 / secs,
-            cpu as f64 / 1e3 / txs as f64
-        );
+        report("one at a time:", runs, cpu0, t0);
         if seq_only {
             return anyhow::Ok(());
         }
@@ -139,13 +145,7 @@ fn main() -> Result<()> {
         for t in tasks {
             t.await??;
         }
-        let (cpu, secs) = (writer_cpu_ns() - cpu0, t0.elapsed().as_secs_f64());
-        let txs = many * 4;
-        println!(
-            "16 in flight:  {many} runs, {:.0} tx/s, writer CPU {:.1} µs/tx",
-            txs as f64 / secs,
-            cpu as f64 / 1e3 / txs as f64
-        );
+        report("16 in flight: ", many, cpu0, t0);
         anyhow::Ok(())
     })
 }
