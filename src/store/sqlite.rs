@@ -165,7 +165,10 @@ enum Job {
         run_id: String,
         event: Event,
         now: DateTime<Utc>,
-        attempt: Option<AttemptRecord>,
+        /// The event and the attempt record as stored, serialized by the caller: the writer
+        /// thread is the one every change waits for, so it does no work a caller can do.
+        data: String,
+        attempt: Option<Recorded>,
         done_effect: Option<i64>,
     },
     MarkDone {
@@ -178,6 +181,23 @@ enum Job {
     },
     /// Runs once (`None` after).
     Exec(Option<WriteJob>),
+}
+
+/// An attempt record as stored, with what says which attempt it belongs to.
+struct Recorded {
+    step: String,
+    attempt: u32,
+    json: String,
+}
+
+impl Recorded {
+    fn new(record: &AttemptRecord) -> Recorded {
+        Recorded {
+            step: record.step.clone(),
+            attempt: record.attempt,
+            json: serde_json::to_string(record).expect("an attempt record serializes"),
+        }
+    }
 }
 
 /// Where a command's result goes.
@@ -390,6 +410,29 @@ ALTER TABLE runs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE events ADD COLUMN attempt TEXT;
 "#,
+    // Events are appended in one global order, so the events of one batch share their pages.
+    // Clustered by run (version 5) with rows this large (an attempt record is most of a page's
+    // quarter), every change split a leaf page of its own and rewrote interior pages: 8 of the
+    // ~20 pages a batch of 7 changes wrote. The (run, seq) index keeps reads by run.
+    // Runs are listed newest first in rowid order, which is the order they were created in, so
+    // the index on `created_at` (a page written for every new run) goes.
+    r#"
+CREATE TABLE events_v7 (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    attempt TEXT
+);
+INSERT INTO events_v7(run_id, seq, at, kind, data, attempt)
+    SELECT run_id, seq, at, kind, data, attempt FROM events ORDER BY run_id, seq;
+DROP TABLE events;
+ALTER TABLE events_v7 RENAME TO events;
+CREATE UNIQUE INDEX events_by_run ON events(run_id, seq);
+DROP INDEX runs_by_time;
+"#,
 ];
 
 /// Outbox ids are `event seq × EFFECTS_PER_EVENT + index`: unique within a run and never reused.
@@ -508,9 +551,10 @@ impl Store {
         self.send(Command {
             job: Job::Apply {
                 run_id: run_id.to_string(),
+                data: serde_json::to_string(&event).expect("an event serializes"),
                 event,
                 now,
-                attempt,
+                attempt: attempt.as_ref().map(Recorded::new),
                 done_effect,
             },
             reply: Reply::Applied(reply),
@@ -633,7 +677,7 @@ impl Store {
                 .prepare(
                     "SELECT id, workflow, status, trigger, created_at, finished_at FROM runs
                      WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2)
-                     ORDER BY created_at DESC, id DESC LIMIT ?3",
+                     ORDER BY rowid DESC LIMIT ?3",
                 )
                 .map_err(sql("listing runs"))?;
             let limit =
@@ -1350,9 +1394,10 @@ fn run_job(tx: &Connection, job: &mut Job, versions: &Versions, cache: &mut RunC
             run_id,
             event,
             now,
+            data,
             attempt,
             done_effect,
-        } => Outcome::Applied(apply(tx, versions, cache, run_id, event, *now, attempt.as_ref(), *done_effect)),
+        } => Outcome::Applied(apply(tx, versions, cache, run_id, (event, data), *now, attempt.as_ref(), *done_effect)),
         Job::MarkDone { run_id, effect } => Outcome::Unit(
             tx.exec("DELETE FROM outbox WHERE run_id = ?1 AND id = ?2", params![*run_id, *effect])
                 .map(|_| ())
@@ -1426,10 +1471,19 @@ fn start(
     )
     .map_err(sql("storing a workflow version"))?;
     versions.insert(&version.hash, wf.clone());
+    // A run that starts now is stored as the `Started` event leaves it: one row written once,
+    // instead of a pending row updated in the same transaction (which wrote the row and its
+    // status indexes twice).
     let run = Run::new(&wf, new.clone(), now);
+    let (run, started) = if start_now {
+        let (next, effects) = machine::decide(&wf, &run, &Event::Started, now);
+        (next, Some(effects))
+    } else {
+        (run, None)
+    };
     tx.exec(
-        "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, state, schedule)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+        "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, finished_at, wake_at, state, schedule)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)",
         params![
             run.id,
             run.workflow,
@@ -1438,6 +1492,8 @@ fn start(
             run.trigger,
             idempotency_key,
             ts(now),
+            run.finished_at.map(ts),
+            run.wake_at.map(|t| t.timestamp_millis()),
             serde_json::to_string(&run).expect("a run serializes"),
             slot.map(|c| c.schedule.as_str()),
         ],
@@ -1453,22 +1509,34 @@ fn start(
         None,
     )?;
     let run = Arc::new(run);
-    if !start_now {
+    let Some(effects) = started else {
         return Ok(Applied {
             run,
             effects: vec![],
             created: true,
             slot_taken: false,
         });
-    }
-    let loaded = Loaded {
-        run,
-        rev: 0,
-        next_seq: Some(2),
     };
-    let mut applied = transition(tx, cache, &wf, loaded, &Event::Started, None, now)?;
-    applied.created = true;
-    Ok(applied)
+    let event = Event::Started;
+    let seq = record_event(
+        tx,
+        &run.id,
+        Some(2),
+        now,
+        event.name(),
+        &serde_json::to_string(&event).expect("an event serializes"),
+        None,
+    )?;
+    let effects = queue_effects(tx, &run.id, seq, effects, now)?;
+    if !run.status.is_terminal() {
+        cache.put(&run, 0, seq + 1);
+    }
+    Ok(Applied {
+        run,
+        effects,
+        created: true,
+        slot_taken: false,
+    })
 }
 
 /// Remembers that a schedule has been handled up to `at` (only ever moves forward).
@@ -1487,9 +1555,9 @@ fn apply(
     versions: &Versions,
     cache: &mut RunCache,
     run_id: &str,
-    event: &Event,
+    event: (&Event, &str),
     now: DateTime<Utc>,
-    attempt: Option<&AttemptRecord>,
+    attempt: Option<&Recorded>,
     done_effect: Option<i64>,
 ) -> Result<Applied, StoreError> {
     let loaded = cache
@@ -1505,7 +1573,7 @@ fn apply(
         run.step(&a.step)
             .is_some_and(|s| s.status == machine::StepStatus::Running && s.attempts == a.attempt)
     });
-    let attempt = attempt.map(|a| serde_json::to_string(a).expect("an attempt record serializes"));
+    let attempt = attempt.map(|a| a.json.as_str());
     if let Some(id) = done_effect {
         tx.exec(
             "DELETE FROM outbox WHERE run_id = ?1 AND id = ?2",
@@ -1527,7 +1595,7 @@ fn record_event(
     now: DateTime<Utc>,
     kind: &str,
     data: &str,
-    attempt: Option<String>,
+    attempt: Option<&str>,
 ) -> Result<i64, StoreError> {
     let seq: i64 = match seq {
         Some(seq) => seq,
@@ -1553,8 +1621,8 @@ fn transition(
     cache: &mut RunCache,
     wf: &Workflow,
     loaded: Loaded,
-    event: &Event,
-    attempt: Option<String>,
+    (event, data): (&Event, &str),
+    attempt: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
     let Loaded { run, rev, next_seq } = loaded;
@@ -1567,7 +1635,7 @@ fn transition(
             next_seq,
             now,
             &format!("{} (absorbed)", event.name()),
-            &serde_json::to_string(event).expect("an event serializes"),
+            data,
             attempt,
         )?;
         // The log grew, so the revision moves too: another process's cached next event
@@ -1612,39 +1680,13 @@ fn transition(
         )
     }
     .map_err(sql("updating a run"))?;
-    let seq = record_event(
-        tx,
-        &next.id,
-        next_seq,
-        now,
-        event.name(),
-        &serde_json::to_string(event).expect("an event serializes"),
-        attempt,
-    )?;
+    let seq = record_event(tx, &next.id, next_seq, now, event.name(), data, attempt)?;
     if next.status.is_terminal() {
         // Nothing that was queued for a finished run may run after a restart.
         tx.exec("DELETE FROM outbox WHERE run_id = ?1", params![next.id])
             .map_err(sql("closing the outbox of a finished run"))?;
     }
-    let mut out = Vec::with_capacity(effects.len());
-    for (k, effect) in (0..).zip(effects) {
-        if effect.is_external() {
-            let id = seq * EFFECTS_PER_EVENT + k.min(EFFECTS_PER_EVENT - 1);
-            tx.exec(
-                "INSERT INTO outbox(run_id, id, effect, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    next.id,
-                    id,
-                    serde_json::to_string(&effect).expect("an effect serializes"),
-                    ts(now)
-                ],
-            )
-            .map_err(sql("queueing an effect"))?;
-            out.push((Some(id), effect));
-        } else {
-            out.push((None, effect));
-        }
-    }
+    let out = queue_effects(tx, &next.id, seq, effects, now)?;
     if next.status.is_terminal() {
         cache.remove(&next.id);
     } else {
@@ -1656,6 +1698,37 @@ fn transition(
         created: false,
         slot_taken: false,
     })
+}
+
+/// Queues the external effects of the run's event number `seq` in the outbox, and pairs every
+/// effect with its outbox id (none for the internal ones).
+fn queue_effects(
+    tx: &Connection,
+    run_id: &str,
+    seq: i64,
+    effects: Vec<Effect>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Option<i64>, Effect)>, StoreError> {
+    let mut out = Vec::with_capacity(effects.len());
+    for (k, effect) in (0..).zip(effects) {
+        if effect.is_external() {
+            let id = seq * EFFECTS_PER_EVENT + k.min(EFFECTS_PER_EVENT - 1);
+            tx.exec(
+                "INSERT INTO outbox(run_id, id, effect, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    run_id,
+                    id,
+                    serde_json::to_string(&effect).expect("an effect serializes"),
+                    ts(now)
+                ],
+            )
+            .map_err(sql("queueing an effect"))?;
+            out.push((Some(id), effect));
+        } else {
+            out.push((None, effect));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1829,6 +1902,7 @@ mod tests {
         let cancel = |run_id: &str| Job::Apply {
             run_id: run_id.into(),
             event: Event::CancelRequested { reason: None },
+            data: "{}".into(),
             now: Utc::now(),
             attempt: None,
             done_effect: None,
