@@ -104,6 +104,7 @@ impl Sizes {
 fn main() -> Result<()> {
     let mut quick = false;
     let mut json_out = false;
+    let mut keep_db = false;
     let mut runner_only = false;
     let mut sequential_only = false;
     let mut workers: Option<usize> = None;
@@ -120,6 +121,7 @@ fn main() -> Result<()> {
             }
             "--quick" => quick = true,
             "--json" => json_out = true,
+            "--keep-db" => keep_db = true,
             "--runner-only" => runner_only = true,
             "--sequential-only" => {
                 sequential_only = true;
@@ -127,11 +129,11 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N]"
+                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N] [--keep-db]"
                 );
                 return Ok(());
             }
-            other => bail!("unknown argument `{other}` (use --quick, --json)"),
+            other => bail!("unknown argument `{other}` (see --help)"),
         }
     }
     let sizes = Sizes::new(quick);
@@ -213,6 +215,20 @@ fn main() -> Result<()> {
     })?;
     report.runner_requests = endpoint.count() - runner_requests_before;
     report.load_end = load_average()?;
+    if keep_db {
+        // A copy for scripts/wal-pages.py, taken while the store is idle and still open: its
+        // WAL holds the last transactions (the tail of the 16-in-flight phase).
+        let kept = tempfile::Builder::new()
+            .prefix("runner-bench-")
+            .tempdir()
+            .context("creating a directory for the kept database")?
+            .keep();
+        for file in ["runner.db", "runner.db-wal"] {
+            std::fs::copy(dir.path().join(file), kept.join(file))
+                .with_context(|| format!("keeping {file}"))?;
+        }
+        eprintln!("kept the database: {}", kept.join("runner.db").display());
+    }
 
     // 4. Correctness gates.
     let (db_runs, db_steps, db_attempts) = db_counts(&db_path)?;
