@@ -1887,6 +1887,51 @@ mod tests {
         assert_eq!(kinds.last(), Some(&(10, "attempt_succeeded".to_string())));
     }
 
+    /// Runs are listed newest first by creation (rowid) order, not by id, with the filters and
+    /// the limit applied.
+    #[tokio::test]
+    async fn runs_are_listed_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("list.db")).expect("opens");
+        for id in ["z-first", "a-second", "m-third"] {
+            start(&store, SOURCE, id).await;
+        }
+        let list = |filter: RunFilter| -> Vec<String> {
+            store
+                .list_runs(&filter)
+                .expect("lists")
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(
+            list(RunFilter::default()),
+            ["m-third", "a-second", "z-first"]
+        );
+        assert_eq!(
+            list(RunFilter {
+                limit: 2,
+                ..RunFilter::default()
+            }),
+            ["m-third", "a-second"]
+        );
+        assert_eq!(
+            list(RunFilter {
+                workflow: Some("one".into()),
+                status: Some(RunStatus::Running),
+                limit: 0,
+            }),
+            ["m-third", "a-second", "z-first"]
+        );
+        assert!(
+            list(RunFilter {
+                workflow: Some("other".into()),
+                ..RunFilter::default()
+            })
+            .is_empty()
+        );
+    }
+
     /// A batch is first tried without savepoints; when one change in it fails, the batch runs
     /// again with a savepoint per change, and the failure undoes only that change.
     #[tokio::test]
