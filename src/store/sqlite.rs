@@ -1518,25 +1518,17 @@ fn start(
         });
     };
     let event = Event::Started;
-    let seq = record_event(
-        tx,
-        &run.id,
-        Some(2),
-        now,
-        event.name(),
-        &serde_json::to_string(&event).expect("an event serializes"),
-        None,
-    )?;
-    let effects = queue_effects(tx, &run.id, seq, effects, now)?;
-    if !run.status.is_terminal() {
-        cache.put(&run, 0, seq + 1);
-    }
-    Ok(Applied {
-        run,
-        effects,
-        created: true,
-        slot_taken: false,
-    })
+    let data = serde_json::to_string(&event).expect("an event serializes");
+    let change = Change {
+        rev: 0,
+        next_seq: Some(2),
+        kind: event.name(),
+        data: &data,
+        attempt: None,
+    };
+    let mut applied = record_change(tx, cache, run, change, effects, now)?;
+    applied.created = true;
+    Ok(applied)
 }
 
 /// Remembers that a schedule has been handled up to `at` (only ever moves forward).
@@ -1680,35 +1672,52 @@ fn transition(
         )
     }
     .map_err(sql("updating a run"))?;
-    let seq = record_event(tx, &next.id, next_seq, now, event.name(), data, attempt)?;
-    if next.status.is_terminal() {
-        // Nothing that was queued for a finished run may run after a restart.
-        tx.exec("DELETE FROM outbox WHERE run_id = ?1", params![next.id])
-            .map_err(sql("closing the outbox of a finished run"))?;
-    }
-    let out = queue_effects(tx, &next.id, seq, effects, now)?;
-    if next.status.is_terminal() {
-        cache.remove(&next.id);
-    } else {
-        cache.put(&next, rev + 1, seq + 1);
-    }
-    Ok(Applied {
-        run: next,
-        effects: out,
-        created: false,
-        slot_taken: false,
-    })
+    let change = Change {
+        rev: rev + 1,
+        next_seq,
+        kind: event.name(),
+        data,
+        attempt,
+    };
+    record_change(tx, cache, next, change, effects, now)
 }
 
-/// Queues the external effects of the run's event number `seq` in the outbox, and pairs every
-/// effect with its outbox id (none for the internal ones).
-fn queue_effects(
+/// The event of a change whose new run state is already written, as stored.
+struct Change<'a> {
+    /// The run row's revision after the change.
+    rev: i64,
+    /// The event's number when the writer knows it (otherwise it is looked up).
+    next_seq: Option<i64>,
+    kind: &'a str,
+    data: &'a str,
+    attempt: Option<&'a str>,
+}
+
+/// The rest of a change once the run's row is written: its event, the outbox (closed when the
+/// run finished, then each external effect queued under an id derived from the event's
+/// number) and the writer's cache.
+fn record_change(
     tx: &Connection,
-    run_id: &str,
-    seq: i64,
+    cache: &mut RunCache,
+    run: Arc<Run>,
+    change: Change<'_>,
     effects: Vec<Effect>,
     now: DateTime<Utc>,
-) -> Result<Vec<(Option<i64>, Effect)>, StoreError> {
+) -> Result<Applied, StoreError> {
+    let seq = record_event(
+        tx,
+        &run.id,
+        change.next_seq,
+        now,
+        change.kind,
+        change.data,
+        change.attempt,
+    )?;
+    if run.status.is_terminal() {
+        // Nothing that was queued for a finished run may run after a restart.
+        tx.exec("DELETE FROM outbox WHERE run_id = ?1", params![run.id])
+            .map_err(sql("closing the outbox of a finished run"))?;
+    }
     let mut out = Vec::with_capacity(effects.len());
     for (k, effect) in (0..).zip(effects) {
         if effect.is_external() {
@@ -1716,7 +1725,7 @@ fn queue_effects(
             tx.exec(
                 "INSERT INTO outbox(run_id, id, effect, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![
-                    run_id,
+                    run.id,
                     id,
                     serde_json::to_string(&effect).expect("an effect serializes"),
                     ts(now)
@@ -1728,7 +1737,17 @@ fn queue_effects(
             out.push((None, effect));
         }
     }
-    Ok(out)
+    if run.status.is_terminal() {
+        cache.remove(&run.id);
+    } else {
+        cache.put(&run, change.rev, seq + 1);
+    }
+    Ok(Applied {
+        run,
+        effects: out,
+        created: false,
+        slot_taken: false,
+    })
 }
 
 #[cfg(test)]
