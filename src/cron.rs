@@ -8,7 +8,9 @@
 //! Five fields, `minute hour day-of-month month day-of-week`, parsed by croner with seconds and years
 //! disallowed (a six-field `*/10 * * * * *` is an error, never a per-second schedule). Weekdays are
 //! POSIX (`0` and `7` are Sunday, `1-5` Monday to Friday); when both day fields are restricted a day
-//! matches if either matches (the Vixie OR rule). `JAN`-`DEC` and `SUN`-`SAT` are accepted in their
+//! matches if either matches (the Vixie OR rule). As in Vixie cron, a day field that begins with `*`
+//! counts as unrestricted even when it is not a plain `*`: `0 0 */2 * 1` fires on Mondays that are
+//! odd days of the month, not on every odd day and every Monday. `JAN`-`DEC` and `SUN`-`SAT` are accepted in their
 //! own fields only; croner's `L`, `W` and `#` in the day fields, and its `+` day-of-week prefix
 //! (which ANDs the two day fields instead). The macros are `@hourly`, `@daily` (`@midnight`),
 //! `@weekly`, `@monthly` and `@yearly` (`@annually`). An optional `CRON_TZ=Zone ` prefix names the
@@ -155,7 +157,11 @@ impl CronSchedule {
         for (index, text) in fields.iter().enumerate() {
             check_field_characters(index, text)?;
         }
-        let cron = cron_parser()
+        // Vixie's DOM_STAR / DOW_STAR: a day field beginning with `*` makes the two an AND.
+        let day_star = [&fields[2], &fields[4]]
+            .iter()
+            .any(|f| f.starts_with(['*', '?']));
+        let cron = cron_parser(day_star)
             .parse(&fields.join(" "))
             .map_err(|e| locate_syntax_error(&fields, &e))?;
         let tz = resolve_zone(prefix_zone, timezone)?;
@@ -445,11 +451,12 @@ fn first_of_next_month(date: NaiveDate) -> Option<NaiveDate> {
 // ---------------------------------------------------------------------------------------------
 // Parsing
 
-fn cron_parser() -> CronParser {
+/// `dom_and_dow`: whether both day fields must match (else either, when both are restricted).
+fn cron_parser(dom_and_dow: bool) -> CronParser {
     CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
-        .dom_and_dow(false)
+        .dom_and_dow(dom_and_dow)
         .alternative_weekdays(false)
         .build()
 }
@@ -597,7 +604,7 @@ fn locate_syntax_error(fields: &[&str], error: &croner::errors::CronError) -> Cr
         let probe: Vec<&str> = (0..fields.len())
             .map(|i| if i == index { *text } else { "*" })
             .collect();
-        if let Err(e) = cron_parser().parse(&probe.join(" ")) {
+        if let Err(e) = cron_parser(true).parse(&probe.join(" ")) {
             return field_error(index, text, &readable(&e));
         }
     }
@@ -1617,6 +1624,11 @@ mod tests {
         }
         // Vixie OR: a restricted weekday rescues an impossible day of month.
         assert!(CronSchedule::parse("0 0 31 2 1", None).is_ok());
+        // ... but not when a day field begins with `*` (Vixie's DOW_STAR makes it an AND).
+        assert_eq!(
+            CronSchedule::parse("0 0 30 2 */2", None),
+            Err(CronError::NeverFires)
+        );
         // The leap day fires every four years, and skips 2100.
         check(&[
             (
@@ -1698,6 +1710,22 @@ mod tests {
                 "2026-07-06T00:00:00Z@2026-07-06T00:00",
             ],
         )]);
+    }
+
+    #[test]
+    fn a_day_field_beginning_with_a_star_makes_the_day_fields_an_and() {
+        // As Vixie cron's DOM_STAR / DOW_STAR: `*/2` is not "restricted", so both must match.
+        let day = |d: &str| format!("{d}T00:00:00Z@{d}T00:00");
+        let want = |days: &[&str]| days.iter().map(|d| day(d)).collect::<Vec<_>>();
+        let from = "2025-12-31T00:00:00Z";
+        assert_eq!(
+            keys("0 0 */2 * 1", "UTC", from, 4),
+            want(&["2026-01-05", "2026-01-19", "2026-02-09", "2026-02-23"])
+        );
+        assert_eq!(
+            keys("0 0 1,15 * */2", "UTC", from, 5),
+            want(&["2026-01-01", "2026-01-15", "2026-02-01", "2026-02-15", "2026-03-01"])
+        );
     }
 
     #[test]
