@@ -49,6 +49,22 @@ pub const EMAIL_KEYS: &[&str] = &["to", "subject", "body"];
 pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 pub const BACKOFFS: &[&str] = &["exponential", "fixed", "linear"];
 const ROOTS: &[&str] = &["input", "steps", "secrets", "run", "workflow", "failure"];
+
+/// Suggestions for a misspelt filter or test (minijinja's built-ins; the check itself asks
+/// minijinja, so a name missing here is still accepted). A hint lists the first six.
+const KNOWN_FILTERS: &[&str] = &[
+    "default", "lower", "upper", "tojson", "join", "length", "abs", "attr", "batch", "bool",
+    "capitalize", "count", "d", "dictsort", "escape", "first", "float", "groupby", "indent",
+    "int", "items", "last", "lines", "list", "map", "max", "min", "pprint", "reject",
+    "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "slice", "sort",
+    "split", "string", "sum", "title", "trim", "unique", "urlencode",
+];
+const KNOWN_TESTS: &[&str] = &[
+    "defined", "undefined", "none", "string", "number", "odd", "boolean", "divisibleby",
+    "endingwith", "eq", "even", "false", "filter", "float", "ge", "gt", "in", "integer",
+    "iterable", "le", "lower", "lt", "mapping", "ne", "safe", "sameas", "sequence",
+    "startingwith", "test", "true", "upper",
+];
 const GLOBALS: &[&str] = &[
     "range",
     "dict",
@@ -312,6 +328,9 @@ struct Scope<'a> {
     /// The step being checked, if any.
     current: Option<&'a str>,
     in_hook: bool,
+    /// Set where the engine renders the template (`if`, `sleep_until`): it never holds secrets,
+    /// which only the dispatcher reads, for requests and e-mails. Names the place.
+    no_secrets: Option<&'static str>,
 }
 
 impl<'s> Checker<'s> {
@@ -659,6 +678,7 @@ impl<'s> Checker<'s> {
                 all: &all,
                 current: None,
                 in_hook: false,
+                no_secrets: None,
             };
             let step = self.step(
                 node,
@@ -688,6 +708,7 @@ impl<'s> Checker<'s> {
                             all: &all,
                             current: None,
                             in_hook: true,
+                            no_secrets: None,
                         };
                         let default_id = format!("on_failure-{}", i + 1);
                         if let Some(step) = self.step(
@@ -1136,7 +1157,7 @@ impl<'s> Checker<'s> {
             } else {
                 format!("{{{{ {s} }}}}")
             };
-            self.template(n, s, &scope);
+            self.condition(n, s, &scope);
             Some(Template(text))
         });
         let timeout = f
@@ -1155,6 +1176,10 @@ impl<'s> Checker<'s> {
             "sleep_until" => {
                 let s = self.nonempty_string(kind_node, "sleep_until")?;
                 if template::is_template(s) {
+                    let scope = Scope {
+                        no_secrets: Some("`sleep_until`"),
+                        ..scope
+                    };
                     self.template(kind_node, s, &scope);
                 } else if chrono::DateTime::parse_from_rfc3339(s).is_err() {
                     let w = self.width(kind_node);
@@ -1436,26 +1461,95 @@ impl<'s> Checker<'s> {
         node.pos
     }
 
-    fn template(&mut self, node: &Node, text: &str, scope: &Scope) {
-        if !template::is_template(text) {
+    /// An `if:` value, checked as the engine evaluates it: one expression, with or without
+    /// `{{ }}`, reading what the engine has (no secrets).
+    fn condition(&mut self, node: &Node, text: &str, scope: &Scope) {
+        let (expr, at) = template::condition_expression_at(text);
+        if template::single_expression(text).is_none() && template::is_template(text) {
+            let w = self.width(node);
+            self.error(
+                node.pos,
+                w,
+                Code::TemplateSyntax,
+                "an `if` condition is one expression",
+                Some("write `{{ a and b }}` or `a and b`, not `{{ a }} and {{ b }}`".into()),
+            );
             return;
         }
+        if let Err(e) = template::check_condition(expr) {
+            self.template_syntax(node, text, at + e.offset, e.len, &e.message);
+            return;
+        }
+        let scope = Scope {
+            no_secrets: Some("an `if` condition"),
+            ..*scope
+        };
+        // Analysed as `{{ expr }}`: offset 3 there is offset `at` in the file's text.
+        let wrapped = format!("{{{{ {expr} }}}}");
+        self.analyze_template(node, &wrapped, text, |offset| (offset + at).saturating_sub(3), &scope);
+    }
+
+    fn template_syntax(&mut self, node: &Node, text: &str, offset: usize, len: usize, message: &str) {
+        let offset = offset.min(text.len());
+        let end = (offset + len).min(text.len());
+        let fragment = text.get(offset..end).unwrap_or("");
+        let pos = self.locate(node, text, offset, fragment);
+        self.error(
+            pos,
+            len.min(40),
+            Code::TemplateSyntax,
+            format!("template syntax error: {message}"),
+            Some("templates use `{{ expression }}`; see the minijinja syntax".into()),
+        );
+    }
+
+    fn template(&mut self, node: &Node, text: &str, scope: &Scope) {
+        if template::is_template(text) {
+            self.analyze_template(node, text, text, |offset| offset, scope);
+        }
+    }
+
+    /// Checks template `text`, whose byte offset `o` is at `at(o)` in `file_text`, the string as
+    /// the file holds it (they differ for a bare `if` expression).
+    fn analyze_template(
+        &mut self,
+        node: &Node,
+        text: &str,
+        file_text: &str,
+        at: impl Fn(usize) -> usize,
+        scope: &Scope,
+    ) {
         let analysis: Analysis = match template::analyze(text) {
             Ok(a) => a,
             Err(e) => {
-                let end = (e.offset + e.len).min(text.len());
-                let fragment = text.get(e.offset..end).unwrap_or("");
-                let pos = self.locate(node, text, e.offset, fragment);
-                self.error(
-                    pos,
-                    e.len.min(40),
-                    Code::TemplateSyntax,
-                    format!("template syntax error: {}", e.message),
-                    Some("templates use `{{ expression }}`; see the minijinja syntax".into()),
-                );
+                self.template_syntax(node, file_text, at(e.offset), e.len, &e.message);
                 return;
             }
         };
+        let locate = |this: &Self, offset: usize, len: usize| {
+            let o = at(offset).min(file_text.len());
+            let fragment = file_text.get(o..(o + len).min(file_text.len())).unwrap_or("");
+            this.locate(node, file_text, o, fragment)
+        };
+        for (names, what, exists) in [
+            (&analysis.unknown_filters, "filter", KNOWN_FILTERS),
+            (&analysis.unknown_tests, "test", KNOWN_TESTS),
+        ] {
+            for n in names {
+                let pos = locate(self, n.offset, n.name.len());
+                let hint = match did_you_mean(&n.name, exists.iter().copied()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!("minijinja's {what}s include {}, …", list(&exists[..6])),
+                };
+                self.error(
+                    pos,
+                    n.name.chars().count(),
+                    Code::UnknownFilter,
+                    format!("`{}` is not a template {what}", n.name),
+                    Some(hint),
+                );
+            }
+        }
         let hyphen_ids: Vec<&str> = scope
             .all
             .iter()
@@ -1464,8 +1558,7 @@ impl<'s> Checker<'s> {
             .collect();
         let mut had_hyphen = false;
         for r in &analysis.references {
-            let fragment = text.get(r.offset..r.offset + r.len).unwrap_or("");
-            let pos = self.locate(node, text, r.offset, fragment);
+            let pos = locate(self, r.offset, r.len);
             if r.root == "steps"
                 && let (Some(first), Some(minus)) = (r.path.first(), &r.followed_by_minus)
                 && r.path.len() == 1
@@ -1492,8 +1585,7 @@ impl<'s> Checker<'s> {
             }
         }
         for r in &analysis.references {
-            let fragment = text.get(r.offset..r.offset + r.len).unwrap_or("");
-            let pos = self.locate(node, text, r.offset, fragment);
+            let pos = locate(self, r.offset, r.len);
             self.reference(r, pos, scope, had_hyphen);
         }
         if !had_hyphen {
@@ -1507,7 +1599,7 @@ impl<'s> Checker<'s> {
                     && !GLOBALS.contains(&free.as_str())
                     && !referenced.contains(free.as_str())
                 {
-                    let pos = self.locate(node, text, text.find(free.as_str()).unwrap_or(0), free);
+                    let pos = locate(self, text.find(free.as_str()).unwrap_or(0), free.len());
                     self.unknown_root(free, pos, free.len());
                 }
             }
@@ -1562,6 +1654,16 @@ impl<'s> Checker<'s> {
                 }
             }
             "secrets" => {
+                if let Some(place) = scope.no_secrets {
+                    self.error(
+                        pos,
+                        r.len,
+                        Code::UnknownVariable,
+                        format!("`secrets` cannot be read in {place}"),
+                        Some("secrets are read only when a request or an e-mail is sent, so that they never reach the database".into()),
+                    );
+                    return;
+                }
                 if let Some(seg) = first
                     && !scope.secrets.contains(&seg.name)
                 {
@@ -1763,4 +1865,21 @@ pub fn check_address(s: &str) -> Result<(), &'static str> {
         return Err("the domain has no `.`");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_suggested_filters_and_tests_exist() {
+        for f in KNOWN_FILTERS {
+            assert!(template::filter_exists(f), "{f}");
+        }
+        for t in KNOWN_TESTS {
+            assert!(template::test_exists(t), "{t}");
+        }
+        assert!(!template::filter_exists("nosuch"));
+        assert!(!template::test_exists("nosuch"));
+    }
 }

@@ -38,6 +38,7 @@ pub enum Code {
     UnknownField,
     HyphenatedStepId,
     UnknownVariable,
+    UnknownFilter,
     NoTrigger,
 }
 
@@ -73,6 +74,7 @@ impl Code {
             Code::UnknownField => "unknown-field",
             Code::HyphenatedStepId => "hyphenated-step-id",
             Code::UnknownVariable => "unknown-variable",
+            Code::UnknownFilter => "unknown-filter",
             Code::NoTrigger => "no-trigger",
         }
     }

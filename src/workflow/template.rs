@@ -79,36 +79,91 @@ pub struct Segment {
     pub offset: usize,
 }
 
+/// A filter (`| upper`) or test (`is defined`) name and its byte offset in the template text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name {
+    pub name: String,
+    pub offset: usize,
+}
+
 /// What `runner validate` needs to know about one template.
 #[derive(Debug, Clone, Default)]
 pub struct Analysis {
     /// Free variables (not assigned inside the template), as minijinja sees them.
     pub free: BTreeSet<String>,
     pub references: Vec<Reference>,
+    /// Filters and tests that minijinja does not have: they fail only when rendered.
+    pub unknown_filters: Vec<Name>,
+    pub unknown_tests: Vec<Name>,
+}
+
+/// Names used as filters and tests, found by the same scan as references.
+#[derive(Default)]
+struct Calls {
+    filters: Vec<Name>,
+    tests: Vec<Name>,
+}
+
+fn syntax_error(e: &minijinja::Error, text: &str) -> SyntaxError {
+    let range = e.range().unwrap_or(0..0);
+    SyntaxError {
+        message: e
+            .detail()
+            .map_or_else(|| e.kind().to_string(), str::to_string),
+        offset: range.start.min(text.len()),
+        len: range.len().max(1),
+    }
+}
+
+/// Whether minijinja has a filter of this name (it looks filters up only when rendering).
+pub fn filter_exists(name: &str) -> bool {
+    let probe = env().render_str(&format!("{{{{ none | {name} }}}}"), ());
+    !matches!(probe, Err(e) if e.kind() == minijinja::ErrorKind::UnknownFilter)
+}
+
+/// Whether minijinja has a test of this name (`x is defined`).
+pub fn test_exists(name: &str) -> bool {
+    let probe = env().render_str(&format!("{{{{ none is {name} }}}}"), ());
+    !matches!(probe, Err(e) if e.kind() == minijinja::ErrorKind::UnknownTest)
 }
 
 /// Parses a template and lists the lookups it makes.
 pub fn analyze(text: &str) -> Result<Analysis, SyntaxError> {
-    let tpl = env().template_from_str(text).map_err(|e| {
-        let range = e.range().unwrap_or(0..0);
-        SyntaxError {
-            message: e
-                .detail()
-                .map_or_else(|| e.kind().to_string(), str::to_string),
-            offset: range.start.min(text.len()),
-            len: range.len().max(1),
-        }
-    })?;
+    let tpl = env()
+        .template_from_str(text)
+        .map_err(|e| syntax_error(&e, text))?;
     let free: BTreeSet<String> = tpl.undeclared_variables(false).into_iter().collect();
-    let references = scan_references(text)
+    let mut calls = Calls::default();
+    let references = scan_references(text, &mut calls)
         .into_iter()
         .filter(|r| free.contains(&r.root))
         .collect();
-    Ok(Analysis { free, references })
+    Ok(Analysis {
+        free,
+        references,
+        unknown_filters: calls
+            .filters
+            .into_iter()
+            .filter(|f| !filter_exists(&f.name))
+            .collect(),
+        unknown_tests: calls
+            .tests
+            .into_iter()
+            .filter(|t| !test_exists(&t.name))
+            .collect(),
+    })
+}
+
+/// Checks an `if:` expression as the engine compiles it ([`eval_condition`]).
+pub fn check_condition(expr: &str) -> Result<(), SyntaxError> {
+    condition_env()
+        .compile_expression(expr)
+        .map(drop)
+        .map_err(|e| syntax_error(&e, expr))
 }
 
 /// Finds identifier chains inside `{{ }}` and `{% %}` blocks, skipping string literals.
-fn scan_references(text: &str) -> Vec<Reference> {
+fn scan_references(text: &str, calls: &mut Calls) -> Vec<Reference> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -120,7 +175,7 @@ fn scan_references(text: &str) -> Vec<Reference> {
         let close = if bytes[i + 1] == b'{' { "}}" } else { "%}" };
         let start = i + 2;
         let end = find_outside_strings(text, start, close).unwrap_or(text.len());
-        scan_block(text, start, end, &mut out);
+        scan_block(text, start, end, &mut out, calls);
         i = end + 2;
     }
     out
@@ -161,15 +216,18 @@ fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-fn scan_block(text: &str, start: usize, end: usize, out: &mut Vec<Reference>) {
+fn scan_block(text: &str, start: usize, end: usize, out: &mut Vec<Reference>, calls: &mut Calls) {
     let bytes = text.as_bytes();
     let mut i = start;
     let mut prev_significant: u8 = b' ';
+    // The last two words, while nothing but words came between: `is` and `is not` start a test.
+    let mut words: (&str, &str) = ("", "");
     while i < end {
         let b = bytes[i];
         if b == b'\'' || b == b'"' {
             i = skip_string(bytes, i, end);
             prev_significant = b'"';
+            words = ("", "");
             continue;
         }
         if is_ident_start(b) && !(i > start && (is_ident(bytes[i - 1]) || bytes[i - 1] == b'.')) {
@@ -178,8 +236,20 @@ fn scan_block(text: &str, start: usize, end: usize, out: &mut Vec<Reference>) {
                 i += 1;
             }
             let root = &text[root_start..i];
+            let name = || Name {
+                name: root.to_string(),
+                offset: root_start,
+            };
+            let after_is = words.1 == "is" || (words.0 == "is" && words.1 == "not");
+            words = (words.1, root);
             // Filter names (`| upper`) and test names (`is defined`) are not variables.
             if prev_significant == b'|' {
+                calls.filters.push(name());
+                prev_significant = b'a';
+                continue;
+            }
+            if after_is && root != "not" {
+                calls.tests.push(name());
                 prev_significant = b'a';
                 continue;
             }
@@ -247,6 +317,7 @@ fn scan_block(text: &str, start: usize, end: usize, out: &mut Vec<Reference>) {
         }
         if !b.is_ascii_whitespace() {
             prev_significant = b;
+            words = ("", "");
         }
         i += 1;
     }
@@ -327,7 +398,13 @@ pub fn eval_condition(text: &str, ctx: &minijinja::Value) -> Result<bool, String
 
 /// The expression inside an `if:` value, with or without `{{ }}`.
 pub fn condition_expression(text: &str) -> &str {
-    single_expression(text).map_or(text.trim(), |(e, _)| e)
+    condition_expression_at(text).0
+}
+
+/// [`condition_expression`] and its byte offset in `text`.
+pub fn condition_expression_at(text: &str) -> (&str, usize) {
+    single_expression(text)
+        .unwrap_or_else(|| (text.trim(), text.len() - text.trim_start().len()))
 }
 
 fn describe(e: minijinja::Error) -> String {
@@ -380,6 +457,32 @@ mod tests {
                 .expect("parses");
         let roots: Vec<&str> = a.references.iter().map(|r| r.root.as_str()).collect();
         assert_eq!(roots, ["input"]);
+    }
+
+    #[test]
+    fn unknown_filters_and_tests_are_found_known_ones_are_not() {
+        let a = analyze(
+            "{{ input.x | lower | nosuch(1) }}{% if input.y is not defined and input.z is oddd %}\
+             {{ 'a | fake' }}{% endif %}{{ input.w | default('x') is string }}",
+        )
+        .expect("parses");
+        let names = |v: &[Name]| v.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&a.unknown_filters), ["nosuch"]);
+        assert_eq!(names(&a.unknown_tests), ["oddd"]);
+        assert_eq!(a.unknown_filters[0].offset, 21);
+        // Filters and tests are not variables.
+        let roots: Vec<&str> = a.references.iter().map(|r| r.root.as_str()).collect();
+        assert_eq!(roots, ["input", "input", "input", "input"]);
+    }
+
+    #[test]
+    fn condition_expressions_are_checked_as_the_engine_compiles_them() {
+        assert_eq!(condition_expression_at("  a == 1 "), ("a == 1", 2));
+        assert_eq!(condition_expression_at("{{ a == 1 }}"), (" a == 1 ", 2));
+        assert!(check_condition("steps.a.status == 200").is_ok());
+        // Text around `{{ }}` is not one expression: the engine cannot evaluate it.
+        assert!(check_condition("{{ a }} and {{ b }}").is_err());
+        assert!(check_condition("a == 200 }}").is_err());
     }
 
     #[test]
