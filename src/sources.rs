@@ -18,9 +18,11 @@ pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads files, or the workflow files of directories, as the checker's input.
+/// Reads files, or the workflow files of directories, as the checker's input. A file named twice
+/// (`workflows/ workflows/a.yaml`, or `./a.yaml a.yaml`) is read once: it is not its own duplicate.
 pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
     let mut files = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for path in paths {
         let meta = std::fs::metadata(path)
             .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?;
@@ -31,6 +33,9 @@ pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
             vec![path.clone()]
         };
         for file in list {
+            if !seen.insert(std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone())) {
+                continue;
+            }
             let bytes = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", file.display()))?;
             files.push(SourceFile {

@@ -223,6 +223,17 @@ fn cli_exit_codes() {
             std::fs::read_to_string("tests/fixtures/invalid/03-misspelt-http-key.out")
                 .expect("snapshot"),
         );
+    // A file named twice, or a directory and a file in it, is one file, not a duplicate name.
+    runner()
+        .args([
+            "validate",
+            "workflows",
+            "workflows/daily-backup.yaml",
+            "./workflows/daily-backup.yaml",
+        ])
+        .assert()
+        .code(0)
+        .stdout("checked 4 files: no problems\n");
     runner()
         .args(["validate", "does/not/exist"])
         .assert()
