@@ -1252,7 +1252,7 @@ steps:
   - id: a
     http: { url: "https://example.com/a" }
   - id: b
-    if: "{{ steps.a.body | no_such_filter }}"
+    if: "{{ steps.a.status + 'x' }}"
     http: { url: "https://example.com/b" }
   - id: c
     http: { url: "https://example.com/c" }
