@@ -873,12 +873,16 @@ impl<'s> Checker<'s> {
     fn schedule(&mut self, node: &Node, inputs: &[InputSpec]) -> Option<Schedule> {
         let f = self.fields(node, "schedule", SCHEDULE_KEYS, &["cron"])?;
         let cron_node = f.get("cron")?;
-        let expr = self.nonempty_string(cron_node, "cron")?;
+        // Both checked before either can end the check: every problem is reported.
+        let expr = self.nonempty_string(cron_node, "cron");
         let tz_node = f.get("timezone");
         let tz = match tz_node {
-            Some(n) => Some(self.nonempty_string(n, "timezone")?),
+            Some(n) => self.nonempty_string(n, "timezone").map(|t| (n, t)),
             None => None,
         };
+        if tz_node.is_some() && tz.is_none() {
+            return None;
+        }
         let input = match f.get("input") {
             Some(n) => {
                 if !matches!(n.value, Value::Map(_)) {
@@ -938,18 +942,26 @@ impl<'s> Checker<'s> {
                 serde_json::json!({})
             }
         };
-        match CronSchedule::parse(expr, tz) {
+        // A zone checked alone, when the expression is refused for another reason.
+        let check_zone_alone = |this: &mut Self| {
+            if let Some((n, t)) = tz
+                && let Err(e) = crate::cron::parse_timezone(t)
+            {
+                this.timezone_error(n, &e);
+            }
+        };
+        let Some(expr) = expr else {
+            check_zone_alone(self);
+            return None;
+        };
+        match CronSchedule::parse(expr, tz.map(|(_, t)| t)) {
             Ok(cron) => Some(Schedule { cron, input }),
+            Err(e @ CronError::UnknownTimezone { .. }) => {
+                self.timezone_error(tz_node.unwrap_or(cron_node), &e);
+                None
+            }
             Err(e) => {
                 let (node, code, hint) = match &e {
-                    CronError::UnknownTimezone { suggestion, .. } => (
-                        tz_node.unwrap_or(cron_node),
-                        Code::InvalidTimezone,
-                        Some(match suggestion {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => "use an IANA zone name such as `Europe/Berlin` or `America/New_York`".into(),
-                        }),
-                    ),
                     CronError::ConflictingTimezone { .. } => (tz_node.unwrap_or(cron_node), Code::InvalidTimezone, Some("give the zone once: either `CRON_TZ=` or `timezone:`".into())),
                     CronError::SecondsField { .. } => (cron_node, Code::CronSeconds, Some("remove the first field; the smallest unit is one minute".into())),
                     CronError::NeverFires => (cron_node, Code::CronNeverFires, Some("check the day-of-month and month fields".into())),
@@ -957,9 +969,24 @@ impl<'s> Checker<'s> {
                 };
                 let w = self.width(node);
                 self.error(node.pos, w, code, e.to_string(), hint);
+                if !matches!(e, CronError::ConflictingTimezone { .. }) {
+                    check_zone_alone(self);
+                }
                 None
             }
         }
+    }
+
+    fn timezone_error(&mut self, node: &Node, e: &CronError) {
+        let hint = match e {
+            CronError::UnknownTimezone {
+                suggestion: Some(s),
+                ..
+            } => format!("did you mean `{s}`?"),
+            _ => "use an IANA zone name such as `Europe/Berlin` or `America/New_York`".into(),
+        };
+        let w = self.width(node);
+        self.error(node.pos, w, Code::InvalidTimezone, e.to_string(), Some(hint));
     }
 
     fn concurrency(&mut self, node: &Node) -> Concurrency {
