@@ -765,16 +765,34 @@ pub fn load_workflow(name_or_file: &str, dir: &Path) -> anyhow::Result<(Workflow
         read_sources(&[as_path.to_path_buf()])?
     } else {
         let all = read_sources(&[dir.to_path_buf()])?;
-        let found = all.into_iter().find(|f| {
-            workflow::check_file(&f.path, &f.text)
-                .map(|w| w.name == name_or_file)
-                .unwrap_or(false)
-                || workflow::check::file_stem(&f.path) == name_or_file
-        });
-        match found {
-            Some(f) => vec![f],
-            None => anyhow::bail!(
+        // By name, else by file name (also for a file that does not check, to say why).
+        let (mut found, mut by_stem) = (Vec::new(), Vec::new());
+        for f in all {
+            if workflow::check_file(&f.path, &f.text).is_ok_and(|w| w.name == name_or_file) {
+                found.push(f);
+            } else if workflow::check::file_stem(&f.path) == name_or_file {
+                by_stem.push(f);
+            }
+        }
+        if found.is_empty() {
+            found = by_stem;
+        }
+        match found.len() {
+            1 => vec![found.remove(0)],
+            0 => anyhow::bail!(
                 "no workflow named `{name_or_file}` in `{}` (and no such file)",
+                dir.display()
+            ),
+            _ => anyhow::bail!(
+                "{} workflows in `{}` are named `{name_or_file}`: {}; names must be unique \
+                 (`runner validate {}` shows where)",
+                found.len(),
+                dir.display(),
+                found
+                    .iter()
+                    .map(|f| format!("`{}`", f.path))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 dir.display()
             ),
         }

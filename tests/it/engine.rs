@@ -997,6 +997,30 @@ steps:
     );
 }
 
+#[test]
+fn run_by_a_name_that_two_files_share_is_refused_and_names_both() {
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db");
+    let wf = dir.path().join("wf");
+    std::fs::create_dir(&wf).unwrap();
+    for file in ["a.yaml", "b.yaml"] {
+        std::fs::write(wf.join(file), "name: dup\nsteps: [{ id: s, sleep: 1s }]\n").unwrap();
+    }
+    let db_arg = db.to_str().unwrap();
+    let out = runner(
+        &["run", "dup", "--dir", wf.to_str().unwrap(), "--db", db_arg],
+        &[],
+    );
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr.contains("2 workflows in")
+            && out.stderr.contains("a.yaml")
+            && out.stderr.contains("b.yaml"),
+        "{out:#?}"
+    );
+    assert!(!out.stdout.contains("started"), "{out:#?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Idempotency
 
