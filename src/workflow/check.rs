@@ -52,6 +52,7 @@ const ROOTS: &[&str] = &["input", "steps", "secrets", "run", "workflow", "failur
 
 /// Suggestions for a misspelt filter or test (minijinja's built-ins; the check itself asks
 /// minijinja, so a name missing here is still accepted). A hint lists the first six.
+#[rustfmt::skip]
 const KNOWN_FILTERS: &[&str] = &[
     "default", "lower", "upper", "tojson", "join", "length", "abs", "attr", "batch", "bool",
     "capitalize", "count", "d", "dictsort", "escape", "first", "float", "groupby", "indent",
@@ -59,6 +60,7 @@ const KNOWN_FILTERS: &[&str] = &[
     "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "slice", "sort",
     "split", "string", "sum", "title", "trim", "unique", "urlencode",
 ];
+#[rustfmt::skip]
 const KNOWN_TESTS: &[&str] = &[
     "defined", "undefined", "none", "string", "number", "odd", "boolean", "divisibleby",
     "endingwith", "eq", "even", "false", "filter", "float", "ge", "gt", "in", "integer",
@@ -986,7 +988,13 @@ impl<'s> Checker<'s> {
             _ => "use an IANA zone name such as `Europe/Berlin` or `America/New_York`".into(),
         };
         let w = self.width(node);
-        self.error(node.pos, w, Code::InvalidTimezone, e.to_string(), Some(hint));
+        self.error(
+            node.pos,
+            w,
+            Code::InvalidTimezone,
+            e.to_string(),
+            Some(hint),
+        );
     }
 
     fn concurrency(&mut self, node: &Node) -> Concurrency {
@@ -1513,10 +1521,23 @@ impl<'s> Checker<'s> {
         };
         // Analysed as `{{ expr }}`: offset 3 there is offset `at` in the file's text.
         let wrapped = format!("{{{{ {expr} }}}}");
-        self.analyze_template(node, &wrapped, text, |offset| (offset + at).saturating_sub(3), &scope);
+        self.analyze_template(
+            node,
+            &wrapped,
+            text,
+            |offset| (offset + at).saturating_sub(3),
+            &scope,
+        );
     }
 
-    fn template_syntax(&mut self, node: &Node, text: &str, offset: usize, len: usize, message: &str) {
+    fn template_syntax(
+        &mut self,
+        node: &Node,
+        text: &str,
+        offset: usize,
+        len: usize,
+        message: &str,
+    ) {
         let offset = offset.min(text.len());
         let end = (offset + len).min(text.len());
         let fragment = text.get(offset..end).unwrap_or("");
@@ -1555,7 +1576,9 @@ impl<'s> Checker<'s> {
         };
         let locate = |this: &Self, offset: usize, len: usize| {
             let o = at(offset).min(file_text.len());
-            let fragment = file_text.get(o..(o + len).min(file_text.len())).unwrap_or("");
+            let fragment = file_text
+                .get(o..(o + len).min(file_text.len()))
+                .unwrap_or("");
             this.locate(node, file_text, o, fragment)
         };
         for (names, what, exists) in [

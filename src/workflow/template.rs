@@ -403,8 +403,7 @@ pub fn condition_expression(text: &str) -> &str {
 
 /// [`condition_expression`] and its byte offset in `text`.
 pub fn condition_expression_at(text: &str) -> (&str, usize) {
-    single_expression(text)
-        .unwrap_or_else(|| (text.trim(), text.len() - text.trim_start().len()))
+    single_expression(text).unwrap_or_else(|| (text.trim(), text.len() - text.trim_start().len()))
 }
 
 fn describe(e: minijinja::Error) -> String {
