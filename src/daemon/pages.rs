@@ -148,18 +148,38 @@ fn open_link(
     let Some(step) = run.step(&info.step) else {
         return Err(not_found());
     };
-    if step.status != StepStatus::WaitingApproval {
-        let text = already_decided(&step.output).unwrap_or_else(|| {
-            format!(
-                "This step is {} and no longer waits for a decision.",
-                step.status.as_str()
-            )
-        });
-        let detail = format!(
+    let detail = || {
+        Some(format!(
             "Workflow {}, run {}, step {}.",
             run.workflow, run.id, info.step
-        );
-        return Err(message(decided, "Already decided", &text, Some(detail)));
+        ))
+    };
+    if step.status != StepStatus::WaitingApproval {
+        let page = match already_decided(&step.output) {
+            Some(text) => message(decided, "Already decided", &text, detail()),
+            None => message(
+                decided,
+                "No longer waiting",
+                &format!(
+                    "This step is {} and no longer waits for a decision.",
+                    step.status.as_str()
+                ),
+                detail(),
+            ),
+        };
+        return Err(page);
+    }
+    // A link of an earlier round of this step (it failed and was retried, which mails new links).
+    if step
+        .wake_at
+        .is_some_and(|d| d.timestamp_millis() != info.expires_at.timestamp_millis())
+    {
+        return Err(message(
+            StatusCode::GONE,
+            "Link replaced",
+            "This step was asked again, with new links: use the newest e-mail.",
+            detail(),
+        ));
     }
     if chrono::Utc::now() >= info.expires_at {
         return Err(message(

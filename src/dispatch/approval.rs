@@ -137,11 +137,13 @@ impl EffectHandler for ApprovalHandler {
     }
 }
 
-/// Sends the approval e-mails. A transient failure (the SMTP server is down or busy) is tried
-/// again with a growing delay (2 s, doubling, at most 5 min) until the approval's deadline, since
-/// the step waits for a person anyway: an SMTP outage of a few minutes must not fail a run that
-/// may wait days. Meanwhile the effect stays in the outbox, so a restart sends again (recipients
-/// already mailed are skipped). It stops when the step no longer waits (decided through the API,
+/// Sends the approval e-mails. A transient failure (the SMTP server is down, busy, silent, or
+/// greylists one recipient) is tried again with a growing delay (2 s, doubling, at most 5 min)
+/// until the approval's deadline, since the step waits for a person anyway: an SMTP outage of a
+/// few minutes must not fail a run that may wait days. Each round tries every recipient not yet
+/// mailed, so one recipient's refusal does not keep the others from being asked. Meanwhile the
+/// effect stays in the outbox, so a restart sends again (recipients already mailed for this
+/// deadline are skipped). It stops when the step no longer waits (decided through the API,
 /// cancelled). Returns a permanent error, which fails the step.
 async fn request_approval(
     ctx: &MailContext,
@@ -156,36 +158,47 @@ async fn request_approval(
         .map_err(|e| e.to_string())?;
     let secrets = super::http::secrets_from_env(&wf)?;
     let mail = request::render_mail(&wf, run, step, &secrets)?;
-    for recipient in &mail.to {
-        let mut delay = MAIL_RETRY_FIRST;
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
+    let mut pending: Vec<&String> = mail.to.iter().collect();
+    let mut delay = MAIL_RETRY_FIRST;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let mut failed = Vec::new();
+        for recipient in pending {
             match send_one(ctx, engine.store(), run, step, recipient, &mail, deadline).await {
-                Ok(()) => break,
+                Ok(()) => {}
                 Err(MailError::Permanent(e)) => {
                     return Err(format!("sending the approval e-mail to `{recipient}`: {e}"));
                 }
-                Err(MailError::Transient(e)) => {
-                    let Some((wait, next)) = mail_retry(delay, Utc::now(), deadline) else {
-                        warn!(run_id = %run.id, step, recipient, tries, error = %e, "approval e-mail not delivered before the deadline; the step times out");
-                        return Ok(());
-                    };
-                    warn!(run_id = %run.id, step, recipient, tries, error = %e, retry_in_s = wait.as_secs_f64(), "approval e-mail failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    delay = next;
-                    if !still_waiting(engine, run, step) {
-                        return Ok(());
-                    }
-                }
+                Err(MailError::Transient(e)) => failed.push((recipient, e)),
             }
         }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let Some((wait, next)) = mail_retry(delay, Utc::now(), deadline) else {
+            for (recipient, e) in &failed {
+                warn!(run_id = %run.id, step, recipient, tries, error = %e, "approval e-mail not delivered before the deadline; the step times out");
+            }
+            return Ok(());
+        };
+        for (recipient, e) in &failed {
+            warn!(run_id = %run.id, step, recipient, tries, error = %e, retry_in_s = wait.as_secs_f64(), "approval e-mail failed; trying again");
+        }
+        tokio::time::sleep(wait).await;
+        delay = next;
+        if !still_waiting(engine, run, step) {
+            return Ok(());
+        }
+        pending = failed.into_iter().map(|(r, _)| r).collect();
     }
-    Ok(())
 }
 
 const MAIL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
 const MAIL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long one approval e-mail may take before it counts as a transient failure (a server
+/// that accepts the connection and never answers must not hold the other recipients).
+const APPROVAL_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// After a transient failure of an approval e-mail: how long to wait before the next try (the
 /// current `delay`, cut short at the deadline) and the delay after that (doubled, at most
@@ -222,12 +235,14 @@ async fn send_one(
     deadline: DateTime<Utc>,
 ) -> Result<(), MailError> {
     // After a restart the effect runs again: recipients already mailed are not mailed twice.
+    // Mailed for this deadline, that is: a retried step asks again, with new links, and its
+    // earlier links (another deadline) then say they were replaced.
     let (r_id, r_step, r_rcpt) = (run.id.clone(), step.to_string(), recipient.to_string());
     let already = store
         .read(|c| {
             c.query_row(
-                "SELECT COUNT(*) FROM approval_tokens WHERE run_id = ?1 AND step = ?2 AND recipient = ?3 AND mailed_at IS NOT NULL",
-                params![r_id, r_step, r_rcpt],
+                "SELECT COUNT(*) FROM approval_tokens WHERE run_id = ?1 AND step = ?2 AND recipient = ?3 AND mailed_at IS NOT NULL AND expires_at = ?4",
+                params![r_id, r_step, r_rcpt, deadline.timestamp_millis()],
                 |r| r.get::<_, i64>(0),
             )
             .map_err(|source| StoreError::Sql { doing: "checking approval e-mails", source })
@@ -277,7 +292,7 @@ async fn send_one(
         )),
         tag: format!("{}-{step}", run.id),
     };
-    let where_to = ctx.mailer.send(&out).await?;
+    let where_to = ctx.mailer.send(&out, APPROVAL_SEND_LIMIT).await?;
     let (m_run, m_step, m_rcpt) = (run.id.clone(), step.to_string(), recipient.to_string());
     store
         .write(move |c| {
@@ -403,7 +418,9 @@ async fn send_email_step(
         html: None,
         tag: format!("{}-{step}", run.id),
     };
-    match ctx.mailer.send(&out).await {
+    // The step's `timeout` bounds the attempt, as it does an HTTP call's.
+    let limit = request::step_timeout(&wf, step).unwrap_or(APPROVAL_SEND_LIMIT);
+    match ctx.mailer.send(&out, limit).await {
         Ok(where_to) => {
             info!(run_id = %run.id, step, "e-mail {where_to}");
             Event::AttemptSucceeded {

@@ -120,8 +120,14 @@ impl Mailer {
         m.map_err(|e| MailError::Permanent(format!("cannot build the message: {e}")))
     }
 
-    /// Sends one message. Returns where it went (for logs and step output).
-    pub async fn send(&self, mail: &Outgoing) -> Result<String, MailError> {
+    /// Sends one message, giving up after `limit` (a transient failure: a server that accepts
+    /// the connection and never answers must not hold a step forever). Returns where it went
+    /// (for logs and step output).
+    pub async fn send(
+        &self,
+        mail: &Outgoing,
+        limit: std::time::Duration,
+    ) -> Result<String, MailError> {
         match self {
             Mailer::Smtp {
                 transport,
@@ -129,12 +135,16 @@ impl Mailer {
                 url_without_password,
             } => {
                 let msg = Self::build(from, mail)?;
-                match transport.send(msg).await {
-                    Ok(_) => Ok(format!("sent through {url_without_password}")),
-                    Err(e) if e.is_permanent() => Err(MailError::Permanent(format!(
+                match tokio::time::timeout(limit, transport.send(msg)).await {
+                    Err(_) => Err(MailError::Transient(format!(
+                        "the SMTP server {url_without_password} did not finish within {} s",
+                        limit.as_secs_f64()
+                    ))),
+                    Ok(Ok(_)) => Ok(format!("sent through {url_without_password}")),
+                    Ok(Err(e)) if e.is_permanent() => Err(MailError::Permanent(format!(
                         "the SMTP server refused the message: {e}"
                     ))),
-                    Err(e) => Err(MailError::Transient(format!("SMTP delivery failed: {e}"))),
+                    Ok(Err(e)) => Err(MailError::Transient(format!("SMTP delivery failed: {e}"))),
                 }
             }
             Mailer::Outbox { dir, from } => {

@@ -41,6 +41,11 @@ fn find_step<'w>(wf: &'w Workflow, step_id: &str) -> Result<&'w crate::workflow:
         .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))
 }
 
+/// The `timeout` of a step (an attempt's limit), if the step is in this workflow version.
+pub fn step_timeout(wf: &Workflow, step_id: &str) -> Option<std::time::Duration> {
+    find_step(wf, step_id).ok().map(|s| s.timeout)
+}
+
 /// Renders the URL, headers and body of an `http` step.
 pub fn render_http(
     wf: &Workflow,

@@ -141,6 +141,84 @@ impl MailDev {
 }
 
 // ---------------------------------------------------------------------------------------------
+// An SMTP server with a per-recipient policy (tests/smtp/policy-smtp.mjs, nodemailer's
+// `smtp-server`): greylisting, a full mailbox. Killed when dropped.
+
+struct PolicySmtp {
+    child: Child,
+    port: u16,
+    policy: PathBuf,
+    mail_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for PolicySmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PolicySmtp {
+    /// Starts it with `policy` (JSON, see the script) and waits (20 s at most) until it listens.
+    fn start(dir: &Path, policy: &str) -> PolicySmtp {
+        let script = smtp_tools().join("policy-smtp.mjs");
+        assert!(
+            smtp_tools().join("node_modules/smtp-server").is_dir(),
+            "smtp-server is not installed: {SMTP_HINT}"
+        );
+        let port = free_port();
+        let policy_file = dir.join(format!("policy-{port}.json"));
+        std::fs::write(&policy_file, policy).expect("policy file");
+        let mail_dir = dir.join(format!("policy-mail-{port}"));
+        let log = dir.join(format!("policy-smtp-{port}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new("node")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&policy_file)
+            .arg(&mail_dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {SMTP_HINT}"));
+        let smtp = PolicySmtp {
+            child,
+            port,
+            policy: policy_file,
+            mail_dir,
+            log,
+        };
+        wait_for(Duration::from_secs(20), "the policy SMTP server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        smtp
+    }
+
+    fn smtp_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn set_policy(&self, policy: &str) {
+        // Written aside and renamed, so the server never reads half a file.
+        let tmp = self.policy.with_extension("tmp");
+        std::fs::write(&tmp, policy).expect("policy file");
+        std::fs::rename(&tmp, &self.policy).expect("policy file");
+    }
+
+    /// `RCPT <address> <code>` lines, in order.
+    fn rcpt_log(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("RCPT "))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // `runner serve` with mail settings, in its own folder (the default outbox is `./outbox` there).
 
 #[derive(Default)]
@@ -1477,4 +1555,159 @@ steps:
         "{run:#}\n{}",
         serve_logs(&serve)
     );
+}
+
+/// One recipient is greylisted (451 twice): the other is mailed in the first round, not after
+/// the first one's retries, and the greylisted one gets hers on a later round.
+#[test]
+fn a_greylisted_recipient_does_not_hold_back_the_others() {
+    let tmp = temp_dir();
+    let smtp = PolicySmtp::start(
+        tmp.path(),
+        r#"{"alice@example.com": {"code": 451, "times": 2}}"#,
+    );
+    write(
+        &workflows(tmp.path()),
+        "gate.yaml",
+        r#"on: { webhook: true }
+steps:
+  - id: gate
+    approval:
+      to: [alice@example.com, bob@example.com]
+      subject: "Ship it?"
+      timeout: 10m
+"#,
+    );
+    let serve = start_serve(
+        tmp.path(),
+        &Opts {
+            smtp_url: Some(smtp.smtp_url()),
+            ..Opts::default()
+        },
+    );
+    let api = serve.api();
+    let id = api.start_run("gate", "{}");
+    let first = wait_outbox(&smtp.mail_dir, 1, Duration::from_secs(20));
+    assert_eq!(first[0].1.to, ["bob@example.com"], "bob first: {first:?}");
+    assert_eq!(
+        smtp.rcpt_log(),
+        ["RCPT alice@example.com 451", "RCPT bob@example.com 250"],
+        "bob was asked in the same round as alice's first refusal"
+    );
+    // Retries at about 2 s and 6 s: the second one is accepted.
+    let both = wait_outbox(&smtp.mail_dir, 2, Duration::from_secs(30));
+    assert_eq!(both[1].1.to, ["alice@example.com"], "{both:?}");
+    assert_eq!(
+        smtp.rcpt_log()[2..],
+        ["RCPT alice@example.com 451", "RCPT alice@example.com 250"],
+        "only alice is tried again"
+    );
+    let run = run_of(&api, &id);
+    assert_eq!(step(&run, "gate")["status"], "waiting_approval", "{run:#}");
+}
+
+/// A server that accepts the connection and never answers: an `email` step's attempt ends at the
+/// step's `timeout` and is retried, instead of waiting forever.
+#[test]
+fn a_silent_smtp_server_times_the_email_step_out() {
+    let tmp = temp_dir();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    // Accepts and keeps every connection open, saying nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().take(20) {
+            held.extend(conn.ok());
+        }
+    });
+    write(
+        &workflows(tmp.path()),
+        "notify.yaml",
+        r#"on: { webhook: true }
+steps:
+  - id: tell
+    email: { to: [ops@example.com], subject: "hello" }
+    timeout: 1s
+    retry: { limit: 1, backoff: fixed, initial: 1s }
+"#,
+    );
+    let serve = start_serve(
+        tmp.path(),
+        &Opts {
+            smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
+            ..Opts::default()
+        },
+    );
+    let api = serve.api();
+    let id = api.start_run("notify", "{}");
+    let run = api.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let tell = step(&run, "tell");
+    assert_eq!(
+        tell["attempts"], 2,
+        "the timed-out attempt is retried: {run:#}"
+    );
+    let error = tell["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("did not finish within 1 s"),
+        "unclear error: {error}"
+    );
+}
+
+/// An approval step that failed (one mailbox refused) and is retried asks every recipient again,
+/// with new links expiring at the new deadline; a link of the first round says it was replaced.
+#[test]
+fn a_retried_approval_mails_everyone_new_links() {
+    let tmp = temp_dir();
+    let smtp = PolicySmtp::start(tmp.path(), r#"{"bob@example.com": 550}"#);
+    write(
+        &workflows(tmp.path()),
+        "gate.yaml",
+        r#"on: { webhook: true }
+steps:
+  - id: gate
+    approval:
+      to: [alice@example.com, bob@example.com]
+      subject: "Ship it?"
+      timeout: 10m
+"#,
+    );
+    let serve = start_serve(
+        tmp.path(),
+        &Opts {
+            smtp_url: Some(smtp.smtp_url()),
+            ..Opts::default()
+        },
+    );
+    let api = serve.api();
+    let id = api.start_run("gate", "{}");
+    let run = api.wait_run(&id, Duration::from_secs(20));
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let first = wait_outbox(&smtp.mail_dir, 1, Duration::from_secs(5));
+    assert_eq!(first[0].1.to, ["alice@example.com"]);
+    let old_link = on(&serve.base, &serve.base, &first[0].1.approve());
+
+    smtp.set_policy("{}");
+    let (status, body) = api.post(&format!("/runs/{id}/retry"), "");
+    assert!(status < 300, "retry: {status} {body}");
+    let all = wait_outbox(&smtp.mail_dir, 3, Duration::from_secs(20));
+    let mut again: Vec<&str> = all[1..].iter().map(|(_, m)| m.to[0].as_str()).collect();
+    again.sort_unstable();
+    assert_eq!(again, ["alice@example.com", "bob@example.com"], "{all:?}");
+
+    let page = get_page(&old_link);
+    assert_eq!(page.status, 410, "{}", page.body);
+    assert!(
+        visible_text(&page.body).contains("Link replaced"),
+        "{}",
+        page.body
+    );
+    let alice_new = all[1..]
+        .iter()
+        .find(|(_, m)| m.to[0] == "alice@example.com")
+        .expect("alice's new e-mail");
+    let page = post_page(&on(&serve.base, &serve.base, &alice_new.1.approve()), "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let run = api.wait_run(&id, Duration::from_secs(20));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
 }
