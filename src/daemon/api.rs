@@ -9,6 +9,7 @@ use crate::engine::executor::{Engine, EngineError};
 use crate::engine::machine::{Event, RunStatus, StepStatus};
 use crate::metrics::Metrics;
 use crate::workflow::Decision;
+use crate::workflow::check::json_kind;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -427,16 +428,35 @@ async fn decide(
     decision: Decision,
 ) -> ApiResult {
     let body = parse_json(&body, json!({}))?;
-    let comment = body
-        .get("comment")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .filter(|c| !c.trim().is_empty());
-    let approver = body
-        .get("approver")
-        .and_then(Value::as_str)
-        .unwrap_or("api")
-        .to_string();
+    let Value::Object(fields) = &body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body must be an object such as {{\"comment\": \"…\", \"approver\": \"…\"}}, not {}",
+                json_kind(&body)
+            ),
+        ));
+    };
+    // A decision cannot be taken back: a field of the wrong type is refused, not ignored.
+    let text = |name: &str| match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{name}` must be a string, not {}", json_kind(other)),
+        )),
+    };
+    let comment = text("comment")?.filter(|c| !c.trim().is_empty());
+    let approver = text("approver")?.unwrap_or_else(|| "api".into());
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["comment", "approver"].contains(&k.as_str()))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown field `{unknown}`; a decision takes `comment` and `approver`"),
+        ));
+    }
     let run = load_run(&state, &id)?;
     let Some(s) = run.step(&step) else {
         return Err(ApiError::new(
@@ -468,6 +488,7 @@ async fn decide(
             ),
         ));
     }
+    let approver = format!("{approver} (api)");
     let run = state
         .engine
         .apply(
@@ -475,7 +496,7 @@ async fn decide(
             Event::ApprovalDecided {
                 step: step.clone(),
                 decision,
-                approver: format!("{approver} (api)"),
+                approver: approver.clone(),
                 comment,
             },
             None,
@@ -483,6 +504,21 @@ async fn decide(
         )
         .await
         .map_err(ApiError::internal)?;
+    // Another decision may have been recorded between the check above and this one (the
+    // machine absorbs the later one): then this one did not count.
+    let recorded = run.step(&step).and_then(|s| s.output.as_ref());
+    if !recorded.is_some_and(|o| o["decision"] == decision.as_str() && o["approver"] == approver) {
+        let o = recorded.cloned().unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "step `{step}` was decided in the meantime: {} by {} at {}",
+                o["decision"].as_str().unwrap_or("?"),
+                o["approver"].as_str().unwrap_or("?"),
+                o["decided_at"].as_str().unwrap_or("?")
+            ),
+        ));
+    }
     json_ok(
         StatusCode::OK,
         json!({"id": run.id, "status": run.status.as_str(), "step": step, "decision": decision.as_str()}),

@@ -261,7 +261,8 @@ fn article(word: &str) -> &'static str {
     }
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
+/// "a string", "an integer"…: a JSON value's kind, for messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

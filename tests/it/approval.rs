@@ -1711,3 +1711,76 @@ steps:
     let run = api.wait_run(&id, Duration::from_secs(20));
     assert_eq!(run["status"], "succeeded", "{run:#}");
 }
+
+/// Two API decisions at once: one is recorded and answered 200, the other 409 naming it; a
+/// decision with a field of the wrong type is refused (a decision cannot be taken back).
+#[test]
+fn api_decisions_race_and_bad_fields_are_refused() {
+    let tmp = temp_dir();
+    write(
+        &workflows(tmp.path()),
+        "gate.yaml",
+        r#"on: { webhook: true }
+steps:
+  - id: gate
+    approval: { to: [alice@example.com], subject: "Ship it?", timeout: 1h }
+"#,
+    );
+    let serve = start_serve(tmp.path(), &Opts::default());
+    let api = serve.api();
+    let first = api.start_run("gate", "{}");
+    wait_status(&api, &first, "waiting_approval", Duration::from_secs(20));
+    for (body, why) in [
+        (
+            r#"{"comment": 5}"#,
+            "`comment` must be a string, not an integer",
+        ),
+        (
+            r#"{"approver": ["x"]}"#,
+            "`approver` must be a string, not an array",
+        ),
+        (r#"{"coment": "typo"}"#, "unknown field `coment`"),
+        ("[1]", "the body must be an object"),
+    ] {
+        let (status, v) = api.post(&format!("/runs/{first}/steps/gate/approve"), body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(why),
+            "{body}: {v}"
+        );
+    }
+    let run = run_of(&api, &first);
+    assert_eq!(step(&run, "gate")["status"], "waiting_approval", "{run:#}");
+
+    let mut runs = vec![first];
+    runs.extend((0..4).map(|_| api.start_run("gate", "{}")));
+    for id in &runs {
+        wait_status(&api, id, "waiting_approval", Duration::from_secs(20));
+        let calls: Vec<_> = ["approve", "reject"]
+            .into_iter()
+            .map(|verb| {
+                let (api, id) = (serve.api(), id.clone());
+                std::thread::spawn(move || {
+                    (
+                        verb,
+                        api.post(&format!("/runs/{id}/steps/gate/{verb}"), "{}"),
+                    )
+                })
+            })
+            .collect();
+        let answers: Vec<(&str, (u16, Value))> = calls
+            .into_iter()
+            .map(|c| c.join().expect("thread"))
+            .collect();
+        let won: Vec<_> = answers.iter().filter(|(_, (s, _))| *s == 200).collect();
+        assert_eq!(won.len(), 1, "exactly one decision counts: {answers:?}");
+        let lost = answers
+            .iter()
+            .find(|(_, (s, _))| *s != 200)
+            .expect("a loser");
+        assert_eq!(lost.1.0, 409, "{answers:?}");
+        let run = run_of(&api, id);
+        let recorded = step(&run, "gate")["output"]["decision"].clone();
+        assert_eq!(recorded, won[0].1.1["decision"], "{run:#} {answers:?}");
+    }
+}
