@@ -190,9 +190,9 @@ pub fn render_mail(
                 }
             }
             Value::String(s) => recipients.extend(
-                s.split(',')
-                    .map(|p| p.trim().to_string())
-                    .filter(|p| !p.is_empty()),
+                crate::workflow::check::split_addresses(&s)
+                    .into_iter()
+                    .map(str::to_string),
             ),
             other => recipients.push(other.to_string()),
         }

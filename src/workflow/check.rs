@@ -1398,14 +1398,29 @@ impl<'s> Checker<'s> {
             };
             if template::is_template(s) {
                 self.template(item, s, scope);
-            } else if let Err(why) = check_address(s) {
+            } else if let Some((part, why)) = split_addresses(s)
+                .into_iter()
+                .find_map(|p| check_address(p).err().map(|why| (p, why)))
+            {
+                // As the engine reads it: commas outside quotes separate addresses.
                 let w = self.width(item);
+                let (what, hint) = if part == s.trim() {
+                    (
+                        format!("`{s}`"),
+                        "write `name@example.com` or `Name <name@example.com>`",
+                    )
+                } else {
+                    (
+                        format!("`{part}` in `{s}`"),
+                        "commas separate addresses; a display name with a comma is quoted: `\"Doe, John\" <john@example.com>`",
+                    )
+                };
                 self.error(
                     item.pos,
                     w,
                     Code::InvalidEmail,
-                    format!("`{s}` is not a valid e-mail address: {why}"),
-                    Some("write `name@example.com` or `Name <name@example.com>`".into()),
+                    format!("{what} is not a valid e-mail address: {why}"),
+                    Some(hint.into()),
                 );
                 ok = false;
                 continue;
@@ -1894,6 +1909,33 @@ fn valid_step_id(s: &str) -> bool {
 }
 
 /// Accepts `name@example.com` and `Name <name@example.com>`.
+/// Splits a list of addresses on the commas between them: not those inside a quoted display
+/// name (`"Doe, John" <john@example.com>`) or inside `<…>`.
+pub fn split_addresses(s: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut angle) = (Vec::new(), 0, false, false);
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' if !angle => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 pub fn check_address(s: &str) -> Result<(), &'static str> {
     let s = s.trim();
     let addr = match (s.find('<'), s.ends_with('>')) {
@@ -1921,6 +1963,24 @@ pub fn check_address(s: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_lists_split_on_commas_outside_quotes_and_brackets() {
+        assert_eq!(
+            split_addresses(r#""Doe, John" <john@example.com>, a@b.co ,"x\"y, z" <q@r.st>"#),
+            [
+                r#""Doe, John" <john@example.com>"#,
+                "a@b.co",
+                r#""x\"y, z" <q@r.st>"#
+            ]
+        );
+        assert_eq!(
+            split_addresses("Doe, John <john@example.com>"),
+            ["Doe", "John <john@example.com>"]
+        );
+        assert_eq!(split_addresses(" , "), Vec::<&str>::new());
+        assert!(check_address(r#""Doe, John" <john@example.com>"#).is_ok());
+    }
 
     #[test]
     fn the_suggested_filters_and_tests_exist() {
