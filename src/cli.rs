@@ -452,8 +452,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn init_logs_format(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("runner={default}")));
+    // Colours only for a person at a terminal, not in a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -463,12 +465,7 @@ pub fn init_logs_format(default: &str, format: LogFormat) {
 
 /// Logs to stderr; `RUNNER_LOG` overrides the default filter (e.g. `RUNNER_LOG=debug`).
 pub fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("runner={default}")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_logs_format(default, LogFormat::Human);
 }
 
 async fn open_engine(
