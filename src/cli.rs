@@ -468,10 +468,25 @@ pub fn init_logs(default: &str) {
     init_logs_format(default, LogFormat::Human);
 }
 
+/// The approval pages and API a foreground command serves while its runs wait.
+struct Pages {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pages {
+    /// Stops taking connections and lets the answers being sent finish (the page of the
+    /// decision that ended the run, say), for 2 s at most.
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+    }
+}
+
 async fn open_engine(
     db: &Path,
     fg: &ForegroundArgs,
-) -> anyhow::Result<crate::engine::executor::Engine> {
+) -> anyhow::Result<(crate::engine::executor::Engine, Pages)> {
     let store = crate::store::Store::open(db)?;
     let (keys, _) = crate::dispatch::keys::resolve(&store).await?;
     let engine = crate::engine::executor::Engine::new(store, keys);
@@ -513,11 +528,16 @@ async fn open_engine(
         public_url,
     });
     let app = crate::daemon::api::router(state);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
     });
     tracing::info!(url = %format!("http://{local}"), "approval pages and API of this process");
-    Ok(engine)
+    Ok((engine, Pages { stop, task }))
 }
 
 async fn run_foreground(
@@ -531,7 +551,7 @@ async fn run_foreground(
     let (wf, file) = load_workflow(name, dir)?;
     let input: serde_json::Value = serde_json::from_str(input)
         .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
-    let engine = open_engine(db, fg).await?;
+    let (engine, pages) = open_engine(db, fg).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
     let (run, created) = match engine
         .start_run(version, input, "cli", None, idempotency_key)
@@ -556,6 +576,7 @@ async fn run_foreground(
         );
     }
     let status = engine.wait(&run.id).await?;
+    pages.finish().await;
     println!("run {} {}", run.id, status.as_str());
     Ok(exit_for(&[status]))
 }
@@ -579,7 +600,7 @@ async fn resume(
     if !db.exists() {
         anyhow::bail!("no database at `{}`", db.display());
     }
-    let engine = open_engine(db, fg).await?;
+    let (engine, pages) = open_engine(db, fg).await?;
     let ids = match &run_id {
         Some(id) => {
             if engine.store().get_run(id)?.is_none() {
@@ -603,6 +624,7 @@ async fn resume(
         println!("run {id} {}", status.as_str());
         statuses.push(status);
     }
+    pages.finish().await;
     Ok(exit_for(&statuses))
 }
 

@@ -1784,3 +1784,43 @@ steps:
         assert_eq!(recorded, won[0].1.1["decision"], "{run:#} {answers:?}");
     }
 }
+
+/// `runner run` in the foreground serves the approval pages; the Reject that ends the run still
+/// gets its page before the process exits (it used to exit first: an empty reply).
+#[test]
+fn foreground_run_answers_the_rejection_that_ends_it() {
+    let tmp = temp_dir();
+    let file = tmp.path().join("gate.yaml");
+    std::fs::write(
+        &file,
+        r#"steps:
+  - id: gate
+    approval: { to: [alice@example.com], subject: "Ship it?", timeout: 1h }
+  - id: after
+    sleep: 1s
+"#,
+    )
+    .expect("write");
+    let outbox = tmp.path().join("outbox");
+    let port = free_port();
+    let mut cmd = runner_cmd();
+    cmd.arg("run")
+        .arg(&file)
+        .arg("--db")
+        .arg(tmp.path().join("runner.db"))
+        .arg("--outbox")
+        .arg(&outbox)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let child = std::thread::spawn(move || run_bounded(cmd, Duration::from_secs(60)));
+    let mails = wait_outbox(&outbox, 1, Duration::from_secs(30));
+    let page = post_page(&mails[0].1.reject(), "no");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        visible_text(&page.body).contains("Rejected"),
+        "{}",
+        page.body
+    );
+    let (ok, out, err) = child.join().expect("runner run");
+    assert!(!ok, "a rejected run exits non-zero: {out}\n{err}");
+    assert!(out.contains(" rejected"), "{out}\n{err}");
+}
