@@ -8,7 +8,7 @@ use super::mail::{MailError, Mailer, Outgoing};
 use crate::engine::executor::{EffectHandler, Engine};
 use crate::engine::machine::{Effect, Event, Outcome, Run};
 use crate::engine::request;
-use crate::store::{Store, StoreError};
+use crate::store::{AttemptRecord, Store, StoreError};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
@@ -376,22 +376,73 @@ impl EffectHandler for EmailHandler {
             let Effect::SendEmail { step, attempt } = effect else {
                 return;
             };
-            let event = send_email_step(&ctx, &engine, &run, &step, attempt).await;
-            if let Err(e) = engine.apply(&run.id, event, None, effect_id).await {
+            let (event, record) = send_email_step(&ctx, &engine, &run, &step, attempt).await;
+            if let Err(e) = engine.apply(&run.id, event, Some(record), effect_id).await {
                 warn!(run_id = %run.id, step, error = %e, "cannot record an e-mail attempt");
             }
         })
     }
 }
 
+/// One attempt of an `email` step, and its record for `runner show` (recipients and subject,
+/// secrets redacted, the outcome and error; the body is not kept).
 async fn send_email_step(
     ctx: &MailContext,
     engine: &Engine,
     run: &Run,
     step: &str,
     attempt: u32,
-) -> Event {
-    let failed = |error: String, outcome: Outcome| Event::AttemptFailed {
+) -> (Event, AttemptRecord) {
+    let mut record = AttemptRecord {
+        step: step.to_string(),
+        attempt,
+        started_at: Some(Utc::now()),
+        ..AttemptRecord::default()
+    };
+    let mut secrets = serde_json::Map::new();
+    let result = async {
+        let wf = engine
+            .store()
+            .workflow_for(run)
+            .map_err(|e| MailError::Permanent(e.to_string()))?;
+        secrets = super::http::secrets_from_env(&wf).map_err(MailError::Permanent)?;
+        let mail = request::render_mail(&wf, run, step, &secrets).map_err(MailError::Permanent)?;
+        record.request = Some(request::redact_value(
+            serde_json::json!({ "to": mail.to, "subject": mail.subject }),
+            &secrets,
+        ));
+        let out = Outgoing {
+            to: mail.to.clone(),
+            subject: mail.subject.clone(),
+            text: mail.body.clone(),
+            html: None,
+            tag: format!("{}-{step}", run.id),
+        };
+        // The step's `timeout` bounds the attempt, as it does an HTTP call's.
+        let limit = request::step_timeout(&wf, step).unwrap_or(APPROVAL_SEND_LIMIT);
+        let where_to = ctx.mailer.send(&out, limit).await?;
+        info!(run_id = %run.id, step, "e-mail {where_to}");
+        Ok::<_, MailError>(mail.to)
+    }
+    .await;
+    record.finished_at = Some(Utc::now());
+    let (error, outcome) = match result {
+        Ok(to) => {
+            record.outcome = "succeeded".into();
+            let event = Event::AttemptSucceeded {
+                step: step.to_string(),
+                attempt,
+                output: serde_json::json!({ "sent_to": to }),
+            };
+            return (event, record);
+        }
+        Err(MailError::Permanent(e)) => (e, Outcome::Permanent),
+        Err(MailError::Transient(e)) => (e, Outcome::Retryable { after: None }),
+    };
+    let error = request::redact(&error, &secrets);
+    record.outcome = outcome.record_name().into();
+    record.error = Some(error.clone());
+    let event = Event::AttemptFailed {
         step: step.to_string(),
         attempt,
         error,
@@ -399,39 +450,7 @@ async fn send_email_step(
         body: None,
         outcome,
     };
-    let wf = match engine.store().workflow_for(run) {
-        Ok(wf) => wf,
-        Err(e) => return failed(e.to_string(), Outcome::Permanent),
-    };
-    let secrets = match super::http::secrets_from_env(&wf) {
-        Ok(s) => s,
-        Err(e) => return failed(e, Outcome::Permanent),
-    };
-    let mail = match request::render_mail(&wf, run, step, &secrets) {
-        Ok(m) => m,
-        Err(e) => return failed(e, Outcome::Permanent),
-    };
-    let out = Outgoing {
-        to: mail.to.clone(),
-        subject: mail.subject.clone(),
-        text: mail.body.clone(),
-        html: None,
-        tag: format!("{}-{step}", run.id),
-    };
-    // The step's `timeout` bounds the attempt, as it does an HTTP call's.
-    let limit = request::step_timeout(&wf, step).unwrap_or(APPROVAL_SEND_LIMIT);
-    match ctx.mailer.send(&out, limit).await {
-        Ok(where_to) => {
-            info!(run_id = %run.id, step, "e-mail {where_to}");
-            Event::AttemptSucceeded {
-                step: step.to_string(),
-                attempt,
-                output: serde_json::json!({ "sent_to": mail.to }),
-            }
-        }
-        Err(MailError::Permanent(e)) => failed(e, Outcome::Permanent),
-        Err(MailError::Transient(e)) => failed(e, Outcome::Retryable { after: None }),
-    }
+    (event, record)
 }
 
 /// Registers both handlers on an engine.

@@ -87,10 +87,7 @@ pub async fn attempt(
         record.finished_at = Some(Utc::now());
         record.status = status;
         record.error = Some(error.clone());
-        record.outcome = match outcome {
-            Outcome::Permanent => "failed".into(),
-            Outcome::Retryable { .. } => "retry".into(),
-        };
+        record.outcome = outcome.record_name().into();
         Event::AttemptFailed {
             step: step_id.to_string(),
             attempt,

@@ -344,6 +344,16 @@ pub enum Outcome {
     Permanent,
 }
 
+impl Outcome {
+    /// The outcome of a failed attempt as its record names it: `retry` or `failed`.
+    pub fn record_name(&self) -> &'static str {
+        match self {
+            Outcome::Retryable { .. } => "retry",
+            Outcome::Permanent => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {

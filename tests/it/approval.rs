@@ -1499,6 +1499,22 @@ steps:
     );
     assert_eq!(run["failure"]["step"], "tell", "{run:#}");
     assert_eq!(run["failure"]["attempts"], 3, "{run:#}");
+    // Every attempt is shown, as an HTTP step's are.
+    let log = tell["attempt_log"].as_array().expect("attempt_log");
+    assert_eq!(log.len(), 3, "{run:#}");
+    for (i, a) in log.iter().enumerate() {
+        assert_eq!(a["attempt"], i + 1, "{a:#}");
+        assert_eq!(a["request"]["to"][0], "ops@example.com", "{a:#}");
+        assert_eq!(a["request"]["subject"], "hello", "{a:#}");
+        assert!(
+            a["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("SMTP delivery failed"),
+            "{a:#}"
+        );
+        assert!(a["finished_at"].is_string(), "{a:#}");
+    }
 }
 
 /// The SMTP server is down when the approval e-mails are due and comes up a few seconds later:
