@@ -159,10 +159,8 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
         Ok(node) => Ok(node),
         Err(err) => {
             let pos = err.location().map(Pos::from_location).unwrap_or(Pos::START);
-            Err(SyntaxError {
-                pos,
-                message: clean_message(&err.without_snippet().to_string()),
-            })
+            let message = clean_message(&err.without_snippet().to_string());
+            Err(refine(source, pos, message))
         }
     }
 }
@@ -172,6 +170,90 @@ fn clean_message(raw: &str) -> String {
     let first = raw.lines().next().unwrap_or(raw).trim();
     let cut = first.find(" at line ").map_or(first, |i| &first[..i]);
     cut.trim_end_matches('.').to_string()
+}
+
+/// The parser's words for a few mistakes name its own API, and some of its positions are past
+/// the mistake: say them in the file's terms, where the mistake is.
+fn refine(source: &str, pos: Pos, message: String) -> SyntaxError {
+    let at_line_start = |line: usize| {
+        let offset: usize = source
+            .split_inclusive('\n')
+            .take(line - 1)
+            .map(str::len)
+            .sum();
+        Pos::at_offset(source, offset)
+    };
+    let lines: Vec<&str> = source.lines().collect();
+    let reported = usize::try_from(pos.line).unwrap_or(usize::MAX);
+    if let Some(key) = message
+        .strip_prefix("duplicate mapping key: ")
+        .and_then(|rest| rest.split(", set DuplicateKeyPolicy").next())
+    {
+        return SyntaxError {
+            pos,
+            message: format!("duplicate key `{key}`: a mapping gives each key once"),
+        };
+    }
+    if message.starts_with("multiple YAML documents") {
+        // At the `---` that starts the second document, not the line after it.
+        let line = (1..=reported.min(lines.len()))
+            .rev()
+            .find(|&l| lines[l - 1].trim_end() == "---" || lines[l - 1].starts_with("--- "))
+            .unwrap_or(reported);
+        return SyntaxError {
+            pos: at_line_start(line.max(1)),
+            message:
+                "a second YAML document starts here (`---`); a workflow file holds one workflow"
+                    .into(),
+        };
+    }
+    if message.starts_with("budget breached") {
+        return SyntaxError {
+            pos,
+            message:
+                "the aliases here expand to more nodes than a workflow file may hold (250,000)"
+                    .into(),
+        };
+    }
+    if message.contains("tabs") {
+        // At the tab itself.
+        if let Some(line) = lines.get(reported.saturating_sub(1))
+            && let Some(i) = line.find('\t')
+        {
+            let start = at_line_start(reported);
+            return SyntaxError {
+                pos: Pos::at_offset(source, start.offset.unwrap_or(0) + i),
+                message: "a tab is used for indentation; YAML indents with spaces".into(),
+            };
+        }
+    }
+    if message.contains("quoted scalar") {
+        // An unclosed quote makes the parser stop further on (often past the end of the file):
+        // point at the quote that opens it, on the last line before with an odd count of them.
+        let quote_at = |line: &str| {
+            let (mut open, mut escaped) = (None, false);
+            for (i, c) in line.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' if open.is_some() => escaped = true,
+                    '"' => open = if open.is_some() { None } else { Some(i) },
+                    _ => {}
+                }
+            }
+            open
+        };
+        if let Some((line, i)) = (1..=reported.min(lines.len()))
+            .rev()
+            .find_map(|l| quote_at(lines[l - 1]).map(|i| (l, i)))
+        {
+            let start = at_line_start(line);
+            return SyntaxError {
+                pos: Pos::at_offset(source, start.offset.unwrap_or(0) + i),
+                message: "this quoted string is not closed".into(),
+            };
+        }
+    }
+    SyntaxError { pos, message }
 }
 
 impl<'de> Deserialize<'de> for Node {
