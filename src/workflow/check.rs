@@ -400,7 +400,11 @@ impl<'s> Checker<'s> {
             w,
             Code::WrongType,
             format!("`{what}` must be {expected}, not {}", node.value.kind()),
-            None,
+            Some(if expected.contains("string") && !matches!(node.value, Value::Map(_) | Value::Seq(_)) {
+                format!("put the value in quotes to make it text: `{what}: \"…\"`")
+            } else {
+                "the format reference is in README.md; `runner schema` prints the JSON schema for editors".into()
+            }),
         );
     }
 
@@ -460,7 +464,7 @@ impl<'s> Checker<'s> {
                     1,
                     Code::MissingKey,
                     format!("`{what}` is missing the required key `{r}`"),
-                    None,
+                    Some(format!("add `{r}:` to this {what}")),
                 );
             }
         }
@@ -485,7 +489,7 @@ impl<'s> Checker<'s> {
                 1,
                 Code::EmptyValue,
                 format!("`{what}` is empty"),
-                None,
+                Some(format!("give `{what}` a value, or leave the key out")),
             );
             return None;
         }
@@ -798,7 +802,10 @@ impl<'s> Checker<'s> {
                         ty.name(),
                         n.value.kind()
                     ),
-                    None,
+                    Some(format!(
+                        "give a default of the input's type, or change its `type` from `{}`",
+                        ty.name()
+                    )),
                 );
             }
             if let Some(ty) = ty {
@@ -840,7 +847,7 @@ impl<'s> Checker<'s> {
                     w,
                     Code::InvalidValue,
                     format!("secret `{s}` is listed twice"),
-                    None,
+                    Some("list each secret once".into()),
                 );
             } else {
                 out.push(s.to_string());
@@ -905,13 +912,21 @@ impl<'s> Checker<'s> {
                     on_failure: vec![],
                 };
                 if let Err(errors) = resolve_input(&probe, &v) {
+                    let Value::Map(entries) = &n.value else {
+                        unreachable!("checked to be a mapping above")
+                    };
                     for e in errors {
+                        // At the key the message names, when it names one of this input's keys.
+                        let (pos, width) = entries
+                            .iter()
+                            .find(|(k, _)| e.contains(&format!("`{}`", k.name)))
+                            .map_or((n.pos, 1), |(k, _)| (k.pos, k.name.chars().count()));
                         self.error(
-                            n.pos,
-                            1,
+                            pos,
+                            width,
                             Code::InvalidInput,
                             format!("this schedule's input does not match `inputs`: {e}"),
-                            None,
+                            Some("a schedule's `input` is its runs' input, checked against `inputs` as an API start is".into()),
                         );
                     }
                 }
@@ -1039,7 +1054,7 @@ impl<'s> Checker<'s> {
                 w,
                 Code::InvalidDuration,
                 format!("`{what}` must be longer than zero"),
-                None,
+                Some("write a positive duration such as `30s`, `5m` or `2d`".into()),
             );
             return None;
         }
@@ -1063,7 +1078,7 @@ impl<'s> Checker<'s> {
                         w,
                         Code::InvalidValue,
                         "`limit` must be between 0 and 100",
-                        None,
+                        Some("`limit` counts retries after the first attempt; 0 means none".into()),
                     );
                 }
                 _ => self.wrong_type(n, "limit", "an integer"),
@@ -1281,7 +1296,7 @@ impl<'s> Checker<'s> {
                                 k.name.chars().count(),
                                 Code::InvalidValue,
                                 format!("`{}` is not a valid header name", k.name),
-                                None,
+                                Some("header names are letters, digits and `-` (`X-Request-Id`), without templates".into()),
                             );
                             continue;
                         }
@@ -1325,7 +1340,7 @@ impl<'s> Checker<'s> {
                     w,
                     Code::InvalidUrl,
                     format!("`{s}` does not start with `http://` or `https://`"),
-                    None,
+                    Some("write a full URL (`https://api.example.com/{{ input.id }}`), or a template that renders one from its start (`{{ input.base_url }}/path`)".into()),
                 );
                 return None;
             }
@@ -1348,7 +1363,7 @@ impl<'s> Checker<'s> {
                         "`{s}` uses `{}:`; steps call `http://` or `https://` URLs",
                         u.scheme()
                     ),
-                    None,
+                    Some("write a full URL such as `https://api.example.com/path`".into()),
                 );
                 None
             }
@@ -1357,13 +1372,16 @@ impl<'s> Checker<'s> {
                 let hint = (!s.contains("://")
                     && url::Url::parse(&format!("https://{s}"))
                         .is_ok_and(|u| u.host_str().is_some_and(|h| h.contains('.'))))
-                .then(|| format!("did you mean `https://{s}`?"));
+                .then(|| format!("did you mean `https://{s}`?"))
+                .unwrap_or_else(|| {
+                    "write a full URL such as `https://api.example.com/path`".into()
+                });
                 self.error(
                     node.pos,
                     w,
                     Code::InvalidUrl,
                     format!("`{s}` is not a valid URL: {e}"),
-                    hint,
+                    Some(hint),
                 );
                 None
             }
@@ -1379,7 +1397,7 @@ impl<'s> Checker<'s> {
                     1,
                     Code::EmptyValue,
                     "`to` has no recipients",
-                    None,
+                    Some("list at least one address: `to: [ops@example.com]`".into()),
                 );
                 return None;
             }
@@ -1831,7 +1849,7 @@ impl<'s> Checker<'s> {
                         r.root.len(),
                         Code::UnknownVariable,
                         "`failure` is only available in `on_failure` hooks",
-                        None,
+                        Some("an `on_failure` hook sees `failure.step`, `failure.error` and the rest; move this there".into()),
                     );
                     return;
                 }

@@ -63,6 +63,12 @@ fn every_invalid_fixture_reports_its_problem_at_its_place_with_the_exact_output(
             .iter()
             .map(|d| (d.pos.line, d.pos.col, d.code.as_str().to_string()))
             .collect();
+        // Design §2: every problem comes with a hint.
+        for d in &diags {
+            if d.hint.as_deref().is_none_or(str::is_empty) {
+                failures.push(format!("{}: no hint for {:?}", file.path, d.message));
+            }
+        }
         for e in &expected {
             if !got.contains(e) {
                 failures.push(format!(
