@@ -1369,13 +1369,14 @@ impl<'s> Checker<'s> {
             }
             Err(e) => {
                 let w = self.width(node);
-                let hint = (!s.contains("://")
+                let hint = if !s.contains("://")
                     && url::Url::parse(&format!("https://{s}"))
-                        .is_ok_and(|u| u.host_str().is_some_and(|h| h.contains('.'))))
-                .then(|| format!("did you mean `https://{s}`?"))
-                .unwrap_or_else(|| {
+                        .is_ok_and(|u| u.host_str().is_some_and(|h| h.contains('.')))
+                {
+                    format!("did you mean `https://{s}`?")
+                } else {
                     "write a full URL such as `https://api.example.com/path`".into()
-                });
+                };
                 self.error(
                     node.pos,
                     w,
