@@ -735,6 +735,15 @@ fn show(run_id: &str, json: bool, db: &Path) -> anyhow::Result<ExitCode> {
                 }
                 println!("{l}");
             }
+            for e in s["emails"].as_array().into_iter().flatten() {
+                if e["current"] == true || s["status"] != "waiting_approval" {
+                    let sent = e["sent_at"].as_str().map_or_else(
+                        || "not delivered yet (retrying)".to_string(),
+                        |t| format!("sent {t}"),
+                    );
+                    println!("    e-mail to {}: {sent}", t(&e["to"]));
+                }
+            }
             if let (Some(e), true) = (
                 s["error"].as_str(),
                 s["attempt_log"].as_array().is_none_or(|a| a.is_empty()),

@@ -59,6 +59,17 @@ pub struct AttemptRecord {
     pub response: Option<serde_json::Value>,
 }
 
+/// One approval e-mail: to whom, for which step and deadline, and when it was delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalEmail {
+    pub step: String,
+    pub recipient: String,
+    /// When the SMTP server (or the outbox folder) took it; None while delivery is retried.
+    pub mailed_at: Option<String>,
+    #[serde(serialize_with = "machine::rfc3339::one")]
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A workflow as loaded from a file: what a run pins when it starts.
 #[derive(Debug, Clone)]
 pub struct Version {
@@ -746,6 +757,31 @@ impl Store {
     /// Every attempt of a run: the records kept on its events, and those written to the
     /// `attempts` table before schema version 6. The latest record of a (step, attempt) wins
     /// (after a manual retry the step runs attempt 1 again). Ordered by start time.
+    /// The approval e-mails of a run: one per recipient and round (a retried step mails again),
+    /// with when it was delivered (None: not yet), oldest first.
+    pub fn approval_emails(&self, run_id: &str) -> Result<Vec<ApprovalEmail>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT step, recipient, mailed_at, expires_at FROM approval_tokens
+                     WHERE run_id = ?1 AND decision = 'approved' ORDER BY created_at, recipient",
+                )
+                .map_err(sql("reading approval e-mails"))?;
+            let rows = stmt
+                .query_map([run_id], |r| {
+                    Ok(ApprovalEmail {
+                        step: r.get(0)?,
+                        recipient: r.get(1)?,
+                        mailed_at: r.get(2)?,
+                        expires_at: DateTime::from_timestamp_millis(r.get(3)?).unwrap_or_default(),
+                    })
+                })
+                .map_err(sql("reading approval e-mails"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sql("reading approval e-mails"))
+        })
+    }
+
     pub fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         self.read(|c| {
             let mut by_key: HashMap<(String, u32), AttemptRecord> = HashMap::new();

@@ -10,6 +10,7 @@ pub fn run_json(
     run: &crate::engine::machine::Run,
 ) -> anyhow::Result<serde_json::Value> {
     let attempts = store.attempts(&run.id)?;
+    let emails = store.approval_emails(&run.id)?;
     let step_json = |s: &crate::engine::machine::StepState| {
         let mine: Vec<serde_json::Value> = attempts
             .iter()
@@ -28,7 +29,7 @@ pub fn run_json(
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut step = serde_json::json!({
             "id": s.id,
             "kind": s.kind,
             "status": s.status.as_str(),
@@ -40,7 +41,24 @@ pub fn run_json(
             "output": s.output,
             "dedup_id": crate::engine::request::dedup_id(&run.id, &s.id),
             "attempt_log": mine,
-        })
+        });
+        // Whom an approval step asked, and whether each e-mail got out (delivery is retried
+        // until the deadline; until then only the daemon's log said why not).
+        if s.kind == "approval" {
+            step["emails"] = serde_json::json!(
+                emails
+                    .iter()
+                    .filter(|e| e.step == s.id)
+                    .map(|e| serde_json::json!({
+                        "to": e.recipient,
+                        "sent_at": e.mailed_at,
+                        "expires_at": e.expires_at,
+                        "current": s.wake_at.map(|w| w.timestamp_millis()) == Some(e.expires_at.timestamp_millis()),
+                    }))
+                    .collect::<Vec<_>>()
+            );
+        }
+        step
     };
     Ok(serde_json::json!({
         "id": run.id,

@@ -1610,6 +1610,23 @@ steps:
         ["RCPT alice@example.com 451", "RCPT bob@example.com 250"],
         "bob was asked in the same round as alice's first refusal"
     );
+    // The run shows whose e-mail got out and whose is still being retried.
+    let run = run_of(&api, &id);
+    let emails = step(&run, "gate")["emails"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let sent = |to: &str| {
+        emails
+            .iter()
+            .find(|e| e["to"] == to)
+            .map(|e| e["sent_at"].is_string())
+    };
+    assert_eq!(
+        (sent("alice@example.com"), sent("bob@example.com")),
+        (Some(false), Some(true)),
+        "{run:#}"
+    );
     // Retries at about 2 s and 6 s: the second one is accepted.
     let both = wait_outbox(&smtp.mail_dir, 2, Duration::from_secs(30));
     assert_eq!(both[1].1.to, ["alice@example.com"], "{both:?}");
