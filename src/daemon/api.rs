@@ -365,7 +365,13 @@ async fn get_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiResu
     json_ok(StatusCode::OK, v)
 }
 
+/// Held while an API call checks a run and changes it (cancel, retry, a decision), so that two
+/// calls at once cannot both pass the check: the second sees what the first did. Changes made
+/// meanwhile by the engine or an approval link are caught by checking the result.
+static RUN_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn cancel_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    let _one_at_a_time = RUN_CHANGES.lock().await;
     let run = load_run(&state, &id)?;
     if run.status.is_terminal() {
         return Err(ApiError::new(
@@ -385,6 +391,15 @@ async fn cancel_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiR
         )
         .await
         .map_err(ApiError::internal)?;
+    if run.status != RunStatus::Cancelled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "run `{id}` ended as {} before the cancel",
+                run.status.as_str()
+            ),
+        ));
+    }
     json_ok(
         StatusCode::OK,
         json!({"id": run.id, "status": run.status.as_str()}),
@@ -392,6 +407,7 @@ async fn cancel_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiR
 }
 
 async fn retry_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    let _one_at_a_time = RUN_CHANGES.lock().await;
     let run = load_run(&state, &id)?;
     if run.status != RunStatus::Failed {
         return Err(ApiError::new(
@@ -457,6 +473,7 @@ async fn decide(
             format!("unknown field `{unknown}`; a decision takes `comment` and `approver`"),
         ));
     }
+    let _one_at_a_time = RUN_CHANGES.lock().await;
     let run = load_run(&state, &id)?;
     let Some(s) = run.step(&step) else {
         return Err(ApiError::new(

@@ -1857,3 +1857,52 @@ fn foreground_run_answers_the_rejection_that_ends_it() {
     assert!(!ok, "a rejected run exits non-zero: {out}\n{err}");
     assert!(out.contains(" rejected"), "{out}\n{err}");
 }
+
+/// Four retries of one failed run at once: one is taken (200), the others see it (409).
+#[test]
+fn api_retries_at_once_count_once() {
+    let tmp = temp_dir();
+    // An endpoint that never answers: each attempt runs into its 1 s timeout, so a retried run
+    // is still running while the other retries arrive.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().take(20) {
+            held.extend(conn.ok());
+        }
+    });
+    write(
+        &workflows(tmp.path()),
+        "call.yaml",
+        &format!(
+            r#"on: {{ webhook: true }}
+steps:
+  - id: call
+    http: {{ url: "http://127.0.0.1:{port}/never" }}
+    timeout: 1s
+    retry: {{ limit: 0 }}
+"#
+        ),
+    );
+    let serve = start_serve(tmp.path(), &Opts::default());
+    let api = serve.api();
+    for _ in 0..3 {
+        let id = api.start_run("call", "{}");
+        let run = api.wait_run(&id, Duration::from_secs(20));
+        assert_eq!(run["status"], "failed", "{run:#}");
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let (api, id) = (serve.api(), id.clone());
+                std::thread::spawn(move || api.post(&format!("/runs/{id}/retry"), "").0)
+            })
+            .collect();
+        let mut codes: Vec<u16> = calls
+            .into_iter()
+            .map(|c| c.join().expect("thread"))
+            .collect();
+        codes.sort_unstable();
+        assert_eq!(codes, [200, 409, 409, 409], "run {id}");
+        api.wait_run(&id, Duration::from_secs(20));
+    }
+}
