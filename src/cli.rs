@@ -468,10 +468,12 @@ pub fn init_logs(default: &str) {
     init_logs_format(default, LogFormat::Human);
 }
 
-/// The approval pages and API a foreground command serves while its runs wait.
+/// The approval pages and API a foreground command serves while its runs wait, and its hold
+/// on the database.
 struct Pages {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    owner: crate::store::owner::Owner,
 }
 
 impl Pages {
@@ -486,6 +488,7 @@ impl Pages {
 async fn open_engine(
     db: &Path,
     fg: &ForegroundArgs,
+    owner: crate::store::owner::Owner,
 ) -> anyhow::Result<(crate::engine::executor::Engine, Pages)> {
     let store = crate::store::Store::open(db)?;
     let (keys, _) = crate::dispatch::keys::resolve(&store).await?;
@@ -537,7 +540,7 @@ async fn open_engine(
             .await;
     });
     tracing::info!(url = %format!("http://{local}"), "approval pages and API of this process");
-    Ok((engine, Pages { stop, task }))
+    Ok((engine, Pages { stop, task, owner }))
 }
 
 async fn run_foreground(
@@ -551,7 +554,8 @@ async fn run_foreground(
     let (wf, file) = load_workflow(name, dir)?;
     let input: serde_json::Value = serde_json::from_str(input)
         .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
-    let (engine, pages) = open_engine(db, fg).await?;
+    let owner = crate::store::owner::take_for_one_run(db)?;
+    let (engine, pages) = open_engine(db, fg, owner).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
     let (run, created) = match engine
         .start_run(version, input, "cli", None, idempotency_key)
@@ -600,7 +604,8 @@ async fn resume(
     if !db.exists() {
         anyhow::bail!("no database at `{}`", db.display());
     }
-    let (engine, pages) = open_engine(db, fg).await?;
+    let owner = crate::store::owner::take_for_recovery(db, "runner resume")?;
+    let (engine, mut pages) = open_engine(db, fg, owner).await?;
     let ids = match &run_id {
         Some(id) => {
             if engine.store().get_run(id)?.is_none() {
@@ -611,6 +616,7 @@ async fn resume(
         None => engine.store().unfinished_runs()?,
     };
     engine.recover_runs(true, run_id.as_deref()).await?;
+    pages.owner.recovered();
     if ids.is_empty() {
         println!("no unfinished runs");
         return Ok(ExitCode::SUCCESS);

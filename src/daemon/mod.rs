@@ -56,6 +56,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             cfg.dir.display()
         );
     }
+    let mut owner = crate::store::owner::take_for_recovery(&cfg.db, "runner serve")?;
     // Bound before anything can mail a link: the links default to the bound address.
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -91,6 +92,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     reload(&registry);
 
     let resumed = engine.recover(false).await?;
+    owner.recovered();
     if resumed > 0 {
         info!(runs = resumed, "resuming unfinished runs");
     }

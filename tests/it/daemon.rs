@@ -1344,3 +1344,64 @@ steps:
     let resent = check_runs(&api, &["term"], &ids, &[Death { from, to }], &[snap]);
     eprintln!("sigterm: {resent} in-flight requests re-sent after the restart");
 }
+
+/// One process recovers a database at a time: a second daemon, or `resume` beside a live daemon,
+/// would perform the calls the first has in flight. Both are refused, naming the daemon; a
+/// `runner run` beside it is fine (it performs only its own run), and once the daemon is gone
+/// `resume` may take the database.
+#[test]
+fn a_second_daemon_or_a_resume_beside_a_live_daemon_is_refused() {
+    let dir = temp_dir();
+    let wf_dir = dir.path().join("wf");
+    std::fs::create_dir_all(&wf_dir).unwrap();
+    let file = crate::support::write(
+        &wf_dir,
+        "nap.yaml",
+        "name: nap\nsteps: [{ id: nap, sleep: 100ms }]\n",
+    );
+    let db = dir.path().join("owned.db");
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let run = |args: &[&str]| {
+        runner_cmd()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("runner")
+    };
+    let db_arg = db.to_str().unwrap();
+    let out = run(&["resume", "--db", db_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("in use by another runner process (runner serve, pid"),
+        "{err}"
+    );
+    let out = run(&[
+        "serve",
+        "--db",
+        db_arg,
+        "--dir",
+        wf_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("in use by another runner process (runner serve, pid"),
+        "{err}"
+    );
+    let out = run(&["run", file.to_str().unwrap(), "--db", db_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(daemon);
+    let out = run(&["resume", "--db", db_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
