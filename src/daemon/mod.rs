@@ -89,7 +89,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     );
 
     let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
-    reload(&registry);
+    reload(&registry, engine.store()).await;
+    // A file refused now was good before the restart: its last good version stays in force.
+    let restored = registry
+        .write()
+        .expect("registry lock")
+        .restore_last_good(|path| engine.store().last_good_version(path).ok().flatten());
+    for name in restored {
+        warn!(workflow = %name, "the file no longer checks (see above); its last good version stays active");
+    }
 
     let resumed = engine.recover(false).await?;
     owner.recovered();
@@ -116,15 +124,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     {
         let registry = registry.clone();
         let sched_tx = sched_tx.clone();
+        let store = engine.store().clone();
         tokio::spawn(async move {
             while let Some(why) = reload_rx.recv().await {
                 // Coalesce a burst of events into one reload.
                 while reload_rx.try_recv().is_ok() {}
                 info!(reason = why, "reloading workflows");
-                let registry = registry.clone();
-                let changed = tokio::task::spawn_blocking(move || reload(&registry))
-                    .await
-                    .unwrap_or(false);
+                let changed = reload(&registry, &store).await;
                 if changed {
                     let _ = sched_tx.send(scheduler::Msg::Reload).await;
                 }
@@ -159,8 +165,27 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-checks the directory and logs what changed. Returns whether the set of active versions changed.
-fn reload(registry: &Arc<RwLock<Registry>>) -> bool {
+/// Re-checks the directory (off the async threads), logs what changed, and remembers each file's
+/// version in force. Returns whether the set of active versions changed.
+async fn reload(registry: &Arc<RwLock<Registry>>, store: &crate::store::Store) -> bool {
+    let reg = registry.clone();
+    let (changed, removed, active) = tokio::task::spawn_blocking(move || {
+        let changed = log_reload(&reg);
+        let registry = reg.read().expect("registry lock");
+        (changed.0, changed.1, registry.active_by_path())
+    })
+    .await
+    .unwrap_or_default();
+    let mut remember: Vec<_> = active.into_iter().map(|(p, v)| (p, Some(v))).collect();
+    remember.extend(removed.into_iter().map(|path| (path, None)));
+    if let Err(e) = store.remember_active(remember).await {
+        warn!(error = %e, "cannot remember the active workflow versions");
+    }
+    changed
+}
+
+/// Returns whether the set of active versions changed, and the paths that are gone.
+fn log_reload(registry: &Arc<RwLock<Registry>>) -> (bool, Vec<String>) {
     let changes = registry.write().expect("registry lock").reload();
     for name in &changes.added {
         info!(workflow = %name, "workflow loaded");
@@ -177,7 +202,10 @@ fn reload(registry: &Arc<RwLock<Registry>>) -> bool {
     for e in &changes.errors {
         error!("{e}");
     }
-    !(changes.added.is_empty() && changes.changed.is_empty() && changes.removed.is_empty())
+    (
+        !(changes.added.is_empty() && changes.changed.is_empty() && changes.removed.is_empty()),
+        changes.removed_paths,
+    )
 }
 
 fn watch(

@@ -25,6 +25,8 @@ pub struct Changes {
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
+    /// The files that are gone (their last good version is forgotten).
+    pub removed_paths: Vec<String>,
     /// Files whose new content was refused (the last good version, if any, stays active).
     pub refused: Vec<(String, String)>,
     pub errors: Vec<String>,
@@ -136,9 +138,11 @@ impl Registry {
             }
         }
         for (path, b) in &before {
-            if !next.contains_key(path)
-                && let Some(b) = b
-            {
+            if next.contains_key(path) {
+                continue;
+            }
+            changes.removed_paths.push(path.clone());
+            if let Some(b) = b {
                 changes
                     .removed
                     .push(b.split('@').next().unwrap_or_default().to_string());
@@ -146,6 +150,38 @@ impl Registry {
         }
         self.files = next;
         changes
+    }
+
+    /// After a restart, a file whose content fails the checker has no version in force yet:
+    /// gives it the last good one, `last_good(path)` answering its (path, source) from the
+    /// database, as a daemon that kept running would have kept it. Answers the restored names.
+    pub fn restore_last_good(
+        &mut self,
+        last_good: impl Fn(&str) -> Option<(String, String)>,
+    ) -> Vec<String> {
+        let mut restored = Vec::new();
+        for state in self.files.values_mut() {
+            if state.active.is_some() || state.diagnostics.is_empty() {
+                continue;
+            }
+            let Some((path, source)) = last_good(&state.path) else {
+                continue;
+            };
+            if let Ok(wf) = workflow::check_file(&path, &source) {
+                restored.push(wf.name.clone());
+                state.active = Some(Version::new(&path, &source, wf));
+            }
+        }
+        restored
+    }
+
+    /// The version in force of each file that has one, by path (what the database keeps as
+    /// the file's last good version).
+    pub fn active_by_path(&self) -> Vec<(String, Version)> {
+        self.files
+            .iter()
+            .filter_map(|(p, f)| Some((p.clone(), f.active.clone()?)))
+            .collect()
     }
 
     /// The active version of a workflow by name (the first file by path wins a name clash).

@@ -636,6 +636,49 @@ impl Store {
         f(&conn)
     }
 
+    /// Keeps each workflow file's version in force (stored, and named per path in `kv`), so
+    /// that after a restart a file that no longer checks still has its last good version; a
+    /// path of `None` (the file is gone) is forgotten.
+    pub async fn remember_active(
+        &self,
+        files: Vec<(String, Option<Version>)>,
+    ) -> Result<(), StoreError> {
+        let now = ts(Utc::now());
+        self.write(move |c| {
+            for (path, version) in &files {
+                let key = format!("last_good:{path}");
+                match version {
+                    Some(v) => {
+                        c.execute(
+                            "INSERT INTO workflow_versions(hash, name, path, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
+                            params![v.hash, v.workflow.name, v.path, v.source, now],
+                        )
+                        .map_err(sql("remembering the active workflow versions"))?;
+                        c.execute(
+                            "INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                            params![key, v.hash],
+                        )
+                        .map_err(sql("remembering the active workflow versions"))?;
+                    }
+                    None => {
+                        c.execute("DELETE FROM kv WHERE key = ?1", [&key]).map_err(sql("remembering the active workflow versions"))?;
+                    }
+                }
+            }
+            Ok(serde_json::Value::Null)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The last good version of a workflow file, as (path, source), if one was remembered.
+    pub fn last_good_version(&self, path: &str) -> Result<Option<(String, String)>, StoreError> {
+        match self.get_kv(&format!("last_good:{path}"))? {
+            Some(hash) => self.version_source(&hash),
+            None => Ok(None),
+        }
+    }
+
     pub fn get_kv(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|c| {
             c.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))

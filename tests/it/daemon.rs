@@ -1405,3 +1405,47 @@ fn a_second_daemon_or_a_resume_beside_a_live_daemon_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The last good version of a file stays in force across a restart: the daemon that comes back
+/// finds the file refused, and takes the version it had (from the database), not nothing.
+#[test]
+fn a_refused_edit_keeps_the_last_good_version_across_a_restart() {
+    let (dir, wf_dir) = setup();
+    let db = dir.path().join("restart-good.db");
+    put_file(&wf_dir, "reload.yaml", &wf_text(RELOAD_V1));
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+    let w1 = wait_workflow(&api, "reload", "the file to load", |v| {
+        v["state"] == "active"
+    });
+    put_file(&wf_dir, "reload.yaml", &wf_text(RELOAD_BROKEN));
+    wait_workflow(&api, "reload", "the broken edit to be refused", |v| {
+        v["state"] == "active_with_refused_edit"
+    });
+    drop(daemon);
+
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+    let w = wait_workflow(
+        &api,
+        "reload",
+        "the last good version after the restart",
+        |v| v["state"] == "active_with_refused_edit",
+    );
+    assert_eq!(w["version"], w1["version"], "{w:#}");
+    let run = api.start_run("reload", "{}");
+    let r = api.wait_run(&run, RUN_LIMIT);
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert_eq!(r["version"], w1["version"], "{r:#}");
+    drop(daemon);
+
+    // A file that is gone is forgotten: brought back broken, it has no version in force.
+    std::fs::remove_file(wf_dir.join("reload.yaml")).expect("remove");
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+    put_file(&wf_dir, "reload.yaml", &wf_text(RELOAD_BROKEN));
+    wait_workflow(&api, "reload", "the broken file to be refused", |v| {
+        v["state"] == "invalid"
+    });
+    assert_eq!(api.post("/workflows/reload/runs", "{}").0, 404);
+}
