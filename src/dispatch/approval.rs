@@ -156,7 +156,7 @@ async fn request_approval(
         .store()
         .workflow_for(run)
         .map_err(|e| e.to_string())?;
-    let secrets = super::http::secrets_from_env(&wf)?;
+    let secrets = super::http::secrets_for_step(&wf, step)?;
     let mail = request::render_mail(&wf, run, step, &secrets)?;
     let mut pending: Vec<&String> = mail.to.iter().collect();
     let mut delay = MAIL_RETRY_FIRST;
@@ -405,7 +405,7 @@ async fn send_email_step(
             .store()
             .workflow_for(run)
             .map_err(|e| MailError::Permanent(e.to_string()))?;
-        secrets = super::http::secrets_from_env(&wf).map_err(MailError::Permanent)?;
+        secrets = super::http::secrets_for_step(&wf, step).map_err(MailError::Permanent)?;
         let mail = request::render_mail(&wf, run, step, &secrets).map_err(MailError::Permanent)?;
         record.request = Some(request::redact_value(
             serde_json::json!({ "to": mail.to, "subject": mail.subject }),

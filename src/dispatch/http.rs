@@ -36,19 +36,29 @@ pub fn client() -> reqwest::Client {
         .expect("the HTTP client builds with static settings")
 }
 
-/// Reads the declared secrets from the environment. A missing one is an error naming it.
-pub fn secrets_from_env(wf: &Workflow) -> Result<serde_json::Map<String, Value>, String> {
+/// Reads the declared secrets from the environment for one step (all that are set, which are
+/// also what is redacted). A missing one is an error naming it when the step uses it; a step
+/// that does not, an `on_failure` hook say, is sent without it.
+pub fn secrets_for_step(
+    wf: &Workflow,
+    step_id: &str,
+) -> Result<serde_json::Map<String, Value>, String> {
     let mut out = serde_json::Map::new();
+    let mut missing = Vec::new();
     for name in &wf.secrets {
         match std::env::var(name) {
             Ok(v) => {
                 out.insert(name.clone(), Value::String(v));
             }
-            Err(_) => {
-                return Err(format!(
-                    "secret `{name}` is not set in the environment of the runner process"
-                ));
-            }
+            Err(_) => missing.push(name),
+        }
+    }
+    if !missing.is_empty() {
+        let used = request::secrets_used(wf, step_id);
+        if let Some(name) = missing.into_iter().find(|n| used.contains(n.as_str())) {
+            return Err(format!(
+                "secret `{name}` is not set in the environment of the runner process"
+            ));
         }
     }
     Ok(out)
@@ -97,7 +107,7 @@ pub async fn attempt(
             outcome,
         }
     };
-    let secrets = match secrets_from_env(wf) {
+    let secrets = match secrets_for_step(wf, step_id) {
         Ok(s) => s,
         Err(e) => {
             let ev = fail(&mut record, e, None, None, Outcome::Permanent);

@@ -3,7 +3,7 @@
 //! Part of the pure core: no I/O. Secrets are passed in by the shell, never stored.
 
 use super::machine::{Run, context};
-use crate::workflow::{StepKind, Workflow, template};
+use crate::workflow::{StepKind, Template, Workflow, template};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -39,6 +39,46 @@ fn find_step<'w>(wf: &'w Workflow, step_id: &str) -> Result<&'w crate::workflow:
         .chain(wf.on_failure.iter())
         .find(|s| s.id == step_id)
         .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))
+}
+
+/// The secrets a step's templates name (`secrets.X`, `secrets['X']`).
+pub fn secrets_used(wf: &Workflow, step_id: &str) -> std::collections::BTreeSet<String> {
+    let Ok(step) = find_step(wf, step_id) else {
+        return Default::default();
+    };
+    let mut texts: Vec<&str> = Vec::new();
+    match &step.kind {
+        StepKind::Http(h) => {
+            texts.push(h.url.as_str());
+            texts.extend(h.headers.iter().map(|(_, v)| v.as_str()));
+            let mut stack: Vec<&Value> = h.body.iter().collect();
+            while let Some(v) = stack.pop() {
+                match v {
+                    Value::String(s) => texts.push(s),
+                    Value::Array(items) => stack.extend(items),
+                    Value::Object(map) => stack.extend(map.values()),
+                    _ => {}
+                }
+            }
+        }
+        StepKind::Email(crate::workflow::Email { to, subject, body })
+        | StepKind::Approval(crate::workflow::Approval {
+            to, subject, body, ..
+        }) => {
+            texts.extend(to.iter().map(Template::as_str));
+            texts.push(subject.as_str());
+            texts.extend(body.iter().map(Template::as_str));
+        }
+        _ => {}
+    }
+    texts
+        .into_iter()
+        .filter(|t| template::is_template(t))
+        .filter_map(|t| template::analyze(t).ok())
+        .flat_map(|a| a.references)
+        .filter(|r| r.root == "secrets")
+        .filter_map(|r| r.path.first().map(|s| s.name.clone()))
+        .collect()
 }
 
 /// The `timeout` of a step (an attempt's limit), if the step is in this workflow version.

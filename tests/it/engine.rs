@@ -825,16 +825,27 @@ fn a_missing_secret_fails_the_step_naming_it() {
         r#"
 secrets: [ENGINE_IT_MISSING_SECRET]
 steps:
+  - id: first
+    http: { url: "BASE/ok" }
   - id: call
     retry: { limit: 2, backoff: fixed, initial: 1s }
     http:
       url: "BASE/ok"
       headers: { Authorization: "Bearer {{ secrets.ENGINE_IT_MISSING_SECRET }}" }
+on_failure:
+  - id: alert
+    http: { url: "BASE/ok", body: { failed: "{{ failure.step }}" } }
 "#,
     );
     let (out, id) = run(&db, &file, &[], &signing(&receiver));
     assert_ended(&out, &id, "failed");
-    assert!(records_of(&receiver, &id).is_empty(), "nothing was sent");
+    // Only the step that uses the secret fails: the one before it and the failure hook, which
+    // do not, are sent (the hook is what tells someone).
+    let steps: Vec<String> = records_of(&receiver, &id)
+        .iter()
+        .map(|r| header(r, "runner-step").to_string())
+        .collect();
+    assert_eq!(steps, ["first", "alert"], "`call` was not sent");
     let shown = show(&db, &id);
     let s = step(&shown, "call");
     assert_eq!(s["status"], "failed");
