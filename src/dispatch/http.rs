@@ -161,7 +161,7 @@ pub async fn attempt(
         .chain(wf.on_failure.iter())
         .find(|s| s.id == step_id)
         .map_or(Duration::from_secs(30), |s| s.timeout);
-    let dedup = request::dedup_id(&run.id, step_id);
+    let (dedup, retried) = request::message_id(run, step_id, attempt);
     let jti = crate::sign::jti_from_random(rand::random());
     let token = crate::sign::sign(
         &keys.current,
@@ -182,7 +182,7 @@ pub async fn attempt(
         .header("Upstash-Signature", token)
         .header("Upstash-Message-Id", &dedup)
         .header("Idempotency-Key", &dedup)
-        .header("Upstash-Retried", (attempt.saturating_sub(1)).to_string())
+        .header("Upstash-Retried", retried.to_string())
         .header("Runner-Workflow", &wf.name)
         .header("Runner-Run-Id", &run.id)
         .header("Runner-Step", step_id)

@@ -1611,8 +1611,14 @@ fn a_retried_run_can_fail_again_and_run_its_hooks_again() {
     let (mut run, at) = hooked_failed_at_b(&wf);
     apply(&wf, &mut run, ok("only-b", 1), at + secs(1));
     apply(&wf, &mut run, ok("always", 1), at + secs(2));
+    let first_alert = crate::engine::request::message_id(&run, "always", 1);
     apply(&wf, &mut run, Event::RetryRequested, at + secs(10));
     let next = run.step("b").unwrap().attempts;
+    // The retried step is the same message, retried; see the hook's below.
+    assert_eq!(
+        crate::engine::request::message_id(&run, "b", next),
+        (crate::engine::request::dedup_id(&run.id, "b"), next - 1)
+    );
     let effects = apply(
         &wf,
         &mut run,
@@ -1622,6 +1628,11 @@ fn a_retried_run_can_fail_again_and_run_its_hooks_again() {
     // `only-b` needs two attempts; this time there was one (in this round).
     assert_eq!(show(&effects, at), ["email always 2"]);
     assert_eq!(run.failure.as_ref().unwrap().attempts, 1);
+    // The hook's second alert is a new message (its first was delivered): a new id, retried 0.
+    let second_alert = crate::engine::request::message_id(&run, "always", 2);
+    assert_eq!(first_alert.1, 0);
+    assert_eq!(second_alert.1, 0);
+    assert_ne!(first_alert.0, second_alert.0);
     let effects = apply(&wf, &mut run, ok("always", 2), at + secs(12));
     assert_eq!(show(&effects, at), ["finished failed"]);
     assert_eq!(run.finished_at, Some(at + secs(12)));

@@ -16,6 +16,22 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
 }
 
+/// The message id and `Upstash-Retried` of an attempt: the step's [`dedup_id`], and the
+/// attempts before this one. An `on_failure` hook that runs again after the run was retried and
+/// failed again sends a new message (a new id, retried from 0): its first alert was delivered,
+/// and a receiver that deduplicates would drop the second. A step retried with the run keeps
+/// its id and count: its earlier attempts failed, so nothing was taken.
+pub fn message_id(run: &Run, step_id: &str, attempt: u32) -> (String, u32) {
+    let retried = attempt.saturating_sub(1);
+    match run.hooks.iter().find(|h| h.id == step_id) {
+        Some(h) if h.round_start > 0 => (
+            dedup_id(&run.id, &format!("{step_id}\u{0}round:{}", h.round_start)),
+            retried.saturating_sub(h.round_start),
+        ),
+        _ => (dedup_id(&run.id, step_id), retried),
+    }
+}
+
 /// The deduplication id of one step of one run: the same for every attempt and after restarts,
 /// different for every other run and step.
 pub fn dedup_id(run_id: &str, step_id: &str) -> String {

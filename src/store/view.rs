@@ -39,7 +39,7 @@ pub fn run_json(
             "wake_at": s.wake_at,
             "error": s.error,
             "output": s.output,
-            "dedup_id": crate::engine::request::dedup_id(&run.id, &s.id),
+            "dedup_id": crate::engine::request::message_id(run, &s.id, s.attempts.max(1)).0,
             "attempt_log": mine,
         });
         // Whom an approval step asked, and whether each e-mail got out (delivery is retried
