@@ -97,7 +97,8 @@ pub fn router(state: Shared) -> Router {
                 "no such API endpoint; see README.md for the API",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(errors_as_json));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -107,6 +108,48 @@ pub fn router(state: Shared) -> Router {
         )
         .nest("/api/v1", api)
         .with_state(state)
+}
+
+/// Every API error is `{"error": …}`, also those axum answers before a handler runs (a body
+/// over the limit, a query or path that does not parse, a method the route does not have),
+/// which come as plain text or with no body.
+async fn errors_as_json(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match (status, allow) {
+        (StatusCode::METHOD_NOT_ALLOWED, allow) => format!(
+            "{method} is not allowed on {path}{}; see README.md for the API",
+            allow.map_or(String::new(), |a| format!(" (it takes {a})"))
+        ),
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => {
+            format!("the request body is larger than the limit ({text})")
+        }
+        _ if text.is_empty() => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string(),
+        _ => text,
+    };
+    ApiError::new(status, message).into_response()
 }
 
 async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
@@ -592,6 +635,15 @@ async fn put_schedule(
         ));
     }
     let value = parse_json(&body, Value::Null)?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the schedule must be a JSON object {{\"workflow\", \"cron\", \"timezone\"?, \"input\"?, \"paused\"?}}, not {}",
+                json_kind(&value)
+            ),
+        ));
+    }
     let body: ScheduleBody = serde_json::from_value(value)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the schedule must be {{\"workflow\", \"cron\", \"timezone\"?, \"input\"?, \"paused\"?}}: {e}")))?;
     let version = state

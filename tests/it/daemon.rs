@@ -422,6 +422,35 @@ steps:
     let daemon = Daemon::start(&wf_dir, &dir.path().join("api.db"), Some(TOKEN));
     let api = daemon.api();
 
+    // Errors axum answers before a handler runs are JSON too.
+    let big = "x".repeat(3 * 1024 * 1024);
+    for (method, path, body, status, says) in [
+        (
+            "POST",
+            "/workflows/greet/runs",
+            Some(big.as_str()),
+            413,
+            "larger than the limit",
+        ),
+        ("GET", "/runs?limit=abc", None, 400, "limit"),
+        (
+            "GET",
+            "/workflows/greet/runs",
+            None,
+            405,
+            "GET is not allowed on",
+        ),
+        ("DELETE", "/runs/x", None, 405, "DELETE is not allowed on"),
+        ("PUT", "/schedules/s", None, 400, "must be a JSON object"),
+    ] {
+        let (got, v) = api.call(method, path, &[], body);
+        assert_eq!(got, status, "{method} {path}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{method} {path}: {v}"
+        );
+    }
+
     // Idempotency key: one run.
     let key = [("Idempotency-Key", "order-42")];
     let body = Some(r#"{"userId": "u1"}"#);
