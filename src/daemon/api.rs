@@ -595,20 +595,22 @@ fn valid_schedule_id(id: &str) -> bool {
 
 fn schedule_json(s: &ApiSchedule) -> Value {
     let now = chrono::Utc::now();
-    let next: Vec<String> = crate::cron::CronSchedule::parse(&s.cron, s.timezone.as_deref())
-        .map(|c| {
-            if s.paused {
-                Vec::new()
-            } else {
-                c.slots_after(now)
-                    .take(3)
-                    .map(|sl| sl.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                    .collect()
-            }
-        })
-        .unwrap_or_default();
+    let parsed = crate::cron::CronSchedule::parse(&s.cron, s.timezone.as_deref()).ok();
+    let next: Vec<String> = match &parsed {
+        Some(c) if !s.paused => c
+            .slots_after(now)
+            .take(3)
+            .map(|sl| sl.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // The zone it fires in: `timezone`, or a `CRON_TZ=` prefix of the expression.
+    let timezone = parsed.map_or_else(
+        || s.timezone.clone().unwrap_or_else(|| "UTC".into()),
+        |c| c.timezone().name().to_string(),
+    );
     json!({
-        "id": s.id, "workflow": s.workflow, "cron": s.cron, "timezone": s.timezone.clone().unwrap_or_else(|| "UTC".into()),
+        "id": s.id, "workflow": s.workflow, "cron": s.cron, "timezone": timezone,
         "input": s.input, "paused": s.paused, "created_at": s.created_at, "updated_at": s.updated_at, "next": next,
     })
 }

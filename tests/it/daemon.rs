@@ -782,6 +782,19 @@ steps:
     assert_eq!(c["cron"], "30 8 * * *");
     assert_eq!(c["timezone"], "UTC");
     assert_eq!(api.get("/schedules").1.as_array().map(Vec::len), Some(1));
+    // A zone given as a CRON_TZ= prefix is the zone shown.
+    let (s4, d) = api.put(
+        "/schedules/user-u1",
+        r#"{"workflow": "report", "cron": "CRON_TZ=Asia/Tokyo 0 9 * * *", "input": {"userId": "u1"}}"#,
+    );
+    assert_eq!(s4, 200, "{d}");
+    assert_eq!(d["timezone"], "Asia/Tokyo", "{d}");
+    assert!(
+        d["next"][0]
+            .as_str()
+            .is_some_and(|t| t.ends_with("T00:00:00Z")),
+        "09:00 in Tokyo is 00:00 UTC: {d}"
+    );
 
     // Refused: 422 (and nothing saved).
     for (what, bad, names) in [
