@@ -400,13 +400,13 @@ async fn send_email_step(
         ..AttemptRecord::default()
     };
     let mut secrets = serde_json::Map::new();
+    let wf = engine.store().workflow_for(run);
     let result = async {
-        let wf = engine
-            .store()
-            .workflow_for(run)
+        let wf = wf
+            .as_ref()
             .map_err(|e| MailError::Permanent(e.to_string()))?;
-        secrets = super::http::secrets_for_step(&wf, step).map_err(MailError::Permanent)?;
-        let mail = request::render_mail(&wf, run, step, &secrets).map_err(MailError::Permanent)?;
+        secrets = super::http::secrets_for_step(wf, step).map_err(MailError::Permanent)?;
+        let mail = request::render_mail(wf, run, step, &secrets).map_err(MailError::Permanent)?;
         record.request = Some(request::redact_value(
             serde_json::json!({ "to": mail.to, "subject": mail.subject }),
             &secrets,
@@ -419,7 +419,7 @@ async fn send_email_step(
             tag: format!("{}-{step}", run.id),
         };
         // The step's `timeout` bounds the attempt, as it does an HTTP call's.
-        let limit = request::step_timeout(&wf, step).unwrap_or(APPROVAL_SEND_LIMIT);
+        let limit = request::step_timeout(wf, step).unwrap_or(APPROVAL_SEND_LIMIT);
         let where_to = ctx.mailer.send(&out, limit).await?;
         info!(run_id = %run.id, step, "e-mail {where_to}");
         Ok::<_, MailError>(mail.to)
@@ -440,7 +440,11 @@ async fn send_email_step(
         Err(MailError::Transient(e)) => (e, Outcome::Retryable { after: None }),
     };
     let error = request::redact(&error, &secrets);
-    record.outcome = outcome.record_name().into();
+    record.outcome = match &wf {
+        Ok(wf) => outcome.record_name(wf, run, step),
+        Err(_) => "failed",
+    }
+    .into();
     record.error = Some(error.clone());
     let event = Event::AttemptFailed {
         step: step.to_string(),

@@ -97,7 +97,7 @@ pub async fn attempt(
         record.finished_at = Some(Utc::now());
         record.status = status;
         record.error = Some(error.clone());
-        record.outcome = outcome.record_name().into();
+        record.outcome = outcome.record_name(wf, run, step_id).into();
         Event::AttemptFailed {
             step: step_id.to_string(),
             attempt,

@@ -345,13 +345,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome of a failed attempt as its record names it: `retry` or `failed`.
-    pub fn record_name(&self) -> &'static str {
-        match self {
-            Outcome::Retryable { .. } => "retry",
-            Outcome::Permanent => "failed",
-        }
+    /// The outcome of a failed attempt of `step_id` (its current attempt in `run`) as the
+    /// attempt's record names it: `retry` when the step will be tried again, else `failed` (a
+    /// retryable failure of the last attempt the retry limit allows is a failure).
+    pub fn record_name(&self, wf: &Workflow, run: &Run, step_id: &str) -> &'static str {
+        let retried = matches!(self, Outcome::Retryable { .. })
+            && find_step(wf, step_id)
+                .zip(run.step(step_id))
+                .is_none_or(|(def, s)| retries_left(def, s));
+        if retried { "retry" } else { "failed" }
     }
+}
+
+/// Whether a step whose current attempt failed may be tried again: its retry limit counts the
+/// attempts of this round (a retried run starts a new one).
+fn retries_left(def: &Step, s: &StepState) -> bool {
+    let round_attempts = s.attempts - s.round_start.min(s.attempts);
+    round_attempts <= def.retry.limit
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -535,9 +545,8 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             s.error = Some(error.clone());
             s.last_status = *status;
             let round_attempts = s.attempts - s.round_start.min(s.attempts);
-            let retries_left = round_attempts <= def.retry.limit;
             match outcome {
-                Outcome::Retryable { after } if retries_left => {
+                Outcome::Retryable { after } if retries_left(def, s) => {
                     let delay = after.unwrap_or_else(|| def.retry.delay(s.attempts));
                     s.status = StepStatus::Retrying;
                     s.wake_at = Some(later(now, delay));

@@ -1502,6 +1502,11 @@ steps:
     // Every attempt is shown, as an HTTP step's are.
     let log = tell["attempt_log"].as_array().expect("attempt_log");
     assert_eq!(log.len(), 3, "{run:#}");
+    let outcomes: Vec<&str> = log
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes, ["retry", "retry", "failed"], "{run:#}");
     for (i, a) in log.iter().enumerate() {
         assert_eq!(a["attempt"], i + 1, "{a:#}");
         assert_eq!(a["request"]["to"][0], "ops@example.com", "{a:#}");

@@ -579,6 +579,10 @@ steps:
         assert!(a["finished_at"].is_string(), "{a:#}");
     }
     assert_eq!(log[0]["outcome"], "retry");
+    assert_eq!(
+        log[1]["outcome"], "failed",
+        "the last attempt the limit allows"
+    );
     let error = s["error"].as_str().unwrap();
     assert!(
         error.contains("no answer within 1s") && error.contains("gave up after 2 attempts"),
