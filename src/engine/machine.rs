@@ -735,8 +735,21 @@ fn decided(
         {
             later.status = StepStatus::Skipped;
         }
+        skip_pending_hooks(run);
     } else {
         advance(wf, run, now, effects);
+    }
+}
+
+/// A run that ends without failing does not run its `on_failure` hooks: they are skipped, not
+/// left pending as if they still might run.
+fn skip_pending_hooks(run: &mut Run) {
+    for h in run
+        .hooks
+        .iter_mut()
+        .filter(|h| h.status == StepStatus::Pending)
+    {
+        h.status = StepStatus::Skipped;
     }
 }
 
@@ -775,6 +788,7 @@ fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<E
             run.status = if hooks {
                 RunStatus::Failed
             } else {
+                skip_pending_hooks(run);
                 RunStatus::Succeeded
             };
             return;

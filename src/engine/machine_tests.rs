@@ -538,7 +538,7 @@ fn every_state_by_every_event() {
             E::TimerDue,
             Becomes(
                 R::Rejected,
-                "succeeded succeeded succeeded skipped | pending pending",
+                "succeeded succeeded succeeded skipped | skipped skipped",
                 &["finished rejected"],
             ),
         ),
@@ -557,7 +557,7 @@ fn every_state_by_every_event() {
             E::Rejected,
             Becomes(
                 R::Rejected,
-                "succeeded succeeded succeeded skipped | pending pending",
+                "succeeded succeeded succeeded skipped | skipped skipped",
                 &["finished rejected"],
             ),
         ),
@@ -1544,7 +1544,7 @@ fn rejection_skips_hooks() {
     assert_eq!(run.failure, None);
     assert_eq!(
         statuses(&run),
-        "succeeded succeeded succeeded skipped | pending pending"
+        "succeeded succeeded succeeded skipped | skipped skipped"
     );
     let review = run.step("review").unwrap();
     assert_eq!(
@@ -1603,6 +1603,11 @@ fn retrying_a_failed_run_goes_on_from_the_failed_step() {
     assert_eq!(show(&effects, later), ["finished succeeded"]);
     assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(run.finished_at, Some(later + secs(4)));
+    // The hooks that ran in the failed round do not stay pending: this round did not fail.
+    assert_eq!(
+        statuses(&run),
+        "succeeded succeeded succeeded | skipped skipped skipped"
+    );
 }
 
 #[test]
