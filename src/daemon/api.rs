@@ -593,11 +593,19 @@ fn valid_schedule_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
 }
 
-fn schedule_json(s: &ApiSchedule) -> Value {
+/// A schedule as the API shows it. `next` is empty while it cannot fire: paused, or its workflow
+/// is not active (deleted or never valid; its slots are skipped until it is).
+fn schedule_json(state: &AppState, s: &ApiSchedule) -> Value {
     let now = chrono::Utc::now();
     let parsed = crate::cron::CronSchedule::parse(&s.cron, s.timezone.as_deref()).ok();
+    let workflow_active = state
+        .registry
+        .read()
+        .expect("registry lock")
+        .get(&s.workflow)
+        .is_some();
     let next: Vec<String> = match &parsed {
-        Some(c) if !s.paused => c
+        Some(c) if !s.paused && workflow_active => c
             .slots_after(now)
             .take(3)
             .map(|sl| sl.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -610,7 +618,7 @@ fn schedule_json(s: &ApiSchedule) -> Value {
         |c| c.timezone().name().to_string(),
     );
     json!({
-        "id": s.id, "workflow": s.workflow, "cron": s.cron, "timezone": timezone,
+        "id": s.id, "workflow": s.workflow, "workflow_active": workflow_active, "cron": s.cron, "timezone": timezone,
         "input": s.input, "paused": s.paused, "created_at": s.created_at, "updated_at": s.updated_at, "next": next,
     })
 }
@@ -697,7 +705,7 @@ async fn put_schedule(
     });
     if unchanged {
         let p = previous.expect("checked above");
-        return json_ok(StatusCode::OK, schedule_json(&p));
+        return json_ok(StatusCode::OK, schedule_json(&state, &p));
     }
     let (saved, created) = scheduler::save_api_schedule(state.engine.store(), schedule)
         .await
@@ -709,13 +717,13 @@ async fn put_schedule(
         } else {
             StatusCode::OK
         },
-        schedule_json(&saved),
+        schedule_json(&state, &saved),
     )
 }
 
 async fn get_schedule(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
     match scheduler::get_api_schedule(state.engine.store(), &id).map_err(ApiError::internal)? {
-        Some(s) => json_ok(StatusCode::OK, schedule_json(&s)),
+        Some(s) => json_ok(StatusCode::OK, schedule_json(&state, &s)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no schedule `{id}`"),
@@ -738,7 +746,7 @@ async fn list_schedules(State(state): State<Shared>, Query(q): Query<ScheduleQue
         .filter(|s| q.workflow.as_ref().is_none_or(|w| &s.workflow == w))
         .filter(|s| q.after.as_ref().is_none_or(|a| &s.id > a))
         .take(limit)
-        .map(schedule_json)
+        .map(|s| schedule_json(&state, s))
         .collect();
     json_ok(StatusCode::OK, json!(items))
 }
@@ -775,7 +783,7 @@ async fn set_paused(state: &AppState, id: &str, paused: bool) -> ApiResult {
         let _ = state.scheduler.send(Msg::Upsert(saved.clone())).await;
         s = saved;
     }
-    json_ok(StatusCode::OK, schedule_json(&s))
+    json_ok(StatusCode::OK, schedule_json(state, &s))
 }
 
 async fn pause_schedule(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {

@@ -881,6 +881,17 @@ steps:
     // The paused `* * * * *` schedule started no run while it existed.
     let (_, runs) = api.get("/runs?workflow=report");
     assert_eq!(runs, json!([]), "a paused schedule fired");
+
+    // Its workflow's file deleted, a schedule says it cannot fire instead of listing times.
+    let (_, live) = api.get("/schedules/user-u1");
+    assert_eq!(live["workflow_active"], true, "{live}");
+    std::fs::remove_file(wf_dir.join("report.yaml")).expect("remove");
+    wait_for(RELOAD_LIMIT, "the deleted workflow to go", || {
+        (api.get("/workflows/report").0 == 404).then_some(())
+    });
+    let (_, orphan) = api.get("/schedules/user-u1");
+    assert_eq!(orphan["workflow_active"], false, "{orphan}");
+    assert_eq!(orphan["next"], json!([]), "{orphan}");
 }
 
 // ---------------------------------------------------------------------------------------------
