@@ -1578,17 +1578,12 @@ steps:
     );
 }
 
-/// One recipient is greylisted (451 twice): the other is mailed in the first round, not after
-/// the first one's retries, and the greylisted one gets hers on a later round.
-#[test]
-fn a_greylisted_recipient_does_not_hold_back_the_others() {
-    let tmp = temp_dir();
-    let smtp = PolicySmtp::start(
-        tmp.path(),
-        r#"{"alice@example.com": {"code": 451, "times": 2}}"#,
-    );
+/// `runner serve` with a `gate` workflow (an approval to alice and bob), mailing through a policy
+/// SMTP server with `policy`.
+fn gate_for_two(root: &Path, policy: &str) -> (PolicySmtp, Daemon) {
+    let smtp = PolicySmtp::start(root, policy);
     write(
-        &workflows(tmp.path()),
+        &workflows(root),
         "gate.yaml",
         r#"on: { webhook: true }
 steps:
@@ -1600,11 +1595,23 @@ steps:
 "#,
     );
     let serve = start_serve(
-        tmp.path(),
+        root,
         &Opts {
             smtp_url: Some(smtp.smtp_url()),
             ..Opts::default()
         },
+    );
+    (smtp, serve)
+}
+
+/// One recipient is greylisted (451 twice): the other is mailed in the first round, not after
+/// the first one's retries, and the greylisted one gets hers on a later round.
+#[test]
+fn a_greylisted_recipient_does_not_hold_back_the_others() {
+    let tmp = temp_dir();
+    let (smtp, serve) = gate_for_two(
+        tmp.path(),
+        r#"{"alice@example.com": {"code": 451, "times": 2}}"#,
     );
     let api = serve.api();
     let id = api.start_run("gate", "{}");
@@ -1697,26 +1704,7 @@ steps:
 #[test]
 fn a_retried_approval_mails_everyone_new_links() {
     let tmp = temp_dir();
-    let smtp = PolicySmtp::start(tmp.path(), r#"{"bob@example.com": 550}"#);
-    write(
-        &workflows(tmp.path()),
-        "gate.yaml",
-        r#"on: { webhook: true }
-steps:
-  - id: gate
-    approval:
-      to: [alice@example.com, bob@example.com]
-      subject: "Ship it?"
-      timeout: 10m
-"#,
-    );
-    let serve = start_serve(
-        tmp.path(),
-        &Opts {
-            smtp_url: Some(smtp.smtp_url()),
-            ..Opts::default()
-        },
-    );
+    let (smtp, serve) = gate_for_two(tmp.path(), r#"{"bob@example.com": 550}"#);
     let api = serve.api();
     let id = api.start_run("gate", "{}");
     let run = api.wait_run(&id, Duration::from_secs(20));
