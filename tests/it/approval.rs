@@ -1578,6 +1578,19 @@ steps:
     );
 }
 
+/// A port where a server accepts connections (20 at most) and keeps them open, saying nothing.
+fn silent_server() -> u16 {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().take(20) {
+            held.extend(conn.ok());
+        }
+    });
+    port
+}
+
 /// `runner serve` with a `gate` workflow (an approval to alice and bob), mailing through a policy
 /// SMTP server with `policy`.
 fn gate_for_two(root: &Path, policy: &str) -> (PolicySmtp, Daemon) {
@@ -1656,15 +1669,7 @@ fn a_greylisted_recipient_does_not_hold_back_the_others() {
 #[test]
 fn a_silent_smtp_server_times_the_email_step_out() {
     let tmp = temp_dir();
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = silent.local_addr().expect("addr").port();
-    // Accepts and keeps every connection open, saying nothing.
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in silent.incoming().take(20) {
-            held.extend(conn.ok());
-        }
-    });
+    let port = silent_server();
     write(
         &workflows(tmp.path()),
         "notify.yaml",
@@ -1857,14 +1862,7 @@ fn api_retries_at_once_count_once() {
     let tmp = temp_dir();
     // An endpoint that never answers: each attempt runs into its 1 s timeout, so a retried run
     // is still running while the other retries arrive.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = silent.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in silent.incoming().take(20) {
-            held.extend(conn.ok());
-        }
-    });
+    let port = silent_server();
     write(
         &workflows(tmp.path()),
         "call.yaml",
