@@ -5,13 +5,13 @@
 //! real MIME decoder.
 
 use crate::support::{
-    Api, Daemon, HttpResponse, QstashReceiver, http_request, now_ms, receiver_log, runner_cmd,
-    temp_dir, wait_for, write,
+    Api, Daemon, HttpResponse, KillOnDrop, QstashReceiver, http_request, now_ms, receiver_log,
+    runner_cmd, temp_dir, wait_for, write,
 };
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SMTP_HINT: &str =
@@ -33,17 +33,10 @@ fn free_port() -> u16 {
 // MailDev: a real SMTP server with a REST API, killed when dropped.
 
 struct MailDev {
-    child: Child,
+    child: KillOnDrop,
     smtp_port: u16,
     web: String,
     log: PathBuf,
-}
-
-impl Drop for MailDev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl MailDev {
@@ -87,14 +80,14 @@ impl MailDev {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {SMTP_HINT}"));
             let mut md = MailDev {
-                child,
+                child: KillOnDrop(child),
                 smtp_port,
                 web: format!("http://127.0.0.1:{web_port}"),
                 log,
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
-                if md.child.try_wait().expect("try_wait").is_some() {
+                if md.child.0.try_wait().expect("try_wait").is_some() {
                     break;
                 }
                 let smtp_up = std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_ok();
@@ -145,18 +138,11 @@ impl MailDev {
 // `smtp-server`): greylisting, a full mailbox. Killed when dropped.
 
 struct PolicySmtp {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
     policy: PathBuf,
     mail_dir: PathBuf,
     log: PathBuf,
-}
-
-impl Drop for PolicySmtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl PolicySmtp {
@@ -184,7 +170,7 @@ impl PolicySmtp {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {SMTP_HINT}"));
         let smtp = PolicySmtp {
-            child,
+            _child: KillOnDrop(child),
             port,
             policy: policy_file,
             mail_dir,

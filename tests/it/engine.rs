@@ -9,25 +9,17 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{QstashReceiver, receiver_log, runner_cmd, temp_dir, write};
+use crate::support::{KillOnDrop, QstashReceiver, receiver_log, runner_cmd, temp_dir, write};
 
 /// The longest any one `runner` command may take before the test fails.
 const LIMIT: Duration = Duration::from_secs(90);
 
 /// A child process that is killed when dropped (also when the test panics).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[derive(Debug)]
 struct Output {

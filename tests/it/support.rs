@@ -555,3 +555,13 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A child process killed (and reaped) when dropped: a test's servers end with the test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
