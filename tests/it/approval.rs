@@ -1107,13 +1107,7 @@ fn headless_chromium_approves_from_the_email_link() {
         &review_yaml(&receiver, "1h", None),
     );
     // No --public-url: the links use the address the daemon listens on.
-    let serve = start_serve(
-        tmp.path(),
-        &Opts {
-            smtp_url: Some(maildev.smtp_url()),
-            ..Opts::default()
-        },
-    );
+    let serve = serve_with_smtp(tmp.path(), maildev.smtp_url());
     let api = serve.api();
     let id = api.start_run("review", r#"{"title": "the phone test"}"#);
     let mails = maildev.wait_emails(2, Duration::from_secs(20));
@@ -1363,13 +1357,7 @@ on_failure:
             boom = receiver.url("/nonretryable"),
         ),
     );
-    let serve = start_serve(
-        tmp.path(),
-        &Opts {
-            smtp_url: Some(maildev.smtp_url()),
-            ..Opts::default()
-        },
-    );
+    let serve = serve_with_smtp(tmp.path(), maildev.smtp_url());
     let api = serve.api();
     let id = api.start_run("notify", r#"{"version": "2.4.1"}"#);
     let run = api.wait_run(&id, Duration::from_secs(20));
@@ -1424,13 +1412,7 @@ steps:
     retry: { limit: 3, backoff: fixed, initial: 1s }
 "#,
     );
-    let serve = start_serve(
-        tmp.path(),
-        &Opts {
-            smtp_url: Some(maildev.smtp_url()),
-            ..Opts::default()
-        },
-    );
+    let serve = serve_with_smtp(tmp.path(), maildev.smtp_url());
     let api = serve.api();
     let id = api.start_run("notify", "{}");
     let run = api.wait_run(&id, Duration::from_secs(20));
@@ -1459,13 +1441,7 @@ steps:
 "#,
     );
     let dead = free_port();
-    let serve = start_serve(
-        tmp.path(),
-        &Opts {
-            smtp_url: Some(format!("smtp://127.0.0.1:{dead}")),
-            ..Opts::default()
-        },
-    );
+    let serve = serve_with_smtp(tmp.path(), format!("smtp://127.0.0.1:{dead}"));
     let api = serve.api();
     let t0 = Instant::now();
     let id = api.start_run("notify", "{}");
@@ -1528,13 +1504,7 @@ steps:
 "#,
     );
     let port = free_port();
-    let serve = start_serve(
-        tmp.path(),
-        &Opts {
-            smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
-            ..Opts::default()
-        },
-    );
+    let serve = serve_with_smtp(tmp.path(), format!("smtp://127.0.0.1:{port}"));
     let api = serve.api();
     let id = api.start_run("gate", "{}");
     // Tries at about 0 s and 2 s fail (nothing listens); the next is at about 6 s.
@@ -1562,6 +1532,17 @@ steps:
         "{run:#}\n{}",
         serve_logs(&serve)
     );
+}
+
+/// `runner serve` in `root`, mailing through the SMTP server at `url`.
+fn serve_with_smtp(root: &Path, url: impl Into<String>) -> Daemon {
+    start_serve(
+        root,
+        &Opts {
+            smtp_url: Some(url.into()),
+            ..Opts::default()
+        },
+    )
 }
 
 /// A port where a server accepts connections (20 at most) and keeps them open, saying nothing.
@@ -1593,13 +1574,7 @@ steps:
       timeout: 10m
 "#,
     );
-    let serve = start_serve(
-        root,
-        &Opts {
-            smtp_url: Some(smtp.smtp_url()),
-            ..Opts::default()
-        },
-    );
+    let serve = serve_with_smtp(root, smtp.smtp_url());
     (smtp, serve)
 }
 
@@ -1667,13 +1642,7 @@ steps:
     retry: { limit: 1, backoff: fixed, initial: 1s }
 "#,
     );
-    let serve = start_serve(
-        tmp.path(),
-        &Opts {
-            smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
-            ..Opts::default()
-        },
-    );
+    let serve = serve_with_smtp(tmp.path(), format!("smtp://127.0.0.1:{port}"));
     let api = serve.api();
     let id = api.start_run("notify", "{}");
     let run = api.wait_run(&id, Duration::from_secs(30));
