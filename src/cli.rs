@@ -554,7 +554,11 @@ async fn run_foreground(
     let (wf, file) = load_workflow(name, dir)?;
     let input: serde_json::Value = serde_json::from_str(input)
         .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
-    let owner = crate::store::owner::take_for_one_run(db)?;
+    // It may wait (10 s at most) for a recovery to end: not on the runtime's threads.
+    let owner = {
+        let db = db.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::store::owner::take_for_one_run(&db)).await??
+    };
     let (engine, pages) = open_engine(db, fg, owner).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
     let (run, created) = match engine

@@ -169,23 +169,25 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 /// version in force. Returns whether the set of active versions changed.
 async fn reload(registry: &Arc<RwLock<Registry>>, store: &crate::store::Store) -> bool {
     let reg = registry.clone();
-    let (changed, removed, active) = tokio::task::spawn_blocking(move || {
-        let changed = log_reload(&reg);
-        let registry = reg.read().expect("registry lock");
-        (changed.0, changed.1, registry.active_by_path())
-    })
-    .await
-    .unwrap_or_default();
-    let mut remember: Vec<_> = active.into_iter().map(|(p, v)| (p, Some(v))).collect();
-    remember.extend(removed.into_iter().map(|path| (path, None)));
-    if let Err(e) = store.remember_active(remember).await {
+    let Ok(changes) = tokio::task::spawn_blocking(move || log_reload(&reg)).await else {
+        return false;
+    };
+    let changed =
+        !(changes.added.is_empty() && changes.changed.is_empty() && changes.removed.is_empty());
+    let mut remember: Vec<_> = (changes.activated.into_iter())
+        .map(|(p, v)| (p, Some(v)))
+        .collect();
+    remember.extend(changes.removed_paths.into_iter().map(|path| (path, None)));
+    if !remember.is_empty()
+        && let Err(e) = store.remember_active(remember).await
+    {
         warn!(error = %e, "cannot remember the active workflow versions");
     }
     changed
 }
 
-/// Returns whether the set of active versions changed, and the paths that are gone.
-fn log_reload(registry: &Arc<RwLock<Registry>>) -> (bool, Vec<String>) {
+/// Re-checks the directory and logs what changed.
+fn log_reload(registry: &Arc<RwLock<Registry>>) -> registry::Changes {
     let changes = registry.write().expect("registry lock").reload();
     for name in &changes.added {
         info!(workflow = %name, "workflow loaded");
@@ -202,10 +204,7 @@ fn log_reload(registry: &Arc<RwLock<Registry>>) -> (bool, Vec<String>) {
     for e in &changes.errors {
         error!("{e}");
     }
-    (
-        !(changes.added.is_empty() && changes.changed.is_empty() && changes.removed.is_empty()),
-        changes.removed_paths,
-    )
+    changes
 }
 
 fn watch(

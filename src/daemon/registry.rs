@@ -27,6 +27,9 @@ pub struct Changes {
     pub removed: Vec<String>,
     /// The files that are gone (their last good version is forgotten).
     pub removed_paths: Vec<String>,
+    /// Files whose version in force is new or changed, by path (what the database keeps as the
+    /// file's last good version).
+    pub activated: Vec<(String, Version)>,
     /// Files whose new content was refused (the last good version, if any, stays active).
     pub refused: Vec<(String, String)>,
     pub errors: Vec<String>,
@@ -127,6 +130,11 @@ impl Registry {
                 .active
                 .as_ref()
                 .map(|v| v.workflow.name.clone() + "@" + &v.hash);
+            if let Some(v) = &state.active
+                && before.get(path) != Some(&now)
+            {
+                changes.activated.push((path.clone(), v.clone()));
+            }
             match (before.get(path), now) {
                 (None, Some(n)) | (Some(None), Some(n)) => changes
                     .added
@@ -173,15 +181,6 @@ impl Registry {
             }
         }
         restored
-    }
-
-    /// The version in force of each file that has one, by path (what the database keeps as
-    /// the file's last good version).
-    pub fn active_by_path(&self) -> Vec<(String, Version)> {
-        self.files
-            .iter()
-            .filter_map(|(p, f)| Some((p.clone(), f.active.clone()?)))
-            .collect()
     }
 
     /// The active version of a workflow by name (the first file by path wins a name clash).

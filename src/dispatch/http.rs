@@ -155,12 +155,7 @@ pub async fn attempt(
             return (ev, record);
         }
     };
-    let timeout = wf
-        .steps
-        .iter()
-        .chain(wf.on_failure.iter())
-        .find(|s| s.id == step_id)
-        .map_or(Duration::from_secs(30), |s| s.timeout);
+    let timeout = request::step_timeout(wf, step_id).unwrap_or(Duration::from_secs(30));
     let (dedup, retried) = request::message_id(run, step_id, attempt);
     let jti = crate::sign::jti_from_random(rand::random());
     let token = crate::sign::sign(

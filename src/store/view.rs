@@ -10,7 +10,12 @@ pub fn run_json(
     run: &crate::engine::machine::Run,
 ) -> anyhow::Result<serde_json::Value> {
     let attempts = store.attempts(&run.id)?;
-    let emails = store.approval_emails(&run.id)?;
+    // Only a run with an approval step has approval e-mails to read.
+    let emails = if run.steps.iter().any(|s| s.kind == "approval") {
+        store.approval_emails(&run.id)?
+    } else {
+        Vec::new()
+    };
     let step_json = |s: &crate::engine::machine::StepState| {
         let mine: Vec<serde_json::Value> = attempts
             .iter()
