@@ -27,9 +27,9 @@ mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
 use common::{fsync_probe, percentile};
-use runner::dispatch::http::Keys;
-use runner::engine::executor::Engine;
 use runner::engine::machine::RunStatus;
+use runner::runtime::Executor as Engine;
+use runner::sign::Keys;
 use runner::store::{Store, Version};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -181,12 +181,12 @@ fn main() -> Result<()> {
     let runner_requests_before = endpoint.count();
     let (mut total_runs, store_sync) = rt.block_on(async {
         let store = Store::open(&db_path)?;
-        let store_sync = store.synchronous()?;
+        let store_sync = store.synchronous().await?.unwrap_or(-1);
         let keys = Keys {
             current: runner::sign::key_from_random(rand::random()),
             next: runner::sign::key_from_random(rand::random()),
         };
-        let engine = Engine::new(store, keys);
+        let engine = runner::testing::executor(store, keys, dir.path().join("outbox"));
         tokio::spawn(engine.clone().timer_loop());
         let version = bench_version(&endpoint.base)?;
 
@@ -747,9 +747,15 @@ struct Phase {
 
 async fn one_run(engine: &Engine, version: &Version) -> Result<(bool, f64)> {
     let t = Instant::now();
-    let (run, _) = engine
-        .start_run(version.clone(), json!({}), "bench", None, None)
-        .await?;
+    let run = runner::ops::start::start(
+        engine,
+        version.clone(),
+        json!({}),
+        runner::engine::machine::Trigger::Api,
+        None,
+    )
+    .await?
+    .run;
     let status = tokio::time::timeout(Duration::from_secs(60), engine.wait(&run.id))
         .await
         .map_err(|_| anyhow!("run {} did not finish within 60 s", run.id))??;

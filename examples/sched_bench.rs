@@ -44,10 +44,9 @@ mod common;
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
 use common::{fsync_probe, percentile};
-use runner::daemon::registry::Registry;
 use runner::daemon::scheduler::Scheduler;
-use runner::dispatch::http::Keys;
-use runner::engine::executor::Engine;
+use runner::registry::Registry;
+use runner::sign::Keys;
 use runner::store::Store;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -263,7 +262,7 @@ fn insert_schedules(
     let mut c = rusqlite::Connection::open(db)?;
     c.busy_timeout(Duration::from_secs(30))?;
     let tx = c.transaction()?;
-    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = Utc::now().timestamp_millis();
     let mut n = 0;
     {
         let mut stmt = tx.prepare(
@@ -451,7 +450,11 @@ fn child_start(dir: &Path) -> Result<()> {
     rt.block_on(async {
         let reg = Arc::new(RwLock::new(Registry::new(&dir.join("workflows"))));
         reg.write().expect("registry").reload();
-        let engine = Engine::new(Store::open(&dir.join("runner.db"))?, keys());
+        let engine = runner::testing::executor(
+            Store::open(&dir.join("runner.db"))?,
+            keys(),
+            dir.join("outbox"),
+        );
         let metrics = engine.metrics();
         let mut sched = Scheduler::new(engine.clone(), reg, metrics);
         let now = Utc
@@ -492,7 +495,7 @@ async fn api(dir: &Path, endpoint: &Endpoint, clients: usize, secs: u64) -> Resu
         )],
     )?;
     let db = dir.join("runner.db");
-    let engine = Engine::new(Store::open(&db)?, keys());
+    let engine = runner::testing::executor(Store::open(&db)?, keys(), dir.join("outbox"));
     let metrics = engine.metrics();
     tokio::spawn(engine.clone().timer_loop());
     let (sched_tx, sched_rx) = tokio::sync::mpsc::channel(1024);
@@ -502,15 +505,17 @@ async fn api(dir: &Path, endpoint: &Endpoint, clients: usize, secs: u64) -> Resu
         .await
         .map_err(|e| anyhow!("start: {e}"))?;
     tokio::spawn(sched.run(sched_rx));
-    let state = Arc::new(runner::daemon::api::AppState {
-        engine: engine.clone(),
-        registry: reg,
-        scheduler: sched_tx,
+    let state = Arc::new(runner::web::AppState {
+        exec: engine.clone(),
+        daemon: Some(runner::web::DaemonParts {
+            registry: reg,
+            schedules: sched_tx,
+        }),
         token: None,
         metrics,
         public_url: "http://127.0.0.1".into(),
     });
-    let app = runner::daemon::api::router(state);
+    let app = runner::web::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -673,7 +678,7 @@ async fn lateness(
         ));
     }
     insert_schedules(&db, rows.into_iter())?;
-    let engine = Engine::new(Store::open(&db)?, keys());
+    let engine = runner::testing::executor(Store::open(&db)?, keys(), dir.join("outbox"));
     let metrics = engine.metrics();
     tokio::spawn(engine.clone().timer_loop());
     let (_tx, rx) = tokio::sync::mpsc::channel(16);

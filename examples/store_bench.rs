@@ -45,15 +45,20 @@ fn writer_cpu_ns() -> u64 {
 
 async fn one_run(store: &Store, version: &Version) -> Result<()> {
     let new = NewRun {
-        id: runner::engine::executor::new_run_id(),
+        id: runner::ops::start::new_run_id(),
         version: version.hash.clone(),
-        trigger: "bench".into(),
+        trigger: runner::engine::machine::Trigger::Api,
         input: json!({}),
         scheduled_for: None,
     };
-    let applied = store
-        .start_run(version.clone(), new, None, None, true, Utc::now())
-        .await?;
+    let request = runner::store::NewRunRequest {
+        version: version.clone(),
+        new,
+        idempotency_key: None,
+        slot: None,
+        start: true,
+    };
+    let applied = store.start_run(request, Utc::now()).await?;
     let run_id = applied.run.id.clone();
     let mut effect = applied.effects.first().and_then(|(id, _)| *id);
     for step in ["one", "two", "three"] {
@@ -64,7 +69,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
             started_at: Some(now),
             finished_at: Some(now),
             status: Some(200),
-            outcome: "succeeded".into(),
+            outcome: runner::store::AttemptResult::Succeeded,
             error: None,
             request: Some(
                 json!({"method": "POST", "url": format!("http://127.0.0.1:9/{step}"), "headers": {"content-type": "application/json", "upstash-signature": "[redacted]"}, "body": {"step": step}}),
@@ -83,7 +88,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
             .await?;
         effect = applied.effects.iter().find_map(|(id, _)| *id);
     }
-    let run = store.get_run(&run_id)?.context("the run vanished")?;
+    let run = store.get_run(&run_id).await?.context("the run vanished")?;
     if run.status.as_str() != "succeeded" {
         bail!("run {run_id} ended {}", run.status.as_str());
     }

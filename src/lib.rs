@@ -1,7 +1,8 @@
 //! runner: declarative, self-hosted durable workflows.
 //!
-//! The pure core (no I/O): [`workflow`], [`cron`], [`sign`], [`backoff`], [`engine::machine`].
-//! The I/O shell: [`store`], [`dispatch`], [`sources`], [`daemon`], [`cli`].
+//! The pure core (no I/O): [`workflow`], [`cron`], [`sign`], [`backoff`], [`time`], [`engine`].
+//! The I/O shell: [`store`], [`runtime`], [`dispatch`], [`ops`], [`views`], [`web`],
+//! [`sources`], [`daemon`], [`cli`].
 
 pub mod backoff;
 pub mod cli;
@@ -10,9 +11,16 @@ pub mod daemon;
 pub mod dispatch;
 pub mod engine;
 pub mod metrics;
+pub mod ops;
+pub mod registry;
+pub mod runtime;
 pub mod sign;
 pub mod sources;
 pub mod store;
+pub mod testing;
+pub mod time;
+pub mod views;
+pub mod web;
 pub mod workflow;
 
 /// rustls needs one process-wide crypto provider; runner uses ring (no C toolchain beyond cc).

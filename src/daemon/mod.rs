@@ -3,13 +3,11 @@
 //!
 //! I/O shell: this wires the store, the engine, the scheduler, the watcher and the HTTP server.
 
-pub mod api;
-pub mod pages;
-pub mod registry;
+pub mod build;
 pub mod scheduler;
 
-use crate::engine::executor::Engine;
-use registry::Registry;
+use crate::ops::schedules::Change;
+use crate::registry::Registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -30,15 +28,12 @@ pub struct ServeConfig {
     pub outbox: PathBuf,
 }
 
-impl ServeConfig {
-    /// The base of approval links: `--public-url`, or else the address the daemon is bound to
-    /// (`bound`, not `listen`: with `--listen 127.0.0.1:0` only the bound address has the port).
-    pub fn public_url(&self, bound: SocketAddr) -> String {
-        self.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
-            .trim_end_matches('/')
-            .to_string()
+impl crate::ops::Workflows for RwLock<Registry> {
+    fn active(&self, name: &str) -> Option<crate::store::Version> {
+        self.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 }
 
@@ -56,50 +51,53 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             cfg.dir.display()
         );
     }
-    let mut owner = crate::store::owner::take_for_recovery(&cfg.db, "runner serve")?;
-    // Bound before anything can mail a link: the links default to the bound address.
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let local = listener.local_addr()?;
-    let public_url = cfg.public_url(local);
-    let store = crate::store::Store::open(&cfg.db)?;
-    let (keys, source) = crate::dispatch::keys::resolve(&store).await?;
-    info!(
-        db = %cfg.db.display(),
-        keys = ?source,
-        "signing keys ready (`runner keys --db {}` prints them for receivers)",
-        cfg.db.display()
-    );
-    let engine = Engine::new(store, keys);
-    let metrics = engine.metrics();
-    let mailer = crate::dispatch::mail::Mailer::new(
-        cfg.smtp_url.as_deref(),
-        cfg.mail_from.as_deref(),
-        cfg.outbox.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
-    info!(mail = %mailer.describe(), "mail ready");
-    crate::dispatch::approval::install(
-        &engine,
-        crate::dispatch::approval::MailContext {
-            mailer,
-            public_url: public_url.clone(),
-        },
-    );
+    let mut owner = crate::store::sqlite::owner::take_for_recovery(&cfg.db, "runner serve")?;
+    let parts = build::build(&build::PartsConfig {
+        db: cfg.db.clone(),
+        listen: cfg.listen,
+        public_url: cfg.public_url.clone(),
+        smtp_url: cfg.smtp_url.clone(),
+        mail_from: cfg.mail_from.clone(),
+        outbox: cfg.outbox.clone(),
+    })
+    .await?;
+    let build::Parts {
+        listener,
+        local,
+        public_url,
+        store,
+        keys,
+        exec: engine,
+        metrics,
+    } = parts;
+    // `runner keys rotate` (or another daemon) may rotate the keys in the database meanwhile.
+    tokio::spawn(keys.refresh_every(store.clone(), crate::runtime::keys::REFRESH));
 
     let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
-    reload(&registry, engine.store()).await;
+    reload(&registry, &store).await;
     // A file refused now was good before the restart: its last good version stays in force.
+    let refused: Vec<String> = registry
+        .read()
+        .expect("registry lock")
+        .files()
+        .filter(|f| f.active.is_none() && !f.diagnostics.is_empty())
+        .map(|f| f.path.clone())
+        .collect();
+    let mut last_good = std::collections::HashMap::new();
+    for path in refused {
+        if let Ok(Some(v)) = store.last_good_version(&path).await {
+            last_good.insert(path, v);
+        }
+    }
     let restored = registry
         .write()
         .expect("registry lock")
-        .restore_last_good(|path| engine.store().last_good_version(path).ok().flatten());
+        .restore_last_good(|path| last_good.get(path).cloned());
     for name in restored {
         warn!(workflow = %name, "the file no longer checks (see above); its last good version stays active");
     }
 
-    let resumed = engine.recover(false).await?;
+    let resumed = engine.recover(false, None).await?;
     owner.recovered();
     if resumed > 0 {
         info!(runs = resumed, "resuming unfinished runs");
@@ -124,7 +122,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     {
         let registry = registry.clone();
         let sched_tx = sched_tx.clone();
-        let store = engine.store().clone();
+        let store = store.clone();
         tokio::spawn(async move {
             while let Some(why) = reload_rx.recv().await {
                 // Coalesce a burst of events into one reload.
@@ -132,27 +130,27 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 info!(reason = why, "reloading workflows");
                 let changed = reload(&registry, &store).await;
                 if changed {
-                    let _ = sched_tx.send(scheduler::Msg::Reload).await;
+                    let _ = sched_tx.send(Change::Reload).await;
                 }
             }
         });
     }
 
-    let state = Arc::new(api::AppState {
-        engine: engine.clone(),
-        registry: registry.clone(),
-        scheduler: sched_tx,
+    let state = Arc::new(crate::web::AppState {
+        exec: engine.clone(),
+        daemon: Some(crate::web::DaemonParts {
+            registry: registry.clone(),
+            schedules: sched_tx,
+        }),
         token: cfg.api_token.clone().filter(|t| !t.is_empty()),
         metrics,
         public_url: public_url.clone(),
     });
-    let app = api::router(state);
+    let app = crate::web::router(state);
     info!(listen = %local, public_url = %public_url, dir = %cfg.dir.display(), "runner is serving");
     // A line for scripts and tests that start the daemon on port 0.
     println!("listening on http://{local}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    crate::web::serve(listener, app, shutdown_signal()).await?;
     info!("shutting down: finishing the calls in flight (up to 10 s)");
     let left = engine.drain(std::time::Duration::from_secs(10)).await;
     if left > 0 {
@@ -187,7 +185,7 @@ async fn reload(registry: &Arc<RwLock<Registry>>, store: &crate::store::Store) -
 }
 
 /// Re-checks the directory and logs what changed.
-fn log_reload(registry: &Arc<RwLock<Registry>>) -> registry::Changes {
+fn log_reload(registry: &Arc<RwLock<Registry>>) -> crate::registry::Changes {
     let changes = registry.write().expect("registry lock").reload();
     for name in &changes.added {
         info!(workflow = %name, "workflow loaded");

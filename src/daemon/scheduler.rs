@@ -3,39 +3,20 @@
 //! same transaction that creates the run), with catch-up and overlap as the workflow says.
 
 use crate::cron::{CronSchedule, Slot};
-use crate::daemon::registry::Registry;
-use crate::engine::executor::Engine;
 use crate::engine::machine::Event;
 use crate::engine::trigger::{self, OverlapAction};
 use crate::metrics::Metrics;
-use crate::store::{SlotClaim, Store, StoreError};
+use crate::ops::schedules::Change;
+use crate::registry::Registry;
+use crate::runtime::Executor;
+use crate::runtime::executor::Finished;
+use crate::store::{ApiSchedule, SlotClaim, Store, StoreError};
 use crate::workflow::Overlap;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-
-/// A programmatic schedule as stored (`PUT /api/v1/schedules/{id}`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ApiSchedule {
-    pub id: String,
-    pub workflow: String,
-    pub cron: String,
-    pub timezone: Option<String>,
-    pub input: serde_json::Value,
-    pub paused: bool,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-pub enum Msg {
-    /// The registry changed: re-read YAML schedules.
-    Reload,
-    Upsert(ApiSchedule),
-    Delete(String),
-}
 
 struct Entry {
     workflow: String,
@@ -49,7 +30,7 @@ struct Entry {
 }
 
 pub struct Scheduler {
-    engine: Engine,
+    engine: Executor,
     registry: Arc<RwLock<Registry>>,
     metrics: Arc<Metrics>,
     entries: HashMap<String, Entry>,
@@ -60,7 +41,7 @@ pub struct Scheduler {
     locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Runs that finished, to start what was queued behind them. Subscribed when the scheduler is
     /// made, so that none finishing between `start` and `run` is missed.
-    finished: tokio::sync::broadcast::Receiver<(String, String, crate::engine::machine::RunStatus)>,
+    finished: tokio::sync::broadcast::Receiver<Finished>,
 }
 
 fn yaml_id(workflow: &str, index: usize) -> String {
@@ -80,7 +61,7 @@ fn slot_after(cron: &CronSchedule, last: &Slot) -> Option<Slot> {
 
 impl Scheduler {
     pub fn new(
-        engine: Engine,
+        engine: Executor,
         registry: Arc<RwLock<Registry>>,
         metrics: Arc<Metrics>,
     ) -> Scheduler {
@@ -118,8 +99,8 @@ impl Scheduler {
     /// Loads programmatic schedules and YAML schedules, fires what is due (catch-up), and
     /// starts queued runs whose turn it is.
     pub async fn start(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.marks = self.store().schedule_marks()?;
-        let api = load_api_schedules(self.store())?;
+        self.marks = self.store().schedule_marks().await?;
+        let api = self.store().api_schedules().await?;
         // Remember new schedules as first seen now in one transaction, before installing them:
         // `install` would otherwise commit one mark per schedule (100k fsyncs on a first start).
         let unseen: Vec<String> = api
@@ -128,7 +109,9 @@ impl Scheduler {
             .filter(|id| !self.marks.contains_key(id))
             .collect();
         if !unseen.is_empty() {
-            mark_seen_bulk(self.store(), &unseen, now).await?;
+            self.store()
+                .mark_schedules_seen(unseen.clone(), now)
+                .await?;
             for id in unseen {
                 self.marks.insert(id, now);
             }
@@ -137,14 +120,14 @@ impl Scheduler {
             self.put_api(s, now, false).await;
         }
         self.sync_yaml(now).await;
-        for schedule in self.store().schedules_with_queued_runs()? {
+        for schedule in self.store().schedules_with_queued_runs().await? {
             dequeue(&self.engine, &schedule).await;
         }
         Ok(())
     }
 
     /// The scheduler's loop: fires due slots, applies messages, starts queued runs.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Change>) {
         loop {
             let next_due = self.queue.first().map(|(t, _)| *t);
             let sleep = match next_due {
@@ -153,20 +136,20 @@ impl Scheduler {
             };
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Reload) => self.sync_yaml(Utc::now()).await,
-                    Some(Msg::Upsert(s)) => self.put_api(s, Utc::now(), true).await,
-                    Some(Msg::Delete(id)) => self.remove(&api_id(&id)),
+                    Some(Change::Reload) => self.sync_yaml(Utc::now()).await,
+                    Some(Change::Upsert(s)) => self.put_api(s, Utc::now(), true).await,
+                    Some(Change::Delete(id)) => self.remove(&api_id(&id)),
                     None => return,
                 },
                 _ = tokio::time::sleep(sleep) => self.fire_due(Utc::now()).await,
                 done = self.finished.recv() => {
                     let schedules = match done {
-                        Ok((run_id, _, _)) => self.store().schedule_of(&run_id).ok().flatten().into_iter().collect(),
+                        Ok(f) => self.store().schedule_of(&f.run_id).await.ok().flatten().into_iter().collect(),
                         // Missed some: look at every schedule with queued runs instead, or a
                         // queued run whose predecessor's end was missed would wait forever.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                             warn!(missed = n, "the scheduler fell behind finished runs; checking every queue");
-                            self.store().schedules_with_queued_runs().unwrap_or_default()
+                            self.store().schedules_with_queued_runs().await.unwrap_or_default()
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     };
@@ -231,7 +214,11 @@ impl Scheduler {
         let since = match self.marks.get(&id) {
             Some(t) => *t,
             None => {
-                if let Err(e) = self.store().mark_schedule_seen(&id, now).await {
+                if let Err(e) = self
+                    .store()
+                    .mark_schedules_seen(vec![id.clone()], now)
+                    .await
+                {
                     warn!(schedule = %id, error = %e, "cannot remember a new schedule");
                 }
                 self.marks.insert(id.clone(), now);
@@ -402,7 +389,7 @@ impl Scheduler {
             };
             let policy = version.workflow.concurrency.overlap;
             let action = if counted {
-                let (active, queued) = match engine.store().run_counts(&id) {
+                let (active, queued) = match engine.store().run_counts(&id).await {
                     Ok(c) => c,
                     Err(e) => {
                         warn!(schedule = %id, error = %e, "cannot count runs; slot skipped");
@@ -425,24 +412,28 @@ impl Scheduler {
                         .map_err(|e| e.to_string())
                 }
                 OverlapAction::CancelOthersAndStart => {
-                    for other in engine.store().active_runs(&id).unwrap_or_default() {
-                        let _ = engine
-                            .apply(&other, Event::CancelRequested { reason: Some("cancelled by a newer scheduled run (overlap: cancel_other)".into()) }, None, None)
-                            .await;
+                    for other in engine.store().active_runs(&id).await.unwrap_or_default() {
+                        let _ = crate::ops::cancel::cancel(
+                            &engine,
+                            &other,
+                            "cancelled by a newer scheduled run (overlap: cancel_other)",
+                        )
+                        .await;
                     }
-                    engine
-                        .fire(version, input, claim, true)
+                    crate::ops::start::fire(&engine, version, input, claim, true)
                         .await
                         .map_err(|e| e.to_string())
                 }
-                OverlapAction::Start => engine
-                    .fire(version, input, claim, true)
-                    .await
-                    .map_err(|e| e.to_string()),
-                OverlapAction::Queue => engine
-                    .fire(version, input, claim, false)
-                    .await
-                    .map_err(|e| e.to_string()),
+                OverlapAction::Start => {
+                    crate::ops::start::fire(&engine, version, input, claim, true)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                OverlapAction::Queue => {
+                    crate::ops::start::fire(&engine, version, input, claim, false)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             };
             match result {
                 Ok(Some(_)) => {
@@ -459,141 +450,18 @@ impl Scheduler {
 }
 
 /// Starts the oldest queued run of a schedule when nothing of it is running.
-async fn dequeue(engine: &Engine, schedule: &str) {
+async fn dequeue(engine: &Executor, schedule: &str) {
     // Look for a queued run first (the index of unfinished runs answers that at once).
-    let Ok(Some(id)) = engine.store().oldest_queued(schedule) else {
+    let Ok(Some(id)) = engine.store().oldest_queued(schedule).await else {
         return;
     };
-    let Ok((active, _)) = engine.store().run_counts(schedule) else {
+    let Ok((active, _)) = engine.store().run_counts(schedule).await else {
         return;
     };
     if active == 0 {
         info!(run_id = %id, schedule, "starting a queued run");
-        if let Err(e) = engine.apply(&id, Event::Started, None, None).await {
+        if let Err(e) = engine.apply(&id, Event::Started).await {
             warn!(run_id = %id, error = %e, "cannot start a queued run");
         }
     }
-}
-
-async fn mark_seen_bulk(
-    store: &Store,
-    ids: &[String],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let ids = ids.to_vec();
-    store
-        .write(move |c| {
-            let mut stmt = c
-                .prepare("INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-                .map_err(|source| StoreError::Sql { doing: "remembering schedules", source })?;
-            for id in ids {
-                stmt.execute(rusqlite::params![id, now.timestamp_millis()])
-                    .map_err(|source| StoreError::Sql { doing: "remembering schedules", source })?;
-            }
-            Ok(serde_json::Value::Null)
-        })
-        .await
-        .map(|_| ())
-}
-
-fn row_to_schedule(r: &rusqlite::Row) -> rusqlite::Result<ApiSchedule> {
-    let input: String = r.get(4)?;
-    Ok(ApiSchedule {
-        id: r.get(0)?,
-        workflow: r.get(1)?,
-        cron: r.get(2)?,
-        timezone: r.get(3)?,
-        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::Null),
-        paused: r.get::<_, i64>(5)? != 0,
-        created_at: r.get(6)?,
-        updated_at: r.get(7)?,
-    })
-}
-
-const SCHEDULE_COLUMNS: &str =
-    "id, workflow, cron, timezone, input, paused, created_at, updated_at";
-
-pub fn load_api_schedules(store: &Store) -> Result<Vec<ApiSchedule>, StoreError> {
-    store.read(|c| {
-        let mut stmt = c
-            .prepare(&format!(
-                "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY id"
-            ))
-            .map_err(|source| StoreError::Sql {
-                doing: "reading schedules",
-                source,
-            })?;
-        let rows = stmt
-            .query_map([], row_to_schedule)
-            .map_err(|source| StoreError::Sql {
-                doing: "reading schedules",
-                source,
-            })?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|source| StoreError::Sql {
-                doing: "reading schedules",
-                source,
-            })
-    })
-}
-
-pub fn get_api_schedule(store: &Store, id: &str) -> Result<Option<ApiSchedule>, StoreError> {
-    use rusqlite::OptionalExtension;
-    store.read(|c| {
-        c.query_row(
-            &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?1"),
-            [id],
-            row_to_schedule,
-        )
-        .optional()
-        .map_err(|source| StoreError::Sql {
-            doing: "reading a schedule",
-            source,
-        })
-    })
-}
-
-/// Creates or replaces a schedule; returns it and whether it was created.
-pub async fn save_api_schedule(
-    store: &Store,
-    s: ApiSchedule,
-) -> Result<(ApiSchedule, bool), StoreError> {
-    let id = s.id.clone();
-    let v = store
-        .write(move |c| {
-            let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let existed: bool = c
-                .query_row("SELECT COUNT(*) FROM schedules WHERE id = ?1", [&s.id], |r| r.get::<_, i64>(0))
-                .map_err(|source| StoreError::Sql { doing: "saving a schedule", source })?
-                > 0;
-            c.execute(
-                "INSERT INTO schedules(id, workflow, cron, timezone, input, paused, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
-                 ON CONFLICT(id) DO UPDATE SET workflow = excluded.workflow, cron = excluded.cron, timezone = excluded.timezone,
-                   input = excluded.input, paused = excluded.paused, updated_at = excluded.updated_at",
-                rusqlite::params![s.id, s.workflow, s.cron, s.timezone, s.input.to_string(), i64::from(s.paused), now],
-            )
-            .map_err(|source| StoreError::Sql { doing: "saving a schedule", source })?;
-            Ok(serde_json::json!({"created": !existed}))
-        })
-        .await?;
-    let created = v["created"].as_bool().unwrap_or(false);
-    let saved = get_api_schedule(store, &id)?.ok_or_else(|| StoreError::NoSuchRun(id.clone()))?;
-    Ok((saved, created))
-}
-
-/// Deletes a schedule; returns whether it existed.
-pub async fn delete_api_schedule(store: &Store, id: &str) -> Result<bool, StoreError> {
-    let id = id.to_string();
-    let v = store
-        .write(move |c| {
-            let n = c
-                .execute("DELETE FROM schedules WHERE id = ?1", [&id])
-                .map_err(|source| StoreError::Sql {
-                    doing: "deleting a schedule",
-                    source,
-                })?;
-            Ok(serde_json::Value::Bool(n > 0))
-        })
-        .await?;
-    Ok(v.as_bool().unwrap_or(false))
 }

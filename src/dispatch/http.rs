@@ -1,11 +1,18 @@
 //! One attempt of an `http` step: render, sign as QStash does, send, classify the answer.
+//!
+//! I/O shell: the HTTP client. [`HttpPerformer`] performs `CallHttp` effects for the executor.
 
-use crate::engine::machine::{Event, Outcome, Run};
+use crate::engine::machine::{AttemptResult, Effect, Event, Outcome, Run, Trigger};
 use crate::engine::request::{self, HttpRequest};
+use crate::runtime::keys::KeyRing;
+use crate::runtime::{Job, Perform, Performed};
+use crate::sign::Keys;
 use crate::store::AttemptRecord;
 use crate::workflow::Workflow;
 use chrono::Utc;
 use serde_json::{Value, json};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 /// Responses larger than this fail the step with a clear error (they are stored with the run).
@@ -13,16 +20,35 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How much of a request or failed response body is kept in the attempt record.
 const KEPT_BODY_BYTES: usize = 16 * 1024;
 
-/// The signing keys: requests are signed with `current`; receivers also accept `next`.
-#[derive(Clone)]
-pub struct Keys {
-    pub current: String,
-    pub next: String,
+/// Performs `CallHttp`: one signed attempt with the keys in use at the time.
+pub struct HttpPerformer {
+    client: reqwest::Client,
+    keys: KeyRing,
 }
 
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Keys { current: [redacted], next: [redacted] }")
+impl HttpPerformer {
+    pub fn new(keys: KeyRing) -> HttpPerformer {
+        HttpPerformer {
+            client: client(),
+            keys,
+        }
+    }
+}
+
+impl Perform for HttpPerformer {
+    fn perform(&self, job: Job) -> Pin<Box<dyn Future<Output = Performed> + Send + 'static>> {
+        let client = self.client.clone();
+        let keys = self.keys.get();
+        Box::pin(async move {
+            let Effect::CallHttp { step, attempt: n } = &job.effect else {
+                unreachable!("the executor hands the HTTP performer only CallHttp effects")
+            };
+            let (event, record) = attempt(&client, &keys, &job.workflow, &job.run, step, *n).await;
+            Performed::Outcome {
+                event,
+                record: Some(Box::new(record)),
+            }
+        })
     }
 }
 
@@ -97,7 +123,7 @@ pub async fn attempt(
         record.finished_at = Some(Utc::now());
         record.status = status;
         record.error = Some(error.clone());
-        record.outcome = outcome.record_name(wf, run, step_id).into();
+        record.outcome = outcome.attempt_result(wf, run, step_id);
         Event::AttemptFailed {
             step: step_id.to_string(),
             attempt,
@@ -182,7 +208,7 @@ pub async fn attempt(
         .header("Runner-Run-Id", &run.id)
         .header("Runner-Step", step_id)
         .header("Runner-Attempt", attempt.to_string());
-    if run.trigger == "schedule" {
+    if run.trigger == Trigger::Schedule {
         builder = builder.header(
             "Upstash-Schedule-Id",
             format!(
@@ -300,9 +326,12 @@ pub async fn attempt(
         }
         record.finished_at = Some(Utc::now());
         record.status = Some(status.as_u16());
-        record.outcome = "succeeded".into();
-        let output =
-            json!({ "status": status.as_u16(), "headers": header_map, "body": body_value });
+        record.outcome = AttemptResult::Succeeded;
+        let output = crate::workflow::output::to_value(&crate::workflow::output::HttpOutput {
+            status: status.as_u16(),
+            headers: header_map,
+            body: body_value,
+        });
         return (
             Event::AttemptSucceeded {
                 step: step_id.to_string(),

@@ -5,7 +5,9 @@
 //! new run, the event and the effects in one transaction; the shell performs the effects after
 //! commit and reports their outcome as new events. Terminal runs absorb late or duplicate events.
 
-use crate::workflow::{Decision, Step, StepKind, Workflow, template};
+use crate::time::rfc3339;
+use crate::workflow::output::{self, ApprovalOutput, SleepOutput};
+use crate::workflow::{Decision, Step, StepKind, StepKindName, Workflow, template};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -103,81 +105,44 @@ impl StepStatus {
     }
 }
 
-/// Serializing times as chrono does (RFC 3339, `AutoSi` fraction, `Z`) without the `fmt`
-/// machinery: the run state is written on every change, and chrono's `Display` path was about
-/// half of that cost (callgrind). Years outside 0–9999 and leap seconds take chrono's own path.
-/// A test checks the output against chrono's for many instants.
-pub mod rfc3339 {
-    use chrono::{DateTime, Datelike, Timelike, Utc};
-    use serde::{Serialize, Serializer};
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// `runner run` in the foreground.
+    Cli,
+    /// `POST /api/v1/workflows/{name}/runs` (also `runner trigger`).
+    Api,
+    /// A cron slot of a YAML or programmatic schedule.
+    Schedule,
+}
 
-    pub fn one<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 30];
-        match write(t, &mut buf) {
-            Some(n) => s.serialize_str(std::str::from_utf8(&buf[..n]).expect("ASCII digits")),
-            None => t.serialize(s),
+impl Trigger {
+    pub const ALL: [Trigger; 3] = [Trigger::Cli, Trigger::Api, Trigger::Schedule];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cli => "cli",
+            Trigger::Api => "api",
+            Trigger::Schedule => "schedule",
         }
     }
 
-    pub fn option<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-        struct One<'a>(&'a DateTime<Utc>);
-        impl Serialize for One<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                one(self.0, s)
-            }
-        }
-        match t {
-            Some(t) => s.serialize_some(&One(t)),
-            None => s.serialize_none(),
-        }
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Trigger::ALL.into_iter().find(|t| t.as_str() == s)
     }
+}
 
-    /// `YYYY-MM-DDTHH:MM:SS[.fff|.ffffff|.fffffffff]Z` into `buf`; None when chrono must do it.
-    pub(super) fn write(t: &DateTime<Utc>, buf: &mut [u8; 30]) -> Option<usize> {
-        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
-        let nanos = t.nanosecond();
-        if nanos >= 1_000_000_000 {
-            return None;
-        }
-        let mut at = digits(buf, 0, year, 4);
-        for (sep, value) in [
-            (b'-', t.month()),
-            (b'-', t.day()),
-            (b'T', t.hour()),
-            (b':', t.minute()),
-            (b':', t.second()),
-        ] {
-            buf[at] = sep;
-            at = digits(buf, at + 1, value, 2);
-        }
-        let (fraction, width) = match nanos {
-            0 => (0, 0),
-            n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
-            n if n % 1_000 == 0 => (n / 1_000, 6),
-            n => (n, 9),
-        };
-        if width > 0 {
-            buf[at] = b'.';
-            at = digits(buf, at + 1, fraction, width);
-        }
-        buf[at] = b'Z';
-        Some(at + 1)
-    }
-
-    /// Writes `value` as `width` decimal digits at `at`; returns the position after them.
-    fn digits(buf: &mut [u8; 30], at: usize, mut value: u32, width: usize) -> usize {
-        for i in (at..at + width).rev() {
-            buf[i] = b'0' + u8::try_from(value % 10).expect("a digit");
-            value /= 10;
-        }
-        at + width
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepState {
     pub id: String,
-    pub kind: String,
+    pub kind: StepKindName,
     pub status: StepStatus,
     pub attempts: u32,
     #[serde(serialize_with = "rfc3339::option")]
@@ -202,7 +167,7 @@ impl StepState {
     fn new(step: &Step) -> StepState {
         StepState {
             id: step.id.clone(),
-            kind: step.kind.name().to_string(),
+            kind: step.kind.kind_name(),
             status: StepStatus::Pending,
             attempts: 0,
             started_at: None,
@@ -233,8 +198,7 @@ pub struct Run {
     /// Hash of the workflow source this run started with.
     pub version: String,
     pub status: RunStatus,
-    /// `cli`, `api`, `schedule`, …
-    pub trigger: String,
+    pub trigger: Trigger,
     pub input: Value,
     #[serde(serialize_with = "rfc3339::option")]
     pub scheduled_for: Option<DateTime<Utc>>,
@@ -257,7 +221,7 @@ pub struct Run {
 pub struct NewRun {
     pub id: String,
     pub version: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub input: Value,
     pub scheduled_for: Option<DateTime<Utc>>,
 }
@@ -348,12 +312,38 @@ impl Outcome {
     /// The outcome of a failed attempt of `step_id` (its current attempt in `run`) as the
     /// attempt's record names it: `retry` when the step will be tried again, else `failed` (a
     /// retryable failure of the last attempt the retry limit allows is a failure).
-    pub fn record_name(&self, wf: &Workflow, run: &Run, step_id: &str) -> &'static str {
+    pub fn attempt_result(&self, wf: &Workflow, run: &Run, step_id: &str) -> AttemptResult {
         let retried = matches!(self, Outcome::Retryable { .. })
             && find_step(wf, step_id)
                 .zip(run.step(step_id))
                 .is_none_or(|(def, s)| retries_left(def, s));
-        if retried { "retry" } else { "failed" }
+        if retried {
+            AttemptResult::Retry
+        } else {
+            AttemptResult::Failed
+        }
+    }
+}
+
+/// What one attempt of a step came to, as its record names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptResult {
+    Succeeded,
+    /// It failed and the step will be tried again.
+    Retry,
+    /// It failed and the step will not be tried again (a permanent error, or no retries left).
+    #[default]
+    Failed,
+}
+
+impl AttemptResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Succeeded => "succeeded",
+            AttemptResult::Retry => "retry",
+            AttemptResult::Failed => "failed",
+        }
     }
 }
 
@@ -590,9 +580,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                     s.wake_at = None;
                     s.status = StepStatus::Succeeded;
                     s.finished_at = Some(now);
-                    s.output = Some(
-                        json!({ "woke_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) }),
-                    );
+                    s.output = Some(woke(now));
                     advance(wf, &mut run, now, &mut effects);
                 }
                 StepStatus::WaitingApproval if due => {
@@ -676,6 +664,13 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
     (run, effects)
 }
 
+/// What a sleep step shows when it woke.
+fn woke(now: DateTime<Utc>) -> Value {
+    output::to_value(&SleepOutput {
+        woke_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
 /// `now + d`, saturating at the latest representable time (`now + Duration::MAX` panics).
 fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d)
@@ -719,11 +714,11 @@ fn decided(
     s.status = StepStatus::Succeeded;
     s.finished_at = Some(now);
     s.wake_at = None;
-    s.output = Some(json!({
-        "decision": decision.as_str(),
-        "approver": approver,
-        "comment": comment,
-        "decided_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    s.output = Some(output::to_value(&ApprovalOutput {
+        decision,
+        approver: approver.to_string(),
+        comment: comment.map(str::to_string),
+        decided_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }));
     if decision == Decision::Rejected {
         s.error = Some(format!("rejected by {approver}"));
@@ -919,8 +914,7 @@ fn sleep_until(run: &mut Run, hooks: bool, index: usize, until: DateTime<Utc>, n
         if until <= now {
             s.status = StepStatus::Succeeded;
             s.finished_at = Some(now);
-            s.output =
-                Some(json!({ "woke_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) }));
+            s.output = Some(woke(now));
         } else {
             s.status = StepStatus::Sleeping;
             s.wake_at = Some(until);
@@ -1025,7 +1019,7 @@ impl StepState {
     fn new_from(s: &StepState) -> StepState {
         StepState {
             id: s.id.clone(),
-            kind: s.kind.clone(),
+            kind: s.kind,
             status: StepStatus::Pending,
             attempts: s.attempts,
             round_start: s.attempts,
@@ -1035,66 +1029,6 @@ impl StepState {
             output: None,
             error: None,
             last_status: None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod rfc3339_tests {
-    use chrono::{DateTime, TimeZone, Utc};
-    use proptest::prelude::*;
-
-    struct Fast(DateTime<Utc>);
-    impl serde::Serialize for Fast {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            super::rfc3339::one(&self.0, s)
-        }
-    }
-
-    fn same_as_chrono(t: DateTime<Utc>) {
-        let fast = serde_json::to_string(&Fast(t)).expect("serializes");
-        let chrono = serde_json::to_string(&t).expect("serializes");
-        assert_eq!(fast, chrono, "{t:?}");
-        let back: DateTime<Utc> = serde_json::from_str(&fast).expect("reads back");
-        assert_eq!(back, t);
-    }
-
-    #[test]
-    fn times_are_written_exactly_as_chrono_writes_them() {
-        for (secs, nanos) in [
-            (0, 0),
-            (1_795_297_788, 0),
-            (1_795_297_788, 1_000_000),
-            (1_795_297_788, 120_000_000),
-            (1_795_297_788, 123_456_000),
-            (1_795_297_788, 123_456_789),
-            (1_795_297_788, 1),
-            (-62_135_596_800, 0),           // 0001-01-01
-            (253_402_300_799, 999_999_999), // 9999-12-31T23:59:59.999999999
-            (951_782_400, 500_000_000),     // 2000-02-29
-        ] {
-            same_as_chrono(Utc.timestamp_opt(secs, nanos).single().expect("valid"));
-        }
-        // Beyond what the fast path writes: chrono's own output.
-        same_as_chrono(
-            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0)
-                .single()
-                .expect("valid"),
-        );
-        same_as_chrono(
-            Utc.with_ymd_and_hms(-1, 6, 1, 0, 0, 0)
-                .single()
-                .expect("valid"),
-        );
-    }
-
-    proptest! {
-        #[test]
-        fn any_time_is_written_as_chrono_writes_it(
-            secs in -62_135_596_800i64..253_402_300_800,
-            nanos in prop_oneof![Just(0u32), (0u32..1000).prop_map(|m| m * 1_000_000), (0u32..1_000_000).prop_map(|u| u * 1000), 0u32..1_000_000_000],
-        ) {
-            same_as_chrono(Utc.timestamp_opt(secs, nanos).single().expect("valid"));
         }
     }
 }

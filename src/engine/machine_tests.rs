@@ -1,6 +1,8 @@
 //! Tests of the run state machine: every run state × every event as a table, late and duplicate
 //! events, focused cases (retries, backoff, `if`, sleeps, approvals, hooks, retrying a failed run)
 //! and a property test over random event sequences.
+//!
+//! Part of the pure core's tests: no I/O.
 
 use super::machine::*;
 use crate::workflow::{Decision, Workflow, check_file};
@@ -32,7 +34,7 @@ fn new_run(wf: &Workflow, input: Value) -> Run {
         NewRun {
             id: "run-1".into(),
             version: "v1".into(),
-            trigger: "api".into(),
+            trigger: Trigger::Api,
             input,
             scheduled_for: None,
         },

@@ -1,7 +1,9 @@
-//! Running workflows: the pure state machine and request rendering (core), and the executor
-//! that drives them against the store, HTTP and mail (shell).
+//! Running workflows, the pure part: the run state machine, request rendering, and the policy
+//! for firing schedules.
+//!
+//! Part of the pure core: no I/O. The executor that drives the machine against the store, HTTP
+//! and mail is `runtime`.
 
-pub mod executor;
 pub mod machine;
 #[cfg(test)]
 mod machine_tests;

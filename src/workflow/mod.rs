@@ -6,6 +6,7 @@ pub mod check;
 pub mod diagnostic;
 pub mod duration;
 pub mod model;
+pub mod output;
 pub mod schema;
 pub mod template;
 pub mod yaml;

@@ -218,14 +218,47 @@ pub enum StepKind {
 }
 
 impl StepKind {
-    pub fn name(&self) -> &'static str {
+    pub fn kind_name(&self) -> StepKindName {
         match self {
-            StepKind::Http(_) => "http",
-            StepKind::Approval(_) => "approval",
-            StepKind::Sleep(_) => "sleep",
-            StepKind::SleepUntil(_) => "sleep_until",
-            StepKind::Email(_) => "email",
+            StepKind::Http(_) => StepKindName::Http,
+            StepKind::Approval(_) => StepKindName::Approval,
+            StepKind::Sleep(_) => StepKindName::Sleep,
+            StepKind::SleepUntil(_) => StepKindName::SleepUntil,
+            StepKind::Email(_) => StepKindName::Email,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind_name().as_str()
+    }
+}
+
+/// The kind of a step by name: what a run's state and the views record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKindName {
+    Http,
+    Approval,
+    Sleep,
+    SleepUntil,
+    Email,
+}
+
+impl StepKindName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKindName::Http => "http",
+            StepKindName::Approval => "approval",
+            StepKindName::Sleep => "sleep",
+            StepKindName::SleepUntil => "sleep_until",
+            StepKindName::Email => "email",
+        }
+    }
+}
+
+impl std::fmt::Display for StepKindName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -252,6 +285,14 @@ impl Decision {
             Decision::Rejected => "rejected",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Decision> {
+        match s {
+            "approved" => Some(Decision::Approved),
+            "rejected" => Some(Decision::Rejected),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -274,11 +315,12 @@ pub struct Email {
 
 /// The fields a step of each kind makes visible to later templates as `steps.<id>.<field>`.
 pub fn produced_fields(kind: &str) -> &'static [&'static str] {
+    use super::output::*;
     match kind {
-        "http" => &["status", "headers", "body"],
-        "approval" => &["decision", "approver", "comment", "decided_at"],
-        "sleep" | "sleep_until" => &["woke_at"],
-        "email" => &["sent_to"],
+        "http" => HttpOutput::FIELDS,
+        "approval" => ApprovalOutput::FIELDS,
+        "sleep" | "sleep_until" => SleepOutput::FIELDS,
+        "email" => EmailOutput::FIELDS,
         _ => &[],
     }
 }

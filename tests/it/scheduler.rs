@@ -18,10 +18,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use runner::daemon::registry::Registry;
-use runner::daemon::scheduler::{self, ApiSchedule, Scheduler};
-use runner::dispatch::http::Keys;
-use runner::engine::executor::Engine;
+use runner::daemon::scheduler::Scheduler;
+use runner::registry::Registry;
+use runner::runtime::Executor as Engine;
+use runner::sign::Keys;
+use runner::store::ScheduleSpec;
 use runner::store::Store;
 use serde_json::{Value, json};
 
@@ -74,12 +75,13 @@ impl Rig {
     }
 
     fn engine_and_scheduler(&self, store: Store) -> (Engine, Scheduler) {
-        let engine = Engine::new(
+        let engine = runner::testing::executor(
             store,
             Keys {
                 current: runner::sign::key_from_random([1; 32]),
                 next: runner::sign::key_from_random([2; 32]),
             },
+            self.dir.join("outbox"),
         );
         let mut registry = Registry::new(&self.dir);
         let changes = registry.reload();
@@ -590,8 +592,6 @@ async fn c_a_buffered_run_starts_when_the_running_one_ends() {
             runner::engine::machine::Event::CancelRequested {
                 reason: Some("test".into()),
             },
-            None,
-            None,
         )
         .await
         .expect("cancel");
@@ -622,16 +622,20 @@ async fn c_overlap_allow_all_starts_every_slot() {
 // ---------------------------------------------------------------------------------------------
 // (d) programmatic schedules
 
-fn api_schedule(id: &str, cron: &str, zone: Option<&str>, user: &str, paused: bool) -> ApiSchedule {
-    ApiSchedule {
+fn api_schedule(
+    id: &str,
+    cron: &str,
+    zone: Option<&str>,
+    user: &str,
+    paused: bool,
+) -> ScheduleSpec {
+    ScheduleSpec {
         id: id.into(),
         workflow: "report".into(),
         cron: cron.into(),
         timezone: zone.map(str::to_string),
         input: json!({ "userId": user }),
         paused,
-        created_at: String::new(),
-        updated_at: String::new(),
     }
 }
 
@@ -650,9 +654,7 @@ async fn d_programmatic_schedules_fire_like_yaml_ones() {
         // 09:00 in New York is 13:00Z: not due at 07:00Z.
         api_schedule("user-4", "0 9 * * 1", Some("America/New_York"), "u4", false),
     ] {
-        let (_, created) = scheduler::save_api_schedule(&store, s)
-            .await
-            .expect("save schedule");
+        let (_, created) = store.save_api_schedule(s).await.expect("save schedule");
         assert!(created);
     }
     let mut s = rig.scheduler_on(store);

@@ -1,8 +1,9 @@
 //! The command line: parses arguments and calls into the library. Exit codes are part of the
 //! contract: `validate` exits 0 valid, 1 problems, 2 could not run.
 
+mod print;
+
 use crate::sources::{check_parallel, read_sources};
-use crate::store::run_json;
 use crate::workflow::diagnostic::{Format, render as render_diagnostics};
 use crate::workflow::{self, SourceFile, Workflow};
 use chrono::{DateTime, Utc};
@@ -284,8 +285,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
             db,
-        } => runs(workflow, status, limit, json, &db.db),
-        Command::Show { run_id, json, db } => show(&run_id, json, &db.db),
+        } => runtime()?.block_on(runs(workflow, status, limit, json, &db.db)),
+        Command::Show { run_id, json, db } => runtime()?.block_on(show(&run_id, json, &db.db)),
         Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
         Command::Serve {
             dir,
@@ -473,7 +474,7 @@ pub fn init_logs(default: &str) {
 struct Pages {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
-    owner: crate::store::owner::Owner,
+    owner: crate::store::sqlite::owner::Owner,
 }
 
 impl Pages {
@@ -485,62 +486,45 @@ impl Pages {
     }
 }
 
+/// The running parts of a foreground command, and the page server its approval links land on
+/// (it serves the approval pages and the read side of the API; starting runs and schedules are
+/// the daemon's).
 async fn open_engine(
     db: &Path,
     fg: &ForegroundArgs,
-    owner: crate::store::owner::Owner,
-) -> anyhow::Result<(crate::engine::executor::Engine, Pages)> {
-    let store = crate::store::Store::open(db)?;
-    let (keys, _) = crate::dispatch::keys::resolve(&store).await?;
-    let engine = crate::engine::executor::Engine::new(store, keys);
-    tokio::spawn(engine.clone().timer_loop());
-    // Approval links need a page to land on: serve the pages (and the API) while the run waits.
-    let listener = tokio::net::TcpListener::bind(fg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", fg.listen))?;
-    let local = listener.local_addr()?;
-    let public_url = fg
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local}"))
-        .trim_end_matches('/')
-        .to_string();
-    let mailer = crate::dispatch::mail::Mailer::new(
-        fg.mail.smtp_url.as_deref(),
-        fg.mail.mail_from.as_deref(),
-        fg.mail.outbox.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
-    crate::dispatch::approval::install(
-        &engine,
-        crate::dispatch::approval::MailContext {
-            mailer,
-            public_url: public_url.clone(),
-        },
-    );
-    let state = std::sync::Arc::new(crate::daemon::api::AppState {
-        engine: engine.clone(),
-        registry: std::sync::Arc::new(std::sync::RwLock::new(
-            crate::daemon::registry::Registry::new(Path::new(".")),
-        )),
-        scheduler: tokio::sync::mpsc::channel(1).0,
+    owner: crate::store::sqlite::owner::Owner,
+) -> anyhow::Result<(crate::runtime::Executor, Pages)> {
+    let parts = crate::daemon::build::build(&crate::daemon::build::PartsConfig {
+        db: db.to_path_buf(),
+        listen: fg.listen,
+        public_url: fg.public_url.clone(),
+        smtp_url: fg.mail.smtp_url.clone(),
+        mail_from: fg.mail.mail_from.clone(),
+        outbox: fg.mail.outbox.clone(),
+    })
+    .await?;
+    let exec = parts.exec.clone();
+    tokio::spawn(exec.clone().timer_loop());
+    let state = std::sync::Arc::new(crate::web::AppState {
+        exec: exec.clone(),
+        daemon: None,
         token: std::env::var("RUNNER_API_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
-        metrics: engine.metrics(),
-        public_url,
+        metrics: parts.metrics.clone(),
+        public_url: parts.public_url.clone(),
     });
-    let app = crate::daemon::api::router(state);
+    let app = crate::web::router(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = parts.listener;
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
+        let _ = crate::web::serve(listener, app, async {
+            let _ = stopped.await;
+        })
+        .await;
     });
-    tracing::info!(url = %format!("http://{local}"), "approval pages and API of this process");
-    Ok((engine, Pages { stop, task, owner }))
+    tracing::info!(url = %format!("http://{}", parts.local), "approval pages and API of this process");
+    Ok((exec, Pages { stop, task, owner }))
 }
 
 async fn run_foreground(
@@ -557,16 +541,22 @@ async fn run_foreground(
     // It may wait (10 s at most) for a recovery to end: not on the runtime's threads.
     let owner = {
         let db = db.to_path_buf();
-        tokio::task::spawn_blocking(move || crate::store::owner::take_for_one_run(&db)).await??
+        tokio::task::spawn_blocking(move || crate::store::sqlite::owner::take_for_one_run(&db))
+            .await??
     };
     let (engine, pages) = open_engine(db, fg, owner).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
-    let (run, created) = match engine
-        .start_run(version, input, "cli", None, idempotency_key)
-        .await
-    {
+    let started = crate::ops::start::start(
+        &engine,
+        version,
+        input,
+        crate::engine::machine::Trigger::Cli,
+        idempotency_key,
+    )
+    .await;
+    let crate::ops::start::Started { run, created } = match started {
         Ok(r) => r,
-        Err(crate::engine::executor::EngineError::Input(errors)) => {
+        Err(crate::ops::start::StartError::Input(errors)) => {
             eprintln!("error: the input does not match the inputs of `{name}`:");
             for e in errors {
                 eprintln!("  - {e}");
@@ -608,18 +598,18 @@ async fn resume(
     if !db.exists() {
         anyhow::bail!("no database at `{}`", db.display());
     }
-    let owner = crate::store::owner::take_for_recovery(db, "runner resume")?;
+    let owner = crate::store::sqlite::owner::take_for_recovery(db, "runner resume")?;
     let (engine, mut pages) = open_engine(db, fg, owner).await?;
     let ids = match &run_id {
         Some(id) => {
-            if engine.store().get_run(id)?.is_none() {
+            if engine.store().get_run(id).await?.is_none() {
                 anyhow::bail!("no run `{id}` in `{}`", db.display());
             }
             vec![id.clone()]
         }
-        None => engine.store().unfinished_runs()?,
+        None => engine.store().unfinished_runs().await?,
     };
-    engine.recover_runs(true, run_id.as_deref()).await?;
+    engine.recover(true, run_id.as_deref()).await?;
     pages.owner.recovered();
     if ids.is_empty() {
         println!("no unfinished runs");
@@ -645,7 +635,7 @@ fn open_store_readonly(db: &Path) -> anyhow::Result<crate::store::Store> {
     Ok(crate::store::Store::open(db)?)
 }
 
-fn runs(
+async fn runs(
     workflow: Option<String>,
     status: Option<String>,
     limit: usize,
@@ -657,11 +647,13 @@ fn runs(
         Some(s) => Some(crate::engine::machine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
         None => None,
     };
-    let list = store.list_runs(&crate::store::RunFilter {
-        workflow,
-        status,
-        limit,
-    })?;
+    let list = store
+        .list_runs(&crate::store::RunFilter {
+            workflow,
+            status,
+            limit,
+        })
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if list.is_empty() {
@@ -674,104 +666,39 @@ fn runs(
         for r in list {
             println!(
                 "{:<36}  {:<24}  {:<16}  {:<8}  {:<24}",
-                r.id, r.workflow, r.status, r.trigger, r.created_at
+                r.id,
+                r.workflow,
+                r.status.as_str(),
+                r.trigger.as_str(),
+                r.created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(run_id: &str, json: bool, db: &Path) -> anyhow::Result<ExitCode> {
+async fn show(run_id: &str, json: bool, db: &Path) -> anyhow::Result<ExitCode> {
     let store = open_store_readonly(db)?;
-    let Some(run) = store.get_run(run_id)? else {
+    let Some(run) = store.get_run(run_id).await? else {
         anyhow::bail!("no run `{run_id}` in `{}`", db.display());
     };
-    let v = run_json(&store, &run)?;
+    let view = crate::views::RunView::load(&store, &run).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let t = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
-    println!("run       {}", run.id);
-    println!("workflow  {} (version {})", run.workflow, run.version);
-    println!("status    {}", run.status.as_str());
-    println!("trigger   {}", run.trigger);
-    println!("created   {}", t(&v["created_at"]));
-    println!("finished  {}", t(&v["finished_at"]));
-    if let Some(w) = run.waiting_for() {
-        println!("waiting   for {w}");
-    }
-    println!("input     {}", run.input);
-    if let Some(f) = &run.failure {
-        println!(
-            "failure   step `{}` after {} attempt(s): {}",
-            f.step, f.attempts, f.error
-        );
-    }
-    for (title, list) in [("steps", &v["steps"]), ("on_failure", &v["on_failure"])] {
-        let Some(items) = list.as_array().filter(|a| !a.is_empty()) else {
-            continue;
-        };
-        println!("{title}:");
-        for s in items {
-            let mut line = format!(
-                "  {:<20} {:<12} {:<17}",
-                t(&s["id"]),
-                t(&s["kind"]),
-                t(&s["status"])
-            );
-            if s["attempts"].as_u64().unwrap_or(0) > 0 {
-                line.push_str(&format!(" attempts {}", s["attempts"]));
-            }
-            if let Some(w) = s["wake_at"].as_str() {
-                line.push_str(&format!("  until {w}"));
-            }
-            println!("{}", line.trim_end());
-            for a in s["attempt_log"].as_array().into_iter().flatten() {
-                let status = a["status"]
-                    .as_u64()
-                    .map_or_else(|| "---".to_string(), |c| c.to_string());
-                let ms = a["duration_ms"]
-                    .as_i64()
-                    .map_or_else(String::new, |m| format!("{m} ms"));
-                let mut l = format!(
-                    "    #{} {}  {status}  {:<9} {ms}",
-                    a["attempt"],
-                    t(&a["started_at"]),
-                    t(&a["outcome"])
-                );
-                if let Some(e) = a["error"].as_str() {
-                    l.push_str(&format!("  {e}"));
-                }
-                println!("{l}");
-            }
-            for e in s["emails"].as_array().into_iter().flatten() {
-                if e["current"] == true || s["status"] != "waiting_approval" {
-                    let sent = e["sent_at"].as_str().map_or_else(
-                        || "not delivered yet (retrying)".to_string(),
-                        |t| format!("sent {t}"),
-                    );
-                    println!("    e-mail to {}: {sent}", t(&e["to"]));
-                }
-            }
-            if let (Some(e), true) = (
-                s["error"].as_str(),
-                s["attempt_log"].as_array().is_none_or(|a| a.is_empty()),
-            ) {
-                println!("    {e}");
-            }
-        }
-    }
+    print!("{}", print::run(&view));
     Ok(ExitCode::SUCCESS)
 }
 
 async fn keys(action: Option<KeysAction>, db: &Path) -> anyhow::Result<ExitCode> {
     let store = crate::store::Store::open(db)?;
     let keys = match action {
-        Some(KeysAction::Rotate) => crate::dispatch::keys::rotate(&store)
+        Some(KeysAction::Rotate) => crate::runtime::keys::rotate(&store)
             .await
             .map_err(|e| anyhow::anyhow!(e))?,
-        None => crate::dispatch::keys::resolve(&store).await?.0,
+        None => crate::runtime::keys::resolve(&store).await?.0,
     };
     println!("QSTASH_CURRENT_SIGNING_KEY={}", keys.current);
     println!("QSTASH_NEXT_SIGNING_KEY={}", keys.next);

@@ -1,13 +1,17 @@
-//! The JSON HTTP API (bearer token), `/healthz` and `/metrics`.
+//! The JSON HTTP API under `/api/v1` (bearer token), `/healthz` and `/metrics`.
 //!
 //! Every bad request gets a 4xx with `{"error": "...", "details": [...]}` saying what is wrong;
-//! nothing a client sends can crash the daemon.
+//! nothing a client sends can crash the daemon. Handlers parse and answer; the work is `ops`.
 
-use super::registry::Registry;
-use super::scheduler::{self, ApiSchedule, Msg};
-use crate::engine::executor::{Engine, EngineError};
-use crate::engine::machine::{Event, RunStatus, StepStatus};
-use crate::metrics::Metrics;
+use super::state::{AppState, DaemonParts, Shared};
+use crate::engine::machine::{RunStatus, Trigger};
+use crate::ops::cancel::CancelError;
+use crate::ops::decide_step::DecideError;
+use crate::ops::retry::RetryError;
+use crate::ops::schedules::{PutSchedule, Saved, ScheduleError};
+use crate::ops::start::StartError;
+use crate::store::{ApiSchedule, StoreError};
+use crate::views::RunView;
 use crate::workflow::Decision;
 use crate::workflow::check::json_kind;
 use axum::body::Bytes;
@@ -19,25 +23,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc;
-
-pub struct AppState {
-    pub engine: Engine,
-    pub registry: Arc<RwLock<Registry>>,
-    pub scheduler: mpsc::Sender<Msg>,
-    pub token: Option<String>,
-    pub metrics: Arc<Metrics>,
-    pub public_url: String,
-}
-
-pub type Shared = Arc<AppState>;
 
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
     details: Vec<String>,
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -46,6 +38,7 @@ impl ApiError {
             status,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
     }
     fn details(mut self, details: Vec<String>) -> ApiError {
@@ -59,6 +52,31 @@ impl ApiError {
             format!("internal error: {e}"),
         )
     }
+
+    /// A store failure: 503 with `Retry-After` when the database cannot take it now (full,
+    /// read-only, unreachable), else 500.
+    fn store(e: StoreError) -> ApiError {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "API request refused: the database is not available");
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database cannot take this now, try again: {e}"),
+            );
+            err.retry_after = Some(5);
+            return err;
+        }
+        ApiError::internal(e)
+    }
+
+    /// What the page server of a foreground run does not do.
+    fn not_here(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "{what} is not available here: this is the page server of a foreground `runner run` or `runner resume`; use `runner serve`"
+            ),
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -67,14 +85,20 @@ impl IntoResponse for ApiError {
         if !self.details.is_empty() {
             body["details"] = json!(self.details);
         }
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
+        }
+        r
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
-pub fn router(state: Shared) -> Router {
-    let api = Router::new()
+/// The routes under `/api/v1`.
+pub fn routes(state: Shared) -> Router<Shared> {
+    Router::new()
         .route("/workflows", get(list_workflows))
         .route("/workflows/{name}", get(get_workflow))
         .route("/workflows/{name}/runs", post(start_run))
@@ -97,17 +121,8 @@ pub fn router(state: Shared) -> Router {
                 "no such API endpoint; see README.md for the API",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .layer(middleware::from_fn(errors_as_json));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route(
-            "/approvals/{token}",
-            get(super::pages::show).post(super::pages::decide),
-        )
-        .nest("/api/v1", api)
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, auth))
+        .layer(middleware::from_fn(errors_as_json))
 }
 
 /// Every API error is `{"error": …}`, also those axum answers before a handler runs (a body
@@ -183,21 +198,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn healthz() -> Response {
+pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-async fn metrics(State(state): State<Shared>) -> Response {
-    let (active, invalid) = {
-        let reg = state.registry.read().expect("registry lock");
-        let active = reg.active().len() as f64;
-        let invalid = reg.files().filter(|f| !f.diagnostics.is_empty()).count() as f64;
-        (active, invalid)
+pub async fn metrics(State(state): State<Shared>) -> Response {
+    let (active, invalid) = match &state.daemon {
+        Some(d) => {
+            let reg = d.registry();
+            let active = reg.active().len() as f64;
+            let invalid = reg.files().filter(|f| !f.diagnostics.is_empty()).count() as f64;
+            (active, invalid)
+        }
+        None => (0.0, 0.0),
     };
     let unfinished = state
-        .engine
+        .exec
         .store()
         .unfinished_runs()
+        .await
         .map(|v| v.len() as f64)
         .unwrap_or(-1.0);
     let text = state.metrics.render(&[
@@ -236,7 +255,7 @@ fn json_ok(status: StatusCode, v: Value) -> ApiResult {
     Ok((status, Json(v)).into_response())
 }
 
-fn workflow_json(f: &super::registry::FileState, with_source: bool) -> Value {
+fn workflow_json(f: &crate::registry::FileState, with_source: bool) -> Value {
     let now = chrono::Utc::now();
     let mut v = json!({
         "path": f.path,
@@ -281,14 +300,21 @@ fn workflow_json(f: &super::registry::FileState, with_source: bool) -> Value {
     v
 }
 
+fn daemon<'a>(state: &'a AppState, what: &str) -> Result<&'a DaemonParts, ApiError> {
+    state
+        .daemon
+        .as_ref()
+        .ok_or_else(|| ApiError::not_here(what))
+}
+
 async fn list_workflows(State(state): State<Shared>) -> ApiResult {
-    let reg = state.registry.read().expect("registry lock");
+    let reg = daemon(&state, "the list of workflows")?.registry();
     let items: Vec<Value> = reg.files().map(|f| workflow_json(f, false)).collect();
     json_ok(StatusCode::OK, json!(items))
 }
 
 async fn get_workflow(State(state): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let reg = state.registry.read().expect("registry lock");
+    let reg = daemon(&state, "a workflow")?.registry();
     let found = reg.files().find(|f| {
         f.active.as_ref().is_some_and(|v| v.workflow.name == name)
             || crate::workflow::check::file_stem(&f.path) == name
@@ -308,10 +334,8 @@ async fn start_run(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let version = state
-        .registry
-        .read()
-        .expect("registry lock")
+    let version = daemon(&state, "starting a run")?
+        .registry()
         .get(&name)
         .cloned();
     let Some(version) = version else {
@@ -344,12 +368,8 @@ async fn start_run(
         ),
         None => None,
     };
-    match state
-        .engine
-        .start_run(version, input, "api", None, key)
-        .await
-    {
-        Ok((run, created)) => json_ok(
+    match crate::ops::start::start(&state.exec, version, input, Trigger::Api, key).await {
+        Ok(crate::ops::start::Started { run, created }) => json_ok(
             if created {
                 StatusCode::CREATED
             } else {
@@ -357,12 +377,12 @@ async fn start_run(
             },
             json!({"id": run.id, "workflow": run.workflow, "status": run.status.as_str(), "created": created}),
         ),
-        Err(EngineError::Input(errors)) => Err(ApiError::new(
+        Err(StartError::Input(errors)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("the input does not match the inputs of `{name}`"),
         )
         .details(errors)),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(StartError::Store(e)) => Err(ApiError::store(e)),
     }
 }
 
@@ -382,105 +402,70 @@ async fn list_runs(State(state): State<Shared>, Query(q): Query<RunQuery>) -> Ap
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let list = state
-        .engine
+        .exec
         .store()
         .list_runs(&crate::store::RunFilter {
             workflow: q.workflow,
             status,
             limit,
         })
-        .map_err(ApiError::internal)?;
+        .await
+        .map_err(ApiError::store)?;
     json_ok(StatusCode::OK, json!(list))
 }
 
-fn load_run(state: &AppState, id: &str) -> Result<crate::engine::machine::Run, ApiError> {
-    state
-        .engine
-        .store()
-        .get_run(id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run `{id}`")))
-}
-
 async fn get_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
-    let run = load_run(&state, &id)?;
-    let v = crate::store::run_json(state.engine.store(), &run).map_err(ApiError::internal)?;
-    json_ok(StatusCode::OK, v)
+    let store = state.exec.store();
+    let run = store
+        .get_run(&id)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run `{id}`")))?;
+    let view = RunView::load(store, &run).await.map_err(ApiError::store)?;
+    json_ok(StatusCode::OK, json!(view))
 }
-
-/// Held while an API call checks a run and changes it (cancel, retry, a decision), so that two
-/// calls at once cannot both pass the check: the second sees what the first did. Changes made
-/// meanwhile by the engine or an approval link are caught by checking the result.
-static RUN_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn cancel_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
-    let _one_at_a_time = RUN_CHANGES.lock().await;
-    let run = load_run(&state, &id)?;
-    if run.status.is_terminal() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("run `{id}` is already {}", run.status.as_str()),
-        ));
+    match crate::ops::cancel::cancel(&state.exec, &id, "cancelled over the API").await {
+        Ok(run) => json_ok(
+            StatusCode::OK,
+            json!({"id": run.id, "status": run.status.as_str()}),
+        ),
+        Err(e @ CancelError::NoSuchRun(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ CancelError::Finished { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(CancelError::Store(e)) => Err(ApiError::store(e)),
     }
-    let run = state
-        .engine
-        .apply(
-            &id,
-            Event::CancelRequested {
-                reason: Some("cancelled over the API".into()),
-            },
-            None,
-            None,
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    if run.status != RunStatus::Cancelled {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "run `{id}` ended as {} before the cancel",
-                run.status.as_str()
-            ),
-        ));
-    }
-    json_ok(
-        StatusCode::OK,
-        json!({"id": run.id, "status": run.status.as_str()}),
-    )
 }
 
 async fn retry_run(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
-    let _one_at_a_time = RUN_CHANGES.lock().await;
-    let run = load_run(&state, &id)?;
-    if run.status != RunStatus::Failed {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "only failed runs can be retried; run `{id}` is {}",
-                run.status.as_str()
-            ),
-        ));
+    match crate::ops::retry::retry(&state.exec, &id).await {
+        Ok(run) => json_ok(
+            StatusCode::OK,
+            json!({"id": run.id, "status": run.status.as_str()}),
+        ),
+        Err(e @ RetryError::NoSuchRun(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ RetryError::NotFailed { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(RetryError::Store(e)) => Err(ApiError::store(e)),
     }
-    let run = state
-        .engine
-        .apply(&id, Event::RetryRequested, None, None)
-        .await
-        .map_err(ApiError::internal)?;
-    json_ok(
-        StatusCode::OK,
-        json!({"id": run.id, "status": run.status.as_str()}),
-    )
 }
 
 async fn approve(state: State<Shared>, path: Path<(String, String)>, body: Bytes) -> ApiResult {
-    decide(state, path, body, Decision::Approved).await
+    post_decision(state, path, body, Decision::Approved).await
 }
 
 async fn reject(state: State<Shared>, path: Path<(String, String)>, body: Bytes) -> ApiResult {
-    decide(state, path, body, Decision::Rejected).await
+    post_decision(state, path, body, Decision::Rejected).await
 }
 
-async fn decide(
+async fn post_decision(
     State(state): State<Shared>,
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
@@ -516,94 +501,37 @@ async fn decide(
             format!("unknown field `{unknown}`; a decision takes `comment` and `approver`"),
         ));
     }
-    let _one_at_a_time = RUN_CHANGES.lock().await;
-    let run = load_run(&state, &id)?;
-    let Some(s) = run.step(&step) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("run `{id}` has no step `{step}`"),
-        ));
-    };
-    if s.kind != "approval" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("step `{step}` is not an approval step"),
-        ));
-    }
-    if s.status != StepStatus::WaitingApproval {
-        let already = s.output.as_ref().map(|o| {
-            format!(
-                " ({} by {} at {})",
-                o["decision"].as_str().unwrap_or("?"),
-                o["approver"].as_str().unwrap_or("?"),
-                o["decided_at"].as_str().unwrap_or("?")
-            )
-        });
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "step `{step}` is not waiting for a decision; it is {}{}",
-                s.status.as_str(),
-                already.unwrap_or_default()
-            ),
-        ));
-    }
     let approver = format!("{approver} (api)");
-    let run = state
-        .engine
-        .apply(
-            &id,
-            Event::ApprovalDecided {
-                step: step.clone(),
-                decision,
-                approver: approver.clone(),
-                comment,
-            },
-            None,
-            None,
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    // Another decision may have been recorded between the check above and this one (the
-    // machine absorbs the later one): then this one did not count.
-    let recorded = run.step(&step).and_then(|s| s.output.as_ref());
-    if !recorded.is_some_and(|o| o["decision"] == decision.as_str() && o["approver"] == approver) {
-        let o = recorded.cloned().unwrap_or_default();
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "step `{step}` was decided in the meantime: {} by {} at {}",
-                o["decision"].as_str().unwrap_or("?"),
-                o["approver"].as_str().unwrap_or("?"),
-                o["decided_at"].as_str().unwrap_or("?")
-            ),
-        ));
-    }
-    json_ok(
-        StatusCode::OK,
-        json!({"id": run.id, "status": run.status.as_str(), "step": step, "decision": decision.as_str()}),
+    match crate::ops::decide_step::decide_step(
+        &state.exec,
+        &id,
+        &step,
+        decision,
+        &approver,
+        comment,
     )
-}
-
-fn valid_schedule_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+    .await
+    {
+        Ok(run) => json_ok(
+            StatusCode::OK,
+            json!({"id": run.id, "status": run.status.as_str(), "step": step, "decision": decision.as_str()}),
+        ),
+        Err(e @ (DecideError::NoSuchRun(_) | DecideError::NoSuchStep { .. })) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ (DecideError::NotApproval(_) | DecideError::NotWaiting { .. })) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(DecideError::Store(e)) => Err(ApiError::store(e)),
+    }
 }
 
 /// A schedule as the API shows it. `next` is empty while it cannot fire: paused, or its workflow
 /// is not active (deleted or never valid; its slots are skipped until it is).
-fn schedule_json(state: &AppState, s: &ApiSchedule) -> Value {
+fn schedule_json(d: &DaemonParts, s: &ApiSchedule) -> Value {
     let now = chrono::Utc::now();
     let parsed = crate::cron::CronSchedule::parse(&s.cron, s.timezone.as_deref()).ok();
-    let workflow_active = state
-        .registry
-        .read()
-        .expect("registry lock")
-        .get(&s.workflow)
-        .is_some();
+    let workflow_active = d.registry().get(&s.workflow).is_some();
     let next: Vec<String> = match &parsed {
         Some(c) if !s.paused && workflow_active => c
             .slots_after(now)
@@ -619,8 +547,24 @@ fn schedule_json(state: &AppState, s: &ApiSchedule) -> Value {
     );
     json!({
         "id": s.id, "workflow": s.workflow, "workflow_active": workflow_active, "cron": s.cron, "timezone": timezone,
-        "input": s.input, "paused": s.paused, "created_at": s.created_at, "updated_at": s.updated_at, "next": next,
+        "input": s.input, "paused": s.paused, "created_at": s.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "updated_at": s.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "next": next,
     })
+}
+
+fn schedule_error(e: ScheduleError) -> ApiError {
+    match e {
+        ScheduleError::InvalidId(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+        ScheduleError::NoWorkflow(_) | ScheduleError::InvalidCron(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        ScheduleError::Input { ref errors, .. } => {
+            let errors = errors.clone();
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).details(errors)
+        }
+        ScheduleError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        ScheduleError::Store(e) => ApiError::store(e),
+    }
 }
 
 #[derive(Deserialize)]
@@ -638,11 +582,9 @@ async fn put_schedule(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    if !valid_schedule_id(&id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("`{id}` is not a valid schedule id: use 1 to 128 letters, digits and `-_.:@`"),
-        ));
+    let d = daemon(&state, "programmatic schedules")?;
+    if !crate::ops::schedules::valid_id(&id) {
+        return Err(schedule_error(ScheduleError::InvalidId(id)));
     }
     let value = parse_json(&body, Value::Null)?;
     if !value.is_object() {
@@ -656,79 +598,35 @@ async fn put_schedule(
     }
     let body: ScheduleBody = serde_json::from_value(value)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the schedule must be {{\"workflow\", \"cron\", \"timezone\"?, \"input\"?, \"paused\"?}}: {e}")))?;
-    let version = state
-        .registry
-        .read()
-        .expect("registry lock")
-        .get(&body.workflow)
-        .cloned();
-    let Some(version) = version else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("no active workflow named `{}`", body.workflow),
-        ));
-    };
-    if let Err(e) = crate::cron::CronSchedule::parse(&body.cron, body.timezone.as_deref()) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("invalid schedule: {e}"),
-        ));
-    }
-    let input = body.input.unwrap_or_else(|| json!({}));
-    if let Err(errors) = crate::workflow::resolve_input(&version.workflow, &input) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the input does not match the inputs of `{}`", body.workflow),
-        )
-        .details(errors));
-    }
-    let previous =
-        scheduler::get_api_schedule(state.engine.store(), &id).map_err(ApiError::internal)?;
-    let schedule = ApiSchedule {
-        id: id.clone(),
+    let put = PutSchedule {
+        id,
         workflow: body.workflow,
         cron: body.cron,
         timezone: body.timezone,
-        input,
-        paused: body
-            .paused
-            .unwrap_or_else(|| previous.as_ref().is_some_and(|p| p.paused)),
-        created_at: String::new(),
-        updated_at: String::new(),
+        input: body.input,
+        paused: body.paused,
     };
-    let unchanged = previous.as_ref().is_some_and(|p| {
-        p.workflow == schedule.workflow
-            && p.cron == schedule.cron
-            && p.timezone == schedule.timezone
-            && p.input == schedule.input
-            && p.paused == schedule.paused
-    });
-    if unchanged {
-        let p = previous.expect("checked above");
-        return json_ok(StatusCode::OK, schedule_json(&state, &p));
-    }
-    let (saved, created) = scheduler::save_api_schedule(state.engine.store(), schedule)
+    let (saved, how) = d
+        .schedules(&state.exec)
+        .put(put)
         .await
-        .map_err(ApiError::internal)?;
-    let _ = state.scheduler.send(Msg::Upsert(saved.clone())).await;
+        .map_err(schedule_error)?;
     json_ok(
-        if created {
+        if how == Saved::Created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         },
-        schedule_json(&state, &saved),
+        schedule_json(d, &saved),
     )
 }
 
 async fn get_schedule(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
-    match scheduler::get_api_schedule(state.engine.store(), &id).map_err(ApiError::internal)? {
-        Some(s) => json_ok(StatusCode::OK, schedule_json(&state, &s)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no schedule `{id}`"),
-        )),
-    }
+    let d = daemon(&state, "programmatic schedules")?;
+    let s = crate::ops::schedules::get(state.exec.store(), &id)
+        .await
+        .map_err(schedule_error)?;
+    json_ok(StatusCode::OK, schedule_json(d, &s))
 }
 
 #[derive(Deserialize)]
@@ -739,51 +637,37 @@ struct ScheduleQuery {
 }
 
 async fn list_schedules(State(state): State<Shared>, Query(q): Query<ScheduleQuery>) -> ApiResult {
+    let d = daemon(&state, "programmatic schedules")?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let all = scheduler::load_api_schedules(state.engine.store()).map_err(ApiError::internal)?;
-    let items: Vec<Value> = all
-        .iter()
-        .filter(|s| q.workflow.as_ref().is_none_or(|w| &s.workflow == w))
-        .filter(|s| q.after.as_ref().is_none_or(|a| &s.id > a))
-        .take(limit)
-        .map(|s| schedule_json(&state, s))
-        .collect();
+    let list = crate::ops::schedules::list(
+        state.exec.store(),
+        q.workflow.as_deref(),
+        q.after.as_deref(),
+        limit,
+    )
+    .await
+    .map_err(schedule_error)?;
+    let items: Vec<Value> = list.iter().map(|s| schedule_json(d, s)).collect();
     json_ok(StatusCode::OK, json!(items))
 }
 
 async fn delete_schedule(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {
-    if scheduler::delete_api_schedule(state.engine.store(), &id)
+    let d = daemon(&state, "programmatic schedules")?;
+    d.schedules(&state.exec)
+        .delete(&id)
         .await
-        .map_err(ApiError::internal)?
-    {
-        let _ = state.scheduler.send(Msg::Delete(id)).await;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no schedule `{id}`"),
-        ))
-    }
+        .map_err(schedule_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn set_paused(state: &AppState, id: &str, paused: bool) -> ApiResult {
-    let Some(mut s) =
-        scheduler::get_api_schedule(state.engine.store(), id).map_err(ApiError::internal)?
-    else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no schedule `{id}`"),
-        ));
-    };
-    if s.paused != paused {
-        s.paused = paused;
-        let (saved, _) = scheduler::save_api_schedule(state.engine.store(), s)
-            .await
-            .map_err(ApiError::internal)?;
-        let _ = state.scheduler.send(Msg::Upsert(saved.clone())).await;
-        s = saved;
-    }
-    json_ok(StatusCode::OK, schedule_json(state, &s))
+    let d = daemon(state, "programmatic schedules")?;
+    let s = d
+        .schedules(&state.exec)
+        .set_paused(id, paused)
+        .await
+        .map_err(schedule_error)?;
+    json_ok(StatusCode::OK, schedule_json(d, &s))
 }
 
 async fn pause_schedule(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult {

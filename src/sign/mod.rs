@@ -9,6 +9,9 @@
 //! the key string itself (`sig_…`), not a decoding of it. See `reference/qstash-signing.md` for the worked
 //! example the tests reproduce byte for byte.
 
+mod keys;
+pub use keys::Keys;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};

@@ -1,0 +1,91 @@
+//! What the CLI prints for people: `runner show`.
+
+use crate::views::{RunView, StepView};
+use chrono::{DateTime, Utc};
+use std::fmt::Write;
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    )
+}
+
+/// A run with every step and attempt, and what it waits for.
+pub fn run(v: &RunView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "run       {}", v.id);
+    let _ = writeln!(out, "workflow  {} (version {})", v.workflow, v.version);
+    let _ = writeln!(out, "status    {}", v.status.as_str());
+    let _ = writeln!(out, "trigger   {}", v.trigger);
+    let _ = writeln!(out, "created   {}", time(Some(v.created_at)));
+    let _ = writeln!(out, "finished  {}", time(v.finished_at));
+    if let Some(w) = &v.waiting_for {
+        let _ = writeln!(out, "waiting   for {w}");
+    }
+    let _ = writeln!(out, "input     {}", v.input);
+    if let Some(f) = &v.failure {
+        let _ = writeln!(
+            out,
+            "failure   step `{}` after {} attempt(s): {}",
+            f.step, f.attempts, f.error
+        );
+    }
+    for (title, list) in [("steps", &v.steps), ("on_failure", &v.on_failure)] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title}:");
+        for s in list {
+            step(&mut out, s);
+        }
+    }
+    out
+}
+
+fn step(out: &mut String, s: &StepView) {
+    let mut line = format!(
+        "  {:<20} {:<12} {:<17}",
+        s.id,
+        s.kind.as_str(),
+        s.status.as_str()
+    );
+    if s.attempts > 0 {
+        let _ = write!(line, " attempts {}", s.attempts);
+    }
+    if let Some(w) = s.wake_at {
+        let _ = write!(line, "  until {}", time(Some(w)));
+    }
+    let _ = writeln!(out, "{}", line.trim_end());
+    for a in &s.attempt_log {
+        let status = a
+            .status
+            .map_or_else(|| "---".to_string(), |c| c.to_string());
+        let ms = a
+            .duration_ms
+            .map_or_else(String::new, |m| format!("{m} ms"));
+        let mut l = format!(
+            "    #{} {}  {status}  {:<9} {ms}",
+            a.attempt,
+            time(a.started_at),
+            a.outcome.as_str()
+        );
+        if let Some(e) = &a.error {
+            let _ = write!(l, "  {e}");
+        }
+        let _ = writeln!(out, "{l}");
+    }
+    let waiting = s.status == crate::engine::machine::StepStatus::WaitingApproval;
+    for e in s.emails.iter().flatten() {
+        if e.current || !waiting {
+            let sent = e.sent_at.map_or_else(
+                || "not delivered yet (retrying)".to_string(),
+                |t| format!("sent {}", time(Some(t))),
+            );
+            let _ = writeln!(out, "    e-mail to {}: {sent}", e.to);
+        }
+    }
+    if let (Some(e), true) = (&s.error, s.attempt_log.is_empty()) {
+        let _ = writeln!(out, "    {e}");
+    }
+}

@@ -1,0 +1,445 @@
+//! The executor: applies events through the store and performs the effects after commit.
+//!
+//! I/O shell. It owns the in-memory timer queue (rebuilt from the database on start), the tasks
+//! in flight, and whoever waits for a run to finish. Effects that touch the outside world are
+//! performed by [`Perform`]ers given at construction; each answers the event its effect produced,
+//! which the executor applies in the same transaction that closes the effect's outbox row.
+
+use crate::engine::machine::{Effect, Event, Outcome, Run, RunStatus, StepStatus};
+use crate::metrics::Metrics;
+use crate::store::{Applied, AttemptRecord, NewRunRequest, Store, StoreError};
+use crate::workflow::Workflow;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, broadcast, oneshot};
+use tracing::{debug, info, warn};
+
+/// One external effect to perform, with the run (as committed with the effect) and its workflow
+/// version.
+pub struct Job {
+    pub run: Arc<Run>,
+    pub workflow: Arc<Workflow>,
+    pub effect: Effect,
+}
+
+/// What performing an effect produced.
+pub enum Performed {
+    /// An event to apply (an attempt's outcome, with its record), closing the effect.
+    Outcome {
+        event: Event,
+        record: Option<Box<AttemptRecord>>,
+    },
+    /// The effect is done and produced no event (the approval e-mails are out).
+    Done,
+}
+
+/// Performs one kind of external effect (an HTTP call, an e-mail, approval e-mails).
+pub trait Perform: Send + Sync + 'static {
+    fn perform(&self, job: Job) -> Pin<Box<dyn Future<Output = Performed> + Send + 'static>>;
+}
+
+/// The performers of the three external effects.
+#[derive(Clone)]
+pub struct Performers {
+    pub http: Arc<dyn Perform>,
+    pub email: Arc<dyn Perform>,
+    pub approval: Arc<dyn Perform>,
+}
+
+/// A run reached a terminal status.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub run_id: String,
+    pub workflow: String,
+    pub status: RunStatus,
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    performers: Performers,
+    /// (due, run, step) — stale entries are harmless: the machine absorbs early or late timers.
+    timers: Mutex<BTreeSet<(DateTime<Utc>, String, String)>>,
+    timer_changed: Notify,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<RunStatus>>>>,
+    inflight: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
+    /// Set on SIGTERM: new external effects stay in the outbox for the next start.
+    stopping: AtomicBool,
+    metrics: Arc<Metrics>,
+    finished: broadcast::Sender<Finished>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Executor {
+    pub fn new(store: Store, performers: Performers, metrics: Arc<Metrics>) -> Executor {
+        Executor {
+            inner: Arc::new(Inner {
+                store,
+                performers,
+                timers: Mutex::new(BTreeSet::new()),
+                timer_changed: Notify::new(),
+                waiters: Mutex::new(HashMap::new()),
+                inflight: Mutex::new(HashMap::new()),
+                stopping: AtomicBool::new(false),
+                metrics,
+                finished: broadcast::channel(1024).0,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Creates a run (started, or queued), in one transaction with its slot claim or idempotency
+    /// lookup, and performs its first effects.
+    pub async fn start(&self, request: NewRunRequest) -> Result<Applied, StoreError> {
+        let applied = self.inner.store.start_run(request, Utc::now()).await?;
+        if applied.created {
+            self.inner.metrics.run_started();
+            let run = &applied.run;
+            info!(run_id = %run.id, workflow = %run.workflow, trigger = %run.trigger, status = run.status.as_str(), "run created");
+        }
+        self.after_commit(&applied);
+        Ok(applied)
+    }
+
+    /// Subscribes to runs reaching a terminal status.
+    pub fn finished(&self) -> broadcast::Receiver<Finished> {
+        self.inner.finished.subscribe()
+    }
+
+    /// Applies an event and performs its effects.
+    pub async fn apply(&self, run_id: &str, event: Event) -> Result<Applied, StoreError> {
+        self.record(run_id, event, None, None).await
+    }
+
+    /// Applies the outcome of an effect: the event, the attempt's record, and the effect's outbox
+    /// row closed, in one transaction.
+    async fn record(
+        &self,
+        run_id: &str,
+        event: Event,
+        record: Option<AttemptRecord>,
+        effect_id: Option<i64>,
+    ) -> Result<Applied, StoreError> {
+        let applied = self
+            .inner
+            .store
+            .apply(run_id, event, Utc::now(), record, effect_id)
+            .await?;
+        self.after_commit(&applied);
+        Ok(applied)
+    }
+
+    /// Waits until the run is terminal and returns its status.
+    pub async fn wait(&self, run_id: &str) -> Result<RunStatus, StoreError> {
+        // Registered before the status is read: a `Finished` from now on reaches the waiter, and
+        // one before it shows in the status.
+        let (tx, rx) = oneshot::channel();
+        locked(&self.inner.waiters)
+            .entry(run_id.to_string())
+            .or_default()
+            .push(tx);
+        let known = match self.inner.store.run_status(run_id).await {
+            Ok(Some(status)) if status.is_terminal() => Some(Ok(status)),
+            Ok(Some(_)) => None,
+            Ok(None) => Some(Err(StoreError::NoSuchRun(run_id.to_string()))),
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(answer) = known {
+            drop(rx);
+            let mut waiters = locked(&self.inner.waiters);
+            if let Some(list) = waiters.get_mut(run_id) {
+                list.retain(|w| !w.is_closed());
+                if list.is_empty() {
+                    waiters.remove(run_id);
+                }
+            }
+            return answer;
+        }
+        match rx.await {
+            Ok(status) => Ok(status),
+            Err(_) => Ok(self
+                .inner
+                .store
+                .run_status(run_id)
+                .await?
+                .unwrap_or(RunStatus::Failed)),
+        }
+    }
+
+    /// After a restart: performs effects that were committed but not done, and re-arms timers.
+    /// With `start_queued`, runs that were queued behind others are started too (the daemon
+    /// instead starts them one by one as the runs ahead finish). Limited to one run when `only`
+    /// is given (`runner resume RUN_ID` must not send other runs' attempts and then exit while
+    /// they are in flight). Answers how many unfinished runs there were.
+    pub async fn recover(
+        &self,
+        start_queued: bool,
+        only: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let mine = |id: &str| only.is_none_or(|o| o == id);
+        // Read the outbox before anything below can commit new effects (a due timer, a queued
+        // run started): those are performed after their own commit, and must not be performed
+        // a second time as "pending".
+        let pending: Vec<_> = self
+            .inner
+            .store
+            .pending_effects()
+            .await?
+            .into_iter()
+            .filter(|p| mine(&p.run_id))
+            .collect();
+        let unfinished: Vec<String> = self
+            .inner
+            .store
+            .unfinished_runs()
+            .await?
+            .into_iter()
+            .filter(|id| mine(id))
+            .collect();
+        for id in &unfinished {
+            if let Some(run) = self.inner.store.get_run(id).await? {
+                self.arm_timers(&run);
+                if run.status == RunStatus::Pending && start_queued {
+                    let exec = self.clone();
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        let _ = exec.apply(&id, Event::Started).await;
+                    });
+                }
+            }
+        }
+        for p in pending {
+            let Some(run) = self.inner.store.get_run(&p.run_id).await? else {
+                continue;
+            };
+            if run.status.is_terminal() {
+                self.inner.store.mark_done(&p.run_id, p.id).await?;
+                continue;
+            }
+            info!(run_id = %run.id, effect = ?p.effect, "performing an effect again after a restart");
+            self.perform(Arc::new(run), p.effect, Some(p.id));
+        }
+        Ok(unfinished.len())
+    }
+
+    /// Fires due timers until the process ends. Spawn it once.
+    pub async fn timer_loop(self) {
+        loop {
+            let next = locked(&self.inner.timers).first().cloned();
+            match next {
+                None => self.inner.timer_changed.notified().await,
+                Some((due, run_id, step)) => {
+                    let now = Utc::now();
+                    if due <= now {
+                        locked(&self.inner.timers).remove(&(due, run_id.clone(), step.clone()));
+                        let exec = self.clone();
+                        tokio::spawn(async move {
+                            let event = Event::TimerFired { step: step.clone() };
+                            if let Err(e) = exec.apply(&run_id, event).await {
+                                warn!(run_id, step, error = %e, "a timer could not be applied");
+                            }
+                        });
+                    } else {
+                        let wait = (due - now).to_std().unwrap_or_default();
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.inner.timer_changed.notified() => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn arm_timers(&self, run: &Run) {
+        let mut added = false;
+        {
+            let mut timers = locked(&self.inner.timers);
+            for s in run.steps.iter().chain(run.hooks.iter()) {
+                if matches!(
+                    s.status,
+                    StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
+                ) && let Some(at) = s.wake_at
+                {
+                    added |= timers.insert((at, run.id.clone(), s.id.clone()));
+                }
+            }
+        }
+        if added {
+            self.inner.timer_changed.notify_one();
+        }
+    }
+
+    fn after_commit(&self, applied: &Applied) {
+        self.arm_timers(&applied.run);
+        for (id, effect) in &applied.effects {
+            self.perform(applied.run.clone(), effect.clone(), *id);
+        }
+    }
+
+    /// Stops starting new calls and e-mails (they stay in the outbox) and waits up to `grace`
+    /// for those in flight to finish and be recorded. Returns how many were still in flight.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy = locked(&self.inner.inflight)
+                .values()
+                .flatten()
+                .filter(|h| !h.is_finished())
+                .count();
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                return busy;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    fn perform(&self, run: Arc<Run>, effect: Effect, effect_id: Option<i64>) {
+        if effect.is_external() && self.inner.stopping.load(Ordering::SeqCst) {
+            // Committed in the outbox: the next start performs it.
+            return;
+        }
+        let performer = match effect {
+            Effect::CallHttp { .. } => self.inner.performers.http.clone(),
+            Effect::SendEmail { .. } => self.inner.performers.email.clone(),
+            Effect::RequestApproval { .. } => self.inner.performers.approval.clone(),
+            Effect::AbandonInFlight => {
+                let handles = locked(&self.inner.inflight)
+                    .remove(&run.id)
+                    .unwrap_or_default();
+                for h in handles {
+                    h.abort();
+                }
+                return;
+            }
+            Effect::Finished { status } => {
+                self.run_finished(&run, status);
+                return;
+            }
+        };
+        let exec = self.clone();
+        let run_id = run.id.clone();
+        let task = tokio::spawn(async move {
+            exec.perform_external(performer, run, effect, effect_id)
+                .await;
+        });
+        self.track(&run_id, task.abort_handle());
+    }
+
+    fn run_finished(&self, run: &Run, status: RunStatus) {
+        self.inner.metrics.run_finished(status.as_str());
+        info!(run_id = %run.id, workflow = %run.workflow, status = status.as_str(), "run finished");
+        locked(&self.inner.inflight).remove(&run.id);
+        let waiters = locked(&self.inner.waiters)
+            .remove(&run.id)
+            .unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(status);
+        }
+        let _ = self.inner.finished.send(Finished {
+            run_id: run.id.clone(),
+            workflow: run.workflow.clone(),
+            status,
+        });
+    }
+
+    fn track(&self, run_id: &str, handle: tokio::task::AbortHandle) {
+        let mut inflight = locked(&self.inner.inflight);
+        let list = inflight.entry(run_id.to_string()).or_default();
+        list.retain(|h| !h.is_finished());
+        list.push(handle);
+    }
+
+    async fn perform_external(
+        &self,
+        performer: Arc<dyn Perform>,
+        run: Arc<Run>,
+        effect: Effect,
+        effect_id: Option<i64>,
+    ) {
+        let workflow = match self.inner.store.workflow_for(&run).await {
+            Ok(wf) => wf,
+            Err(e) => {
+                warn!(run_id = %run.id, effect = ?effect, error = %e, "cannot load the run's workflow version");
+                return;
+            }
+        };
+        debug!(run_id = %run.id, workflow = %run.workflow, effect = ?effect, "performing");
+        // While the call is out, other changes are left to the writer thread to batch with its
+        // outcome (see `Store::outcome_pending`).
+        let pending = self.inner.store.outcome_pending();
+        let performed = performer
+            .perform(Job {
+                run: run.clone(),
+                workflow,
+                effect,
+            })
+            .await;
+        drop(pending);
+        match performed {
+            Performed::Done => {
+                if let Some(id) = effect_id
+                    && let Err(e) = self.inner.store.mark_done(&run.id, id).await
+                {
+                    warn!(run_id = %run.id, error = %e, "cannot close a performed effect");
+                }
+            }
+            Performed::Outcome { event, record } => {
+                self.observe(&run, &event, record.as_deref());
+                if let Err(e) = self
+                    .record(&run.id, event, record.map(|r| *r), effect_id)
+                    .await
+                {
+                    warn!(run_id = %run.id, error = %e, "could not store the outcome of an effect");
+                }
+            }
+        }
+    }
+
+    /// Metrics and a log line for an attempt's outcome.
+    fn observe(&self, run: &Run, event: &Event, record: Option<&AttemptRecord>) {
+        if let Some((Some(a), Some(b))) = record.map(|r| (r.started_at, r.finished_at)) {
+            self.inner
+                .metrics
+                .step_latency
+                .observe((b - a).num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
+        match event {
+            Event::AttemptFailed {
+                step,
+                attempt,
+                error,
+                outcome,
+                ..
+            } => {
+                if matches!(outcome, Outcome::Retryable { .. }) {
+                    self.inner.metrics.retry();
+                }
+                warn!(run_id = %run.id, workflow = %run.workflow, step, attempt, error = %error, outcome = ?outcome, "attempt failed");
+            }
+            Event::AttemptSucceeded { step, attempt, .. } => {
+                debug!(run_id = %run.id, step, attempt, "attempt succeeded");
+            }
+            _ => {}
+        }
+    }
+}

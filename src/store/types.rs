@@ -1,0 +1,231 @@
+//! The values that cross the store's door: what a change stores and answers, and the rows the
+//! readers get back. Backend-neutral: no SQL here.
+
+pub use crate::engine::machine::AttemptResult;
+use crate::engine::machine::{Effect, NewRun, Run, RunStatus, Trigger};
+use crate::time::rfc3339;
+use crate::workflow::{Decision, Workflow};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// What an attempt sent and got, stored beside the event it produced (secrets redacted).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    pub step: String,
+    pub attempt: u32,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: Option<u16>,
+    pub outcome: AttemptResult,
+    pub error: Option<String>,
+    pub request: Option<serde_json::Value>,
+    pub response: Option<serde_json::Value>,
+}
+
+/// One approval e-mail: to whom, for which step and deadline, and when it was delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalEmail {
+    pub step: String,
+    pub recipient: String,
+    /// When the SMTP server (or the outbox folder) took it; None while delivery is retried.
+    #[serde(serialize_with = "rfc3339::option")]
+    pub mailed_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What an approval link knows, read back by the hash of its token.
+#[derive(Debug, Clone)]
+pub struct ApprovalLink {
+    pub run_id: String,
+    pub step: String,
+    pub recipient: String,
+    pub decision: Decision,
+    pub subject: String,
+    pub body: String,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// The two links of one approval e-mail, stored before it is sent.
+#[derive(Debug, Clone)]
+pub struct NewApprovalLinks {
+    pub run_id: String,
+    pub step: String,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub expires_at: DateTime<Utc>,
+    /// (hash of the token, the decision it makes)
+    pub links: Vec<(String, Decision)>,
+}
+
+/// A workflow as loaded from a file: what a run pins when it starts.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub hash: String,
+    pub path: String,
+    pub source: String,
+    pub workflow: Arc<Workflow>,
+}
+
+impl Version {
+    pub fn new(path: &str, source: &str, workflow: Workflow) -> Version {
+        Version {
+            hash: version_hash(source),
+            path: path.to_string(),
+            source: source.to_string(),
+            workflow: Arc::new(workflow),
+        }
+    }
+}
+
+/// The content hash that names a workflow version.
+pub fn version_hash(source: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(source.as_bytes());
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Workflow versions by hash, parsed once.
+#[derive(Default, Clone)]
+pub struct Versions(Arc<RwLock<HashMap<String, Arc<Workflow>>>>);
+
+impl Versions {
+    pub fn get(&self, hash: &str) -> Option<Arc<Workflow>> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+    pub fn insert(&self, hash: &str, wf: Arc<Workflow>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_string(), wf);
+    }
+}
+
+/// A run to create: its version, its shell-chosen parts, and how it starts.
+#[derive(Debug, Clone)]
+pub struct NewRunRequest {
+    pub version: Version,
+    pub new: NewRun,
+    /// A start with a key used before for this workflow answers that run instead.
+    pub idempotency_key: Option<String>,
+    /// Claimed in the same transaction; if it was claimed before, nothing is created.
+    pub slot: Option<SlotClaim>,
+    /// False: the run is created `pending` (queued behind others) and started later.
+    pub start: bool,
+}
+
+/// The outcome of one state change: the new run and the effects to perform, each with its
+/// outbox row id when it is external.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub run: Arc<Run>,
+    pub effects: Vec<(Option<i64>, Effect)>,
+    /// A start: false when an idempotency key found an existing run (or the slot was taken).
+    pub created: bool,
+    /// A start: true when the slot had already been handled, so nothing was created.
+    pub slot_taken: bool,
+    /// An event: true when the run did not take it (late, duplicate, or not applicable in the
+    /// state the run was in when the transaction read it). This is the answer to "did my
+    /// cancel / decision count", decided inside the transaction, across processes.
+    pub absorbed: bool,
+}
+
+/// A schedule slot claimed in the same transaction that creates its run: the unique key
+/// (schedule, slot) makes every slot fire at most once, across restarts and reloads.
+#[derive(Debug, Clone)]
+pub struct SlotClaim {
+    pub schedule: String,
+    pub slot: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A pending outbox row, read back after a restart.
+#[derive(Debug, Clone)]
+pub struct PendingEffect {
+    pub id: i64,
+    pub run_id: String,
+    pub effect: Effect,
+}
+
+/// One stored event, for `runner show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub seq: i64,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// Filters for listing runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: usize,
+}
+
+/// A row of `runner runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub workflow: String,
+    pub status: RunStatus,
+    pub trigger: Trigger,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A programmatic schedule as stored (`PUT /api/v1/schedules/{id}`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApiSchedule {
+    pub id: String,
+    pub workflow: String,
+    pub cron: String,
+    pub timezone: Option<String>,
+    pub input: serde_json::Value,
+    pub paused: bool,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The fields of a programmatic schedule a client sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSpec {
+    pub id: String,
+    pub workflow: String,
+    pub cron: String,
+    pub timezone: Option<String>,
+    pub input: serde_json::Value,
+    pub paused: bool,
+}
+
+impl ApiSchedule {
+    pub fn spec(&self) -> ScheduleSpec {
+        ScheduleSpec {
+            id: self.id.clone(),
+            workflow: self.workflow.clone(),
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            input: self.input.clone(),
+            paused: self.paused,
+        }
+    }
+}
+
+/// A workflow file's version in force, to remember (or, `None`, to forget: the file is gone).
+pub type ActiveFile = (String, Option<Version>);

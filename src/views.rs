@@ -1,0 +1,172 @@
+//! What people and clients see of a run: typed views serialized for the JSON API and
+//! `runner show --json`, printed by the CLI, and rendered by the web pages. A renamed field is a
+//! compile error here, not a silent `null` in one of the front ends.
+//!
+//! I/O shell only in [`RunView::load`] (it reads the attempts and approval e-mails); building a
+//! view from its parts is pure.
+
+use crate::engine::machine::{Failure, Run, RunStatus, StepState, StepStatus, Trigger};
+use crate::engine::request;
+use crate::store::{ApprovalEmail, AttemptRecord, AttemptResult, Store, StoreError};
+use crate::time::rfc3339;
+use crate::workflow::StepKindName;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub workflow: String,
+    pub version: String,
+    pub status: RunStatus,
+    pub trigger: Trigger,
+    pub input: Value,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// A sentence: what the run waits for now (None once it finished).
+    pub waiting_for: Option<String>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub wake_at: Option<DateTime<Utc>>,
+    pub failure: Option<Failure>,
+    pub steps: Vec<StepView>,
+    pub on_failure: Vec<StepView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub id: String,
+    pub kind: StepKindName,
+    pub status: StepStatus,
+    pub attempts: u32,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub wake_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub output: Option<Value>,
+    /// The `Upstash-Message-Id` its attempts carry.
+    pub dedup_id: String,
+    pub attempt_log: Vec<AttemptView>,
+    /// An approval step: whom it asked, and whether each e-mail got out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emails: Option<Vec<EmailView>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub status: Option<u16>,
+    pub outcome: AttemptResult,
+    pub error: Option<String>,
+    pub request: Option<Value>,
+    pub response: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmailView {
+    pub to: String,
+    /// When the SMTP server (or the outbox folder) took it; None while delivery is retried.
+    #[serde(serialize_with = "rfc3339::option")]
+    pub sent_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub expires_at: DateTime<Utc>,
+    /// Mailed for the step's current deadline (a retried step mails new links).
+    pub current: bool,
+}
+
+impl AttemptView {
+    fn new(a: &AttemptRecord) -> AttemptView {
+        AttemptView {
+            attempt: a.attempt,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            duration_ms: match (a.started_at, a.finished_at) {
+                (Some(x), Some(y)) => Some((y - x).num_milliseconds()),
+                _ => None,
+            },
+            status: a.status,
+            outcome: a.outcome,
+            error: a.error.clone(),
+            request: a.request.clone(),
+            response: a.response.clone(),
+        }
+    }
+}
+
+impl RunView {
+    /// Reads what the view needs beside the run (its attempts, and its approval e-mails when it
+    /// has an approval step).
+    pub async fn load(store: &Store, run: &Run) -> Result<RunView, StoreError> {
+        let attempts = store.attempts(&run.id).await?;
+        let emails = if run.steps.iter().any(|s| s.kind == StepKindName::Approval) {
+            store.approval_emails(&run.id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(RunView::new(run, &attempts, &emails))
+    }
+
+    pub fn new(run: &Run, attempts: &[AttemptRecord], emails: &[ApprovalEmail]) -> RunView {
+        let step = |s: &StepState| StepView {
+            id: s.id.clone(),
+            kind: s.kind,
+            status: s.status,
+            attempts: s.attempts,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            wake_at: s.wake_at,
+            error: s.error.clone(),
+            output: s.output.clone(),
+            dedup_id: request::message_id(run, &s.id, s.attempts.max(1)).0,
+            attempt_log: attempts
+                .iter()
+                .filter(|a| a.step == s.id)
+                .map(AttemptView::new)
+                .collect(),
+            emails: (s.kind == StepKindName::Approval).then(|| {
+                emails
+                    .iter()
+                    .filter(|e| e.step == s.id)
+                    .map(|e| EmailView {
+                        to: e.recipient.clone(),
+                        sent_at: e.mailed_at,
+                        expires_at: e.expires_at,
+                        current: s.wake_at.map(|w| w.timestamp_millis())
+                            == Some(e.expires_at.timestamp_millis()),
+                    })
+                    .collect()
+            }),
+        };
+        RunView {
+            id: run.id.clone(),
+            workflow: run.workflow.clone(),
+            version: run.version.clone(),
+            status: run.status,
+            trigger: run.trigger,
+            input: run.input.clone(),
+            scheduled_for: run.scheduled_for,
+            created_at: run.created_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            waiting_for: run.waiting_for(),
+            wake_at: run.wake_at,
+            failure: run.failure.clone(),
+            steps: run.steps.iter().map(step).collect(),
+            on_failure: run.hooks.iter().map(step).collect(),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What a finished step shows later templates as `steps.<id>`, one struct per step kind. The
+//! engine builds them; the checker's list of fields a kind produces (`produced_fields`) is made
+//! of their `FIELDS`, so a renamed field is a change in one place.
+//!
+//! Part of the pure core: no I/O.
+
+use super::model::Decision;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An `http` step: the answer of its successful attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpOutput {
+    pub status: u16,
+    pub headers: serde_json::Map<String, Value>,
+    /// Parsed JSON when the response is JSON, else the text.
+    pub body: Value,
+}
+
+impl HttpOutput {
+    pub const FIELDS: &'static [&'static str] = &["status", "headers", "body"];
+}
+
+/// An `approval` step: who decided what, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalOutput {
+    pub decision: Decision,
+    pub approver: String,
+    pub comment: Option<String>,
+    /// RFC 3339, whole seconds.
+    pub decided_at: String,
+}
+
+impl ApprovalOutput {
+    pub const FIELDS: &'static [&'static str] = &["decision", "approver", "comment", "decided_at"];
+
+    /// Read back from a step's stored output.
+    pub fn from_value(v: &Value) -> Option<ApprovalOutput> {
+        serde_json::from_value(v.clone()).ok()
+    }
+
+    /// `approved by ed@example.com at 2026-03-02T10:00:00Z`
+    pub fn describe(&self) -> String {
+        format!(
+            "{} by {} at {}",
+            self.decision.as_str(),
+            self.approver,
+            self.decided_at
+        )
+    }
+}
+
+/// A `sleep` or `sleep_until` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SleepOutput {
+    /// RFC 3339, whole seconds.
+    pub woke_at: String,
+}
+
+impl SleepOutput {
+    pub const FIELDS: &'static [&'static str] = &["woke_at"];
+}
+
+/// An `email` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailOutput {
+    pub sent_to: Vec<String>,
+}
+
+impl EmailOutput {
+    pub const FIELDS: &'static [&'static str] = &["sent_to"];
+}
+
+/// Any output as the JSON value a run's state keeps.
+pub fn to_value<T: Serialize>(output: &T) -> Value {
+    serde_json::to_value(output).expect("a step output serializes")
+}
