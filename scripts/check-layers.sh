@@ -22,9 +22,9 @@ forbid() {
 }
 
 shell='store|runtime|dispatch|ops|views|web|daemon|cli|sources|metrics|testing'
-core_dirs=(src/workflow src/engine src/cron.rs src/sign src/backoff.rs src/time.rs)
+core_dirs=(src/workflow src/engine src/schedule src/sign src/backoff.rs src/time.rs)
 
-forbid "crate::($shell)\b" "the pure core (workflow, engine, cron, sign, backoff, time) imports no shell module" "${core_dirs[@]}"
+forbid "crate::($shell)\b" "the pure core (workflow, engine, schedule, sign, backoff, time) imports no shell module" "${core_dirs[@]}"
 forbid "crate::(runtime|dispatch|ops|views|web|daemon|cli)\b" "store imports only the core" src/store
 forbid "crate::(ops|views|web|daemon|cli)\b" "runtime and dispatch import neither ops, views, the web side, the daemon nor the CLI" src/runtime src/dispatch
 forbid "crate::(web|daemon|cli)\b" "ops and views import neither the web side, the daemon nor the CLI" src/ops src/views.rs

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 /// The longest delay QStash waits before a retry, and the longest `Retry-After` it honours: one day.
-pub const MAX_DELAY: Duration = Duration::from_secs(86_400);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(86_400);
 
 /// QStash's default backoff: the delay before retry `n` (1-based: `1` is the first retry, after the first
 /// attempt failed) is `min(86400, e^(2.5·n))` seconds, truncated to whole seconds → 12 s, 2 m 28 s, 30 m 8 s,
@@ -16,7 +16,7 @@ pub const MAX_DELAY: Duration = Duration::from_secs(86_400);
 /// Truncation rather than rounding: the fractional parts of e^2.5, e^5, e^7.5 and e^10 (.18, .41, .04, .47)
 /// are all below one half, so the figures in QStash's documentation fit both; QStash is written in Go,
 /// where converting a float to a `time.Duration` truncates, and truncation never waits longer than the formula.
-pub fn qstash_default(retry: u32) -> Duration {
+pub(crate) fn qstash_default(retry: u32) -> Duration {
     if retry == 0 {
         return Duration::ZERO;
     }
@@ -27,7 +27,7 @@ pub fn qstash_default(retry: u32) -> Duration {
 
 /// The backoff kinds of a step's `retry: { backoff: exponential | fixed | linear, initial, max }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backoff {
+pub(crate) enum Backoff {
     /// `initial · 2^(retry − 1)`
     Exponential,
     /// `initial`
@@ -38,7 +38,7 @@ pub enum Backoff {
 
 /// The delay before retry `retry` (1-based, as in [`qstash_default`]; `0` is the first attempt and gets no
 /// delay), capped at `max` for every kind; an overflowing product is `max`.
-pub fn delay(kind: Backoff, initial: Duration, max: Duration, retry: u32) -> Duration {
+pub(crate) fn delay(kind: Backoff, initial: Duration, max: Duration, retry: u32) -> Duration {
     if retry == 0 || initial.is_zero() {
         return Duration::ZERO;
     }
@@ -60,7 +60,7 @@ pub fn delay(kind: Backoff, initial: Duration, max: Duration, retry: u32) -> Dur
 /// A date in the past or negative seconds (`-5`) mean "now": `Duration::ZERO`. As Go's `http.ParseTime`, the
 /// weekday must be a weekday name but need not agree with the date. Two-digit RFC 850 years are 2000–2069 for
 /// `00`–`69` and 1970–1999 for `70`–`99` (chrono's rule).
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     let delay = match parse_delta_seconds(value) {
         Some(delay) => delay,

@@ -1,25 +1,28 @@
 //! runner: declarative, self-hosted durable workflows.
 //!
-//! The pure core (no I/O): [`workflow`], [`cron`], [`sign`], [`backoff`], [`time`], [`engine`].
+//! The pure core (no I/O): [`workflow`], [`schedule`], [`sign`], [`backoff`], [`time`],
+//! [`engine`].
 //! The I/O shell: [`store`], [`runtime`], [`dispatch`], [`ops`], [`views`], [`web`],
 //! [`sources`], [`daemon`], [`cli`].
 
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod cli;
-pub mod cron;
+/// `schedule::cron`, under its old name (the checker and the tests use it).
+pub use schedule::cron;
 pub mod daemon;
 pub mod dispatch;
 pub mod engine;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod runtime;
+pub mod schedule;
 pub mod sign;
 pub mod sources;
 pub mod store;
 pub mod testing;
-pub mod time;
-pub mod views;
+pub(crate) mod time;
+pub(crate) mod views;
 pub mod web;
 pub mod workflow;
 

@@ -6,11 +6,11 @@
 /// machinery: the run state is written on every change, and chrono's `Display` path was about
 /// half of that cost (callgrind). Years outside 0–9999 and leap seconds take chrono's own path.
 /// A test checks the output against chrono's for many instants.
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use chrono::{DateTime, Datelike, Timelike, Utc};
     use serde::{Serialize, Serializer};
 
-    pub fn one<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn one<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; 30];
         match write(t, &mut buf) {
             Some(n) => s.serialize_str(std::str::from_utf8(&buf[..n]).expect("ASCII digits")),
@@ -18,7 +18,10 @@ pub mod rfc3339 {
         }
     }
 
-    pub fn option<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn option<S: Serializer>(
+        t: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         struct One<'a>(&'a DateTime<Utc>);
         impl Serialize for One<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

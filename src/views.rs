@@ -5,8 +5,8 @@
 //! I/O shell only in [`RunView::load`] (it reads the attempts and approval e-mails); building a
 //! view from its parts is pure.
 
-use crate::engine::machine::{Failure, Run, RunStatus, StepState, StepStatus, Trigger};
 use crate::engine::request;
+use crate::engine::{Failure, Run, RunStatus, StepState, StepStatus, Trigger};
 use crate::store::{ApprovalEmail, AttemptRecord, AttemptResult, Store, StoreError};
 use crate::time::rfc3339;
 use crate::workflow::StepKindName;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RunView {
+pub(crate) struct RunView {
     pub id: String,
     pub workflow: String,
     pub version: String,
@@ -40,7 +40,7 @@ pub struct RunView {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StepView {
+pub(crate) struct StepView {
     pub id: String,
     pub kind: StepKindName,
     pub status: StepStatus,
@@ -62,7 +62,7 @@ pub struct StepView {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AttemptView {
+pub(crate) struct AttemptView {
     pub attempt: u32,
     #[serde(serialize_with = "rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
@@ -77,7 +77,7 @@ pub struct AttemptView {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct EmailView {
+pub(crate) struct EmailView {
     pub to: String,
     /// When the SMTP server (or the outbox folder) took it; None while delivery is retried.
     #[serde(serialize_with = "rfc3339::option")]
@@ -110,7 +110,7 @@ impl AttemptView {
 impl RunView {
     /// Reads what the view needs beside the run (its attempts, and its approval e-mails when it
     /// has an approval step).
-    pub async fn load(store: &Store, run: &Run) -> Result<RunView, StoreError> {
+    pub(crate) async fn load(store: &Store, run: &Run) -> Result<RunView, StoreError> {
         let attempts = store.attempts(&run.id).await?;
         let emails = if run.steps.iter().any(|s| s.kind == StepKindName::Approval) {
             store.approval_emails(&run.id).await?
@@ -120,7 +120,7 @@ impl RunView {
         Ok(RunView::new(run, &attempts, &emails))
     }
 
-    pub fn new(run: &Run, attempts: &[AttemptRecord], emails: &[ApprovalEmail]) -> RunView {
+    pub(crate) fn new(run: &Run, attempts: &[AttemptRecord], emails: &[ApprovalEmail]) -> RunView {
         let step = |s: &StepState| StepView {
             id: s.id.clone(),
             kind: s.kind,

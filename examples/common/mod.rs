@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Nearest-rank percentile.
-pub fn percentile(v: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -22,7 +22,7 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 /// `n` × (4 KiB write at offset 0 + fdatasync), in µs; at most 10 s.
-pub fn fsync_probe(path: &Path, n: usize) -> Result<Vec<f64>> {
+pub(crate) fn fsync_probe(path: &Path, n: usize) -> Result<Vec<f64>> {
     let mut f = std::fs::File::create(path).context("creating the fsync probe file")?;
     let block = [0x5au8; 4096];
     let mut lat = Vec::with_capacity(n);
@@ -42,7 +42,7 @@ pub fn fsync_probe(path: &Path, n: usize) -> Result<Vec<f64>> {
 
 /// Every thread of this process: (name, on-CPU nanoseconds from `/proc/self/task/*/schedstat`).
 /// Linux cuts thread names to 15 bytes.
-pub fn thread_cpu() -> Vec<(String, u64)> {
+pub(crate) fn thread_cpu() -> Vec<(String, u64)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };

@@ -550,7 +550,7 @@ async fn run_foreground(
         &engine,
         version,
         input,
-        crate::engine::machine::Trigger::Cli,
+        crate::engine::Trigger::Cli,
         idempotency_key,
     )
     .await;
@@ -579,10 +579,10 @@ async fn run_foreground(
     Ok(exit_for(&[status]))
 }
 
-fn exit_for(statuses: &[crate::engine::machine::RunStatus]) -> ExitCode {
+fn exit_for(statuses: &[crate::engine::RunStatus]) -> ExitCode {
     if statuses
         .iter()
-        .all(|s| *s == crate::engine::machine::RunStatus::Succeeded)
+        .all(|s| *s == crate::engine::RunStatus::Succeeded)
     {
         ExitCode::SUCCESS
     } else {
@@ -644,7 +644,7 @@ async fn runs(
 ) -> anyhow::Result<ExitCode> {
     let store = open_store_readonly(db)?;
     let status = match status {
-        Some(s) => Some(crate::engine::machine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
+        Some(s) => Some(crate::engine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
         None => None,
     };
     let list = store

@@ -12,7 +12,7 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// A run with every step and attempt, and what it waits for.
-pub fn run(v: &RunView) -> String {
+pub(super) fn run(v: &RunView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "run       {}", v.id);
     let _ = writeln!(out, "workflow  {} (version {})", v.workflow, v.version);
@@ -75,7 +75,7 @@ fn step(out: &mut String, s: &StepView) {
         }
         let _ = writeln!(out, "{l}");
     }
-    let waiting = s.status == crate::engine::machine::StepStatus::WaitingApproval;
+    let waiting = s.status == crate::engine::StepStatus::WaitingApproval;
     for e in s.emails.iter().flatten() {
         if e.current || !waiting {
             let sent = e.sent_at.map_or_else(

@@ -3,13 +3,13 @@
 //! same transaction that creates the run), with catch-up and overlap as the workflow says.
 
 use crate::cron::{CronSchedule, Slot};
-use crate::engine::machine::Event;
-use crate::engine::trigger::{self, OverlapAction};
+use crate::engine::Event;
 use crate::metrics::Metrics;
 use crate::ops::schedules::Change;
 use crate::registry::Registry;
 use crate::runtime::Executor;
 use crate::runtime::executor::Finished;
+use crate::schedule::policy::{self as trigger, OverlapAction};
 use crate::store::{ApiSchedule, SlotClaim, Store, StoreError};
 use crate::workflow::Overlap;
 use chrono::{DateTime, Utc};

@@ -8,8 +8,8 @@
 
 use super::email::MailContext;
 use super::mail::{MailError, Outgoing};
-use crate::engine::machine::{Effect, Event, Run, StepStatus};
 use crate::engine::request;
+use crate::engine::{Effect, Event, Run, StepStatus};
 use crate::runtime::{Job, Perform, Performed};
 use crate::store::{NewApprovalLinks, Store};
 use crate::workflow::{Decision, Workflow};

@@ -3,8 +3,8 @@
 //! I/O shell (SMTP or the outbox folder, through `mail`).
 
 use super::mail::{MailError, Mailer, Outgoing};
-use crate::engine::machine::{AttemptResult, Effect, Event, Outcome, Run};
 use crate::engine::request;
+use crate::engine::{AttemptResult, Effect, Event, Outcome, Run};
 use crate::runtime::{Job, Perform, Performed};
 use crate::store::AttemptRecord;
 use crate::workflow::Workflow;

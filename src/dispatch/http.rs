@@ -2,8 +2,8 @@
 //!
 //! I/O shell: the HTTP client. [`HttpPerformer`] performs `CallHttp` effects for the executor.
 
-use crate::engine::machine::{AttemptResult, Effect, Event, Outcome, Run, Trigger};
 use crate::engine::request::{self, HttpRequest};
+use crate::engine::{AttemptResult, Effect, Event, Outcome, Run, Trigger};
 use crate::runtime::keys::KeyRing;
 use crate::runtime::{Job, Perform, Performed};
 use crate::sign::Keys;

@@ -4,7 +4,7 @@
 //!
 //! Part of the pure core's tests: no I/O.
 
-use super::machine::*;
+use super::*;
 use crate::workflow::{Decision, Workflow, check_file};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;

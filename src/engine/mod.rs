@@ -1,11 +1,30 @@
-//! Running workflows, the pure part: the run state machine, request rendering, and the policy
-//! for firing schedules.
+//! Running workflows, the pure part: the run state machine and request rendering.
 //!
-//! Part of the pure core: no I/O. The executor that drives the machine against the store, HTTP
-//! and mail is `runtime`.
+//! Part of the pure core: no I/O. The state machine is `decide(workflow, run, event, now) ->
+//! (run', effects)`: a run's state (`run`), the events it takes (`event`), the effects it orders
+//! (`effect`), which steps start next (`plan`), and what templates see (`context`). The executor
+//! that drives it against the store, HTTP and mail is `runtime`.
 
-pub mod machine;
+mod context;
+mod decide;
+mod effect;
+mod event;
 #[cfg(test)]
 mod machine_tests;
+mod plan;
 pub mod request;
-pub mod trigger;
+mod run;
+
+pub use context::context;
+pub use decide::decide;
+pub use effect::Effect;
+pub use event::{AttemptResult, Event, Outcome};
+pub use run::{Failure, NewRun, Run, RunStatus, StepState, StepStatus, Trigger};
+
+/// The run state machine's names in one place (`use crate::engine::*`).
+pub mod machine {
+    pub use super::{
+        AttemptResult, Effect, Event, Failure, NewRun, Outcome, Run, RunStatus, StepState,
+        StepStatus, Trigger, context, decide,
+    };
+}

@@ -2,7 +2,7 @@
 //!
 //! Part of the pure core: no I/O. Secrets are passed in by the shell, never stored.
 
-use super::machine::{Run, context};
+use super::{Run, context};
 use crate::workflow::{StepKind, Template, Workflow, template};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -4,7 +4,7 @@
 //! step waits for the deadline it was mailed with. Opening it changes nothing.
 
 use crate::dispatch::approval_mail::token_hash;
-use crate::engine::machine::{Event, Run, StepStatus};
+use crate::engine::{Event, Run, StepStatus};
 use crate::runtime::Executor;
 use crate::store::{ApprovalLink, StoreError};
 use crate::workflow::output::ApprovalOutput;

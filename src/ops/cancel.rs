@@ -1,6 +1,6 @@
 //! Cancelling a run: calls in flight are abandoned, timers cleared, the outbox closed.
 
-use crate::engine::machine::{Event, Run, RunStatus};
+use crate::engine::{Event, Run, RunStatus};
 use crate::runtime::Executor;
 use crate::store::StoreError;
 use std::sync::Arc;

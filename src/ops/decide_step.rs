@@ -1,7 +1,7 @@
 //! Deciding a step that waits for an approval, over the API or the CLI. (A link from the e-mail
 //! decides through `approval_link`.)
 
-use crate::engine::machine::{Event, Run, StepStatus};
+use crate::engine::{Event, Run, StepStatus};
 use crate::runtime::Executor;
 use crate::store::StoreError;
 use crate::workflow::output::ApprovalOutput;

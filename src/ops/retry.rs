@@ -1,7 +1,7 @@
 //! Retrying a failed run from its failed step: that step starts again with the same dedup id and
 //! the next attempt number.
 
-use crate::engine::machine::{Event, Run, RunStatus};
+use crate::engine::{Event, Run, RunStatus};
 use crate::runtime::Executor;
 use crate::store::StoreError;
 use std::sync::Arc;

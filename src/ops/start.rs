@@ -2,7 +2,7 @@
 //! its version, and start it; or fire a schedule slot (the same, with the slot claimed in the
 //! transaction that creates the run).
 
-use crate::engine::machine::{NewRun, Run, Trigger};
+use crate::engine::{NewRun, Run, Trigger};
 use crate::runtime::Executor;
 use crate::store::{NewRunRequest, SlotClaim, StoreError, Version};
 use chrono::{DateTime, Utc};

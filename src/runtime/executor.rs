@@ -5,7 +5,7 @@
 //! performed by [`Perform`]ers given at construction; each answers the event its effect produced,
 //! which the executor applies in the same transaction that closes the effect's outbox row.
 
-use crate::engine::machine::{Effect, Event, Outcome, Run, RunStatus, StepStatus};
+use crate::engine::{Effect, Event, Outcome, Run, RunStatus, StepStatus};
 use crate::metrics::Metrics;
 use crate::store::{Applied, AttemptRecord, NewRunRequest, Store, StoreError};
 use crate::workflow::Workflow;

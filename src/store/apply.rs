@@ -9,7 +9,7 @@
 
 use super::StoreError;
 use super::types::{Applied, AttemptRecord, NewRunRequest, SlotClaim, Version};
-use crate::engine::machine::{self, Effect, Event, Run, StepStatus};
+use crate::engine::{self, Effect, Event, Run, StepStatus};
 use crate::workflow::Workflow;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -118,7 +118,7 @@ pub(crate) struct RecordedAttempt {
 }
 
 impl RecordedAttempt {
-    pub fn new(record: &AttemptRecord) -> RecordedAttempt {
+    pub(crate) fn new(record: &AttemptRecord) -> RecordedAttempt {
         RecordedAttempt {
             step: record.step.clone(),
             attempt: record.attempt,
@@ -166,7 +166,7 @@ pub(crate) async fn start<T: RunTx>(
     // instead of a pending row updated in the same transaction.
     let run = Run::new(&wf, req.new.clone(), now);
     let (run, started) = if req.start {
-        let (next, effects) = machine::decide(&wf, &run, &Event::Started, now);
+        let (next, effects) = engine::decide(&wf, &run, &Event::Started, now);
         (next, Some(effects))
     } else {
         (run, None)
@@ -245,7 +245,7 @@ pub(crate) async fn apply<T: RunTx>(
         Some(seq) => seq,
         None => tx.next_seq(&run.id).await?,
     };
-    let (next, effects) = machine::decide(&wf, &run, &cmd.event, now);
+    let (next, effects) = engine::decide(&wf, &run, &cmd.event, now);
     let attempt = attempt.map(|a| a.json.as_str());
     if effects.is_empty() && next == *run {
         // Absorbed (late, duplicate or not applicable): nothing changes, but keep the event for

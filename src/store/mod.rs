@@ -17,7 +17,7 @@ pub use error::{DbError, DbErrorKind, StoreError};
 pub use sqlite::OutcomePending;
 pub use types::*;
 
-use crate::engine::machine::{Event, Run, RunStatus};
+use crate::engine::{Event, Run, RunStatus};
 use crate::workflow::Workflow;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! The values that cross the store's door: what a change stores and answers, and the rows the
 //! readers get back. Backend-neutral: no SQL here.
 
-pub use crate::engine::machine::AttemptResult;
-use crate::engine::machine::{Effect, NewRun, Run, RunStatus, Trigger};
+pub use crate::engine::AttemptResult;
+use crate::engine::{Effect, NewRun, Run, RunStatus, Trigger};
 use crate::time::rfc3339;
 use crate::workflow::{Decision, Workflow};
 use chrono::{DateTime, Utc};

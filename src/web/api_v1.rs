@@ -4,7 +4,7 @@
 //! nothing a client sends can crash the daemon. Handlers parse and answer; the work is `ops`.
 
 use super::state::{AppState, DaemonParts, Shared};
-use crate::engine::machine::{RunStatus, Trigger};
+use crate::engine::{RunStatus, Trigger};
 use crate::ops::cancel::CancelError;
 use crate::ops::decide_step::DecideError;
 use crate::ops::retry::RetryError;

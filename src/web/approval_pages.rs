@@ -64,7 +64,7 @@ fn verb(decision: Decision) -> &'static str {
 /// The page for a link that cannot decide. `decided` is the status for a step that was already
 /// decided: 200 when looking, 409 when trying to decide again.
 fn refused(why: Refused, decided: StatusCode) -> Response {
-    let detail = |run: &crate::engine::machine::Run, step: &str| {
+    let detail = |run: &crate::engine::Run, step: &str| {
         Some(format!(
             "Workflow {}, run {}, step {step}.",
             run.workflow, run.id

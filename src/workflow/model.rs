@@ -21,12 +21,12 @@ pub struct Workflow {
 }
 
 impl Workflow {
-    pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.id == id)
-    }
-
-    pub fn step_index(&self, id: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.id == id)
+    /// A step or `on_failure` hook by id (ids are unique across both).
+    pub fn find_step(&self, id: &str) -> Option<&Step> {
+        self.steps
+            .iter()
+            .chain(self.on_failure.iter())
+            .find(|s| s.id == id)
     }
 }
 

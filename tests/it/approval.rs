@@ -1596,18 +1596,22 @@ fn a_greylisted_recipient_does_not_hold_back_the_others() {
         ["RCPT alice@example.com 451", "RCPT bob@example.com 250"],
         "bob was asked in the same round as alice's first refusal"
     );
-    // The run shows whose e-mail got out and whose is still being retried.
-    let run = run_of(&api, &id);
-    let emails = step(&run, "gate")["emails"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let sent = |to: &str| {
-        emails
+    // The run shows whose e-mail got out and whose is still being retried. (The SMTP server
+    // writes the message before runner hears its answer and records it: wait for the record.)
+    let sent_of = |run: &serde_json::Value, to: &str| {
+        step(run, "gate")["emails"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
             .iter()
             .find(|e| e["to"] == to)
             .map(|e| e["sent_at"].is_string())
     };
+    let run = wait_for(Duration::from_secs(10), "bob's e-mail recorded as sent", || {
+        let run = run_of(&api, &id);
+        (sent_of(&run, "bob@example.com") == Some(true)).then_some(run)
+    });
+    let sent = |to: &str| sent_of(&run, to);
     assert_eq!(
         (sent("alice@example.com"), sent("bob@example.com")),
         (Some(false), Some(true)),

@@ -13,7 +13,7 @@ use serde_json::Value;
 const SETUP_HINT: &str = "install Node.js 18 or later and run `npm ci --prefix tests/qstash`";
 
 /// The receiver process; killed when dropped, also when a test panics.
-pub struct QstashReceiver {
+pub(crate) struct QstashReceiver {
     child: Child,
     pub base: String,
     pub current_key: String,
@@ -28,7 +28,7 @@ impl Drop for QstashReceiver {
 }
 
 impl QstashReceiver {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with_keys(
             &runner::sign::key_from_random([1; 32]),
             &runner::sign::key_from_random([2; 32]),
@@ -36,7 +36,7 @@ impl QstashReceiver {
     }
 
     /// Starts a receiver that accepts `current` and `next` (as QSTASH_CURRENT/NEXT_SIGNING_KEY).
-    pub fn start_with_keys(current: &str, next: &str) -> Self {
+    pub(crate) fn start_with_keys(current: &str, next: &str) -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qstash");
         assert!(
             dir.join("node_modules/@upstash/qstash/package.json")
@@ -85,18 +85,18 @@ impl QstashReceiver {
         receiver
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 }
 
 /// The path of the built `runner` binary.
-pub fn runner_bin() -> PathBuf {
+pub(crate) fn runner_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_runner"))
 }
 
 /// A `runner` command with a clean environment for runner's own variables.
-pub fn runner_cmd() -> Command {
+pub(crate) fn runner_cmd() -> Command {
     let mut c = Command::new(runner_bin());
     for var in [
         "RUNNER_SIGNING_KEY",
@@ -117,7 +117,7 @@ pub fn runner_cmd() -> Command {
 }
 
 /// The receiver's records, oldest first (blocking HTTP, for tests that drive the binary).
-pub fn receiver_log(receiver: &QstashReceiver) -> Vec<Value> {
+pub(crate) fn receiver_log(receiver: &QstashReceiver) -> Vec<Value> {
     let body = ureq_get(&receiver.url("/__log"));
     match serde_json::from_str(&body).expect("/__log answers JSON") {
         Value::Array(records) => records,
@@ -126,7 +126,7 @@ pub fn receiver_log(receiver: &QstashReceiver) -> Vec<Value> {
 }
 
 /// A minimal blocking GET over a raw TCP socket (keeps tests free of a blocking HTTP client).
-pub fn ureq_get(url: &str) -> String {
+pub(crate) fn ureq_get(url: &str) -> String {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest
@@ -166,18 +166,18 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// Where a test's files live; removed at the end.
-pub fn temp_dir() -> tempfile::TempDir {
+pub(crate) fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
-pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write file");
     p
 }
 
 /// The signing keys `QstashReceiver::start()` accepts, as (current, next).
-pub fn test_keys() -> (String, String) {
+pub(crate) fn test_keys() -> (String, String) {
     (
         runner::sign::key_from_random([1; 32]),
         runner::sign::key_from_random([2; 32]),
@@ -187,7 +187,7 @@ pub fn test_keys() -> (String, String) {
 /// Milliseconds since the epoch (the receiver's `time` uses the same clock).
 /// A random generator for a chaos test, seeded from `var` when set (to replay a failure) or else
 /// from the clock; the seed is printed so a failing run can be replayed.
-pub fn chaos_rng(var: &str, what: &str) -> (rand::rngs::StdRng, u64) {
+pub(crate) fn chaos_rng(var: &str, what: &str) -> (rand::rngs::StdRng, u64) {
     use rand::SeedableRng;
     let seed: u64 = std::env::var(var)
         .ok()
@@ -203,7 +203,7 @@ pub fn chaos_rng(var: &str, what: &str) -> (rand::rngs::StdRng, u64) {
     (rand::rngs::StdRng::seed_from_u64(seed), seed)
 }
 
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970");
@@ -211,7 +211,11 @@ pub fn now_ms() -> i64 {
 }
 
 /// Polls `probe` every 50 ms until it answers `Some`, failing the test after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(v) = probe() {
@@ -227,7 +231,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Opt
 
 /// One answer of [`http_request`].
 #[derive(Debug)]
-pub struct HttpResponse {
+pub(crate) struct HttpResponse {
     pub status: u16,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
@@ -235,7 +239,7 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -243,7 +247,7 @@ impl HttpResponse {
     }
 
     /// The body as JSON (`null` when empty, a string when it is not JSON).
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         if self.body.trim().is_empty() {
             Value::Null
         } else {
@@ -254,7 +258,7 @@ impl HttpResponse {
 
 /// A minimal blocking HTTP/1.1 request over a raw TCP socket (`Connection: close`). Errors only
 /// when the server cannot be reached or the connection breaks.
-pub fn http_request(
+pub(crate) fn http_request(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -333,14 +337,14 @@ fn dechunk_bytes(mut s: &[u8]) -> Vec<u8> {
 
 /// A client of the daemon's JSON API (`/api/v1`), with or without a bearer token.
 #[derive(Clone, Debug)]
-pub struct Api {
+pub(crate) struct Api {
     pub base: String,
     pub token: Option<String>,
 }
 
 impl Api {
     /// `path` is below `/api/v1` (e.g. `/runs`); answers (status, JSON body).
-    pub fn try_call(
+    pub(crate) fn try_call(
         &self,
         method: &str,
         path: &str,
@@ -356,7 +360,7 @@ impl Api {
         Ok((r.status, r.json()))
     }
 
-    pub fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -367,31 +371,31 @@ impl Api {
             .unwrap_or_else(|e| panic!("{method} {path} at {}: {e}", self.base))
     }
 
-    pub fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         self.call("GET", path, &[], None)
     }
 
-    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &str) -> (u16, Value) {
         self.call("POST", path, &[], Some(body))
     }
 
-    pub fn put(&self, path: &str, body: &str) -> (u16, Value) {
+    pub(crate) fn put(&self, path: &str, body: &str) -> (u16, Value) {
         self.call("PUT", path, &[], Some(body))
     }
 
-    pub fn delete(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn delete(&self, path: &str) -> (u16, Value) {
         self.call("DELETE", path, &[], None)
     }
 
     /// Starts a run and answers its id, failing the test unless the daemon says 201.
-    pub fn start_run(&self, workflow: &str, input: &str) -> String {
+    pub(crate) fn start_run(&self, workflow: &str, input: &str) -> String {
         let (status, v) = self.post(&format!("/workflows/{workflow}/runs"), input);
         assert_eq!(status, 201, "starting a run of `{workflow}`: {v}");
         v["id"].as_str().expect("run id").to_string()
     }
 
     /// Polls a run until its status is terminal; answers the run.
-    pub fn wait_run(&self, id: &str, timeout: Duration) -> Value {
+    pub(crate) fn wait_run(&self, id: &str, timeout: Duration) -> Value {
         let mut last = Value::Null;
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -414,7 +418,7 @@ impl Api {
 }
 
 /// `runner serve` on 127.0.0.1:0 with the test signing keys; killed (SIGKILL) when dropped.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     pub base: String,
     pub token: Option<String>,
@@ -427,7 +431,7 @@ static DAEMONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 impl Daemon {
     /// Starts the daemon on `dir` and `db` and waits (30 s at most) until it listens. Its stderr
     /// goes to a file next to `db`.
-    pub fn start(dir: &Path, db: &Path, token: Option<&str>) -> Daemon {
+    pub(crate) fn start(dir: &Path, db: &Path, token: Option<&str>) -> Daemon {
         let mut cmd = runner_cmd();
         cmd.arg("serve")
             .arg("--dir")
@@ -444,7 +448,7 @@ impl Daemon {
 
     /// Starts `cmd` (a `runner serve` with its arguments) with the test signing keys, its stderr
     /// in `stderr`, and waits (30 s at most) until it prints `listening on …`.
-    pub fn spawn(mut cmd: Command, stderr: PathBuf, token: Option<&str>) -> Daemon {
+    pub(crate) fn spawn(mut cmd: Command, stderr: PathBuf, token: Option<&str>) -> Daemon {
         let (current, next) = test_keys();
         let mut child = cmd
             .env("RUNNER_SIGNING_KEY", current)
@@ -485,19 +489,19 @@ impl Daemon {
         daemon
     }
 
-    pub fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         Api {
             base: self.base.clone(),
             token: self.token.clone(),
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The daemon's log so far.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         format!(
             "--- runner serve stderr ({}):\n{}",
             self.stderr.display(),
@@ -505,7 +509,7 @@ impl Daemon {
         )
     }
 
-    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         if self.exited.is_none() {
             self.exited = self.child.try_wait().expect("try_wait");
         }
@@ -513,7 +517,7 @@ impl Daemon {
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, …) with the `kill` command.
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args(["-s", name, &self.pid().to_string()])
             .status()
@@ -522,7 +526,7 @@ impl Daemon {
     }
 
     /// SIGKILL and reap; answers when the process was known dead (ms since the epoch).
-    pub fn kill9(&mut self) -> i64 {
+    pub(crate) fn kill9(&mut self) -> i64 {
         if self.try_wait().is_none() {
             self.child.kill().expect("kill -9");
             self.exited = Some(self.child.wait().expect("reap"));
@@ -531,7 +535,7 @@ impl Daemon {
     }
 
     /// Waits for the process to exit, failing the test after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(s) = self.try_wait() {
@@ -557,7 +561,7 @@ impl Drop for Daemon {
 }
 
 /// A child process killed (and reaped) when dropped: a test's servers end with the test.
-pub struct KillOnDrop(pub std::process::Child);
+pub(crate) struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -126,21 +126,21 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.on_failure.len(), 2);
     assert_eq!(wf.on_failure[0].id, "on_failure-1");
     assert_eq!(wf.on_failure[1].id, "mail-ops");
-    let send = wf.step("send").expect("send");
+    let send = wf.find_step("send").expect("send");
     assert_eq!(send.retry.limit, 0);
     assert_eq!(send.timeout, std::time::Duration::from_secs(120));
-    let fetch = wf.step("fetch-user").expect("fetch-user");
+    let fetch = wf.find_step("fetch-user").expect("fetch-user");
     assert_eq!(fetch.retry.limit, 3);
     assert_eq!(
         fetch.retry.initial,
         Some(std::time::Duration::from_secs(10))
     );
-    let bare = wf.step("bare_condition").expect("bare");
+    let bare = wf.find_step("bare_condition").expect("bare");
     assert_eq!(
         bare.condition.as_ref().map(|t| t.as_str()),
         Some("{{ steps.review.decision != 'rejected' }}")
     );
-    match &wf.step("review").expect("review").kind {
+    match &wf.find_step("review").expect("review").kind {
         workflow::StepKind::Approval(a) => {
             assert_eq!(a.to.len(), 3);
             assert_eq!(a.on_timeout, workflow::Decision::Approved);

@@ -12,7 +12,7 @@ mod writer;
 
 pub use writer::OutcomePending;
 
-use crate::engine::machine::Event;
+use crate::engine::Event;
 use crate::store::apply::{ApplyEvent, RecordedAttempt};
 use crate::store::types::{Applied, AttemptRecord, NewRunRequest, Versions};
 use crate::store::{DbError, DbErrorKind, StoreError};

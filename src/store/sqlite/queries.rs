@@ -5,7 +5,7 @@
 
 use super::tx::{Cached, load_state, load_version, mark_schedule};
 use super::{SqliteStore, from_ms, ms, sql};
-use crate::engine::machine::{Effect, Run, RunStatus, Trigger};
+use crate::engine::{Effect, Run, RunStatus, Trigger};
 use crate::store::StoreError;
 use crate::store::types::*;
 use crate::workflow::{Decision, Workflow};

@@ -3,7 +3,7 @@
 use super::tx::RunCache;
 use super::writer::{Command, Job, Reply, WriterState, process_batch};
 use super::*;
-use crate::engine::machine::{self, NewRun, Run, RunStatus, StepStatus, Trigger};
+use crate::engine::{self, NewRun, Run, RunStatus, StepStatus, Trigger};
 use crate::store::types::{RunFilter, Version};
 use rusqlite::params;
 
@@ -64,7 +64,7 @@ fn version_4_database(path: &Path) -> String {
         },
         now,
     );
-    let (run, effects) = machine::decide(&version.workflow, &run, &Event::Started, now);
+    let (run, effects) = engine::decide(&version.workflow, &run, &Event::Started, now);
     assert_eq!(effects.len(), 1);
     c.execute(
         "INSERT INTO workflow_versions VALUES (?1, 'one', 'one.yaml', ?2, ?3)",

@@ -5,7 +5,7 @@
 //! instead of parsed again on every call.
 
 use super::{ms, sql};
-use crate::engine::machine::Run;
+use crate::engine::Run;
 use crate::store::StoreError;
 use crate::store::apply::{EventWrite, Loaded, RunTx, RunWrite};
 use crate::store::types::{SlotClaim, Version, Versions};

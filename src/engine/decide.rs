@@ -1,0 +1,360 @@
+//! `decide(workflow, run, event, now) -> (run', effects)`: routes an event to the step it is
+//! about, and recomputes what follows from the new state.
+//!
+//! Part of the pure core: no I/O, no clock, no randomness. Terminal runs absorb late or
+//! duplicate events: the run comes back unchanged and no effects.
+
+use super::effect::Effect;
+use super::event::{Event, Outcome};
+use super::plan::advance;
+use super::run::{Failure, Run, RunStatus, StepState, StepStatus, retries_left};
+use crate::workflow::output::{self, ApprovalOutput, SleepOutput};
+use crate::workflow::{Decision, Step, StepKind, Workflow};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Applies one event. Returns the new run and the effects to perform after it is stored.
+pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (Run, Vec<Effect>) {
+    let mut run = run.clone();
+    let mut effects = Vec::new();
+    if run.status.is_terminal() {
+        if matches!(event, Event::RetryRequested) && run.status == RunStatus::Failed {
+            retry_failed(wf, &mut run, now, &mut effects);
+            finish(&mut run, now, &mut effects);
+        }
+        return (run, effects);
+    }
+    match event {
+        Event::Started => {
+            if run.status == RunStatus::Pending {
+                run.status = RunStatus::Running;
+                run.started_at = Some(now);
+                advance(wf, &mut run, now, &mut effects);
+            }
+        }
+        Event::AttemptSucceeded {
+            step,
+            attempt,
+            output,
+        } => {
+            let Some(s) = run.step_mut(step) else {
+                return (run, effects);
+            };
+            if s.status != StepStatus::Running || s.attempts != *attempt {
+                return (run, effects);
+            }
+            s.status = StepStatus::Succeeded;
+            s.finished_at = Some(now);
+            s.last_status = output
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|v| u16::try_from(v).ok());
+            s.output = Some(output.clone());
+            s.error = None;
+            advance(wf, &mut run, now, &mut effects);
+        }
+        Event::AttemptFailed {
+            step,
+            attempt,
+            error,
+            status,
+            body,
+            outcome,
+        } => {
+            let Some(def) = wf.find_step(step) else {
+                return (run, effects);
+            };
+            let Some(s) = run.step_mut(step) else {
+                return (run, effects);
+            };
+            if s.status != StepStatus::Running || s.attempts != *attempt {
+                return (run, effects);
+            }
+            s.error = Some(error.clone());
+            s.last_status = *status;
+            let round_attempts = s.attempts - s.round_start.min(s.attempts);
+            match outcome {
+                Outcome::Retryable { after } if retries_left(def, s) => {
+                    let delay = after.unwrap_or_else(|| def.retry.delay(s.attempts));
+                    s.status = StepStatus::Retrying;
+                    s.wake_at = Some(later(now, delay));
+                }
+                _ => {
+                    s.status = StepStatus::Failed;
+                    s.finished_at = Some(now);
+                    let why = if matches!(outcome, Outcome::Permanent) || def.retry.limit == 0 {
+                        error.clone()
+                    } else {
+                        format!("{error} (gave up after {round_attempts} attempts)")
+                    };
+                    s.error = Some(why.clone());
+                    let failure = Failure {
+                        step: step.clone(),
+                        error: why,
+                        status: *status,
+                        body: body.clone(),
+                        attempts: round_attempts,
+                    };
+                    step_failed(wf, &mut run, failure, now, &mut effects);
+                }
+            }
+        }
+        Event::TimerFired { step } => {
+            let Some(def) = wf.find_step(step) else {
+                return (run, effects);
+            };
+            let Some(s) = run.step_mut(step) else {
+                return (run, effects);
+            };
+            let due = s.wake_at.is_some_and(|w| w <= now);
+            match s.status {
+                StepStatus::Retrying if due => {
+                    s.wake_at = None;
+                    s.status = StepStatus::Running;
+                    s.attempts += 1;
+                    effects.push(attempt_effect(def, s.attempts));
+                }
+                StepStatus::Sleeping if due => {
+                    s.wake_at = None;
+                    s.status = StepStatus::Succeeded;
+                    s.finished_at = Some(now);
+                    s.output = Some(woke(now));
+                    advance(wf, &mut run, now, &mut effects);
+                }
+                StepStatus::WaitingApproval if due => {
+                    let decision = match &def.kind {
+                        StepKind::Approval(a) => a.on_timeout,
+                        _ => Decision::Rejected,
+                    };
+                    decided(
+                        wf,
+                        &mut run,
+                        step,
+                        decision,
+                        "timeout",
+                        Some("no decision before the deadline"),
+                        now,
+                        &mut effects,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Event::ApprovalDecided {
+            step,
+            decision,
+            approver,
+            comment,
+        } => {
+            if run
+                .step(step)
+                .is_some_and(|s| s.status == StepStatus::WaitingApproval)
+            {
+                decided(
+                    wf,
+                    &mut run,
+                    step,
+                    *decision,
+                    approver,
+                    comment.as_deref(),
+                    now,
+                    &mut effects,
+                );
+            }
+        }
+        Event::CancelRequested { reason } => {
+            let reason = reason.clone().unwrap_or_else(|| "cancelled".into());
+            for s in run.steps.iter_mut().chain(run.hooks.iter_mut()) {
+                if s.status == StepStatus::Pending {
+                    // Never started: it will not run.
+                    s.status = StepStatus::Cancelled;
+                } else if !s.status.is_done() {
+                    s.status = StepStatus::Cancelled;
+                    s.finished_at = Some(now);
+                    s.wake_at = None;
+                    s.error = Some(reason.clone());
+                }
+            }
+            run.status = RunStatus::Cancelled;
+            effects.push(Effect::AbandonInFlight);
+        }
+        Event::RetryRequested => {}
+        Event::ApprovalDeliveryFailed { step, error } => {
+            if let Some(s) = run.step_mut(step)
+                && s.status == StepStatus::WaitingApproval
+            {
+                s.status = StepStatus::Failed;
+                s.finished_at = Some(now);
+                s.wake_at = None;
+                s.error = Some(error.clone());
+                let failure = Failure {
+                    step: step.clone(),
+                    error: error.clone(),
+                    status: None,
+                    body: None,
+                    attempts: 1,
+                };
+                step_failed(wf, &mut run, failure, now, &mut effects);
+            }
+        }
+    }
+    finish(&mut run, now, &mut effects);
+    (run, effects)
+}
+
+/// What a sleep step shows when it woke.
+pub(super) fn woke(now: DateTime<Utc>) -> Value {
+    output::to_value(&SleepOutput {
+        woke_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+/// `now + d`, saturating at the latest representable time (`now + Duration::MAX` panics).
+pub(super) fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+pub(super) fn attempt_effect(def: &Step, attempt: u32) -> Effect {
+    match def.kind {
+        StepKind::Email(_) => Effect::SendEmail {
+            step: def.id.clone(),
+            attempt,
+        },
+        _ => Effect::CallHttp {
+            step: def.id.clone(),
+            attempt,
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decided(
+    wf: &Workflow,
+    run: &mut Run,
+    step: &str,
+    decision: Decision,
+    approver: &str,
+    comment: Option<&str>,
+    now: DateTime<Utc>,
+    effects: &mut Vec<Effect>,
+) {
+    let Some(s) = run.step_mut(step) else { return };
+    s.status = StepStatus::Succeeded;
+    s.finished_at = Some(now);
+    s.wake_at = None;
+    s.output = Some(output::to_value(&ApprovalOutput {
+        decision,
+        approver: approver.to_string(),
+        comment: comment.map(str::to_string),
+        decided_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }));
+    if decision == Decision::Rejected {
+        s.error = Some(format!("rejected by {approver}"));
+        run.status = RunStatus::Rejected;
+        for later in run
+            .steps
+            .iter_mut()
+            .filter(|s| s.status == StepStatus::Pending)
+        {
+            later.status = StepStatus::Skipped;
+        }
+        skip_pending_hooks(run);
+    } else {
+        advance(wf, run, now, effects);
+    }
+}
+
+/// A run that ends without failing does not run its `on_failure` hooks: they are skipped, not
+/// left pending as if they still might run.
+pub(super) fn skip_pending_hooks(run: &mut Run) {
+    for h in run
+        .hooks
+        .iter_mut()
+        .filter(|h| h.status == StepStatus::Pending)
+    {
+        h.status = StepStatus::Skipped;
+    }
+}
+
+/// A step failed for good: remember why and start the `on_failure` hooks, or end the run.
+pub(super) fn step_failed(
+    wf: &Workflow,
+    run: &mut Run,
+    failure: Failure,
+    now: DateTime<Utc>,
+    effects: &mut Vec<Effect>,
+) {
+    let in_hook = run.hooks.iter().any(|h| h.id == failure.step);
+    if in_hook {
+        // A failing hook does not stop the other hooks.
+        advance(wf, run, now, effects);
+        return;
+    }
+    for later in run
+        .steps
+        .iter_mut()
+        .filter(|s| s.status == StepStatus::Pending)
+    {
+        later.status = StepStatus::Skipped;
+    }
+    run.failure = Some(failure);
+    advance(wf, run, now, effects);
+}
+
+/// Recomputes the derived fields once an event has been applied.
+fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+    run.wake_at = run
+        .steps
+        .iter()
+        .chain(run.hooks.iter())
+        .filter(|s| {
+            matches!(
+                s.status,
+                StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
+            )
+        })
+        .filter_map(|s| s.wake_at)
+        .min();
+    if run.status.is_terminal() {
+        if run.finished_at.is_none() {
+            run.finished_at = Some(now);
+            run.wake_at = None;
+            effects.push(Effect::Finished { status: run.status });
+        }
+        return;
+    }
+    if run.status == RunStatus::Pending {
+        return;
+    }
+    run.status = match run.current().map(|s| s.status) {
+        Some(StepStatus::Sleeping) => RunStatus::Sleeping,
+        Some(StepStatus::WaitingApproval) => RunStatus::WaitingApproval,
+        _ => RunStatus::Running,
+    };
+}
+
+/// Retry a failed run from its failed step: that step starts again, with the same dedup id and
+/// the next attempt number.
+fn retry_failed(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+    let Some(failed) = run
+        .steps
+        .iter()
+        .position(|s| s.status == StepStatus::Failed)
+    else {
+        return;
+    };
+    for s in run.steps[failed..].iter_mut() {
+        *s = StepState::new_from(s);
+    }
+    for h in run.hooks.iter_mut() {
+        *h = StepState::new_from(h);
+    }
+    run.failure = None;
+    run.finished_at = None;
+    run.status = RunStatus::Running;
+    advance(wf, run, now, effects);
+}

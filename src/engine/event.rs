@@ -1,0 +1,112 @@
+//! Events: facts in the past tense that the machine applies to a run; and how a failed attempt
+//! is to be treated (an outcome, not a Rust error).
+//!
+//! Part of the pure core: no I/O.
+
+use super::run::{Run, retries_left};
+use crate::workflow::{Decision, Workflow};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+/// How a failed attempt should be treated. A failed step is an outcome, not a Rust error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Try again after `after`, or after the step's backoff when None.
+    Retryable { after: Option<Duration> },
+    /// Do not try again.
+    Permanent,
+}
+
+impl Outcome {
+    /// The outcome of a failed attempt of `step_id` (its current attempt in `run`) as the
+    /// attempt's record names it: `retry` when the step will be tried again, else `failed` (a
+    /// retryable failure of the last attempt the retry limit allows is a failure).
+    pub fn attempt_result(&self, wf: &Workflow, run: &Run, step_id: &str) -> AttemptResult {
+        let retried = matches!(self, Outcome::Retryable { .. })
+            && wf
+                .find_step(step_id)
+                .zip(run.step(step_id))
+                .is_none_or(|(def, s)| retries_left(def, s));
+        if retried {
+            AttemptResult::Retry
+        } else {
+            AttemptResult::Failed
+        }
+    }
+}
+
+/// What one attempt of a step came to, as its record names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptResult {
+    Succeeded,
+    /// It failed and the step will be tried again.
+    Retry,
+    /// It failed and the step will not be tried again (a permanent error, or no retries left).
+    #[default]
+    Failed,
+}
+
+impl AttemptResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Succeeded => "succeeded",
+            AttemptResult::Retry => "retry",
+            AttemptResult::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Started,
+    AttemptSucceeded {
+        step: String,
+        attempt: u32,
+        output: Value,
+    },
+    AttemptFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+        status: Option<u16>,
+        body: Option<Value>,
+        outcome: Outcome,
+    },
+    TimerFired {
+        step: String,
+    },
+    ApprovalDecided {
+        step: String,
+        decision: Decision,
+        approver: String,
+        comment: Option<String>,
+    },
+    CancelRequested {
+        reason: Option<String>,
+    },
+    RetryRequested,
+    /// The approval e-mails of a waiting step could not be delivered (a permanent error).
+    ApprovalDeliveryFailed {
+        step: String,
+        error: String,
+    },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Started => "started",
+            Event::AttemptSucceeded { .. } => "attempt_succeeded",
+            Event::AttemptFailed { .. } => "attempt_failed",
+            Event::TimerFired { .. } => "timer_fired",
+            Event::ApprovalDecided { .. } => "approval_decided",
+            Event::CancelRequested { .. } => "cancel_requested",
+            Event::RetryRequested => "retry_requested",
+            Event::ApprovalDeliveryFailed { .. } => "approval_delivery_failed",
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! A run and its steps' states, as stored: what the machine reads and writes.
+//!
+//! Part of the pure core: no I/O.
+
+use crate::time::rfc3339;
+use crate::workflow::{Step, StepKindName, Workflow};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Sleeping,
+    WaitingApproval,
+    Succeeded,
+    Failed,
+    Rejected,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Sleeping,
+        RunStatus::WaitingApproval,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Rejected,
+        RunStatus::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected | RunStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Sleeping => "sleeping",
+            RunStatus::WaitingApproval => "waiting_approval",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Rejected => "rejected",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    /// An attempt is in flight.
+    Running,
+    /// Waiting for the backoff before the next attempt.
+    Retrying,
+    Sleeping,
+    WaitingApproval,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Succeeded
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Retrying => "retrying",
+            StepStatus::Sleeping => "sleeping",
+            StepStatus::WaitingApproval => "waiting_approval",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// `runner run` in the foreground.
+    Cli,
+    /// `POST /api/v1/workflows/{name}/runs` (also `runner trigger`).
+    Api,
+    /// A cron slot of a YAML or programmatic schedule.
+    Schedule,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 3] = [Trigger::Cli, Trigger::Api, Trigger::Schedule];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cli => "cli",
+            Trigger::Api => "api",
+            Trigger::Schedule => "schedule",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Trigger::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub id: String,
+    pub kind: StepKindName,
+    pub status: StepStatus,
+    pub attempts: u32,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When a retry, sleep or approval deadline is due.
+    #[serde(serialize_with = "rfc3339::option")]
+    pub wake_at: Option<DateTime<Utc>>,
+    /// What later templates see as `steps.<id>`.
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// The HTTP status of the last attempt, if there was one.
+    pub last_status: Option<u16>,
+    /// Attempts made before the current round: retrying a failed run starts a new round, and the
+    /// step's retry limit counts from here, while attempt numbers (and history) continue.
+    #[serde(default)]
+    pub round_start: u32,
+}
+
+impl StepState {
+    pub(super) fn new(step: &Step) -> StepState {
+        StepState {
+            id: step.id.clone(),
+            kind: step.kind.kind_name(),
+            status: StepStatus::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            wake_at: None,
+            output: None,
+            error: None,
+            last_status: None,
+            round_start: 0,
+        }
+    }
+}
+
+/// What `on_failure` hooks see as `failure`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: String,
+    pub error: String,
+    pub status: Option<u16>,
+    pub body: Option<Value>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub workflow: String,
+    /// Hash of the workflow source this run started with.
+    pub version: String,
+    pub status: RunStatus,
+    pub trigger: Trigger,
+    pub input: Value,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepState>,
+    pub hooks: Vec<StepState>,
+    pub failure: Option<Failure>,
+    /// The earliest pending timer of any step (denormalized for the timer index).
+    #[serde(serialize_with = "rfc3339::option")]
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// The parts of a new run that the shell chooses (ids and times come from outside the core).
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub version: String,
+    pub trigger: Trigger,
+    pub input: Value,
+    pub scheduled_for: Option<DateTime<Utc>>,
+}
+
+impl Run {
+    pub fn new(wf: &Workflow, new: NewRun, now: DateTime<Utc>) -> Run {
+        Run {
+            id: new.id,
+            workflow: wf.name.clone(),
+            version: new.version,
+            status: RunStatus::Pending,
+            trigger: new.trigger,
+            input: new.input,
+            scheduled_for: new.scheduled_for,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            steps: wf.steps.iter().map(StepState::new).collect(),
+            hooks: wf.on_failure.iter().map(StepState::new).collect(),
+            failure: None,
+            wake_at: None,
+        }
+    }
+
+    pub fn step(&self, id: &str) -> Option<&StepState> {
+        self.steps
+            .iter()
+            .chain(self.hooks.iter())
+            .find(|s| s.id == id)
+    }
+
+    pub(super) fn step_mut(&mut self, id: &str) -> Option<&mut StepState> {
+        self.steps
+            .iter_mut()
+            .chain(self.hooks.iter_mut())
+            .find(|s| s.id == id)
+    }
+
+    /// The step the run is at: the first unfinished one of the active phase.
+    pub fn current(&self) -> Option<&StepState> {
+        let list = if self.failure.is_some() {
+            &self.hooks
+        } else {
+            &self.steps
+        };
+        list.iter().find(|s| !s.status.is_done())
+    }
+
+    /// A sentence for `runner show`: what the run is waiting for now.
+    pub fn waiting_for(&self) -> Option<String> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        let s = self.current()?;
+        let at = |t: Option<DateTime<Utc>>| {
+            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default()
+        };
+        Some(match s.status {
+            StepStatus::Pending => format!("step `{}` to start", s.id),
+            StepStatus::Running => format!("attempt {} of step `{}` to answer", s.attempts, s.id),
+            StepStatus::Retrying => format!(
+                "attempt {} of step `{}` at {}",
+                s.attempts + 1,
+                s.id,
+                at(s.wake_at)
+            ),
+            StepStatus::Sleeping => format!("step `{}` to wake at {}", s.id, at(s.wake_at)),
+            StepStatus::WaitingApproval => {
+                format!("a decision on step `{}` (deadline {})", s.id, at(s.wake_at))
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Whether a step whose current attempt failed may be tried again: its retry limit counts the
+/// attempts of this round (a retried run starts a new one).
+pub(crate) fn retries_left(def: &Step, s: &StepState) -> bool {
+    let round_attempts = s.attempts - s.round_start.min(s.attempts);
+    round_attempts <= def.retry.limit
+}
+
+impl StepState {
+    /// The step again, pending, for a new round: attempt numbers continue (so every attempt
+    /// keeps its own record) and the retry limit counts from `round_start`.
+    pub(super) fn new_from(s: &StepState) -> StepState {
+        StepState {
+            id: s.id.clone(),
+            kind: s.kind,
+            status: StepStatus::Pending,
+            attempts: s.attempts,
+            round_start: s.attempts,
+            started_at: None,
+            finished_at: None,
+            wake_at: None,
+            output: None,
+            error: None,
+            last_status: None,
+        }
+    }
+}
