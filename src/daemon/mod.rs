@@ -9,10 +9,10 @@ pub mod registry;
 pub mod scheduler;
 
 use crate::engine::executor::Engine;
-use registry::Registry;
+use registry::{Loader, Registry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -89,7 +89,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     );
 
     let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
-    reload(&registry, engine.store()).await;
+    // Only the reload path uses the loader (its cache of checked files); never the API.
+    let loader = Arc::new(Mutex::new(Loader::new(&cfg.dir)));
+    reload(&loader, &registry, engine.store()).await;
     // A file refused now was good before the restart: its last good version stays in force.
     let restored = registry
         .write()
@@ -130,7 +132,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 // Coalesce a burst of events into one reload.
                 while reload_rx.try_recv().is_ok() {}
                 info!(reason = why, "reloading workflows");
-                let changed = reload(&registry, &store).await;
+                let changed = reload(&loader, &registry, &store).await;
                 if changed {
                     let _ = sched_tx.send(scheduler::Msg::Reload).await;
                 }
@@ -165,11 +167,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-checks the directory (off the async threads), logs what changed, and remembers each file's
-/// version in force. Returns whether the set of active versions changed.
-async fn reload(registry: &Arc<RwLock<Registry>>, store: &crate::store::Store) -> bool {
-    let reg = registry.clone();
-    let Ok(changes) = tokio::task::spawn_blocking(move || log_reload(&reg)).await else {
+/// Re-reads and re-checks the directory (off the async threads), logs what changed, and
+/// remembers each file's version in force. Returns whether the set of active versions changed.
+async fn reload(
+    loader: &Arc<Mutex<Loader>>,
+    registry: &Arc<RwLock<Registry>>,
+    store: &crate::store::Store,
+) -> bool {
+    let (loader, reg) = (loader.clone(), registry.clone());
+    let Ok(changes) = tokio::task::spawn_blocking(move || log_reload(&loader, &reg)).await else {
         return false;
     };
     let changed =
@@ -186,9 +192,24 @@ async fn reload(registry: &Arc<RwLock<Registry>>, store: &crate::store::Store) -
     changed
 }
 
-/// Re-checks the directory and logs what changed.
-fn log_reload(registry: &Arc<RwLock<Registry>>) -> registry::Changes {
-    let changes = registry.write().expect("registry lock").reload();
+/// Re-reads and re-checks the directory and logs what changed.
+fn log_reload(loader: &Mutex<Loader>, registry: &RwLock<Registry>) -> registry::Changes {
+    let mut loader = loader.lock().expect("loader lock");
+    let changes = registry::reload(&mut loader, registry);
+    drop(loader);
+    info!(
+        files = changes.files,
+        checked = changes.checked,
+        scan_ms = changes.scan_time.as_millis() as u64,
+        locked_us = changes.locked_time.as_micros() as u64,
+        "workflows read and checked (unchanged files are not checked again)"
+    );
+    for dir in &changes.skipped_dirs {
+        warn!(
+            dir = %dir,
+            "a subdirectory with workflow files is not read: runner reads only the files directly in the workflows directory"
+        );
+    }
     for name in &changes.added {
         info!(workflow = %name, "workflow loaded");
     }

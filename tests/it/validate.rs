@@ -106,7 +106,11 @@ fn every_invalid_fixture_reports_its_problem_at_its_place_with_the_exact_output(
 #[test]
 fn valid_files_and_the_examples_have_no_false_positives() {
     let mut files: Vec<SourceFile> = fixtures("valid").iter().map(|p| source(p)).collect();
-    files.extend(runner::sources::read_sources(&[PathBuf::from("workflows")]).expect("examples"));
+    files.extend(
+        runner::sources::read_sources(&[PathBuf::from("workflows")])
+            .expect("examples")
+            .files,
+    );
     assert!(files.len() >= 5);
     let checked = workflow::check_set(&files);
     let diags = checked.diagnostics();
@@ -328,7 +332,11 @@ fn schema_is_fresh_and_accepts_the_examples() {
     let schema: serde_json::Value = serde_json::from_str(&generated).expect("schema json");
     let validator = jsonschema::validator_for(&schema).expect("valid schema");
     let mut files: Vec<SourceFile> = fixtures("valid").iter().map(|p| source(p)).collect();
-    files.extend(runner::sources::read_sources(&[PathBuf::from("workflows")]).expect("examples"));
+    files.extend(
+        runner::sources::read_sources(&[PathBuf::from("workflows")])
+            .expect("examples")
+            .files,
+    );
     for f in &files {
         let doc = workflow::yaml::parse(&f.text).expect("yaml").to_json();
         let errors: Vec<String> = validator
