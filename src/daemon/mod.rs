@@ -92,13 +92,14 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // Only the reload path uses the loader (its cache of checked files); never the API.
     let loader = Arc::new(Mutex::new(Loader::new(&cfg.dir)));
     reload(&loader, &registry, engine.store()).await;
-    // A file refused now was good before the restart: its last good version stays in force.
+    // A file refused now (it fails the checker or cannot be read) was good before the restart:
+    // its last good version stays in force.
     let restored = registry
         .write()
         .expect("registry lock")
         .restore_last_good(|path| engine.store().last_good_version(path).ok().flatten());
     for name in restored {
-        warn!(workflow = %name, "the file no longer checks (see above); its last good version stays active");
+        warn!(workflow = %name, "the file is refused (see above); its last good version stays active");
     }
 
     let resumed = engine.recover(false).await?;
