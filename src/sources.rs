@@ -5,7 +5,7 @@
 //!
 //! A file that cannot be read is a diagnostic of that file (at 1:1), never an error of the whole
 //! directory: one unreadable `*.yaml` must not hide the others. Reading never blocks on a FIFO
-//! and never reads more than [`MAX_FILE_BYTES`].
+//! and never reads more than one byte past [`MAX_FILE_BYTES`] of a file.
 
 use crate::workflow::{self, Code, Diagnostic, SourceFile, yaml::Pos};
 use std::path::{Path, PathBuf};
@@ -71,12 +71,6 @@ fn holds_workflow_files(dir: &Path) -> bool {
             .filter_map(Result::ok)
             .any(|e| is_workflow_name(&e.path()))
     })
-}
-
-/// The workflow files of a directory, sorted, not recursive (also the entries that are not
-/// regular files: reading them says why they are refused).
-pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    list_dir(dir).map(|l| l.files)
 }
 
 /// Reads files, or the workflow files of directories, as the checker's input. A file named twice
