@@ -711,10 +711,18 @@ fn validate(paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
     } else {
         paths
     };
-    let files = read_sources(&paths)?;
-    let checked = check_parallel(&files);
-    let diags = checked.diagnostics();
-    let out = render_diagnostics(&diags, &files, format, files.len());
+    let sources = read_sources(&paths)?;
+    for dir in &sources.skipped_dirs {
+        eprintln!(
+            "note: `{}` is a subdirectory with workflow files and was not checked: runner reads only the files directly in a directory",
+            dir.display()
+        );
+    }
+    let checked = check_parallel(&sources.files);
+    let mut diags = checked.diagnostics();
+    diags.extend(sources.refused.iter().cloned());
+    workflow::diagnostic::sort(&mut diags);
+    let out = render_diagnostics(&diags, &sources.files, format, sources.count());
     print!("{out}");
     Ok(if diags.is_empty() {
         ExitCode::SUCCESS
@@ -723,16 +731,26 @@ fn validate(paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The error for a workflow file that cannot be read, with its diagnostic.
+fn unreadable(d: &workflow::Diagnostic) -> anyhow::Error {
+    let text = render_diagnostics(std::slice::from_ref(d), &[], Format::Human, 1);
+    anyhow::anyhow!("`{}` is not valid:\n{text}", d.file)
+}
+
 /// Loads one workflow by file path or by name from `dir`, refusing it with diagnostics if invalid.
 pub fn load_workflow(name_or_file: &str, dir: &Path) -> anyhow::Result<(Workflow, SourceFile)> {
     let as_path = Path::new(name_or_file);
     let files = if as_path.is_file() {
-        read_sources(&[as_path.to_path_buf()])?
+        let read = read_sources(&[as_path.to_path_buf()])?;
+        if let Some(d) = read.refused.first() {
+            return Err(unreadable(d));
+        }
+        read.files
     } else {
         let all = read_sources(&[dir.to_path_buf()])?;
         // By name, else by file name (also for a file that does not check, to say why).
         let (mut found, mut by_stem) = (Vec::new(), Vec::new());
-        for f in all {
+        for f in all.files {
             if workflow::check_file(&f.path, &f.text).is_ok_and(|w| w.name == name_or_file) {
                 found.push(f);
             } else if workflow::check::file_stem(&f.path) == name_or_file {
@@ -741,6 +759,12 @@ pub fn load_workflow(name_or_file: &str, dir: &Path) -> anyhow::Result<(Workflow
         }
         if found.is_empty() {
             found = by_stem;
+        }
+        if found.is_empty()
+            && let Some(d) =
+                (all.refused.iter()).find(|d| workflow::check::file_stem(&d.file) == name_or_file)
+        {
+            return Err(unreadable(d));
         }
         match found.len() {
             1 => vec![found.remove(0)],

@@ -7,10 +7,10 @@ pub mod build;
 pub mod scheduler;
 
 use crate::ops::schedules::Change;
-use crate::registry::Registry;
+use crate::registry::{self, Loader, Registry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -74,8 +74,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(keys.refresh_every(store.clone(), crate::runtime::keys::REFRESH));
 
     let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
-    reload(&registry, &store).await;
-    // A file refused now was good before the restart: its last good version stays in force.
+    // Only the reload path uses the loader (its cache of checked files); never the API.
+    let loader = Arc::new(Mutex::new(Loader::new(&cfg.dir)));
+    reload(&loader, &registry, &store).await;
+    // A file refused now (it fails the checker or cannot be read) was good before the restart:
+    // its last good version stays in force.
     let refused: Vec<String> = registry
         .read()
         .expect("registry lock")
@@ -94,7 +97,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .expect("registry lock")
         .restore_last_good(|path| last_good.get(path).cloned());
     for name in restored {
-        warn!(workflow = %name, "the file no longer checks (see above); its last good version stays active");
+        warn!(workflow = %name, "the file is refused (see above); its last good version stays active");
     }
 
     let resumed = engine.recover(false, None).await?;
@@ -128,7 +131,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 // Coalesce a burst of events into one reload.
                 while reload_rx.try_recv().is_ok() {}
                 info!(reason = why, "reloading workflows");
-                let changed = reload(&registry, &store).await;
+                let changed = reload(&loader, &registry, &store).await;
                 if changed {
                     let _ = sched_tx.send(Change::Reload).await;
                 }
@@ -163,11 +166,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-checks the directory (off the async threads), logs what changed, and remembers each file's
-/// version in force. Returns whether the set of active versions changed.
-async fn reload(registry: &Arc<RwLock<Registry>>, store: &crate::store::Store) -> bool {
-    let reg = registry.clone();
-    let Ok(changes) = tokio::task::spawn_blocking(move || log_reload(&reg)).await else {
+/// Re-reads and re-checks the directory (off the async threads), logs what changed, and
+/// remembers each file's version in force. Returns whether the set of active versions changed.
+async fn reload(
+    loader: &Arc<Mutex<Loader>>,
+    registry: &Arc<RwLock<Registry>>,
+    store: &crate::store::Store,
+) -> bool {
+    let (loader, reg) = (loader.clone(), registry.clone());
+    let Ok(changes) = tokio::task::spawn_blocking(move || log_reload(&loader, &reg)).await else {
         return false;
     };
     let changed =
@@ -184,9 +191,24 @@ async fn reload(registry: &Arc<RwLock<Registry>>, store: &crate::store::Store) -
     changed
 }
 
-/// Re-checks the directory and logs what changed.
-fn log_reload(registry: &Arc<RwLock<Registry>>) -> crate::registry::Changes {
-    let changes = registry.write().expect("registry lock").reload();
+/// Re-reads and re-checks the directory and logs what changed.
+fn log_reload(loader: &Mutex<Loader>, registry: &RwLock<Registry>) -> registry::Changes {
+    let mut loader = loader.lock().expect("loader lock");
+    let changes = registry::reload(&mut loader, registry);
+    drop(loader);
+    info!(
+        files = changes.files,
+        checked = changes.checked,
+        scan_ms = changes.scan_time.as_millis() as u64,
+        locked_us = changes.locked_time.as_micros() as u64,
+        "workflows read and checked (unchanged files are not checked again)"
+    );
+    for dir in &changes.skipped_dirs {
+        warn!(
+            dir = %dir,
+            "a subdirectory with workflow files is not read: runner reads only the files directly in the workflows directory"
+        );
+    }
     for name in &changes.added {
         info!(workflow = %name, "workflow loaded");
     }

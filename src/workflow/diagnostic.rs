@@ -40,6 +40,12 @@ pub enum Code {
     UnknownVariable,
     UnknownFilter,
     NoTrigger,
+    /// The file could not be opened or read (permissions, I/O error, a dangling symbolic link).
+    UnreadableFile,
+    /// The path is a directory, a FIFO, a socket or a device, not a regular file.
+    NotAFile,
+    /// The file is larger than the shell reads (`sources::MAX_FILE_BYTES`).
+    FileTooLarge,
 }
 
 impl Code {
@@ -76,6 +82,9 @@ impl Code {
             Code::UnknownVariable => "unknown-variable",
             Code::UnknownFilter => "unknown-filter",
             Code::NoTrigger => "no-trigger",
+            Code::UnreadableFile => "unreadable-file",
+            Code::NotAFile => "not-a-file",
+            Code::FileTooLarge => "file-too-large",
         }
     }
 }

@@ -1607,10 +1607,14 @@ fn a_greylisted_recipient_does_not_hold_back_the_others() {
             .find(|e| e["to"] == to)
             .map(|e| e["sent_at"].is_string())
     };
-    let run = wait_for(Duration::from_secs(10), "bob's e-mail recorded as sent", || {
-        let run = run_of(&api, &id);
-        (sent_of(&run, "bob@example.com") == Some(true)).then_some(run)
-    });
+    let run = wait_for(
+        Duration::from_secs(10),
+        "bob's e-mail recorded as sent",
+        || {
+            let run = run_of(&api, &id);
+            (sent_of(&run, "bob@example.com") == Some(true)).then_some(run)
+        },
+    );
     let sent = |to: &str| sent_of(&run, to);
     assert_eq!(
         (sent("alice@example.com"), sent("bob@example.com")),

@@ -6,7 +6,10 @@
 //! good version, a run keeps the version it started with) and SIGHUP; bearer auth; the run API
 //! (idempotency keys, input errors, 400/403/404, cancel abandons the call in flight, retry from the
 //! failed step with the same dedup id); programmatic schedules; the CLI client commands; `kill -9`
-//! of the daemon with runs in flight; SIGTERM with runs in flight.
+//! of the daemon with runs in flight; SIGTERM with runs in flight; entries that cannot be read
+//! (a symlink to `/proc/self/mem`, dangling or looping symlinks, a FIFO, a directory) refused alone
+//! and a bad file's last good version across a restart; a 50 MB file refused unread, and reloads
+//! that never stall the API.
 //!
 //! Every wait is bounded. `DAEMON_CHAOS_SEED=<n>` replays the kill schedule of the chaos test.
 
@@ -1501,4 +1504,271 @@ fn a_refused_edit_keeps_the_last_good_version_across_a_restart() {
         v["state"] == "invalid"
     });
     assert_eq!(api.post("/workflows/reload/runs", "{}").0, 404);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files that cannot be read, files over the size limit, and reloads that must not stall the API
+// ---------------------------------------------------------------------------------------------
+
+const GOOD: &str =
+    "name: good\non: { webhook: true }\nsteps:\n  - id: one\n    http: { url: \"{B}/ok\" }\n";
+const KEPT: &str =
+    "name: kept\non: { webhook: true }\nsteps:\n  - id: one\n    http: { url: \"{B}/ok\" }\n";
+
+/// Every listed file by file name: (state, diagnostic codes, the whole entry).
+fn listing(api: &Api) -> HashMap<String, (String, Vec<String>, Value)> {
+    let (status, list) = api.get("/workflows");
+    assert_eq!(status, 200, "{list}");
+    (list.as_array().expect("a list").iter())
+        .map(|f| {
+            let path = f["path"].as_str().expect("path");
+            let name = path.rsplit('/').next().unwrap_or(path).to_string();
+            let codes = (f["diagnostics"].as_array().expect("diagnostics").iter())
+                .map(|d| d["code"].as_str().unwrap_or_default().to_string())
+                .collect();
+            (
+                name,
+                (
+                    f["state"].as_str().unwrap_or_default().to_string(),
+                    codes,
+                    f.clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The entries of `unreadable_entries_…` that are not workflow files at all.
+fn bad_entries(wf_dir: &Path) {
+    use std::os::unix::fs::symlink;
+    symlink("missing.yaml", wf_dir.join("dangling.yaml")).expect("symlink");
+    symlink("loop.yaml", wf_dir.join("loop.yaml")).expect("symlink");
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(wf_dir.join("fifo.yaml"))
+        .status()
+        .expect("mkfifo");
+    assert!(mkfifo.success());
+    std::fs::create_dir(wf_dir.join("dir.yaml")).expect("mkdir");
+    std::fs::create_dir(wf_dir.join("team")).expect("mkdir");
+    std::fs::write(wf_dir.join("team/nested.yaml"), wf_text(GOOD)).expect("write");
+}
+
+/// Waits until the listing shows every file as expected: `good` active, `kept` refused as
+/// unreadable with `kept_version` still in force, each other entry refused with its code (at
+/// 1:1, with a hint); then runs both workflows.
+fn check_unreadable_listing(api: &Api, kept_version: &Value) {
+    let want: &[(&str, &str, &[&str])] = &[
+        ("good.yaml", "active", &[]),
+        (
+            "kept.yaml",
+            "active_with_refused_edit",
+            &["unreadable-file"],
+        ),
+        ("dangling.yaml", "invalid", &["unreadable-file"]),
+        ("loop.yaml", "invalid", &["unreadable-file"]),
+        ("fifo.yaml", "invalid", &["not-a-file"]),
+        ("dir.yaml", "invalid", &["not-a-file"]),
+    ];
+    let files = wait_for(RELOAD_LIMIT, "every entry to be listed as expected", || {
+        let files = listing(api);
+        let ok = files.len() == want.len()
+            && want.iter().all(|(name, state, codes)| {
+                files
+                    .get(*name)
+                    .is_some_and(|(s, c, _)| s == state && c == codes)
+            });
+        ok.then_some(files)
+    });
+    assert_eq!(&files["kept.yaml"].2["version"], kept_version, "{files:#?}");
+    for (name, _, codes) in want {
+        let entry = &files[*name].2;
+        for d in entry["diagnostics"].as_array().expect("diagnostics") {
+            assert_eq!(
+                (&d["line"], &d["column"]),
+                (&json!(1), &json!(1)),
+                "{entry:#}"
+            );
+            assert!(
+                d["hint"].as_str().is_some_and(|h| !h.is_empty()),
+                "{entry:#}"
+            );
+        }
+        if !codes.is_empty() {
+            let text = entry["diagnostics_text"].as_str().unwrap_or_default();
+            assert!(text.contains(*name) && text.contains(codes[0]), "{entry:#}");
+        }
+    }
+    for name in ["good", "kept"] {
+        let run = api.start_run(name, "{}");
+        let r = api.wait_run(&run, RUN_LIMIT);
+        assert_eq!(r["status"], "succeeded", "{r:#}");
+        if name == "kept" {
+            assert_eq!(&r["version"], kept_version, "{r:#}");
+        }
+    }
+}
+
+/// One file that cannot be read (a symlink to `/proc/self/mem`: it opens, and reading it fails)
+/// used to fail the whole directory: nothing loaded after a restart. Now each bad entry is
+/// refused alone, the others load, and a bad file's last good version stays in force, also
+/// across a restart. A FIFO does not block the reload.
+#[test]
+fn unreadable_entries_are_refused_alone_and_a_bad_files_last_good_version_survives_a_restart() {
+    let (dir, wf_dir) = setup();
+    let db = dir.path().join("unreadable.db");
+    put_file(&wf_dir, "good.yaml", &wf_text(GOOD));
+    put_file(&wf_dir, "kept.yaml", &wf_text(KEPT));
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+    let kept = wait_workflow(&api, "kept", "kept.yaml to load", |v| {
+        v["state"] == "active"
+    });
+    let kept_version = kept["version"].clone();
+
+    // kept.yaml goes bad in one step; entries that are no workflow files at all appear.
+    let tmp = wf_dir.join(".kept.tmp");
+    std::os::unix::fs::symlink("/proc/self/mem", &tmp).expect("symlink");
+    std::fs::rename(&tmp, wf_dir.join("kept.yaml")).expect("rename");
+    bad_entries(&wf_dir);
+    check_unreadable_listing(&api, &kept_version);
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("error[unreadable-file]") && logs.contains("error[not-a-file]"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("team") && logs.contains("subdirectory with workflow files is not read"),
+        "{logs}"
+    );
+    drop(daemon);
+
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+    check_unreadable_listing(&api, &kept_version);
+    drop(daemon);
+}
+
+/// A workflow that takes the checker a while: `steps` near-identical HTTP steps.
+fn heavy(steps: usize, mark: usize) -> String {
+    let mut text =
+        format!("name: heavy\non: {{ webhook: true }}\ndescription: edit {mark}\nsteps:\n");
+    for i in 0..steps {
+        text.push_str(&format!(
+            "  - id: s{i}\n    http: {{ url: \"{{B}}/ok\", body: {{ n: {i} }} }}\n"
+        ));
+    }
+    wf_text(&text)
+}
+
+/// `key=value` numbers from the daemon's "workflows read and checked" log lines, in order.
+fn reload_figures(logs: &str, key: &str) -> Vec<u64> {
+    (logs.lines())
+        .filter(|l| l.contains("workflows read and checked"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+/// A 50 MB file is refused from its size without being read, and reloads read and check outside
+/// the registry's lock: while a file that takes the checker a long time is edited again and
+/// again, requests that read the registry (and `/healthz`) keep answering at once. Before, every
+/// reload re-checked every file under the write lock those requests wait on.
+#[test]
+fn a_file_over_the_size_limit_is_refused_unread_and_reloads_never_stall_the_api() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (dir, wf_dir) = setup();
+    put_file(&wf_dir, "good.yaml", &wf_text(GOOD));
+    {
+        use std::io::Write;
+        let mut big = std::io::BufWriter::new(
+            std::fs::File::create(wf_dir.join("big.yaml")).expect("create"),
+        );
+        let line = format!("# {}\n", "x".repeat(97));
+        for _ in 0..500_000 {
+            big.write_all(line.as_bytes()).expect("write");
+        }
+        big.flush().expect("flush");
+    }
+    put_file(&wf_dir, "heavy.yaml", &heavy(2500, 0));
+    let daemon = Daemon::start(&wf_dir, &dir.path().join("large.db"), Some(TOKEN));
+    let api = daemon.api();
+    wait_workflow(&api, "heavy", "heavy.yaml to load", |v| {
+        v["state"] == "active"
+    });
+    let files = listing(&api);
+    let (state, codes, entry) = &files["big.yaml"];
+    assert_eq!(
+        (state.as_str(), codes.as_slice()),
+        ("invalid", ["file-too-large".to_string()].as_slice()),
+        "{entry:#}"
+    );
+    assert!(
+        entry["diagnostics"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("50000000 bytes")),
+        "{entry:#}"
+    );
+    assert_eq!(files["good.yaml"].0, "active");
+
+    // Poll what reads the registry, and /healthz, while heavy.yaml is edited.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (api, stop, base) = (api.clone(), stop.clone(), daemon.base.clone());
+        std::thread::spawn(move || {
+            let (mut worst_api, mut worst_health, mut polls) = (Duration::ZERO, Duration::ZERO, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let (status, v) = api.get("/workflows/good");
+                assert_eq!(status, 200, "{v}");
+                worst_api = worst_api.max(t.elapsed());
+                let t = Instant::now();
+                let h =
+                    http_request("GET", &format!("{base}/healthz"), &[], None).expect("healthz");
+                assert_eq!(h.status, 200);
+                worst_health = worst_health.max(t.elapsed());
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (worst_api, worst_health, polls)
+        })
+    };
+    const EDITS: usize = 4;
+    let mut version = api.get("/workflows/heavy").1["version"].clone();
+    for mark in 1..=EDITS {
+        put_file(&wf_dir, "heavy.yaml", &heavy(2500, mark));
+        let w = wait_workflow(&api, "heavy", "the edit to load", |v| {
+            v["version"] != version
+        });
+        version = w["version"].clone();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (worst_api, worst_health, polls) = poller.join().expect("poller");
+
+    let logs = daemon.logs();
+    let checked = reload_figures(&logs, "checked");
+    let scan_ms = reload_figures(&logs, "scan_ms");
+    let locked_us = reload_figures(&logs, "locked_us");
+    eprintln!(
+        "large: {polls} polls; worst GET /workflows/good {worst_api:?}, worst /healthz \
+         {worst_health:?}; per reload: checked {checked:?}, scan {scan_ms:?} ms, locked {locked_us:?} µs"
+    );
+    // The first reload checks good.yaml and heavy.yaml; each later one only what changed.
+    assert_eq!(checked.first(), Some(&2), "{logs}");
+    assert!(checked.len() > EDITS, "{logs}");
+    assert!(checked[1..].iter().all(|&n| n <= 1), "{checked:?}\n{logs}");
+    // The test proves something only if checking the edit takes long enough to be seen.
+    let slowest = scan_ms[1..].iter().copied().max().unwrap_or(0);
+    assert!(
+        slowest >= 200,
+        "heavy.yaml checked in {slowest} ms: too fast for this test to see a stall; give it more steps"
+    );
+    let bound = Duration::from_millis(slowest / 2);
+    assert!(
+        worst_api < bound && worst_health < bound,
+        "a request waited on a reload: worst GET /workflows/good {worst_api:?}, /healthz \
+         {worst_health:?}, while a reload's check took up to {slowest} ms"
+    );
 }

@@ -106,7 +106,11 @@ fn every_invalid_fixture_reports_its_problem_at_its_place_with_the_exact_output(
 #[test]
 fn valid_files_and_the_examples_have_no_false_positives() {
     let mut files: Vec<SourceFile> = fixtures("valid").iter().map(|p| source(p)).collect();
-    files.extend(runner::sources::read_sources(&[PathBuf::from("workflows")]).expect("examples"));
+    files.extend(
+        runner::sources::read_sources(&[PathBuf::from("workflows")])
+            .expect("examples")
+            .files,
+    );
     assert!(files.len() >= 5);
     let checked = workflow::check_set(&files);
     let diags = checked.diagnostics();
@@ -251,6 +255,123 @@ fn cli_exit_codes() {
         .code(2);
 }
 
+/// A directory with every kind of entry that cannot be read, beside files that can: each bad
+/// entry is its own diagnostic at 1:1 (exact output in `tests/fixtures/unreadable-files.out`), the
+/// other files are checked, the exit code is 1 (problems), not 2 (could not run), and nothing
+/// blocks (a FIFO would, if it were opened for reading).
+#[cfg(unix)]
+#[test]
+fn cli_validate_reports_each_unreadable_entry_and_checks_the_others() {
+    use std::os::unix::fs::symlink;
+    const SMALL: &str =
+        "name: at-limit\non: { webhook: true }\nsteps:\n  - id: one\n    sleep: 1s\n";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wf = tmp.path().join("workflows");
+    std::fs::create_dir(&wf).expect("mkdir");
+    std::fs::copy("workflows/daily-backup.yaml", wf.join("good.yaml")).expect("copy");
+    std::fs::copy(
+        "tests/fixtures/invalid/03-misspelt-http-key.yaml",
+        wf.join("misspelt.yaml"),
+    )
+    .expect("copy");
+    // Exactly the limit is read and checked; one byte more is refused unread.
+    let limit = usize::try_from(runner::sources::MAX_FILE_BYTES).expect("fits");
+    let mut at_limit = SMALL.to_string();
+    while at_limit.len() < limit {
+        let line = format!("# {}\n", "x".repeat(77));
+        at_limit.push_str(&line[..line.len().min(limit - at_limit.len())]);
+    }
+    std::fs::write(wf.join("at-limit.yaml"), &at_limit).expect("write");
+    std::fs::write(
+        wf.join("over-limit.yaml"),
+        at_limit.replace("at-limit", "over-limit") + "\n",
+    )
+    .expect("write");
+    symlink("/proc/self/mem", wf.join("mem.yaml")).expect("symlink");
+    symlink("missing.yaml", wf.join("dangling.yaml")).expect("symlink");
+    symlink("loop.yaml", wf.join("loop.yaml")).expect("symlink");
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(wf.join("fifo.yaml"))
+        .status()
+        .expect("mkfifo");
+    assert!(mkfifo.success());
+    std::fs::create_dir(wf.join("dir.yaml")).expect("mkdir");
+    std::fs::write(wf.join("dir.yaml/inner.yaml"), SMALL).expect("write");
+    std::fs::create_dir(wf.join("team")).expect("mkdir");
+    std::fs::write(wf.join("team/nested.yaml"), SMALL).expect("write");
+
+    let run = |args: &[&str]| {
+        runner()
+            .current_dir(tmp.path())
+            .arg("validate")
+            .args(args)
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+    };
+    let out = run(&["workflows"])
+        .code(1)
+        .stderr(
+            "note: `workflows/team` is a subdirectory with workflow files and was not checked: \
+             runner reads only the files directly in a directory\n",
+        )
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).expect("utf8");
+    let snapshot = Path::new("tests/fixtures/unreadable-files.out");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() || !snapshot.exists() {
+        std::fs::write(snapshot, &out).expect("write snapshot");
+    } else {
+        let want = std::fs::read_to_string(snapshot).expect("read snapshot");
+        assert_eq!(out, want, "output differs from {}", snapshot.display());
+    }
+
+    let json = run(&["--format", "json", "workflows"])
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    let got: Vec<(String, String, u64, u64)> = (v.as_array().expect("array").iter())
+        .map(|d| {
+            assert!(d["hint"].as_str().is_some_and(|h| !h.is_empty()), "{d}");
+            (
+                d["file"].as_str().expect("file").to_string(),
+                d["code"].as_str().expect("code").to_string(),
+                d["line"].as_u64().expect("line"),
+                d["column"].as_u64().expect("column"),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, u64, u64)> = [
+        ("dangling", "unreadable-file", 1, 1),
+        ("dir", "not-a-file", 1, 1),
+        ("fifo", "not-a-file", 1, 1),
+        ("loop", "unreadable-file", 1, 1),
+        ("mem", "unreadable-file", 1, 1),
+        ("misspelt", "unknown-key", 6, 7),
+        ("over-limit", "file-too-large", 1, 1),
+    ]
+    .iter()
+    .map(|(f, c, l, col)| (format!("workflows/{f}.yaml"), c.to_string(), *l, *col))
+    .collect();
+    assert_eq!(got, want);
+
+    // Named on the command line, such files are diagnostics too; a path that is not there at
+    // all still means validate could not run.
+    run(&["workflows/fifo.yaml", "workflows/good.yaml"])
+        .code(1)
+        .stdout(predicates::str::contains("error[not-a-file]"))
+        .stdout(predicates::str::contains(
+            "checked 2 files: 1 problem in 1 file",
+        ));
+    run(&["workflows/dangling.yaml"])
+        .code(1)
+        .stdout(predicates::str::contains("error[unreadable-file]"));
+    run(&["workflows/at-limit.yaml"]).code(0);
+    run(&["workflows/nope.yaml"]).code(2);
+}
+
 fn predicates_str(prefix: &'static str) -> impl predicates::Predicate<str> {
     predicates::str::starts_with(prefix)
 }
@@ -328,7 +449,11 @@ fn schema_is_fresh_and_accepts_the_examples() {
     let schema: serde_json::Value = serde_json::from_str(&generated).expect("schema json");
     let validator = jsonschema::validator_for(&schema).expect("valid schema");
     let mut files: Vec<SourceFile> = fixtures("valid").iter().map(|p| source(p)).collect();
-    files.extend(runner::sources::read_sources(&[PathBuf::from("workflows")]).expect("examples"));
+    files.extend(
+        runner::sources::read_sources(&[PathBuf::from("workflows")])
+            .expect("examples")
+            .files,
+    );
     for f in &files {
         let doc = workflow::yaml::parse(&f.text).expect("yaml").to_json();
         let errors: Vec<String> = validator
