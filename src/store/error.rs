@@ -14,6 +14,9 @@ pub enum DbErrorKind {
     Unavailable,
     /// A unique key was already taken.
     Conflict,
+    /// This node's lease has lapsed (PostgreSQL): another node may have taken over its work, so
+    /// nothing of this node may commit until it registers again.
+    Fenced,
     Other,
 }
 
@@ -32,7 +35,9 @@ impl fmt::Display for DbError {
             DbErrorKind::Unavailable => {
                 write!(f, "the database is not available ({})", self.message)
             }
-            DbErrorKind::Conflict | DbErrorKind::Other => f.write_str(&self.message),
+            DbErrorKind::Conflict | DbErrorKind::Fenced | DbErrorKind::Other => {
+                f.write_str(&self.message)
+            }
         }
     }
 }
@@ -71,7 +76,10 @@ impl StoreError {
             | StoreError::Open { source, .. }
             | StoreError::Migrate { source, .. } => matches!(
                 source.kind,
-                DbErrorKind::Full | DbErrorKind::ReadOnly | DbErrorKind::Unavailable
+                DbErrorKind::Full
+                    | DbErrorKind::ReadOnly
+                    | DbErrorKind::Unavailable
+                    | DbErrorKind::Fenced
             ),
             StoreError::WriterGone => true,
             _ => false,

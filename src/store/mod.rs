@@ -10,10 +10,12 @@
 
 pub(crate) mod apply;
 mod error;
+pub mod postgres;
 pub mod sqlite;
 mod types;
 
 pub use error::{DbError, DbErrorKind, StoreError};
+pub use postgres::NodeRow;
 pub use sqlite::OutcomePending;
 pub use types::*;
 
@@ -33,6 +35,12 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Whether `db` (a `--db` value) names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
 impl Store {
@@ -43,16 +51,151 @@ impl Store {
         })
     }
 
+    /// Opens the database `db` names: a `postgres://…` connection string, or a SQLite file.
+    pub async fn connect(db: &str) -> Result<Store, StoreError> {
+        if is_postgres(db) {
+            Ok(Store {
+                backend: Backend::Postgres(postgres::PgStore::open(db).await?),
+            })
+        } else {
+            Store::open(Path::new(db))
+        }
+    }
+
     /// Where the database is, for messages (never with a password).
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(p) => p.describe().to_string(),
         }
+    }
+
+    /// True when several processes may share the database's work (PostgreSQL): work is then
+    /// claimed through leases, timers through claims on their runs.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     pub fn versions(&self) -> &Versions {
         match &self.backend {
             Backend::Sqlite(s) => s.versions(),
+            Backend::Postgres(p) => p.versions(),
+        }
+    }
+
+    /// Whether the database answers now (`/healthz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.ping().await,
+        }
+    }
+
+    // --- nodes (a shared database) -------------------------------------------------------------
+
+    /// Registers this process as a node with a lease of `ttl` (a shared database; SQLite has
+    /// one process, which its lock files enforce).
+    pub async fn register_node(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(p) => p.register_node(name, ttl).await.map(Some),
+        }
+    }
+
+    /// Renews this node's lease; false when it had lapsed.
+    pub async fn heartbeat(
+        &self,
+        ttl: std::time::Duration,
+        defs_hash: &str,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(p) => p.heartbeat(ttl, defs_hash).await,
+        }
+    }
+
+    /// Gives this node's pending work back and removes it (a graceful stop).
+    pub async fn release_node(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.release_node().await,
+        }
+    }
+
+    /// Gives these effects (run, outbox id) back for another node to perform.
+    pub async fn release_effects(&self, effects: &[(String, i64)]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.release_effects(effects).await,
+        }
+    }
+
+    /// The nodes sharing the database (empty for SQLite).
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(vec![]),
+            Backend::Postgres(p) => p.nodes().await,
+        }
+    }
+
+    /// Holds the role `role` for `ttl` if no other node does; answers the term while held.
+    /// SQLite: the one process always leads.
+    pub async fn lead(
+        &self,
+        role: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Some(1)),
+            Backend::Postgres(p) => p.lead(role, ttl).await,
+        }
+    }
+
+    pub async fn resign(&self, role: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.resign(role).await,
+        }
+    }
+
+    /// Takes over the work of nodes whose lease lapsed `grace` ago: answers their names and the
+    /// effects claimed for this node.
+    pub async fn rescue(
+        &self,
+        grace: std::time::Duration,
+        limit: i64,
+    ) -> Result<(Vec<String>, Vec<PendingEffect>), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok((vec![], vec![])),
+            Backend::Postgres(p) => p.rescue(grace, limit).await,
+        }
+    }
+
+    /// This node's own pending effects older than `age`.
+    pub async fn own_effects(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<Vec<PendingEffect>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(vec![]),
+            Backend::Postgres(p) => p.own_effects(age).await,
+        }
+    }
+
+    /// Claims runs whose timer is due by `upto` (a shared database: one node fires each).
+    pub async fn claim_timers(
+        &self,
+        upto: DateTime<Utc>,
+        hold: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(vec![]),
+            Backend::Postgres(p) => p.claim_timers(upto, hold, limit).await,
         }
     }
 
@@ -69,6 +212,7 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.start_run(request, now).await,
+            Backend::Postgres(p) => p.start_run(request, now).await,
         }
     }
 
@@ -84,6 +228,7 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.apply(run_id, event, now, attempt, done_effect).await,
+            Backend::Postgres(p) => p.apply(run_id, event, now, attempt, done_effect).await,
         }
     }
 
@@ -93,6 +238,7 @@ impl Store {
     pub fn outcome_pending(&self) -> OutcomePending {
         match &self.backend {
             Backend::Sqlite(s) => s.outcome_pending(),
+            Backend::Postgres(_) => OutcomePending::none(),
         }
     }
 
@@ -100,6 +246,7 @@ impl Store {
     pub async fn mark_done(&self, run_id: &str, effect: i64) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.mark_done(run_id, effect).await,
+            Backend::Postgres(p) => p.mark_done(run_id, effect).await,
         }
     }
 
@@ -108,6 +255,7 @@ impl Store {
     pub async fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.get_run(id),
+            Backend::Postgres(p) => p.get_run(id).await,
         }
     }
 
@@ -115,6 +263,7 @@ impl Store {
     pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.run_status(id),
+            Backend::Postgres(p) => p.run_status(id).await,
         }
     }
 
@@ -122,6 +271,7 @@ impl Store {
     pub async fn workflow_for(&self, run: &Run) -> Result<Arc<Workflow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.workflow_for(run),
+            Backend::Postgres(p) => p.workflow_for(run).await,
         }
     }
 
@@ -129,6 +279,7 @@ impl Store {
     pub async fn version_source(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.version_source(hash),
+            Backend::Postgres(p) => p.version_source(hash).await,
         }
     }
 
@@ -136,6 +287,7 @@ impl Store {
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.list_runs(filter),
+            Backend::Postgres(p) => p.list_runs(filter).await,
         }
     }
 
@@ -143,6 +295,7 @@ impl Store {
     pub async fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.unfinished_runs(),
+            Backend::Postgres(p) => p.unfinished_runs().await,
         }
     }
 
@@ -150,6 +303,7 @@ impl Store {
     pub async fn pending_effects(&self) -> Result<Vec<PendingEffect>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.pending_effects(),
+            Backend::Postgres(p) => p.pending_effects().await,
         }
     }
 
@@ -157,12 +311,14 @@ impl Store {
     pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.attempts(run_id),
+            Backend::Postgres(p) => p.attempts(run_id).await,
         }
     }
 
     pub async fn events(&self, run_id: &str) -> Result<Vec<EventRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.events(run_id),
+            Backend::Postgres(p) => p.events(run_id).await,
         }
     }
 
@@ -171,12 +327,14 @@ impl Store {
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.setting(key),
+            Backend::Postgres(p) => p.setting(key).await,
         }
     }
 
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.set_setting(key, value).await,
+            Backend::Postgres(p) => p.set_setting(key, value).await,
         }
     }
 
@@ -186,6 +344,7 @@ impl Store {
     pub async fn remember_active(&self, files: Vec<ActiveFile>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.remember_active(files).await,
+            Backend::Postgres(p) => p.remember_active(files).await,
         }
     }
 
@@ -196,6 +355,7 @@ impl Store {
     ) -> Result<Option<(String, String)>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.last_good_version(path),
+            Backend::Postgres(p) => p.last_good_version(path).await,
         }
     }
 
@@ -210,6 +370,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.skip_slot(claim, reason).await,
+            Backend::Postgres(p) => p.skip_slot(claim, reason).await,
         }
     }
 
@@ -222,6 +383,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.mark_schedules_seen(ids, at).await,
+            Backend::Postgres(p) => p.mark_schedules_seen(ids, at).await,
         }
     }
 
@@ -229,6 +391,7 @@ impl Store {
     pub async fn schedule_marks(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.schedule_marks(),
+            Backend::Postgres(p) => p.schedule_marks().await,
         }
     }
 
@@ -237,6 +400,7 @@ impl Store {
     pub async fn run_counts(&self, schedule: &str) -> Result<(usize, usize), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.run_counts(schedule),
+            Backend::Postgres(p) => p.run_counts(schedule).await,
         }
     }
 
@@ -244,6 +408,7 @@ impl Store {
     pub async fn active_runs(&self, schedule: &str) -> Result<Vec<String>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.active_runs(schedule),
+            Backend::Postgres(p) => p.active_runs(schedule).await,
         }
     }
 
@@ -251,6 +416,7 @@ impl Store {
     pub async fn oldest_queued(&self, schedule: &str) -> Result<Option<String>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.oldest_queued(schedule),
+            Backend::Postgres(p) => p.oldest_queued(schedule).await,
         }
     }
 
@@ -258,6 +424,7 @@ impl Store {
     pub async fn schedules_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.schedules_with_queued_runs(),
+            Backend::Postgres(p) => p.schedules_with_queued_runs().await,
         }
     }
 
@@ -265,6 +432,7 @@ impl Store {
     pub async fn schedule_of(&self, run_id: &str) -> Result<Option<String>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.schedule_of(run_id),
+            Backend::Postgres(p) => p.schedule_of(run_id).await,
         }
     }
 
@@ -272,12 +440,14 @@ impl Store {
     pub async fn api_schedules(&self) -> Result<Vec<ApiSchedule>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.api_schedules(),
+            Backend::Postgres(p) => p.api_schedules().await,
         }
     }
 
     pub async fn api_schedule(&self, id: &str) -> Result<Option<ApiSchedule>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.api_schedule(id),
+            Backend::Postgres(p) => p.api_schedule(id).await,
         }
     }
 
@@ -288,6 +458,7 @@ impl Store {
     ) -> Result<(ApiSchedule, bool), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.save_api_schedule(spec).await,
+            Backend::Postgres(p) => p.save_api_schedule(spec).await,
         }
     }
 
@@ -295,6 +466,7 @@ impl Store {
     pub async fn delete_api_schedule(&self, id: &str) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.delete_api_schedule(id).await,
+            Backend::Postgres(p) => p.delete_api_schedule(id).await,
         }
     }
 
@@ -304,12 +476,14 @@ impl Store {
     pub async fn approval_link(&self, hash: &str) -> Result<Option<ApprovalLink>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.approval_link(hash),
+            Backend::Postgres(p) => p.approval_link(hash).await,
         }
     }
 
     pub async fn use_approval_link(&self, hash: &str) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.use_approval_link(hash).await,
+            Backend::Postgres(p) => p.use_approval_link(hash).await,
         }
     }
 
@@ -323,12 +497,14 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.approval_mailed(run_id, step, recipient, deadline),
+            Backend::Postgres(p) => p.approval_mailed(run_id, step, recipient, deadline).await,
         }
     }
 
     pub async fn store_approval_links(&self, links: NewApprovalLinks) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.store_approval_links(links).await,
+            Backend::Postgres(p) => p.store_approval_links(links).await,
         }
     }
 
@@ -340,6 +516,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.mark_approval_mailed(run_id, step, recipient).await,
+            Backend::Postgres(p) => p.mark_approval_mailed(run_id, step, recipient).await,
         }
     }
 
@@ -347,6 +524,7 @@ impl Store {
     pub async fn approval_emails(&self, run_id: &str) -> Result<Vec<ApprovalEmail>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.approval_emails(run_id),
+            Backend::Postgres(p) => p.approval_emails(run_id).await,
         }
     }
 
@@ -354,6 +532,7 @@ impl Store {
     pub async fn synchronous(&self) -> Result<Option<i64>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.synchronous().map(Some),
+            Backend::Postgres(_) => Ok(None),
         }
     }
 }
