@@ -3,7 +3,8 @@
 # This fails when a core module names an I/O crate or std's I/O modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-core=(src/workflow/*.rs src/cron.rs src/sign.rs src/backoff.rs src/engine/machine.rs src/engine/request.rs src/engine/trigger.rs)
+shopt -s globstar
+core=(src/workflow/**/*.rs src/cron.rs src/sign.rs src/backoff.rs src/engine/machine.rs src/engine/request.rs src/engine/trigger.rs)
 pattern='\b(tokio|reqwest|rusqlite|axum|tower_http|hyper|lettre|notify|notify_debouncer_full|std::fs|std::net|std::process|std::thread|std::io::stdin|tracing|rand|uuid)::|SystemTime::now|Utc::now|Instant::now|Local::now'
 status=0
 for f in "${core[@]}"; do

@@ -3,8 +3,8 @@
 
 use crate::sources::{check_parallel, read_sources};
 use crate::store::run_json;
-use crate::workflow::diagnostic::{Format, render as render_diagnostics};
 use crate::workflow::{self, SourceFile, Workflow};
+use crate::workflow::{Format, render as render_diagnostics};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -29,8 +29,8 @@ pub enum Command {
     Validate {
         /// Files or directories (default: workflows/)
         paths: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Human)]
+        format: FormatArg,
     },
     /// Print the next fire times of a workflow's schedules, in UTC and in the schedule's zone
     Next {
@@ -164,6 +164,24 @@ pub enum Command {
     },
 }
 
+/// `runner validate --format`: clap's side of [`Format`], which the core keeps free of clap.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Human,
+    Json,
+    Github,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Human => Format::Human,
+            FormatArg::Json => Format::Json,
+            FormatArg::Github => Format::Github,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Human,
@@ -244,7 +262,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { paths, format } => validate(paths, format),
+        Command::Validate { paths, format } => validate(paths, format.into()),
         Command::Next {
             workflow,
             n,
@@ -808,7 +826,7 @@ pub fn load_workflow(name_or_file: &str, dir: &Path) -> anyhow::Result<(Workflow
         for f in all {
             if workflow::check_file(&f.path, &f.text).is_ok_and(|w| w.name == name_or_file) {
                 found.push(f);
-            } else if workflow::check::file_stem(&f.path) == name_or_file {
+            } else if workflow::file_stem(&f.path) == name_or_file {
                 by_stem.push(f);
             }
         }

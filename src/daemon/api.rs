@@ -9,7 +9,7 @@ use crate::engine::executor::{Engine, EngineError};
 use crate::engine::machine::{Event, RunStatus, StepStatus};
 use crate::metrics::Metrics;
 use crate::workflow::Decision;
-use crate::workflow::check::json_kind;
+use crate::workflow::json_kind;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -291,7 +291,7 @@ async fn get_workflow(State(state): State<Shared>, Path(name): Path<String>) -> 
     let reg = state.registry.read().expect("registry lock");
     let found = reg.files().find(|f| {
         f.active.as_ref().is_some_and(|v| v.workflow.name == name)
-            || crate::workflow::check::file_stem(&f.path) == name
+            || crate::workflow::file_stem(&f.path) == name
     });
     match found {
         Some(f) => json_ok(StatusCode::OK, workflow_json(f, true)),

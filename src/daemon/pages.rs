@@ -8,6 +8,7 @@ use super::api::Shared;
 use crate::dispatch::approval;
 use crate::engine::machine::{Event, StepStatus};
 use crate::workflow::Decision;
+use crate::workflow::address::bare_address;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -216,14 +217,6 @@ pub async fn show(State(state): State<Shared>, Path(token): Path<String>) -> Res
             verb => verb(&info.decision),
         },
     )
-}
-
-/// The address of a recipient written `Name <address>`, or the recipient as it is.
-fn bare_address(recipient: &str) -> String {
-    match (recipient.rfind('<'), recipient.rfind('>')) {
-        (Some(a), Some(b)) if a < b => recipient[a + 1..b].trim().to_string(),
-        _ => recipient.trim().to_string(),
-    }
 }
 
 /// The `comment` field of the page's url-encoded form (missing or unreadable: no comment).

@@ -105,10 +105,10 @@ impl Registry {
                     rendered: String::new(),
                 },
                 Err(diags) => {
-                    let rendered = crate::workflow::diagnostic::render(
+                    let rendered = crate::workflow::render(
                         &diags,
                         std::slice::from_ref(file),
-                        crate::workflow::diagnostic::Format::Human,
+                        crate::workflow::Format::Human,
                         1,
                     );
                     let unchanged = previous.is_some_and(|p| p.diagnostics == diags);

@@ -1,7 +1,7 @@
 //! The editor schema, `schemas/workflow.schema.json`, generated from these types.
 //!
 //! Part of the pure core: no I/O. These types describe the YAML shape only; the checker in
-//! `check.rs` enforces the same keys (a test compares the two) plus everything a JSON schema
+//! `check/` enforces the same keys (a test compares the two) plus everything a JSON schema
 //! cannot say (cron, zones, template references). Run `runner schema` to print it.
 
 #![allow(dead_code)]

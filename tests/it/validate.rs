@@ -2,8 +2,8 @@
 //! no false positives, the CLI's exit codes and formats, the schema, and a no-panic property test.
 
 use assert_cmd::Command;
-use runner::workflow::diagnostic::{Format, render as render_diagnostics};
 use runner::workflow::{self, SourceFile};
+use runner::workflow::{Format, render as render_diagnostics};
 use std::path::{Path, PathBuf};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
