@@ -346,7 +346,7 @@ fn schema_is_fresh_and_accepts_the_examples() {
 
 #[test]
 fn schema_and_checker_agree_on_keys() {
-    use runner::workflow::check::*;
+    use runner::workflow::schema::*;
     let schema: serde_json::Value =
         serde_json::from_str(&workflow::schema::generate()).expect("json");
     let props = |v: &serde_json::Value| -> Vec<String> {
@@ -373,7 +373,9 @@ fn schema_and_checker_agree_on_keys() {
     assert_eq!(props(&defs["DefaultsDecl"]), sorted(DEFAULTS_KEYS));
     assert_eq!(props(&defs["RetryDecl"]), sorted(RETRY_KEYS));
     assert_eq!(props(&defs["StepDecl"]), sorted(STEP_KEYS));
-    assert_eq!(props(&defs["HookDecl"]), sorted(STEP_KEYS));
+    assert_eq!(props(&defs["HookDecl"]), sorted(HOOK_KEYS));
+    // A hook is a step without a required `id`: the same keys.
+    assert_eq!(sorted(HOOK_KEYS), sorted(STEP_KEYS));
     assert_eq!(props(&defs["HttpDecl"]), sorted(HTTP_KEYS));
     assert_eq!(props(&defs["ApprovalDecl"]), sorted(APPROVAL_KEYS));
     assert_eq!(props(&defs["EmailDecl"]), sorted(EMAIL_KEYS));

@@ -3,10 +3,11 @@
 //!
 //! Part of the pure core: no I/O.
 
+use super::Checker;
 use super::names::valid_identifier;
-use super::{Checker, INPUT_KEYS};
 use crate::workflow::diagnostic::Code;
 use crate::workflow::model::*;
+use crate::workflow::schema::INPUT_KEYS;
 use crate::workflow::suggest::article;
 use crate::workflow::yaml::{Node, Value};
 

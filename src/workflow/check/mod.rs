@@ -21,6 +21,7 @@ pub use names::{check_names, file_stem};
 use super::diagnostic::{Code, Diagnostic};
 use super::duration;
 use super::model::*;
+use super::schema::TOP_KEYS;
 use super::suggest::{did_you_mean, list};
 use super::yaml::{self, Key, Node, Pos, Value};
 use names::valid_name;
@@ -28,40 +29,6 @@ use refs::Scope;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use steps::step_identity;
-
-pub const TOP_KEYS: &[&str] = &[
-    "name",
-    "description",
-    "on",
-    "inputs",
-    "secrets",
-    "concurrency",
-    "defaults",
-    "steps",
-    "on_failure",
-];
-pub const ON_KEYS: &[&str] = &["schedule", "webhook"];
-pub const SCHEDULE_KEYS: &[&str] = &["cron", "timezone", "input"];
-pub const INPUT_KEYS: &[&str] = &["type", "required", "default", "description"];
-pub const CONCURRENCY_KEYS: &[&str] = &["overlap", "catchup_window", "jitter"];
-pub const DEFAULTS_KEYS: &[&str] = &["timeout", "retry"];
-pub const RETRY_KEYS: &[&str] = &["limit", "backoff", "initial", "max"];
-pub const STEP_KEYS: &[&str] = &[
-    "id",
-    "if",
-    "http",
-    "approval",
-    "sleep",
-    "sleep_until",
-    "email",
-    "timeout",
-    "retry",
-];
-pub const STEP_KINDS: &[&str] = &["http", "approval", "sleep", "sleep_until", "email"];
-pub const HOOK_KINDS: &[&str] = &["http", "email"];
-pub const HTTP_KEYS: &[&str] = &["url", "method", "headers", "body"];
-pub const APPROVAL_KEYS: &[&str] = &["to", "subject", "body", "timeout", "on_timeout"];
-pub const EMAIL_KEYS: &[&str] = &["to", "subject", "body"];
 
 /// Checks one file on its own. `path` names the file in diagnostics, and its stem is the
 /// workflow's name when the file has no `name:`.

@@ -5,12 +5,13 @@
 
 use super::names::valid_step_id;
 use super::refs::Scope;
-use super::{
-    APPROVAL_KEYS, Checker, DEFAULTS_KEYS, EMAIL_KEYS, Fields, HTTP_KEYS, RETRY_KEYS, STEP_KEYS,
-};
+use super::{Checker, Fields};
 use crate::workflow::address::{check_address, split_addresses};
 use crate::workflow::diagnostic::Code;
 use crate::workflow::model::*;
+use crate::workflow::schema::{
+    APPROVAL_KEYS, DEFAULTS_KEYS, EMAIL_KEYS, HOOK_KEYS, HTTP_KEYS, RETRY_KEYS, STEP_KEYS,
+};
 use crate::workflow::suggest::{did_you_mean, list};
 use crate::workflow::template;
 use crate::workflow::yaml::{Key, Node, Pos, Value};
@@ -90,8 +91,12 @@ impl Checker<'_> {
     ) -> Option<Step> {
         let in_hook = hook_id.is_some();
         let what = if in_hook { "on_failure hook" } else { "step" };
-        let required: &[&str] = if in_hook { &[] } else { &["id"] };
-        let f = self.fields(node, what, STEP_KEYS, required)?;
+        let (keys, required): (&[&str], &[&str]) = if in_hook {
+            (HOOK_KEYS, &[])
+        } else {
+            (STEP_KEYS, &["id"])
+        };
+        let f = self.fields(node, what, keys, required)?;
         let id = match f.get("id") {
             Some(n) => {
                 let s = self.nonempty_string(n, "id")?;

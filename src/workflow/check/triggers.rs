@@ -3,11 +3,12 @@
 //!
 //! Part of the pure core: no I/O.
 
-use super::{CONCURRENCY_KEYS, Checker, ON_KEYS, SCHEDULE_KEYS};
+use super::Checker;
 use crate::cron::{CronError, CronSchedule};
 use crate::workflow::diagnostic::Code;
 use crate::workflow::input::resolve_input;
 use crate::workflow::model::*;
+use crate::workflow::schema::{CONCURRENCY_KEYS, ON_KEYS, SCHEDULE_KEYS};
 use crate::workflow::suggest::list;
 use crate::workflow::yaml::{Node, Value};
 
