@@ -11,6 +11,7 @@ use serde::Serialize;
 #[serde(rename_all = "kebab-case")]
 pub enum Code {
     YamlSyntax,
+    YamlLimit,
     NotAMapping,
     UnknownKey,
     MissingKey,
@@ -47,6 +48,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::YamlSyntax => "yaml-syntax",
+            Code::YamlLimit => "yaml-limit",
             Code::NotAMapping => "not-a-mapping",
             Code::UnknownKey => "unknown-key",
             Code::MissingKey => "missing-key",

@@ -207,6 +207,40 @@ fn run_input_is_checked_against_inputs() {
     assert!(workflow::resolve_input(&wf, &serde_json::json!([1])).is_err());
 }
 
+/// A file nested as deep as allowed checks on a thread with a 2 MiB stack (the size of the
+/// threads that check files); one level more is refused as a limit, not a crash. At
+/// serde-saphyr's own limit (64 levels) parsing overflowed such a stack in a debug build.
+#[test]
+fn nesting_is_limited_to_what_a_small_stack_can_parse() {
+    // root, steps, the step, http: 4 levels, then `body` and a chain of `k:` mappings.
+    let file = |depth: usize| {
+        let mut text = String::from(
+            "steps:\n  - id: deep\n    http:\n      url: https://example.com\n      body:\n",
+        );
+        for level in 0..depth - 4 {
+            text.push_str(&" ".repeat(8 + 2 * level));
+            text.push_str("k:\n");
+        }
+        text
+    };
+    let max = workflow::yaml::MAX_DEPTH;
+    let (ok, too_deep) = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            (
+                workflow::check_file("deep.yaml", &file(max)).map(|_| ()),
+                workflow::check_file("deep.yaml", &file(max + 1)).map(|_| ()),
+            )
+        })
+        .expect("spawn")
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(ok, Ok(()));
+    let diags = too_deep.expect_err("one level too deep");
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].code.as_str(), "yaml-limit");
+}
+
 fn runner() -> Command {
     Command::cargo_bin("runner").expect("binary")
 }

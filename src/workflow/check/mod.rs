@@ -44,13 +44,15 @@ pub fn check_file(path: &str, text: &str) -> Result<Workflow, Vec<Diagnostic>> {
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            c.error(
-                e.pos,
-                1,
-                Code::YamlSyntax,
-                e.message,
-                Some("fix the YAML syntax first; other checks run once the file parses".into()),
-            );
+            let code = if e.over_limit {
+                Code::YamlLimit
+            } else {
+                Code::YamlSyntax
+            };
+            let hint = e.hint.unwrap_or_else(|| {
+                "fix the YAML syntax first; other checks run once the file parses".into()
+            });
+            c.error(e.pos, 1, code, e.message, Some(hint));
             return Err(c.diags);
         }
     };
