@@ -112,9 +112,7 @@ impl Checker<'_> {
                                 .into(),
                         ),
                     );
-                    return None;
-                }
-                if let Some(first) = seen_ids.get(s) {
+                } else if let Some(first) = seen_ids.get(s) {
                     let w = self.width(n);
                     let line = first.line;
                     self.error(
@@ -124,9 +122,11 @@ impl Checker<'_> {
                         format!("step id `{s}` is already used on line {line}"),
                         Some("step ids must be unique in a workflow".into()),
                     );
-                    return None;
+                } else {
+                    seen_ids.insert(s.to_string(), n.pos);
                 }
-                seen_ids.insert(s.to_string(), n.pos);
+                // A step whose id has a problem is still checked through: its other mistakes
+                // are reported in the same pass (the workflow is refused either way).
                 s.to_string()
             }
             None => hook_id?,
