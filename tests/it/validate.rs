@@ -241,6 +241,70 @@ fn nesting_is_limited_to_what_a_small_stack_can_parse() {
     assert_eq!(diags[0].code.as_str(), "yaml-limit");
 }
 
+/// Validate and the engine agree about an optional input without a default: a template that
+/// validates renders for a run started without the input (its input resolved as a run's is),
+/// and one refused would have failed the step.
+#[test]
+fn an_optional_input_without_default_is_refused_exactly_where_a_run_without_it_would_fail() {
+    let cases = [
+        ("{{ input.x }}", false),
+        ("x = {{ input.x }}", false),
+        ("{{ input.x | upper }}", false),
+        ("{{ input.x ~ '!' }}", false),
+        ("{{ input.x.y | default('a') }}", false),
+        ("{{ input.x | length }}", false),
+        ("{% for c in input.x %}{{ c }}{% endfor %}", false),
+        ("{{ input.x | default('a') }}", true),
+        ("{{ input.x|d('a') | upper }}", true),
+        ("{{ input['x'] | default(none) }}", true),
+        ("{{ input.x is defined }}", true),
+        ("{{ input.x is not defined }}", true),
+        ("{{ input.x is none }}", true),
+        ("{% if input.x is defined %}{{ input.x }}{% endif %}", true),
+        ("{{ input.x if input.x is defined else 'none' }}", true),
+        (
+            "{% if input.x is undefined %}none{% else %}{{ input.x }}{% endif %}",
+            true,
+        ),
+    ];
+    for (template, renders) in cases {
+        let text = format!(
+            "inputs:\n  x: {{ type: string }}\nsteps:\n  - id: a\n    http:\n      url: https://example.com\n      body: {{ v: {template:?} }}\n"
+        );
+        let checked = workflow::check_file("w.yaml", &text);
+        let codes: Vec<&str> = checked
+            .as_ref()
+            .err()
+            .map(|d| d.iter().map(|d| d.code.as_str()).collect())
+            .unwrap_or_default();
+        let wf = workflow::check_file(
+            "w.yaml",
+            &text.replace("x: { type: string }", "x: { type: string, required: true }"),
+        )
+        .expect("valid once the input is required");
+        let input = workflow::resolve_input(&wf, &serde_json::json!({})).err();
+        assert!(input.is_some(), "a required input is required");
+        let mut optional = wf.clone();
+        optional.inputs[0].required = false;
+        let input = workflow::resolve_input(&optional, &serde_json::json!({})).expect("optional");
+        let ctx = workflow::template::context(&serde_json::json!({ "input": input }));
+        let rendered = workflow::template::render_str(template, &ctx);
+        assert_eq!(
+            rendered.is_ok(),
+            renders,
+            "{template} renders: {rendered:?}"
+        );
+        assert_eq!(
+            checked.is_ok(),
+            renders,
+            "{template}: validate says {codes:?}, a run without `x` renders {rendered:?}"
+        );
+        if !renders {
+            assert_eq!(codes, ["optional-input-without-default"], "{template}");
+        }
+    }
+}
+
 fn runner() -> Command {
     Command::cargo_bin("runner").expect("binary")
 }

@@ -11,22 +11,52 @@ use crate::workflow::schema::INPUT_KEYS;
 use crate::workflow::suggest::article;
 use crate::workflow::yaml::{Node, Value};
 
+/// What `inputs:` declares: the specs of the inputs declared without a problem, and every
+/// declared name as templates see it.
+#[derive(Default)]
+pub(super) struct Inputs {
+    pub(super) specs: Vec<InputSpec>,
+    pub(super) declared: Vec<DeclaredInput>,
+}
+
+/// An input as templates see it. An input whose declaration has a problem is still declared:
+/// that problem is reported once, at the declaration, not again at every reference.
+pub(super) struct DeclaredInput {
+    pub(super) name: String,
+    /// Optional and without a `default`: a run may start without it, and then `input.NAME` is
+    /// undefined. False when the declaration has a problem (it is reported there).
+    pub(super) may_be_absent: bool,
+}
+
+impl Inputs {
+    /// Declared, but not checkable against a run's input: its declaration has a problem.
+    pub(super) fn is_broken(&self, name: &str) -> bool {
+        self.declared.iter().any(|d| d.name == name) && !self.specs.iter().any(|s| s.name == name)
+    }
+}
+
 impl Checker<'_> {
-    pub(super) fn inputs(&mut self, node: &Node) -> Vec<InputSpec> {
+    pub(super) fn inputs(&mut self, node: &Node) -> Inputs {
+        let mut out = Inputs::default();
         let Some(entries) = node.as_map() else {
             if !matches!(node.value, Value::Null) {
                 self.wrong_type(node, "inputs", "a mapping of input names to `{ type: … }`");
             }
-            return Vec::new();
+            return out;
         };
-        let mut out = Vec::new();
         for (key, spec) in entries {
             if !valid_identifier(&key.name) {
                 self.error(key.pos, key.name.chars().count(), Code::InvalidName, format!("`{}` is not a valid input name", key.name), Some("templates read inputs as `input.NAME`: use letters, digits and `_`, not starting with a digit".into()));
                 continue;
             }
+            let problems_before = self.diags.len();
+            let mut declared = DeclaredInput {
+                name: key.name.clone(),
+                may_be_absent: false,
+            };
             let what = format!("inputs.{}", key.name);
             let Some(f) = self.fields(spec, &what, INPUT_KEYS, &["type"]) else {
+                out.declared.push(declared);
                 continue;
             };
             let ty = f
@@ -62,8 +92,11 @@ impl Checker<'_> {
                     )),
                 );
             }
+            declared.may_be_absent =
+                self.diags.len() == problems_before && !required && default.is_none();
+            out.declared.push(declared);
             if let Some(ty) = ty {
-                out.push(InputSpec {
+                out.specs.push(InputSpec {
                     name: key.name.clone(),
                     ty,
                     required,

@@ -422,7 +422,6 @@ impl<'s> Checker<'s> {
             .get("description")
             .and_then(|n| self.string(n, "description").map(str::to_string));
         let inputs = f.get("inputs").map(|n| self.inputs(n)).unwrap_or_default();
-        let input_names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
         let secrets = f
             .get("secrets")
             .map(|n| self.secrets(n))
@@ -468,13 +467,14 @@ impl<'s> Checker<'s> {
         let mut before: Vec<(String, &'static str)> = Vec::new();
         for node in &step_nodes {
             let scope = Scope {
-                inputs: &input_names,
+                inputs: &inputs.declared,
                 secrets: &secrets,
                 before: &before,
                 all: &all,
                 current: None,
                 in_hook: false,
                 no_secrets: None,
+                undefined_is_false: false,
             };
             let step = self.step(
                 node,
@@ -498,13 +498,14 @@ impl<'s> Checker<'s> {
                 Value::Seq(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let scope = Scope {
-                            inputs: &input_names,
+                            inputs: &inputs.declared,
                             secrets: &secrets,
                             before: &all,
                             all: &all,
                             current: None,
                             in_hook: true,
                             no_secrets: None,
+                            undefined_is_false: false,
                         };
                         let default_id = format!("on_failure-{}", i + 1);
                         if let Some(step) = self.step(
@@ -528,7 +529,7 @@ impl<'s> Checker<'s> {
             description,
             schedules,
             webhook,
-            inputs,
+            inputs: inputs.specs,
             secrets,
             concurrency,
             steps,

@@ -6,10 +6,11 @@
 //! Part of the pure core: no I/O.
 
 use super::Checker;
+use super::inputs::DeclaredInput;
 use crate::workflow::diagnostic::Code;
 use crate::workflow::model::*;
 use crate::workflow::suggest::{article, did_you_mean, list};
-use crate::workflow::template::{self, Analysis};
+use crate::workflow::template::{self, Analysis, Then};
 use crate::workflow::yaml::{Node, Pos, Value};
 use std::collections::HashSet;
 
@@ -45,7 +46,7 @@ const GLOBALS: &[&str] = &[
 
 /// What templates may refer to at one point of the file.
 pub(super) struct Scope<'a> {
-    pub(super) inputs: &'a [String],
+    pub(super) inputs: &'a [DeclaredInput],
     pub(super) secrets: &'a [String],
     /// (id, kind) of steps that run before this point.
     pub(super) before: &'a [(String, &'static str)],
@@ -57,6 +58,35 @@ pub(super) struct Scope<'a> {
     /// Set where the engine renders the template (`if`, `sleep_until`): it never holds secrets,
     /// which only the dispatcher reads, for requests and e-mails. Names the place.
     pub(super) no_secrets: Option<&'static str>,
+    /// Set in `if` conditions, which the engine evaluates with an undefined value as false
+    /// (minijinja's chainable undefined) rather than as an error.
+    pub(super) undefined_is_false: bool,
+}
+
+/// What one template's references have in common.
+struct InTemplate<'t> {
+    /// A `steps.fetch-user` was reported: the references it breaks into are not reported again.
+    had_hyphen: bool,
+    /// Inputs this template tests with `is defined` or `is undefined` somewhere (`{% if
+    /// input.x is defined %}…{{ input.x }}…`, `{{ input.x if input.x is defined else … }}`):
+    /// their other references are taken to be guarded by it.
+    tested: HashSet<&'t str>,
+}
+
+/// Whether a reference to `input.<name>` still renders when the input is absent: it is passed
+/// to `default` (`d`) or tested (`is defined`, `is none`, …), or the template tests it for
+/// being defined elsewhere. Other uses of an undefined value fail the step (strict undefined).
+fn guarded(r: &template::Reference, t: &InTemplate) -> bool {
+    let direct = r.path.len() == 1
+        && match &r.then {
+            Some(Then::Filter(f)) => f == "default" || f == "d",
+            Some(Then::Test(_)) => true,
+            None => false,
+        };
+    direct
+        || r.path
+            .first()
+            .is_some_and(|s| t.tested.contains(s.name.as_str()))
 }
 
 impl Pos {
@@ -124,6 +154,7 @@ impl Checker<'_> {
         }
         let scope = Scope {
             no_secrets: Some("an `if` condition"),
+            undefined_is_false: true,
             ..*scope
         };
         // Analysed as `{{ expr }}`: offset 3 there is offset `at` in the file's text.
@@ -241,9 +272,19 @@ impl Checker<'_> {
                 }
             }
         }
+        let tested = analysis
+            .references
+            .iter()
+            .filter(|r| r.root == "input" && r.path.len() == 1)
+            .filter(
+                |r| matches!(&r.then, Some(Then::Test(t)) if t == "defined" || t == "undefined"),
+            )
+            .map(|r| r.path[0].name.as_str())
+            .collect();
+        let in_template = InTemplate { had_hyphen, tested };
         for r in &analysis.references {
             let pos = locate(self, r.offset, r.len);
-            self.reference(r, pos, scope, had_hyphen);
+            self.reference(r, pos, scope, &in_template);
         }
         if !had_hyphen {
             let referenced: HashSet<&str> = analysis
@@ -277,7 +318,8 @@ impl Checker<'_> {
         );
     }
 
-    fn reference(&mut self, r: &template::Reference, pos: Pos, scope: &Scope, had_hyphen: bool) {
+    fn reference(&mut self, r: &template::Reference, pos: Pos, scope: &Scope, t: &InTemplate) {
+        let had_hyphen = t.had_hyphen;
         let first = r.path.first();
         let seg_pos = |this: &Self, seg: &template::Segment| {
             Pos {
@@ -289,17 +331,29 @@ impl Checker<'_> {
         };
         match r.root.as_str() {
             "input" => {
-                if let Some(seg) = first
-                    && !scope.inputs.contains(&seg.name)
-                {
-                    let hint =
-                        match did_you_mean(&seg.name, scope.inputs.iter().map(String::as_str)) {
-                            Some(m) => format!("did you mean `input.{m}`?"),
-                            None => format!(
-                                "declare it under `inputs:` as `{}: {{ type: string }}`",
-                                seg.name
-                            ),
-                        };
+                let Some(seg) = first else { return };
+                if let Some(declared) = scope.inputs.iter().find(|d| d.name == seg.name) {
+                    if declared.may_be_absent && !scope.undefined_is_false && !guarded(r, t) {
+                        let p = seg_pos(self, seg);
+                        self.error(
+                            p,
+                            seg.name.len(),
+                            Code::OptionalInputWithoutDefault,
+                            format!("input `{}` is optional and has no `default`: a run started without it fails here", seg.name),
+                            Some(format!("give it a `default:` (or `required: true`) under `inputs.{0}`, or write `input.{0} | default(…)` here", seg.name)),
+                        );
+                    }
+                } else {
+                    let hint = match did_you_mean(
+                        &seg.name,
+                        scope.inputs.iter().map(|d| d.name.as_str()),
+                    ) {
+                        Some(m) => format!("did you mean `input.{m}`?"),
+                        None => format!(
+                            "declare it under `inputs:` as `{}: {{ type: string, required: true }}`",
+                            seg.name
+                        ),
+                    };
                     let p = seg_pos(self, seg);
                     self.error(
                         p,

@@ -4,6 +4,7 @@
 //! Part of the pure core: no I/O.
 
 use super::Checker;
+use super::inputs::Inputs;
 use crate::cron::{CronError, CronSchedule};
 use crate::workflow::diagnostic::Code;
 use crate::workflow::input::resolve_input;
@@ -13,7 +14,7 @@ use crate::workflow::suggest::list;
 use crate::workflow::yaml::{Node, Value};
 
 impl Checker<'_> {
-    pub(super) fn triggers(&mut self, node: &Node, inputs: &[InputSpec]) -> (Vec<Schedule>, bool) {
+    pub(super) fn triggers(&mut self, node: &Node, inputs: &Inputs) -> (Vec<Schedule>, bool) {
         let Some(f) = self.fields(node, "on", ON_KEYS, &[]) else {
             return (Vec::new(), false);
         };
@@ -37,7 +38,7 @@ impl Checker<'_> {
         (schedules, webhook)
     }
 
-    fn schedule(&mut self, node: &Node, inputs: &[InputSpec]) -> Option<Schedule> {
+    fn schedule(&mut self, node: &Node, inputs: &Inputs) -> Option<Schedule> {
         let f = self.fields(node, "schedule", SCHEDULE_KEYS, &["cron"])?;
         let cron_node = f.get("cron")?;
         // Both checked before either can end the check: every problem is reported.
@@ -57,18 +58,23 @@ impl Checker<'_> {
                     return None;
                 }
                 let v = n.to_json();
+                // A value for an input whose declaration has a problem cannot be checked yet.
+                let mut checkable = v.clone();
+                if let serde_json::Value::Object(m) = &mut checkable {
+                    m.retain(|name, _| !inputs.is_broken(name));
+                }
                 let probe = Workflow {
                     name: String::new(),
                     description: None,
                     schedules: vec![],
                     webhook: false,
-                    inputs: inputs.to_vec(),
+                    inputs: inputs.specs.clone(),
                     secrets: vec![],
                     concurrency: Concurrency::default(),
                     steps: vec![],
                     on_failure: vec![],
                 };
-                if let Err(errors) = resolve_input(&probe, &v) {
+                if let Err(errors) = resolve_input(&probe, &checkable) {
                     let Value::Map(entries) = &n.value else {
                         unreachable!("checked to be a mapping above")
                     };
@@ -91,6 +97,7 @@ impl Checker<'_> {
             }
             None => {
                 let missing: Vec<&str> = inputs
+                    .specs
                     .iter()
                     .filter(|i| i.required && i.default.is_none())
                     .map(|i| i.name.as_str())
