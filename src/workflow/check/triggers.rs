@@ -147,6 +147,7 @@ impl Checker<'_> {
                     CronError::ConflictingTimezone { .. } => (tz_node.unwrap_or(cron_node), Code::InvalidTimezone, Some("give the zone once: either `CRON_TZ=` or `timezone:`".into())),
                     CronError::SecondsField { .. } => (cron_node, Code::CronSeconds, Some("remove the first field; the smallest unit is one minute".into())),
                     CronError::NeverFires => (cron_node, Code::CronNeverFires, Some("check the day-of-month and month fields".into())),
+                    CronError::TzPrefix { zone } => (cron_node, Code::InvalidCron, Some(format!("write `CRON_TZ={zone} …`, or give the zone as `timezone: {zone}`"))),
                     _ => (cron_node, Code::InvalidCron, Some("5 fields: minute hour day-of-month month day-of-week, or @hourly, @daily, @weekly, @monthly, @yearly".into())),
                 };
                 let w = self.width(node);
