@@ -900,7 +900,7 @@ fn next(
                     "local": slot.at.with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     "timezone": tz.name(),
                     "nominal": slot.nominal.format("%Y-%m-%dT%H:%M").to_string(),
-                    "schedule": i,
+                    "schedule": i + 1,
                     "cron": s.cron.expression(),
                 })
             })

@@ -573,6 +573,53 @@ fn next_prints_utc_then_local_across_dst() {
     }
 }
 
+/// With several schedules, the human lines and the JSON number them alike, from 1 in file order.
+#[test]
+fn next_numbers_schedules_from_one_in_both_formats() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        "on:\n  schedule:\n    - cron: \"0 9 * * *\"\n    - cron: \"30 9 * * *\"\nsteps:\n  - id: a\n    sleep: 1s\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf8");
+    let args = ["next", path, "-n", "2", "--from", "2026-01-01T00:00:00Z"];
+    let out = runner()
+        .args(args)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        String::from_utf8(out).expect("utf8"),
+        "2026-01-01T09:00:00Z  2026-01-01 09:00:00 +00:00 UTC  [schedule 1: 0 9 * * *]\n\
+         2026-01-01T09:30:00Z  2026-01-01 09:30:00 +00:00 UTC  [schedule 2: 30 9 * * *]\n"
+    );
+    let out = runner()
+        .args(args)
+        .arg("--json")
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let numbers: Vec<(i64, &str)> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|f| {
+            (
+                f["schedule"].as_i64().expect("number"),
+                f["cron"].as_str().expect("cron"),
+            )
+        })
+        .collect();
+    assert_eq!(numbers, [(1, "0 9 * * *"), (2, "30 9 * * *")]);
+}
+
 mod no_panic {
     use proptest::prelude::*;
     use runner::workflow;
