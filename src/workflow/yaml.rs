@@ -244,9 +244,10 @@ fn over_limit(breach: &BudgetBreach, b: &Budget) -> (String, &'static str) {
         ),
         BudgetBreach::AliasAnchorRatio { aliases, anchors } => (
             format!(
-                "the file uses {} aliases of {} anchors, more than {} per anchor",
+                "the file uses {} aliases of {} anchor{}, more than {} per anchor",
                 thousands(*aliases),
                 thousands(*anchors),
+                if *anchors == 1 { "" } else { "s" },
                 b.alias_anchor_ratio_multiplier
             ),
             "many aliases of few anchors is how a YAML alias bomb is built; write the values out",
@@ -594,7 +595,7 @@ mod limit_tests {
         let e = parse(&ratio).expect_err("alias bomb");
         assert_eq!(
             e.message,
-            "the file uses 200 aliases of 1 anchors, more than 10 per anchor"
+            "the file uses 200 aliases of 1 anchor, more than 10 per anchor"
         );
 
         let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
