@@ -9,8 +9,8 @@
 
 use crate::sources::{self, Sources};
 use crate::store::Version;
-use crate::workflow::diagnostic::{Format, render};
 use crate::workflow::{self, Diagnostic, Workflow};
+use crate::workflow::{Format, render};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;

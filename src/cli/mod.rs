@@ -4,8 +4,8 @@
 mod print;
 
 use crate::sources::{check_parallel, read_sources};
-use crate::workflow::diagnostic::{Format, render as render_diagnostics};
 use crate::workflow::{self, SourceFile, Workflow};
+use crate::workflow::{Format, render as render_diagnostics};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -30,8 +30,8 @@ pub enum Command {
     Validate {
         /// Files or directories (default: workflows/)
         paths: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Human)]
+        format: FormatArg,
     },
     /// Print the next fire times of a workflow's schedules, in UTC and in the schedule's zone
     Next {
@@ -165,6 +165,24 @@ pub enum Command {
     },
 }
 
+/// `runner validate --format`: clap's side of [`Format`], which the core keeps free of clap.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Human,
+    Json,
+    Github,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Human => Format::Human,
+            FormatArg::Json => Format::Json,
+            FormatArg::Github => Format::Github,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Human,
@@ -245,7 +263,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { paths, format } => validate(paths, format),
+        Command::Validate { paths, format } => validate(paths, format.into()),
         Command::Next {
             workflow,
             n,
@@ -753,7 +771,7 @@ pub fn load_workflow(name_or_file: &str, dir: &Path) -> anyhow::Result<(Workflow
         for f in all.files {
             if workflow::check_file(&f.path, &f.text).is_ok_and(|w| w.name == name_or_file) {
                 found.push(f);
-            } else if workflow::check::file_stem(&f.path) == name_or_file {
+            } else if workflow::file_stem(&f.path) == name_or_file {
                 by_stem.push(f);
             }
         }
@@ -833,7 +851,7 @@ fn next(
                     "local": slot.at.with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     "timezone": tz.name(),
                     "nominal": slot.nominal.format("%Y-%m-%dT%H:%M").to_string(),
-                    "schedule": i,
+                    "schedule": i + 1,
                     "cron": s.cron.expression(),
                 })
             })

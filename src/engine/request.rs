@@ -246,7 +246,7 @@ pub fn render_mail(
                 }
             }
             Value::String(s) => recipients.extend(
-                crate::workflow::check::split_addresses(&s)
+                crate::workflow::address::split_addresses(&s)
                     .into_iter()
                     .map(str::to_string),
             ),
@@ -254,7 +254,7 @@ pub fn render_mail(
         }
     }
     for r in &recipients {
-        crate::workflow::check::check_address(r)
+        crate::workflow::address::check_address(r)
             .map_err(|why| format!("`{r}` is not a valid e-mail address: {why}"))?;
     }
     if recipients.is_empty() {

@@ -130,7 +130,7 @@ pub async fn submit(
 ) -> Result<Decided, Refused> {
     let Open { link, .. } = open(exec, token, now).await?;
     // `Ed <ed@example.com>` decides as `ed@example.com`: templates compare addresses.
-    let approver = bare_address(&link.recipient);
+    let approver = crate::workflow::address::bare_address(&link.recipient);
     let event = Event::ApprovalDecided {
         step: link.step.clone(),
         decision: link.decision,
@@ -152,12 +152,4 @@ pub async fn submit(
         link,
         approver,
     })
-}
-
-/// The address of a recipient written `Name <address>`, or the recipient as it is.
-fn bare_address(recipient: &str) -> String {
-    match (recipient.rfind('<'), recipient.rfind('>')) {
-        (Some(a), Some(b)) if a < b => recipient[a + 1..b].trim().to_string(),
-        _ => recipient.trim().to_string(),
-    }
 }

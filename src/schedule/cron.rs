@@ -77,6 +77,11 @@ pub enum CronError {
         name: String,
         suggestion: Option<String>,
     },
+    /// A `TZ=Zone ` prefix. In a crontab `TZ=` sets the command's environment (Vixie cron,
+    /// cronie), in some libraries the schedule's zone (robfig/cron): runner reads one spelling
+    /// of the zone prefix, `CRON_TZ=`, and says so rather than count `TZ=…` as a sixth field.
+    #[error("`TZ={zone}` does not set a schedule's zone; the prefix is `CRON_TZ=`")]
+    TzPrefix { zone: String },
     /// A `CRON_TZ=` prefix and a `timezone:` key that name different zones.
     #[error("the expression says `CRON_TZ={prefix}` but `timezone:` is `{field}`")]
     ConflictingTimezone { prefix: String, field: String },
@@ -153,6 +158,15 @@ impl CronSchedule {
     /// `timezone` is the YAML `timezone:` key (None = UTC unless a CRON_TZ= prefix gives one).
     pub fn parse(expr: &str, timezone: Option<&str>) -> Result<Self, CronError> {
         let (prefix_zone, body) = split_cron_tz(expr.trim());
+        if body
+            .get(..3)
+            .is_some_and(|head| head.eq_ignore_ascii_case("TZ="))
+        {
+            let zone = body[3..].split_whitespace().next().unwrap_or_default();
+            return Err(CronError::TzPrefix {
+                zone: zone.to_string(),
+            });
+        }
         let fields = split_fields(body)?;
         for (index, text) in fields.iter().enumerate() {
             check_field_characters(index, text)?;
@@ -1491,6 +1505,26 @@ mod tests {
                 CronSchedule::parse(expr, None),
                 Err(CronError::Empty),
                 "`{expr}`"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tz_prefix_is_named_not_counted_as_a_sixth_field() {
+        for expr in [
+            "TZ=Europe/Berlin 0 9 * * *",
+            "  tz=Europe/Berlin   0 9 * * *",
+        ] {
+            let e = CronSchedule::parse(expr, None).expect_err("TZ= is not read");
+            assert_eq!(
+                e,
+                CronError::TzPrefix {
+                    zone: "Europe/Berlin".into()
+                }
+            );
+            assert_eq!(
+                e.to_string(),
+                "`TZ=Europe/Berlin` does not set a schedule's zone; the prefix is `CRON_TZ=`"
             );
         }
     }

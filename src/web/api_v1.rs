@@ -13,7 +13,7 @@ use crate::ops::start::StartError;
 use crate::store::{ApiSchedule, StoreError};
 use crate::views::RunView;
 use crate::workflow::Decision;
-use crate::workflow::check::json_kind;
+use crate::workflow::json_kind;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -317,7 +317,7 @@ async fn get_workflow(State(state): State<Shared>, Path(name): Path<String>) -> 
     let reg = daemon(&state, "a workflow")?.registry();
     let found = reg.files().find(|f| {
         f.active.as_ref().is_some_and(|v| v.workflow.name == name)
-            || crate::workflow::check::file_stem(&f.path) == name
+            || crate::workflow::file_stem(&f.path) == name
     });
     match found {
         Some(f) => json_ok(StatusCode::OK, workflow_json(f, true)),

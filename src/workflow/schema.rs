@@ -1,56 +1,83 @@
 //! The editor schema, `schemas/workflow.schema.json`, generated from these types.
 //!
-//! Part of the pure core: no I/O. These types describe the YAML shape only; the checker in
-//! `check.rs` enforces the same keys (a test compares the two) plus everything a JSON schema
-//! cannot say (cron, zones, template references). Run `runner schema` to print it.
+//! Part of the pure core: no I/O. These types describe the YAML shape only; each comes with the
+//! list of its keys (`TOP_KEYS`, `STEP_KEYS`, …), which the checker in `check/` enforces, plus
+//! everything a JSON schema cannot say (cron, zones, template references). Run `runner schema`
+//! to print it.
 
 #![allow(dead_code)]
 
 use schemars::JsonSchema;
 use std::collections::BTreeMap;
 
-/// A runner workflow: one per file in `workflows/`.
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(title = "runner workflow")]
-struct WorkflowFile {
-    /// Unique in the directory; defaults to the file name without extension.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
-    name: Option<String>,
-    description: Option<String>,
-    /// What starts a run.
-    on: Option<Triggers>,
-    /// The shape of a run's input, checked when a run starts.
-    inputs: Option<BTreeMap<String, InputDecl>>,
-    /// Environment variable names read by the daemon at dispatch time, never stored.
-    secrets: Option<Vec<String>>,
-    concurrency: Option<ConcurrencyDecl>,
-    /// Apply to every step unless the step overrides them.
-    defaults: Option<DefaultsDecl>,
-    /// Run in order; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`.
-    #[schemars(length(min = 1))]
-    steps: Vec<StepDecl>,
-    /// Run once when a run fails; each has `http` or `email`.
-    on_failure: Option<Vec<HookDecl>>,
+/// Declares a YAML-shaped struct for the schema and, beside it, the list of its keys in order
+/// (`pub const`), which the checker uses: the schema and the checker's keys cannot drift apart,
+/// and the lists cost nothing at run time.
+macro_rules! shape {
+    (
+        $(#[$attr:meta])*
+        struct $name:ident, keys $keys:ident {
+            $( $(#[$field_attr:meta])* $key:literal => $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$attr])*
+        struct $name {
+            $( $(#[$field_attr])* #[serde(rename = $key)] $field: $ty, )*
+        }
+
+        #[doc = concat!("The keys of `", stringify!($name), "`, in order.")]
+        pub const $keys: &[&str] = &[$($key),*];
+    };
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Triggers {
-    schedule: Option<Vec<ScheduleDecl>>,
-    /// Runs may be started over the HTTP API.
-    webhook: Option<bool>,
+shape! {
+    /// A runner workflow: one per file in `workflows/`.
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(title = "runner workflow")]
+    struct WorkflowFile, keys TOP_KEYS {
+        /// Unique in the directory; defaults to the file name without extension.
+        #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+        "name" => name: Option<String>,
+        "description" => description: Option<String>,
+        /// What starts a run.
+        "on" => on: Option<Triggers>,
+        /// The shape of a run's input, checked when a run starts.
+        "inputs" => inputs: Option<BTreeMap<String, InputDecl>>,
+        /// Environment variable names read by the daemon at dispatch time, never stored.
+        "secrets" => secrets: Option<Vec<String>>,
+        "concurrency" => concurrency: Option<ConcurrencyDecl>,
+        /// Apply to every step unless the step overrides them.
+        "defaults" => defaults: Option<DefaultsDecl>,
+        /// Run in order; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`.
+        #[schemars(length(min = 1))]
+        "steps" => steps: Vec<StepDecl>,
+        /// Run once when a run fails; each has `http` or `email`.
+        "on_failure" => on_failure: Option<Vec<HookDecl>>,
+    }
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ScheduleDecl {
-    /// 5 fields (minute hour day-of-month month day-of-week) or @hourly @daily @weekly @monthly @yearly; an optional `CRON_TZ=Zone ` prefix.
-    cron: String,
-    /// IANA zone name, default UTC.
-    timezone: Option<String>,
-    /// The run's input when this schedule fires.
-    input: Option<BTreeMap<String, serde_json::Value>>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Triggers, keys ON_KEYS {
+        "schedule" => schedule: Option<Vec<ScheduleDecl>>,
+        /// Runs may be started over the HTTP API.
+        "webhook" => webhook: Option<bool>,
+    }
+}
+
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct ScheduleDecl, keys SCHEDULE_KEYS {
+        /// 5 fields (minute hour day-of-month month day-of-week) or @hourly @daily @weekly @monthly @yearly; an optional `CRON_TZ=Zone ` prefix.
+        "cron" => cron: String,
+        /// IANA zone name, default UTC.
+        "timezone" => timezone: Option<String>,
+        /// The run's input when this schedule fires.
+        "input" => input: Option<BTreeMap<String, serde_json::Value>>,
+    }
 }
 
 #[derive(JsonSchema)]
@@ -64,14 +91,15 @@ enum InputTypeDecl {
     Array,
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct InputDecl {
-    #[serde(rename = "type")]
-    ty: InputTypeDecl,
-    required: Option<bool>,
-    default: Option<serde_json::Value>,
-    description: Option<String>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct InputDecl, keys INPUT_KEYS {
+        "type" => ty: InputTypeDecl,
+        "required" => required: Option<bool>,
+        "default" => default: Option<serde_json::Value>,
+        "description" => description: Option<String>,
+    }
 }
 
 #[derive(JsonSchema)]
@@ -88,22 +116,26 @@ enum OverlapDecl {
 #[derive(JsonSchema)]
 struct DurationText(#[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))] String);
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ConcurrencyDecl {
-    /// What a scheduled fire does while a run of this workflow is still going (default `skip`).
-    overlap: Option<OverlapDecl>,
-    /// After downtime, run missed slots younger than this (default: none).
-    catchup_window: Option<DurationText>,
-    /// A random delay up to this added to every scheduled fire.
-    jitter: Option<DurationText>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct ConcurrencyDecl, keys CONCURRENCY_KEYS {
+        /// What a scheduled fire does while a run of this workflow is still going (default `skip`).
+        "overlap" => overlap: Option<OverlapDecl>,
+        /// After downtime, run missed slots younger than this (default: none).
+        "catchup_window" => catchup_window: Option<DurationText>,
+        /// A random delay up to this added to every scheduled fire.
+        "jitter" => jitter: Option<DurationText>,
+    }
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct DefaultsDecl {
-    timeout: Option<DurationText>,
-    retry: Option<RetryDecl>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct DefaultsDecl, keys DEFAULTS_KEYS {
+        "timeout" => timeout: Option<DurationText>,
+        "retry" => retry: Option<RetryDecl>,
+    }
 }
 
 #[derive(JsonSchema)]
@@ -114,49 +146,53 @@ enum BackoffDecl {
     Linear,
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct RetryDecl {
-    /// Retries after the first attempt (default 3).
-    #[schemars(range(min = 0, max = 100))]
-    limit: Option<u32>,
-    backoff: Option<BackoffDecl>,
-    initial: Option<DurationText>,
-    max: Option<DurationText>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct RetryDecl, keys RETRY_KEYS {
+        /// Retries after the first attempt (default 3).
+        #[schemars(range(min = 0, max = 100))]
+        "limit" => limit: Option<u32>,
+        "backoff" => backoff: Option<BackoffDecl>,
+        "initial" => initial: Option<DurationText>,
+        "max" => max: Option<DurationText>,
+    }
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct StepDecl {
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_-]*$"))]
-    id: String,
-    /// A condition; the step is skipped when it is false.
-    #[serde(rename = "if")]
-    condition: Option<String>,
-    http: Option<HttpDecl>,
-    approval: Option<ApprovalDecl>,
-    sleep: Option<DurationText>,
-    /// An RFC 3339 time or a template that renders one.
-    sleep_until: Option<String>,
-    email: Option<EmailDecl>,
-    timeout: Option<DurationText>,
-    retry: Option<RetryDecl>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct StepDecl, keys STEP_KEYS {
+        #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_-]*$"))]
+        "id" => id: String,
+        /// A condition; the step is skipped when it is false.
+        "if" => condition: Option<String>,
+        "http" => http: Option<HttpDecl>,
+        "approval" => approval: Option<ApprovalDecl>,
+        "sleep" => sleep: Option<DurationText>,
+        /// An RFC 3339 time or a template that renders one.
+        "sleep_until" => sleep_until: Option<String>,
+        "email" => email: Option<EmailDecl>,
+        "timeout" => timeout: Option<DurationText>,
+        "retry" => retry: Option<RetryDecl>,
+    }
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct HookDecl {
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_-]*$"))]
-    id: Option<String>,
-    #[serde(rename = "if")]
-    condition: Option<String>,
-    http: Option<HttpDecl>,
-    approval: Option<ApprovalDecl>,
-    sleep: Option<DurationText>,
-    sleep_until: Option<String>,
-    email: Option<EmailDecl>,
-    timeout: Option<DurationText>,
-    retry: Option<RetryDecl>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct HookDecl, keys HOOK_KEYS {
+        #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_-]*$"))]
+        "id" => id: Option<String>,
+        "if" => condition: Option<String>,
+        "http" => http: Option<HttpDecl>,
+        "approval" => approval: Option<ApprovalDecl>,
+        "sleep" => sleep: Option<DurationText>,
+        "sleep_until" => sleep_until: Option<String>,
+        "email" => email: Option<EmailDecl>,
+        "timeout" => timeout: Option<DurationText>,
+        "retry" => retry: Option<RetryDecl>,
+    }
 }
 
 #[derive(JsonSchema)]
@@ -171,15 +207,17 @@ enum MethodDecl {
     Options,
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct HttpDecl {
-    url: String,
-    /// Default POST.
-    method: Option<MethodDecl>,
-    headers: Option<BTreeMap<String, HeaderValue>>,
-    /// Any JSON value; strings inside are templates.
-    body: Option<serde_json::Value>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct HttpDecl, keys HTTP_KEYS {
+        "url" => url: String,
+        /// Default POST.
+        "method" => method: Option<MethodDecl>,
+        "headers" => headers: Option<BTreeMap<String, HeaderValue>>,
+        /// Any JSON value; strings inside are templates.
+        "body" => body: Option<serde_json::Value>,
+    }
 }
 
 /// A header value: a string template (numbers and booleans are written as text).
@@ -205,23 +243,27 @@ enum OnTimeoutDecl {
     Reject,
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ApprovalDecl {
-    to: Recipients,
-    subject: String,
-    body: Option<String>,
-    /// Default 7d; when it passes the decision is `rejected` unless `on_timeout: approve`.
-    timeout: Option<DurationText>,
-    on_timeout: Option<OnTimeoutDecl>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct ApprovalDecl, keys APPROVAL_KEYS {
+        "to" => to: Recipients,
+        "subject" => subject: String,
+        "body" => body: Option<String>,
+        /// Default 7d; when it passes the decision is `rejected` unless `on_timeout: approve`.
+        "timeout" => timeout: Option<DurationText>,
+        "on_timeout" => on_timeout: Option<OnTimeoutDecl>,
+    }
 }
 
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct EmailDecl {
-    to: Recipients,
-    subject: String,
-    body: Option<String>,
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct EmailDecl, keys EMAIL_KEYS {
+        "to" => to: Recipients,
+        "subject" => subject: String,
+        "body" => body: Option<String>,
+    }
 }
 
 /// The schema as pretty JSON with a trailing newline, as committed in `schemas/`.

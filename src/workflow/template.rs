@@ -69,6 +69,16 @@ pub struct Reference {
     pub len: usize,
     /// Text right after the chain (used to spot `steps.fetch-user`).
     pub followed_by_minus: Option<String>,
+    /// The filter or test applied to the chain right after it: `input.x | default('a')`,
+    /// `input.x is defined` (used to tell a reference that may meet an undefined value).
+    pub then: Option<Then>,
+}
+
+/// A filter or test applied to a reference chain, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Then {
+    Filter(String),
+    Test(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +321,7 @@ fn scan_block(text: &str, start: usize, end: usize, out: &mut Vec<Reference>, ca
                 offset: root_start,
                 len: i - root_start,
                 followed_by_minus,
+                then: then(&text[i..end]),
             });
             prev_significant = b'a';
             continue;
@@ -321,6 +332,35 @@ fn scan_block(text: &str, start: usize, end: usize, out: &mut Vec<Reference>, ca
         }
         i += 1;
     }
+}
+
+/// The filter (`| name`) or test (`is name`, `is not name`) that `rest`, the text right after a
+/// chain, starts with.
+fn then(rest: &str) -> Option<Then> {
+    let word = |s: &str| -> String {
+        s.bytes()
+            .take_while(|b| is_ident(*b))
+            .map(char::from)
+            .collect()
+    };
+    let rest = rest.trim_start();
+    if let Some(after) = rest.strip_prefix('|')
+        && !after.starts_with('|')
+    {
+        let name = word(after.trim_start());
+        return (!name.is_empty()).then_some(Then::Filter(name));
+    }
+    let after = rest.strip_prefix("is")?;
+    if !after.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let after = after.trim_start();
+    let after = match after.strip_prefix("not") {
+        Some(a) if a.starts_with(char::is_whitespace) => a.trim_start(),
+        _ => after,
+    };
+    let name = word(after);
+    (!name.is_empty()).then_some(Then::Test(name))
 }
 
 fn skip_string(bytes: &[u8], at: usize, end: usize) -> usize {
@@ -482,6 +522,28 @@ mod tests {
         // Text around `{{ }}` is not one expression: the engine cannot evaluate it.
         assert!(check_condition("{{ a }} and {{ b }}").is_err());
         assert!(check_condition("a == 200 }}").is_err());
+    }
+
+    #[test]
+    fn the_filter_or_test_right_after_a_chain_is_kept() {
+        let a = analyze(
+            "{{ input.a | default('x') }}{{ input.b|d(1) | upper }}{{ input.c is not defined }}\
+             {{ input.d is defined }}{{ input.e }}{{ input.f ~ 'x' }}{{ input.g in [1] }}",
+        )
+        .expect("parses");
+        let then: Vec<Option<Then>> = a.references.iter().map(|r| r.then.clone()).collect();
+        assert_eq!(
+            then,
+            [
+                Some(Then::Filter("default".into())),
+                Some(Then::Filter("d".into())),
+                Some(Then::Test("defined".into())),
+                Some(Then::Test("defined".into())),
+                None,
+                None,
+                None,
+            ]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
+use serde_saphyr::budget::{Budget, BudgetBreach};
 use std::fmt;
 
 /// A 1-based line and column (in characters), plus the byte offset when known.
@@ -134,11 +135,39 @@ impl Node {
     }
 }
 
-/// A YAML syntax error with its position.
+/// A YAML syntax error with its position, or a well-formed file past one of the parser's limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntaxError {
     pub pos: Pos,
     pub message: String,
+    /// The file parses but goes past a limit (nesting depth, aliases, …): `message` names the
+    /// limit and its value, and the hint says what to do.
+    pub over_limit: bool,
+    pub hint: Option<String>,
+}
+
+impl SyntaxError {
+    fn at(pos: Pos, message: impl Into<String>) -> SyntaxError {
+        SyntaxError {
+            pos,
+            message: message.into(),
+            over_limit: false,
+            hint: None,
+        }
+    }
+}
+
+/// How deep keys, lists and values may nest. serde-saphyr allows 64, but deserializing one
+/// level takes several recursive calls: 64 levels overflowed a 2 MiB thread stack in a debug
+/// build (the size of the threads that check files), 50 did not. A workflow needs about 5 levels
+/// around an HTTP body, so 32 leaves a body 25 or more.
+pub const MAX_DEPTH: usize = 32;
+
+/// The parser's limits for one file: serde-saphyr's defaults, with [`MAX_DEPTH`].
+fn budget() -> Budget {
+    let mut budget = Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget
 }
 
 /// Parses one YAML document. An empty document is `Null` at the start.
@@ -155,14 +184,142 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     }
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
+    options.budget = Some(budget());
     match serde_saphyr::from_str_with_options::<Node>(source, options) {
         Ok(node) => Ok(node),
         Err(err) => {
             let pos = err.location().map(Pos::from_location).unwrap_or(Pos::START);
+            if let Some(breach) = breach_of(&err) {
+                let (message, hint) = over_limit(breach, &budget());
+                return Err(SyntaxError {
+                    pos,
+                    message,
+                    over_limit: true,
+                    hint: Some(hint.into()),
+                });
+            }
             let message = clean_message(&err.without_snippet().to_string());
             Err(refine(source, pos, message))
         }
     }
+}
+
+/// The limit an error reports, also when it is wrapped (a snippet, an alias being replayed).
+fn breach_of(err: &serde_saphyr::Error) -> Option<&BudgetBreach> {
+    match err {
+        serde_saphyr::Error::Budget { breach, .. } => Some(breach),
+        serde_saphyr::Error::WithSnippet { error, .. }
+        | serde_saphyr::Error::AliasError { error, .. } => breach_of(error),
+        _ => None,
+    }
+}
+
+/// What a limit is, with its value, and what to do about it.
+fn over_limit(breach: &BudgetBreach, b: &Budget) -> (String, &'static str) {
+    const ALIASES: &str = "each alias (`*name`) repeats its anchor's value (`&name`); write the values out, or repeat fewer";
+    const SMALLER: &str = "a workflow file describes one workflow in a few hundred lines; move generated data out of it";
+    match breach {
+        BudgetBreach::Depth { .. } => (
+            format!(
+                "the values here are nested deeper than a workflow file may go ({} levels)",
+                b.max_depth
+            ),
+            "flatten this part: a workflow needs a few levels, an HTTP body rarely more than ten",
+        ),
+        // Counted as parsed, each alias adding its anchor's values again: large files and alias
+        // bombs both end here.
+        BudgetBreach::Nodes { .. } => (
+            format!(
+                "the file holds more than {} values, counting those its aliases (`*name`) repeat",
+                thousands(b.max_nodes)
+            ),
+            "a workflow file describes one workflow in a few hundred lines: move generated data out of it, and repeat anchors (`&name`) less",
+        ),
+        BudgetBreach::Aliases { .. } => (
+            format!(
+                "the file uses more than {} aliases (`*name`)",
+                thousands(b.max_aliases)
+            ),
+            ALIASES,
+        ),
+        BudgetBreach::AliasAnchorRatio { aliases, anchors } => (
+            format!(
+                "the file uses {} aliases of {} anchor{}, more than {} per anchor",
+                thousands(*aliases),
+                thousands(*anchors),
+                if *anchors == 1 { "" } else { "s" },
+                b.alias_anchor_ratio_multiplier
+            ),
+            "many aliases of few anchors is how a YAML alias bomb is built; write the values out",
+        ),
+        BudgetBreach::Anchors { .. } => (
+            format!(
+                "the file defines more than {} anchors (`&name`)",
+                thousands(b.max_anchors)
+            ),
+            SMALLER,
+        ),
+        BudgetBreach::RecordedAnchorEvents { .. } | BudgetBreach::RecordedAnchorBytes { .. } => (
+            format!(
+                "the anchored values here are too large to repeat: at most {} items or {} MiB in all",
+                thousands(b.max_recorded_anchor_events),
+                b.max_recorded_anchor_bytes >> 20
+            ),
+            ALIASES,
+        ),
+        BudgetBreach::MergeKeys { .. } => (
+            format!(
+                "the file uses more than {} merge keys (`<<`)",
+                thousands(b.max_merge_keys)
+            ),
+            SMALLER,
+        ),
+        BudgetBreach::Events { .. } => (
+            format!(
+                "the file holds more than {} YAML items (keys, values, lists and mappings)",
+                thousands(b.max_events)
+            ),
+            SMALLER,
+        ),
+        BudgetBreach::Documents { .. } => (
+            format!(
+                "the file holds more than {} YAML documents",
+                thousands(b.max_documents)
+            ),
+            "a workflow file holds one workflow: one document, without `---` between others",
+        ),
+        BudgetBreach::ScalarBytes { .. } => (
+            format!(
+                "the file's text values add up to more than {} MiB",
+                b.max_total_scalar_bytes >> 20
+            ),
+            SMALLER,
+        ),
+        BudgetBreach::InputBytes { .. } => (
+            format!(
+                "the file is larger than {} MiB",
+                b.max_reader_input_bytes.unwrap_or(usize::MAX) >> 20
+            ),
+            SMALLER,
+        ),
+        other => (
+            format!("the file goes past a limit of the YAML parser: {other:?}"),
+            SMALLER,
+        ),
+    }
+}
+
+/// `250000` → `250,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn clean_message(raw: &str) -> String {
@@ -189,10 +346,10 @@ fn refine(source: &str, pos: Pos, message: String) -> SyntaxError {
         .strip_prefix("duplicate mapping key: ")
         .and_then(|rest| rest.split(", set DuplicateKeyPolicy").next())
     {
-        return SyntaxError {
+        return SyntaxError::at(
             pos,
-            message: format!("duplicate key `{key}`: a mapping gives each key once"),
-        };
+            format!("duplicate key `{key}`: a mapping gives each key once"),
+        );
     }
     if message.starts_with("multiple YAML documents") {
         // At the `---` that starts the second document, not the line after it.
@@ -200,20 +357,10 @@ fn refine(source: &str, pos: Pos, message: String) -> SyntaxError {
             .rev()
             .find(|&l| lines[l - 1].trim_end() == "---" || lines[l - 1].starts_with("--- "))
             .unwrap_or(reported);
-        return SyntaxError {
-            pos: at_line_start(line.max(1)),
-            message:
-                "a second YAML document starts here (`---`); a workflow file holds one workflow"
-                    .into(),
-        };
-    }
-    if message.starts_with("budget breached") {
-        return SyntaxError {
-            pos,
-            message:
-                "the aliases here expand to more nodes than a workflow file may hold (250,000)"
-                    .into(),
-        };
+        return SyntaxError::at(
+            at_line_start(line.max(1)),
+            "a second YAML document starts here (`---`); a workflow file holds one workflow",
+        );
     }
     if message.contains("tabs") {
         // At the tab itself.
@@ -221,10 +368,10 @@ fn refine(source: &str, pos: Pos, message: String) -> SyntaxError {
             && let Some(i) = line.find('\t')
         {
             let start = at_line_start(reported);
-            return SyntaxError {
-                pos: Pos::at_offset(source, start.offset.unwrap_or(0) + i),
-                message: "a tab is used for indentation; YAML indents with spaces".into(),
-            };
+            return SyntaxError::at(
+                Pos::at_offset(source, start.offset.unwrap_or(0) + i),
+                "a tab is used for indentation; YAML indents with spaces",
+            );
         }
     }
     if message.contains("quoted scalar") {
@@ -247,13 +394,13 @@ fn refine(source: &str, pos: Pos, message: String) -> SyntaxError {
             .find_map(|l| quote_at(lines[l - 1]).map(|i| (l, i)))
         {
             let start = at_line_start(line);
-            return SyntaxError {
-                pos: Pos::at_offset(source, start.offset.unwrap_or(0) + i),
-                message: "this quoted string is not closed".into(),
-            };
+            return SyntaxError::at(
+                Pos::at_offset(source, start.offset.unwrap_or(0) + i),
+                "this quoted string is not closed",
+            );
         }
     }
-    SyntaxError { pos, message }
+    SyntaxError::at(pos, message)
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -417,5 +564,72 @@ mod tests {
         let err = parse("a: [1, 2\nb: 3\n").expect_err("broken");
         assert!(err.pos.line >= 1, "{err:?}");
         assert!(!err.message.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// `a: [[…1…]]` with `depth` levels in all (the root mapping is one).
+    fn nested(depth: usize) -> String {
+        format!("a: {}1{}\n", "[".repeat(depth - 1), "]".repeat(depth - 1))
+    }
+
+    #[test]
+    fn each_limit_is_reported_as_what_it_is_with_its_value() {
+        assert!(parse(&nested(MAX_DEPTH)).is_ok());
+        let e = parse(&nested(MAX_DEPTH + 1)).expect_err("too deep");
+        assert!(e.over_limit);
+        assert_eq!(
+            e.message,
+            "the values here are nested deeper than a workflow file may go (32 levels)"
+        );
+        assert_eq!(
+            (e.pos.line, e.pos.col),
+            (1, 35),
+            "at the bracket past the limit"
+        );
+
+        let ratio = format!("a: &a x\nb: [{}]\n", vec!["*a"; 200].join(", "));
+        let e = parse(&ratio).expect_err("alias bomb");
+        assert_eq!(
+            e.message,
+            "the file uses 200 aliases of 1 anchor, more than 10 per anchor"
+        );
+
+        let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (name, prev) in ["b", "c", "d", "e", "f", "g"]
+            .iter()
+            .zip(["a", "b", "c", "d", "e", "f"])
+        {
+            laughs.push_str(&format!(
+                "{name}: &{name} [{}]\n",
+                vec![format!("*{prev}"); 10].join(", ")
+            ));
+        }
+        let e = parse(&laughs).expect_err("billion laughs");
+        assert!(e.over_limit, "{e:?}");
+        assert_eq!(
+            e.message,
+            "the file holds more than 250,000 values, counting those its aliases (`*name`) repeat"
+        );
+
+        let many = format!("a: [{}]\n", vec!["1"; 250_000].join(","));
+        let big = parse(&many).expect_err("too many values");
+        assert_eq!(
+            big.message, e.message,
+            "a large file without aliases is the same limit"
+        );
+        assert!(big.hint.is_some_and(|h| !h.is_empty()));
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(250_000), "250,000");
+        assert_eq!(thousands(1_000_000), "1,000,000");
     }
 }

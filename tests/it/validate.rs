@@ -2,8 +2,8 @@
 //! no false positives, the CLI's exit codes and formats, the schema, and a no-panic property test.
 
 use assert_cmd::Command;
-use runner::workflow::diagnostic::{Format, render as render_diagnostics};
 use runner::workflow::{self, SourceFile};
+use runner::workflow::{Format, render as render_diagnostics};
 use std::path::{Path, PathBuf};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
@@ -209,6 +209,104 @@ fn run_input_is_checked_against_inputs() {
         ]
     );
     assert!(workflow::resolve_input(&wf, &serde_json::json!([1])).is_err());
+}
+
+/// A file nested as deep as allowed checks on a thread with a 2 MiB stack (the size of the
+/// threads that check files); one level more is refused as a limit, not a crash. At
+/// serde-saphyr's own limit (64 levels) parsing overflowed such a stack in a debug build.
+#[test]
+fn nesting_is_limited_to_what_a_small_stack_can_parse() {
+    // root, steps, the step, http: 4 levels, then `body` and a chain of `k:` mappings.
+    let file = |depth: usize| {
+        let mut text = String::from(
+            "steps:\n  - id: deep\n    http:\n      url: https://example.com\n      body:\n",
+        );
+        for level in 0..depth - 4 {
+            text.push_str(&" ".repeat(8 + 2 * level));
+            text.push_str("k:\n");
+        }
+        text
+    };
+    let max = workflow::yaml::MAX_DEPTH;
+    let (ok, too_deep) = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            (
+                workflow::check_file("deep.yaml", &file(max)).map(|_| ()),
+                workflow::check_file("deep.yaml", &file(max + 1)).map(|_| ()),
+            )
+        })
+        .expect("spawn")
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(ok, Ok(()));
+    let diags = too_deep.expect_err("one level too deep");
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].code.as_str(), "yaml-limit");
+}
+
+/// Validate and the engine agree about an optional input without a default: a template that
+/// validates renders for a run started without the input (its input resolved as a run's is),
+/// and one refused would have failed the step.
+#[test]
+fn an_optional_input_without_default_is_refused_exactly_where_a_run_without_it_would_fail() {
+    let cases = [
+        ("{{ input.x }}", false),
+        ("x = {{ input.x }}", false),
+        ("{{ input.x | upper }}", false),
+        ("{{ input.x ~ '!' }}", false),
+        ("{{ input.x.y | default('a') }}", false),
+        ("{{ input.x | length }}", false),
+        ("{% for c in input.x %}{{ c }}{% endfor %}", false),
+        ("{{ input.x | default('a') }}", true),
+        ("{{ input.x|d('a') | upper }}", true),
+        ("{{ input['x'] | default(none) }}", true),
+        ("{{ input.x is defined }}", true),
+        ("{{ input.x is not defined }}", true),
+        ("{{ input.x is none }}", true),
+        ("{% if input.x is defined %}{{ input.x }}{% endif %}", true),
+        ("{{ input.x if input.x is defined else 'none' }}", true),
+        (
+            "{% if input.x is undefined %}none{% else %}{{ input.x }}{% endif %}",
+            true,
+        ),
+    ];
+    for (template, renders) in cases {
+        let text = format!(
+            "inputs:\n  x: {{ type: string }}\nsteps:\n  - id: a\n    http:\n      url: https://example.com\n      body: {{ v: {template:?} }}\n"
+        );
+        let checked = workflow::check_file("w.yaml", &text);
+        let codes: Vec<&str> = checked
+            .as_ref()
+            .err()
+            .map(|d| d.iter().map(|d| d.code.as_str()).collect())
+            .unwrap_or_default();
+        let wf = workflow::check_file(
+            "w.yaml",
+            &text.replace("x: { type: string }", "x: { type: string, required: true }"),
+        )
+        .expect("valid once the input is required");
+        let input = workflow::resolve_input(&wf, &serde_json::json!({})).err();
+        assert!(input.is_some(), "a required input is required");
+        let mut optional = wf.clone();
+        optional.inputs[0].required = false;
+        let input = workflow::resolve_input(&optional, &serde_json::json!({})).expect("optional");
+        let ctx = workflow::template::context(&serde_json::json!({ "input": input }));
+        let rendered = workflow::template::render_str(template, &ctx);
+        assert_eq!(
+            rendered.is_ok(),
+            renders,
+            "{template} renders: {rendered:?}"
+        );
+        assert_eq!(
+            checked.is_ok(),
+            renders,
+            "{template}: validate says {codes:?}, a run without `x` renders {rendered:?}"
+        );
+        if !renders {
+            assert_eq!(codes, ["optional-input-without-default"], "{template}");
+        }
+    }
 }
 
 fn runner() -> Command {
@@ -471,7 +569,7 @@ fn schema_is_fresh_and_accepts_the_examples() {
 
 #[test]
 fn schema_and_checker_agree_on_keys() {
-    use runner::workflow::check::*;
+    use runner::workflow::schema::*;
     let schema: serde_json::Value =
         serde_json::from_str(&workflow::schema::generate()).expect("json");
     let props = |v: &serde_json::Value| -> Vec<String> {
@@ -498,7 +596,9 @@ fn schema_and_checker_agree_on_keys() {
     assert_eq!(props(&defs["DefaultsDecl"]), sorted(DEFAULTS_KEYS));
     assert_eq!(props(&defs["RetryDecl"]), sorted(RETRY_KEYS));
     assert_eq!(props(&defs["StepDecl"]), sorted(STEP_KEYS));
-    assert_eq!(props(&defs["HookDecl"]), sorted(STEP_KEYS));
+    assert_eq!(props(&defs["HookDecl"]), sorted(HOOK_KEYS));
+    // A hook is a step without a required `id`: the same keys.
+    assert_eq!(sorted(HOOK_KEYS), sorted(STEP_KEYS));
     assert_eq!(props(&defs["HttpDecl"]), sorted(HTTP_KEYS));
     assert_eq!(props(&defs["ApprovalDecl"]), sorted(APPROVAL_KEYS));
     assert_eq!(props(&defs["EmailDecl"]), sorted(EMAIL_KEYS));
@@ -596,6 +696,53 @@ fn next_prints_utc_then_local_across_dst() {
         let want: String = want.iter().map(|l| format!("{l}\n")).collect();
         assert_eq!(got, want, "{cron} in {tz} from {from}");
     }
+}
+
+/// With several schedules, the human lines and the JSON number them alike, from 1 in file order.
+#[test]
+fn next_numbers_schedules_from_one_in_both_formats() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        "on:\n  schedule:\n    - cron: \"0 9 * * *\"\n    - cron: \"30 9 * * *\"\nsteps:\n  - id: a\n    sleep: 1s\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf8");
+    let args = ["next", path, "-n", "2", "--from", "2026-01-01T00:00:00Z"];
+    let out = runner()
+        .args(args)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        String::from_utf8(out).expect("utf8"),
+        "2026-01-01T09:00:00Z  2026-01-01 09:00:00 +00:00 UTC  [schedule 1: 0 9 * * *]\n\
+         2026-01-01T09:30:00Z  2026-01-01 09:30:00 +00:00 UTC  [schedule 2: 30 9 * * *]\n"
+    );
+    let out = runner()
+        .args(args)
+        .arg("--json")
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let numbers: Vec<(i64, &str)> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|f| {
+            (
+                f["schedule"].as_i64().expect("number"),
+                f["cron"].as_str().expect("cron"),
+            )
+        })
+        .collect();
+    assert_eq!(numbers, [(1, "0 9 * * *"), (2, "30 9 * * *")]);
 }
 
 mod no_panic {

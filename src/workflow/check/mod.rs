@@ -1,0 +1,555 @@
+//! The checker: turns a parsed YAML tree into a validated [`Workflow`], collecting every problem.
+//!
+//! Part of the pure core: no I/O. `runner validate` and the daemon both call [`check_file`] and
+//! [`check_set`], so a file that validates loads, and one that does not is refused with the same
+//! messages.
+//!
+//! This file holds the entry points, the [`Checker`] and its shape helpers (mappings and their
+//! keys, strings, booleans, durations, choices); each concern has its own file, with its own
+//! `impl Checker` block: `triggers` (`on`, schedules, zones, `concurrency`), `inputs` (`inputs`
+//! and `secrets`), `steps` (steps, hooks and their kinds, `defaults`, `retry`), `refs` (what
+//! templates may read) and `names` (workflow names, across files too, and ids).
+
+mod inputs;
+mod names;
+mod refs;
+mod steps;
+mod triggers;
+
+pub use names::{check_names, file_stem};
+
+use super::diagnostic::{Code, Diagnostic};
+use super::duration;
+use super::model::*;
+use super::schema::TOP_KEYS;
+use super::suggest::{did_you_mean, list};
+use super::yaml::{self, Key, Node, Pos, Value};
+use names::valid_name;
+use refs::Scope;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+use steps::step_identity;
+
+/// Checks one file on its own. `path` names the file in diagnostics, and its stem is the
+/// workflow's name when the file has no `name:`.
+pub fn check_file(path: &str, text: &str) -> Result<Workflow, Vec<Diagnostic>> {
+    let mut c = Checker {
+        file: path.to_string(),
+        source: text,
+        line_starts: std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
+        diags: Vec::new(),
+    };
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let code = if e.over_limit {
+                Code::YamlLimit
+            } else {
+                Code::YamlSyntax
+            };
+            let hint = e.hint.unwrap_or_else(|| {
+                "fix the YAML syntax first; other checks run once the file parses".into()
+            });
+            c.error(e.pos, 1, code, e.message, Some(hint));
+            return Err(c.diags);
+        }
+    };
+    let workflow = c.workflow(&root, &file_stem(path));
+    if c.diags.is_empty() {
+        Ok(workflow.expect("a workflow is built whenever there are no diagnostics"))
+    } else {
+        let mut diags = c.diags;
+        super::diagnostic::sort(&mut diags);
+        Err(diags)
+    }
+}
+
+/// A file given to [`check_set`].
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// The outcome of checking a set of files: each file's workflow or diagnostics.
+pub struct CheckedSet {
+    pub results: Vec<Result<Workflow, Vec<Diagnostic>>>,
+}
+
+impl CheckedSet {
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        let mut all: Vec<Diagnostic> = self
+            .results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .flatten()
+            .cloned()
+            .collect();
+        super::diagnostic::sort(&mut all);
+        all
+    }
+}
+
+/// Checks a directory's worth of files, including names that must be unique across them.
+pub fn check_set(files: &[SourceFile]) -> CheckedSet {
+    let results = files.iter().map(|f| check_file(&f.path, &f.text)).collect();
+    check_names(files, results)
+}
+
+struct Checker<'s> {
+    file: String,
+    source: &'s str,
+    /// Byte offsets where lines start, to turn offsets into line:col without rescanning.
+    line_starts: Vec<usize>,
+    diags: Vec<Diagnostic>,
+}
+
+/// A mapping's entries by key, after unknown and missing keys were reported.
+struct Fields<'n> {
+    entries: Vec<(&'n Key, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, name: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| *v)
+    }
+    fn key(&self, name: &str) -> Option<&'n Key> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(k, _)| *k)
+    }
+}
+
+impl<'s> Checker<'s> {
+    /// The position of byte `offset` of the source.
+    fn pos_at(&self, offset: usize) -> Pos {
+        let offset = offset.min(self.source.len());
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= offset)
+            .max(1);
+        let start = self.line_starts[line - 1];
+        let mut end = offset;
+        while end > start && !self.source.is_char_boundary(end) {
+            end -= 1;
+        }
+        Pos {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            col: u32::try_from(self.source[start..end].chars().count() + 1).unwrap_or(u32::MAX),
+            offset: Some(offset),
+        }
+    }
+
+    fn error(
+        &mut self,
+        pos: Pos,
+        width: usize,
+        code: Code,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            pos,
+            width: width.max(1),
+            code,
+            message: message.into(),
+            hint,
+        });
+    }
+
+    /// How many characters the value occupies in the source, for the caret.
+    fn width(&self, node: &Node) -> usize {
+        match &node.value {
+            Value::Str(s) => {
+                let quoted = node
+                    .pos
+                    .offset
+                    .and_then(|o| self.source.get(o..))
+                    .is_some_and(|rest| rest.starts_with(['"', '\'']));
+                let first_line = s.lines().next().unwrap_or("").chars().count();
+                if quoted { first_line + 2 } else { first_line }
+            }
+            Value::Int(i) => i.to_string().len(),
+            Value::Float(f) => f.to_string().len(),
+            Value::Bool(b) => b.to_string().len(),
+            _ => 1,
+        }
+    }
+
+    fn wrong_type(&mut self, node: &Node, what: &str, expected: &str) {
+        let w = self.width(node);
+        self.error(
+            node.pos,
+            w,
+            Code::WrongType,
+            format!("`{what}` must be {expected}, not {}", node.value.kind()),
+            Some(if expected.contains("string") && !matches!(node.value, Value::Map(_) | Value::Seq(_)) {
+                format!("put the value in quotes to make it text: `{what}: \"…\"`")
+            } else {
+                "the format reference is in README.md; `runner schema` prints the JSON schema for editors".into()
+            }),
+        );
+    }
+
+    /// Checks that `node` is a mapping with only `allowed` keys and all `required` keys.
+    fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        allowed: &[&str],
+        required: &[&str],
+    ) -> Option<Fields<'n>> {
+        let Value::Map(entries) = &node.value else {
+            if matches!(node.value, Value::Null) && required.is_empty() {
+                return Some(Fields { entries: vec![] });
+            }
+            self.wrong_type(node, what, "a mapping");
+            return None;
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            if !seen.insert(k.name.as_str()) {
+                self.error(
+                    k.pos,
+                    k.name.chars().count(),
+                    Code::UnknownKey,
+                    format!("key `{}` appears twice in `{what}`", k.name),
+                    Some("remove one of them".into()),
+                );
+                continue;
+            }
+            if allowed.contains(&k.name.as_str()) {
+                out.push((k, v));
+            } else {
+                let hint = match did_you_mean(&k.name, allowed.iter().copied()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!("allowed keys: {}", list(allowed)),
+                };
+                self.error(
+                    k.pos,
+                    k.name.chars().count(),
+                    Code::UnknownKey,
+                    format!("unknown key `{}` in `{what}`", k.name),
+                    Some(hint),
+                );
+            }
+        }
+        for r in required {
+            // `step:` written for `steps:` is reported once, as the misspelling.
+            let misspelt = entries.iter().any(|(k, _)| {
+                !allowed.contains(&k.name.as_str())
+                    && did_you_mean(&k.name, allowed.iter().copied()) == Some(*r)
+            });
+            if !misspelt && !entries.iter().any(|(k, _)| k.name == *r) {
+                self.error(
+                    node.pos,
+                    1,
+                    Code::MissingKey,
+                    format!("`{what}` is missing the required key `{r}`"),
+                    Some(format!("add `{r}:` to this {what}")),
+                );
+            }
+        }
+        Some(Fields { entries: out })
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+        match &node.value {
+            Value::Str(s) => Some(s),
+            _ => {
+                self.wrong_type(node, what, "a string");
+                None
+            }
+        }
+    }
+
+    fn nonempty_string<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+        let s = self.string(node, what)?;
+        if s.trim().is_empty() {
+            self.error(
+                node.pos,
+                1,
+                Code::EmptyValue,
+                format!("`{what}` is empty"),
+                Some(format!("give `{what}` a value, or leave the key out")),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(b) => Some(*b),
+            Value::Str(s)
+                if matches!(
+                    s.to_ascii_lowercase().as_str(),
+                    "yes" | "no" | "on" | "off" | "y" | "n" | "true" | "false"
+                ) =>
+            {
+                let word = if matches!(s.to_ascii_lowercase().as_str(), "yes" | "on" | "y" | "true")
+                {
+                    "true"
+                } else {
+                    "false"
+                };
+                let w = self.width(node);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::WrongType,
+                    format!("`{what}` must be `true` or `false`, not the string `{s}`"),
+                    Some(format!(
+                        "YAML 1.2 reads `{s}` as text; write `{word}` without quotes"
+                    )),
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(node, what, "`true` or `false`");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
+        let text = match &node.value {
+            Value::Str(s) => s.clone(),
+            Value::Int(_) => {
+                let w = self.width(node);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidDuration,
+                    format!("`{what}` needs a unit"),
+                    Some("write durations like `30s`, `15m`, `2h`, `3d` or `1d12h`".into()),
+                );
+                return None;
+            }
+            _ => {
+                self.wrong_type(node, what, "a duration such as `30s` or `2h`");
+                return None;
+            }
+        };
+        match duration::parse(&text) {
+            Ok(d) => Some(d),
+            Err(message) => {
+                let w = self.width(node);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidDuration,
+                    message,
+                    Some("write durations like `30s`, `15m`, `2h`, `3d` or `1d12h`".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn one_of<'n>(&mut self, node: &'n Node, what: &str, options: &[&str]) -> Option<&'n str> {
+        let s = self.string(node, what)?;
+        if options.contains(&s) {
+            return Some(s);
+        }
+        let hint = match did_you_mean(s, options.iter().copied()) {
+            Some(m) => format!("did you mean `{m}`?"),
+            None => format!("use one of {}", list(options)),
+        };
+        let w = self.width(node);
+        self.error(
+            node.pos,
+            w,
+            Code::InvalidValue,
+            format!("`{s}` is not a valid `{what}`"),
+            Some(hint),
+        );
+        None
+    }
+
+    fn workflow(&mut self, root: &Node, stem: &str) -> Option<Workflow> {
+        if matches!(root.value, Value::Null) {
+            self.error(
+                Pos::START,
+                1,
+                Code::NotAMapping,
+                "the file is empty",
+                Some("a workflow needs at least `steps:`".into()),
+            );
+            return None;
+        }
+        if !matches!(root.value, Value::Map(_)) {
+            let w = self.width(root);
+            self.error(
+                root.pos,
+                w,
+                Code::NotAMapping,
+                format!(
+                    "a workflow file must be a mapping, not {}",
+                    root.value.kind()
+                ),
+                Some("start with `name:` and `steps:` keys".into()),
+            );
+            return None;
+        }
+        let f = self.fields(root, "workflow", TOP_KEYS, &["steps"])?;
+
+        let name = match f.get("name") {
+            Some(n) => self.name(n),
+            None => {
+                if valid_name(stem) {
+                    Some(stem.to_string())
+                } else {
+                    self.error(
+                        Pos::START,
+                        1,
+                        Code::InvalidName,
+                        format!("the file name `{stem}` is not a valid workflow name"),
+                        Some("add a `name:` made of letters, digits, `-`, `_` and `.`".into()),
+                    );
+                    None
+                }
+            }
+        };
+        let description = f
+            .get("description")
+            .and_then(|n| self.string(n, "description").map(str::to_string));
+        let inputs = f.get("inputs").map(|n| self.inputs(n)).unwrap_or_default();
+        let secrets = f
+            .get("secrets")
+            .map(|n| self.secrets(n))
+            .unwrap_or_default();
+        let (schedules, webhook) = match f.get("on") {
+            Some(n) => self.triggers(n, &inputs),
+            None => (Vec::new(), false),
+        };
+        let concurrency = f
+            .get("concurrency")
+            .map(|n| self.concurrency(n))
+            .unwrap_or_default();
+        let (default_timeout, default_retry) = match f.get("defaults") {
+            Some(n) => self.defaults(n),
+            None => (DEFAULT_TIMEOUT, Retry::default()),
+        };
+
+        // Step ids and kinds first, so templates can tell "later step" from "unknown step".
+        let step_nodes: Vec<&Node> = match f.get("steps") {
+            Some(n) => match &n.value {
+                Value::Seq(items) if !items.is_empty() => items.iter().collect(),
+                Value::Seq(_) => {
+                    self.error(
+                        n.pos,
+                        1,
+                        Code::EmptyValue,
+                        "`steps` is empty",
+                        Some("a workflow needs at least one step".into()),
+                    );
+                    Vec::new()
+                }
+                _ => {
+                    self.wrong_type(n, "steps", "a list of steps");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let all: Vec<(String, &'static str)> =
+            step_nodes.iter().filter_map(|n| step_identity(n)).collect();
+        let mut seen_ids: BTreeMap<String, Pos> = BTreeMap::new();
+        let mut steps = Vec::new();
+        let mut before: Vec<(String, &'static str)> = Vec::new();
+        for node in &step_nodes {
+            let scope = Scope {
+                inputs: &inputs.declared,
+                secrets: &secrets,
+                before: &before,
+                all: &all,
+                current: None,
+                in_hook: false,
+                no_secrets: None,
+                undefined_is_false: false,
+            };
+            let step = self.step(
+                node,
+                &scope,
+                &default_timeout,
+                &default_retry,
+                None,
+                &mut seen_ids,
+            );
+            if let Some(identity) = step_identity(node) {
+                before.push(identity);
+            }
+            if let Some(step) = step {
+                steps.push(step);
+            }
+        }
+
+        let mut on_failure = Vec::new();
+        if let Some(n) = f.get("on_failure") {
+            match &n.value {
+                Value::Seq(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let scope = Scope {
+                            inputs: &inputs.declared,
+                            secrets: &secrets,
+                            before: &all,
+                            all: &all,
+                            current: None,
+                            in_hook: true,
+                            no_secrets: None,
+                            undefined_is_false: false,
+                        };
+                        let default_id = format!("on_failure-{}", i + 1);
+                        if let Some(step) = self.step(
+                            item,
+                            &scope,
+                            &default_timeout,
+                            &default_retry,
+                            Some(default_id),
+                            &mut seen_ids,
+                        ) {
+                            on_failure.push(step);
+                        }
+                    }
+                }
+                _ => self.wrong_type(n, "on_failure", "a list of `http` or `email` hooks"),
+            }
+        }
+        let _ = f.key("steps");
+        Some(Workflow {
+            name: name?,
+            description,
+            schedules,
+            webhook,
+            inputs: inputs.specs,
+            secrets,
+            concurrency,
+            steps,
+            on_failure,
+        })
+    }
+
+    fn positive_duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
+        let d = self.duration(node, what)?;
+        if d.is_zero() {
+            let w = self.width(node);
+            self.error(
+                node.pos,
+                w,
+                Code::InvalidDuration,
+                format!("`{what}` must be longer than zero"),
+                Some("write a positive duration such as `30s`, `5m` or `2d`".into()),
+            );
+            return None;
+        }
+        Some(d)
+    }
+}

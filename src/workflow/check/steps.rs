@@ -1,0 +1,497 @@
+//! Steps and `on_failure` hooks: ids, kinds (`http`, `approval`, `sleep`, `sleep_until`,
+//! `email`), URLs, methods, headers, recipients, `timeout`, and `retry` with its `defaults`.
+//!
+//! Part of the pure core: no I/O.
+
+use super::names::valid_step_id;
+use super::refs::Scope;
+use super::{Checker, Fields};
+use crate::workflow::address::{check_address, split_addresses};
+use crate::workflow::diagnostic::Code;
+use crate::workflow::model::*;
+use crate::workflow::schema::{
+    APPROVAL_KEYS, DEFAULTS_KEYS, EMAIL_KEYS, HOOK_KEYS, HTTP_KEYS, RETRY_KEYS, STEP_KEYS,
+};
+use crate::workflow::suggest::{did_you_mean, list};
+use crate::workflow::template;
+use crate::workflow::yaml::{Key, Node, Pos, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub(super) const STEP_KINDS: &[&str] = &["http", "approval", "sleep", "sleep_until", "email"];
+pub(super) const HOOK_KINDS: &[&str] = &["http", "email"];
+pub(super) const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+pub(super) const BACKOFFS: &[&str] = &["exponential", "fixed", "linear"];
+
+impl Checker<'_> {
+    pub(super) fn defaults(&mut self, node: &Node) -> (Duration, Retry) {
+        let Some(f) = self.fields(node, "defaults", DEFAULTS_KEYS, &[]) else {
+            return (DEFAULT_TIMEOUT, Retry::default());
+        };
+        let timeout = f
+            .get("timeout")
+            .and_then(|n| self.positive_duration(n, "timeout"))
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let retry = match f.get("retry") {
+            Some(n) => self.retry(n, &Retry::default()),
+            None => Retry::default(),
+        };
+        (timeout, retry)
+    }
+
+    fn retry(&mut self, node: &Node, base: &Retry) -> Retry {
+        let mut r = base.clone();
+        let Some(f) = self.fields(node, "retry", RETRY_KEYS, &[]) else {
+            return r;
+        };
+        if let Some(n) = f.get("limit") {
+            match n.value {
+                Value::Int(i) if (0..=100).contains(&i) => {
+                    r.limit = u32::try_from(i).expect("0..=100 fits u32")
+                }
+                Value::Int(_) => {
+                    let w = self.width(n);
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidValue,
+                        "`limit` must be between 0 and 100",
+                        Some("`limit` counts retries after the first attempt; 0 means none".into()),
+                    );
+                }
+                _ => self.wrong_type(n, "limit", "an integer"),
+            }
+        }
+        if let Some(n) = f.get("backoff")
+            && let Some(b) = self.one_of(n, "backoff", BACKOFFS)
+        {
+            r.backoff = match b {
+                "fixed" => BackoffKind::Fixed,
+                "linear" => BackoffKind::Linear,
+                _ => BackoffKind::Exponential,
+            };
+        }
+        if let Some(n) = f.get("initial") {
+            r.initial = self.positive_duration(n, "initial").or(r.initial);
+        }
+        if let Some(n) = f.get("max") {
+            r.max = self.positive_duration(n, "max").unwrap_or(r.max);
+        }
+        r
+    }
+
+    pub(super) fn step(
+        &mut self,
+        node: &Node,
+        scope: &Scope,
+        default_timeout: &Duration,
+        default_retry: &Retry,
+        hook_id: Option<String>,
+        seen_ids: &mut BTreeMap<String, Pos>,
+    ) -> Option<Step> {
+        let in_hook = hook_id.is_some();
+        let what = if in_hook { "on_failure hook" } else { "step" };
+        let (keys, required): (&[&str], &[&str]) = if in_hook {
+            (HOOK_KEYS, &[])
+        } else {
+            (STEP_KEYS, &["id"])
+        };
+        let f = self.fields(node, what, keys, required)?;
+        let id = match f.get("id") {
+            Some(n) => {
+                let s = self.nonempty_string(n, "id")?;
+                if !valid_step_id(s) {
+                    let w = self.width(n);
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidStepId,
+                        format!("`{s}` is not a valid step id"),
+                        Some(
+                            "use letters, digits, `_` and `-`, starting with a letter or `_`"
+                                .into(),
+                        ),
+                    );
+                } else if let Some(first) = seen_ids.get(s) {
+                    let w = self.width(n);
+                    let line = first.line;
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::DuplicateStepId,
+                        format!("step id `{s}` is already used on line {line}"),
+                        Some("step ids must be unique in a workflow".into()),
+                    );
+                } else {
+                    seen_ids.insert(s.to_string(), n.pos);
+                }
+                // A step whose id has a problem is still checked through: its other mistakes
+                // are reported in the same pass (the workflow is refused either way).
+                s.to_string()
+            }
+            None => hook_id?,
+        };
+        let scope = Scope {
+            current: Some(&id),
+            ..*scope
+        };
+        let kinds: Vec<(&Key, &Node)> = f
+            .entries
+            .iter()
+            .filter(|(k, _)| STEP_KINDS.contains(&k.name.as_str()))
+            .copied()
+            .collect();
+        let allowed_kinds = if in_hook { HOOK_KINDS } else { STEP_KINDS };
+        let (kind_key, kind_node) = match kinds.as_slice() {
+            [one] => *one,
+            [] => {
+                self.error(
+                    node.pos,
+                    1,
+                    Code::StepKind,
+                    format!("{what} `{id}` does not say what to do"),
+                    Some(format!("add one of {}", list(allowed_kinds))),
+                );
+                return None;
+            }
+            [_, second, ..] => {
+                self.error(
+                    second.0.pos,
+                    second.0.name.chars().count(),
+                    Code::StepKind,
+                    format!(
+                        "{what} `{id}` has more than one kind: {}",
+                        list(
+                            &kinds
+                                .iter()
+                                .map(|(k, _)| k.name.as_str())
+                                .collect::<Vec<_>>()
+                        )
+                    ),
+                    Some("a step does one thing; split it into several steps".into()),
+                );
+                return None;
+            }
+        };
+        if !allowed_kinds.contains(&kind_key.name.as_str()) {
+            self.error(
+                kind_key.pos,
+                kind_key.name.chars().count(),
+                Code::StepKind,
+                format!("`{}` cannot be used in `on_failure`", kind_key.name),
+                Some("on_failure hooks can be `http` or `email`".into()),
+            );
+            return None;
+        }
+        let condition = f.get("if").and_then(|n| {
+            let s = self.nonempty_string(n, "if")?;
+            let text = if template::is_template(s) {
+                s.to_string()
+            } else {
+                format!("{{{{ {s} }}}}")
+            };
+            self.condition(n, s, &scope);
+            Some(Template(text))
+        });
+        let timeout = f
+            .get("timeout")
+            .and_then(|n| self.positive_duration(n, "timeout"))
+            .unwrap_or(*default_timeout);
+        let retry = match f.get("retry") {
+            Some(n) => self.retry(n, default_retry),
+            None => default_retry.clone(),
+        };
+        let kind = match kind_key.name.as_str() {
+            "http" => StepKind::Http(self.http(kind_node, &scope)?),
+            "approval" => StepKind::Approval(self.approval(kind_node, &scope)?),
+            "email" => StepKind::Email(self.email(kind_node, &scope)?),
+            "sleep" => StepKind::Sleep(self.duration(kind_node, "sleep")?),
+            "sleep_until" => {
+                let s = self.nonempty_string(kind_node, "sleep_until")?;
+                if template::is_template(s) {
+                    let scope = Scope {
+                        no_secrets: Some("`sleep_until`"),
+                        ..scope
+                    };
+                    self.template(kind_node, s, &scope);
+                } else if chrono::DateTime::parse_from_rfc3339(s).is_err() {
+                    let w = self.width(kind_node);
+                    self.error(kind_node.pos, w, Code::InvalidValue, format!("`{s}` is not an RFC 3339 time"), Some("write a time such as `2026-12-24T09:00:00Z`, or a template that renders one".into()));
+                    return None;
+                }
+                StepKind::SleepUntil(Template(s.to_string()))
+            }
+            _ => return None,
+        };
+        Some(Step {
+            id,
+            condition,
+            kind,
+            timeout,
+            retry,
+        })
+    }
+
+    fn http(&mut self, node: &Node, scope: &Scope) -> Option<HttpCall> {
+        let f = self.fields(node, "http", HTTP_KEYS, &["url"])?;
+        let url = f.get("url").and_then(|n| self.url(n, scope));
+        let method = match f.get("method") {
+            Some(n) => {
+                let s = self.string(n, "method")?;
+                if METHODS.contains(&s) {
+                    Some(s.to_string())
+                } else {
+                    let upper = s.to_ascii_uppercase();
+                    let hint = if METHODS.contains(&upper.as_str()) {
+                        format!("write it in capitals: `{upper}`")
+                    } else {
+                        match did_you_mean(&upper, METHODS.iter().copied()) {
+                            Some(m) => format!("did you mean `{m}`?"),
+                            None => format!("use one of {}", list(METHODS)),
+                        }
+                    };
+                    let w = self.width(n);
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidMethod,
+                        format!("`{s}` is not an HTTP method"),
+                        Some(hint),
+                    );
+                    None
+                }
+            }
+            None => Some("POST".to_string()),
+        };
+        let mut headers = Vec::new();
+        if let Some(n) = f.get("headers") {
+            match &n.value {
+                Value::Map(entries) => {
+                    for (k, v) in entries {
+                        if k.name.is_empty()
+                            || !k.name.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                            })
+                        {
+                            self.error(
+                                k.pos,
+                                k.name.chars().count(),
+                                Code::InvalidValue,
+                                format!("`{}` is not a valid header name", k.name),
+                                Some("header names are letters, digits and `-` (`X-Request-Id`), without templates".into()),
+                            );
+                            continue;
+                        }
+                        let text = match &v.value {
+                            Value::Str(s) => s.clone(),
+                            Value::Int(i) => i.to_string(),
+                            Value::Bool(b) => b.to_string(),
+                            _ => {
+                                self.wrong_type(v, &format!("headers.{}", k.name), "a string");
+                                continue;
+                            }
+                        };
+                        self.template(v, &text, scope);
+                        headers.push((k.name.clone(), Template(text)));
+                    }
+                }
+                _ => self.wrong_type(n, "headers", "a mapping of header names to values"),
+            }
+        }
+        let body = f.get("body").map(|n| {
+            self.templates_in(n, scope);
+            n.to_json()
+        });
+        Some(HttpCall {
+            url: url?,
+            method: method?,
+            headers,
+            body,
+        })
+    }
+
+    fn url(&mut self, node: &Node, scope: &Scope) -> Option<Template> {
+        let s = self.nonempty_string(node, "url")?;
+        if template::is_template(s) {
+            self.template(node, s, scope);
+            let starts_with_template = s.trim_start().starts_with("{{");
+            if !(starts_with_template || s.starts_with("http://") || s.starts_with("https://")) {
+                let w = self.width(node);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidUrl,
+                    format!("`{s}` does not start with `http://` or `https://`"),
+                    Some("write a full URL (`https://api.example.com/{{ input.id }}`), or a template that renders one from its start (`{{ input.base_url }}/path`)".into()),
+                );
+                return None;
+            }
+            return Some(Template(s.to_string()));
+        }
+        match url::Url::parse(s) {
+            Ok(u)
+                if (u.scheme() == "http" || u.scheme() == "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty()) =>
+            {
+                Some(Template(s.to_string()))
+            }
+            Ok(u) => {
+                let w = self.width(node);
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidUrl,
+                    format!(
+                        "`{s}` uses `{}:`; steps call `http://` or `https://` URLs",
+                        u.scheme()
+                    ),
+                    Some("write a full URL such as `https://api.example.com/path`".into()),
+                );
+                None
+            }
+            Err(e) => {
+                let w = self.width(node);
+                let hint = if !s.contains("://")
+                    && url::Url::parse(&format!("https://{s}"))
+                        .is_ok_and(|u| u.host_str().is_some_and(|h| h.contains('.')))
+                {
+                    format!("did you mean `https://{s}`?")
+                } else {
+                    "write a full URL such as `https://api.example.com/path`".into()
+                };
+                self.error(
+                    node.pos,
+                    w,
+                    Code::InvalidUrl,
+                    format!("`{s}` is not a valid URL: {e}"),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+
+    fn recipients(&mut self, node: &Node, scope: &Scope) -> Option<Vec<Template>> {
+        let items: Vec<&Node> = match &node.value {
+            Value::Seq(items) if !items.is_empty() => items.iter().collect(),
+            Value::Seq(_) => {
+                self.error(
+                    node.pos,
+                    1,
+                    Code::EmptyValue,
+                    "`to` has no recipients",
+                    Some("list at least one address: `to: [ops@example.com]`".into()),
+                );
+                return None;
+            }
+            Value::Str(_) => vec![node],
+            _ => {
+                self.wrong_type(node, "to", "a list of e-mail addresses");
+                return None;
+            }
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let Some(s) = self.nonempty_string(item, "to") else {
+                ok = false;
+                continue;
+            };
+            if template::is_template(s) {
+                self.template(item, s, scope);
+            } else if let Some((part, why)) = split_addresses(s)
+                .into_iter()
+                .find_map(|p| check_address(p).err().map(|why| (p, why)))
+            {
+                // As the engine reads it: commas outside quotes separate addresses.
+                let w = self.width(item);
+                let (what, hint) = if part == s.trim() {
+                    (
+                        format!("`{s}`"),
+                        "write `name@example.com` or `Name <name@example.com>`",
+                    )
+                } else {
+                    (
+                        format!("`{part}` in `{s}`"),
+                        "commas separate addresses; a display name with a comma is quoted: `\"Doe, John\" <john@example.com>`",
+                    )
+                };
+                self.error(
+                    item.pos,
+                    w,
+                    Code::InvalidEmail,
+                    format!("{what} is not a valid e-mail address: {why}"),
+                    Some(hint.into()),
+                );
+                ok = false;
+                continue;
+            }
+            out.push(Template(s.to_string()));
+        }
+        ok.then_some(out)
+    }
+
+    fn text_template(&mut self, f: &Fields, key: &str, scope: &Scope) -> Option<Option<Template>> {
+        match f.get(key) {
+            None => Some(None),
+            Some(n) => {
+                let s = self.string(n, key)?;
+                self.template(n, s, scope);
+                Some(Some(Template(s.to_string())))
+            }
+        }
+    }
+
+    fn approval(&mut self, node: &Node, scope: &Scope) -> Option<Approval> {
+        let f = self.fields(node, "approval", APPROVAL_KEYS, &["to", "subject"])?;
+        let to = f.get("to").and_then(|n| self.recipients(n, scope));
+        let subject = self.text_template(&f, "subject", scope);
+        let body = self.text_template(&f, "body", scope);
+        let timeout = match f.get("timeout") {
+            Some(n) => self.positive_duration(n, "timeout"),
+            None => Some(DEFAULT_APPROVAL_TIMEOUT),
+        };
+        let on_timeout = match f.get("on_timeout") {
+            Some(n) => match self.one_of(n, "on_timeout", &["approve", "reject"]) {
+                Some("approve") => Some(Decision::Approved),
+                Some(_) => Some(Decision::Rejected),
+                None => None,
+            },
+            None => Some(Decision::Rejected),
+        };
+        Some(Approval {
+            to: to?,
+            subject: subject??,
+            body: body?,
+            timeout: timeout?,
+            on_timeout: on_timeout?,
+        })
+    }
+
+    fn email(&mut self, node: &Node, scope: &Scope) -> Option<Email> {
+        let f = self.fields(node, "email", EMAIL_KEYS, &["to", "subject"])?;
+        let to = f.get("to").and_then(|n| self.recipients(n, scope));
+        let subject = self.text_template(&f, "subject", scope);
+        let body = self.text_template(&f, "body", scope);
+        Some(Email {
+            to: to?,
+            subject: subject??,
+            body: body?,
+        })
+    }
+}
+
+/// The id and kind of a step node, if it has them (used before the step itself is checked).
+pub(super) fn step_identity(node: &Node) -> Option<(String, &'static str)> {
+    let entries = node.as_map()?;
+    let id = entries
+        .iter()
+        .find(|(k, _)| k.name == "id")?
+        .1
+        .as_str()?
+        .to_string();
+    let kind = entries
+        .iter()
+        .find_map(|(k, _)| STEP_KINDS.iter().find(|s| **s == k.name))?;
+    Some((id, kind))
+}
