@@ -67,6 +67,11 @@ pub struct Metrics {
     pub schedule_lateness: Histogram,
     schedules_fired: AtomicU64,
     schedules_skipped: AtomicU64,
+    leases_lost: AtomicU64,
+    takeovers: AtomicU64,
+    effects_claimed: AtomicU64,
+    /// When this node last renewed its lease (ms since the epoch; 0: not a node).
+    pub lease_renewed_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Default for Metrics {
@@ -79,6 +84,10 @@ impl Default for Metrics {
             schedule_lateness: Histogram::new(),
             schedules_fired: AtomicU64::new(0),
             schedules_skipped: AtomicU64::new(0),
+            leases_lost: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
+            effects_claimed: AtomicU64::new(0),
+            lease_renewed_ms: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -104,6 +113,19 @@ impl Metrics {
     }
     pub fn skipped(&self) {
         self.schedules_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn lease_lost(&self) {
+        self.leases_lost.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn takeover(&self) {
+        self.takeovers.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn claimed(&self, n: usize) {
+        self.effects_claimed
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+    pub fn lease_renewed(&self, at_ms: i64) {
+        self.lease_renewed_ms.store(at_ms, Ordering::Relaxed);
     }
 
     /// The text exposition; `gauges` are (name, help, value) read at scrape time.
@@ -153,6 +175,37 @@ impl Metrics {
             "# HELP runner_schedule_skips_total Schedule slots skipped by the overlap policy or a missing workflow.\n# TYPE runner_schedule_skips_total counter\nrunner_schedule_skips_total {}",
             self.schedules_skipped.load(Ordering::Relaxed)
         );
+        for (name, help, n) in [
+            (
+                "runner_node_leases_lost_total",
+                "Times this node's lease lapsed and it started over (shared database).",
+                &self.leases_lost,
+            ),
+            (
+                "runner_node_takeovers_total",
+                "Dead nodes whose work this node took over (shared database).",
+                &self.takeovers,
+            ),
+            (
+                "runner_node_effects_claimed_total",
+                "Effects no live node owned that this node claimed (shared database).",
+                &self.effects_claimed,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let renewed = self.lease_renewed_ms.load(Ordering::Relaxed);
+        if renewed > 0 {
+            let age = (chrono::Utc::now().timestamp_millis() - renewed).max(0) as f64 / 1e3;
+            let _ = writeln!(
+                out,
+                "# HELP runner_node_lease_age_seconds Seconds since this node last renewed its lease.\n# TYPE runner_node_lease_age_seconds gauge\nrunner_node_lease_age_seconds {age}"
+            );
+        }
         for (name, help, value) in gauges {
             let _ = writeln!(
                 out,

@@ -156,6 +156,13 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List the daemons sharing a PostgreSQL database: name, version, started, last heartbeat, leader
+    Nodes {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Show the signing keys receivers need (QSTASH_CURRENT_SIGNING_KEY / QSTASH_NEXT_SIGNING_KEY), or rotate them
     Keys {
         #[arg(value_enum)]
@@ -233,9 +240,9 @@ pub enum KeysAction {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DbArgs {
-    /// The SQLite database file
+    /// The database: a SQLite file, or a PostgreSQL connection string (`postgres://user:pass@host:5432/runner`)
     #[arg(long, env = "RUNNER_DB", default_value = "runner.db")]
-    pub db: PathBuf,
+    pub db: String,
 }
 
 /// Entry point used by `main.rs`.
@@ -306,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => runtime()?.block_on(runs(workflow, status, limit, json, &db.db)),
         Command::Show { run_id, json, db } => runtime()?.block_on(show(&run_id, json, &db.db)),
         Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
+        Command::Nodes { json, db } => runtime()?.block_on(nodes(json, &db.db)),
         Command::Serve {
             dir,
             db,
@@ -492,15 +500,21 @@ pub fn init_logs(default: &str) {
 struct Pages {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
-    owner: crate::store::sqlite::owner::Owner,
+    /// SQLite: the lock files (one process recovers a database); PostgreSQL: none.
+    owner: Option<crate::store::sqlite::owner::Owner>,
+    exec: crate::runtime::Executor,
 }
 
 impl Pages {
     /// Stops taking connections and lets the answers being sent finish (the page of the
-    /// decision that ended the run, say), for 2 s at most.
+    /// decision that ended the run, say), for 2 s at most. On a shared database the node gives
+    /// back what it did not finish.
     async fn finish(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+        if self.exec.store().is_shared() {
+            let _ = self.exec.store().release_node().await;
+        }
     }
 }
 
@@ -508,12 +522,12 @@ impl Pages {
 /// (it serves the approval pages and the read side of the API; starting runs and schedules are
 /// the daemon's).
 async fn open_engine(
-    db: &Path,
+    db: &str,
     fg: &ForegroundArgs,
-    owner: crate::store::sqlite::owner::Owner,
+    owner: Option<crate::store::sqlite::owner::Owner>,
 ) -> anyhow::Result<(crate::runtime::Executor, Pages)> {
     let parts = crate::daemon::build::build(&crate::daemon::build::PartsConfig {
-        db: db.to_path_buf(),
+        db: db.to_string(),
         listen: fg.listen,
         public_url: fg.public_url.clone(),
         smtp_url: fg.mail.smtp_url.clone(),
@@ -522,6 +536,13 @@ async fn open_engine(
     })
     .await?;
     let exec = parts.exec.clone();
+    let node = crate::runtime::node::NodeInfo {
+        name: format!("{} (runner run)", crate::runtime::node::default_name()),
+        defs_hash: Default::default(),
+    };
+    if crate::runtime::node::register(&exec, &node).await? {
+        tokio::spawn(crate::runtime::node::run(exec.clone(), node));
+    }
     tokio::spawn(exec.clone().timer_loop());
     let state = std::sync::Arc::new(crate::web::AppState {
         exec: exec.clone(),
@@ -542,14 +563,22 @@ async fn open_engine(
         .await;
     });
     tracing::info!(url = %format!("http://{}", parts.local), "approval pages and API of this process");
-    Ok((exec, Pages { stop, task, owner }))
+    Ok((
+        exec.clone(),
+        Pages {
+            stop,
+            task,
+            owner,
+            exec,
+        },
+    ))
 }
 
 async fn run_foreground(
     name: &str,
     input: &str,
     idempotency_key: Option<String>,
-    db: &Path,
+    db: &str,
     dir: &Path,
     fg: &ForegroundArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -557,10 +586,14 @@ async fn run_foreground(
     let input: serde_json::Value = serde_json::from_str(input)
         .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
     // It may wait (10 s at most) for a recovery to end: not on the runtime's threads.
-    let owner = {
-        let db = db.to_path_buf();
-        tokio::task::spawn_blocking(move || crate::store::sqlite::owner::take_for_one_run(&db))
-            .await??
+    let owner = if crate::store::is_postgres(db) {
+        None
+    } else {
+        let db = PathBuf::from(db);
+        Some(
+            tokio::task::spawn_blocking(move || crate::store::sqlite::owner::take_for_one_run(&db))
+                .await??,
+        )
     };
     let (engine, pages) = open_engine(db, fg, owner).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
@@ -608,27 +641,33 @@ fn exit_for(statuses: &[crate::engine::RunStatus]) -> ExitCode {
     }
 }
 
-async fn resume(
-    run_id: Option<String>,
-    db: &Path,
-    fg: &ForegroundArgs,
-) -> anyhow::Result<ExitCode> {
-    if !db.exists() {
-        anyhow::bail!("no database at `{}`", db.display());
-    }
-    let owner = crate::store::sqlite::owner::take_for_recovery(db, "runner resume")?;
+async fn resume(run_id: Option<String>, db: &str, fg: &ForegroundArgs) -> anyhow::Result<ExitCode> {
+    let owner = if crate::store::is_postgres(db) {
+        // Nodes share a PostgreSQL database: this one takes over what dead nodes left.
+        None
+    } else {
+        if !Path::new(db).exists() {
+            anyhow::bail!("no database at `{db}`");
+        }
+        Some(crate::store::sqlite::owner::take_for_recovery(
+            Path::new(db),
+            "runner resume",
+        )?)
+    };
     let (engine, mut pages) = open_engine(db, fg, owner).await?;
     let ids = match &run_id {
         Some(id) => {
             if engine.store().get_run(id).await?.is_none() {
-                anyhow::bail!("no run `{id}` in `{}`", db.display());
+                anyhow::bail!("no run `{id}` in `{}`", engine.store().describe());
             }
             vec![id.clone()]
         }
         None => engine.store().unfinished_runs().await?,
     };
     engine.recover(true, run_id.as_deref()).await?;
-    pages.owner.recovered();
+    if let Some(owner) = pages.owner.as_mut() {
+        owner.recovered();
+    }
     if ids.is_empty() {
         println!("no unfinished runs");
         return Ok(ExitCode::SUCCESS);
@@ -646,11 +685,11 @@ async fn resume(
     Ok(exit_for(&statuses))
 }
 
-fn open_store_readonly(db: &Path) -> anyhow::Result<crate::store::Store> {
-    if !db.exists() {
-        anyhow::bail!("no database at `{}` (set --db or RUNNER_DB)", db.display());
+async fn open_store_readonly(db: &str) -> anyhow::Result<crate::store::Store> {
+    if !crate::store::is_postgres(db) && !Path::new(db).exists() {
+        anyhow::bail!("no database at `{db}` (set --db or RUNNER_DB)");
     }
-    Ok(crate::store::Store::open(db)?)
+    Ok(crate::store::Store::connect(db).await?)
 }
 
 async fn runs(
@@ -658,9 +697,9 @@ async fn runs(
     status: Option<String>,
     limit: usize,
     json: bool,
-    db: &Path,
+    db: &str,
 ) -> anyhow::Result<ExitCode> {
-    let store = open_store_readonly(db)?;
+    let store = open_store_readonly(db).await?;
     let status = match status {
         Some(s) => Some(crate::engine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
         None => None,
@@ -696,10 +735,10 @@ async fn runs(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn show(run_id: &str, json: bool, db: &Path) -> anyhow::Result<ExitCode> {
-    let store = open_store_readonly(db)?;
+async fn show(run_id: &str, json: bool, db: &str) -> anyhow::Result<ExitCode> {
+    let store = open_store_readonly(db).await?;
     let Some(run) = store.get_run(run_id).await? else {
-        anyhow::bail!("no run `{run_id}` in `{}`", db.display());
+        anyhow::bail!("no run `{run_id}` in `{}`", store.describe());
     };
     let view = crate::views::RunView::load(&store, &run).await?;
     if json {
@@ -710,8 +749,62 @@ async fn show(run_id: &str, json: bool, db: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn keys(action: Option<KeysAction>, db: &Path) -> anyhow::Result<ExitCode> {
-    let store = crate::store::Store::open(db)?;
+async fn nodes(json: bool, db: &str) -> anyhow::Result<ExitCode> {
+    if !crate::store::is_postgres(db) {
+        println!(
+            "`{db}` is a SQLite database: one process at a time runs its runs (the lock file `{db}.lock` names it); several daemons share a PostgreSQL database (--db postgres://…)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = crate::store::Store::connect(db).await?;
+    let list = store.nodes().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("no nodes: no daemon is running on {}", store.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = |d: chrono::DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    println!(
+        "{:<32}  {:<8}  {:<20}  {:<20}  {:<20}  LEADER",
+        "NAME", "VERSION", "STARTED", "HEARTBEAT", "LEASE UNTIL"
+    );
+    for n in &list {
+        println!(
+            "{:<32}  {:<8}  {:<20}  {:<20}  {:<20}  {}",
+            n.name,
+            n.version,
+            t(n.started_at),
+            t(n.heartbeat_at),
+            t(n.lease_until),
+            if n.leader { "yes" } else { "" }
+        );
+    }
+    let mut defs: Vec<&str> = list.iter().map(|n| n.defs_hash.as_str()).collect();
+    defs.sort_unstable();
+    defs.dedup();
+    if defs.len() > 1 {
+        println!(
+            "warning: the nodes have loaded different workflow versions ({} sets): check that every daemon reads the same workflow files",
+            defs.len()
+        );
+    }
+    let mut versions: Vec<&str> = list.iter().map(|n| n.version.as_str()).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    if versions.len() > 1 {
+        println!(
+            "warning: the nodes run different versions of runner: {}",
+            versions.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(action: Option<KeysAction>, db: &str) -> anyhow::Result<ExitCode> {
+    let store = crate::store::Store::connect(db).await?;
     let keys = match action {
         Some(KeysAction::Rotate) => crate::runtime::keys::rotate(&store)
             .await

@@ -16,7 +16,8 @@ use tracing::info;
 /// What the running parts are built from; every field has an embedded default (see `cli`).
 #[derive(Debug, Clone)]
 pub struct PartsConfig {
-    pub db: PathBuf,
+    /// A SQLite file, or a `postgres://…` connection string.
+    pub db: String,
     pub listen: SocketAddr,
     /// The base of approval links; default: the address the listener is bound to.
     pub public_url: Option<String>,
@@ -54,13 +55,13 @@ pub async fn build(cfg: &PartsConfig) -> anyhow::Result<Parts> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let local = listener.local_addr()?;
     let public_url = public_url(cfg.public_url.as_deref(), local);
-    let store = Store::open(&cfg.db)?;
+    let store = Store::connect(&cfg.db).await?;
     let (keys, source) = crate::runtime::keys::resolve(&store).await?;
+    let db = store.describe();
     info!(
-        db = %cfg.db.display(),
+        db = %db,
         keys = ?source,
-        "signing keys ready (`runner keys --db {}` prints them for receivers)",
-        cfg.db.display()
+        "signing keys ready (`runner keys --db {db}` prints them for receivers)",
     );
     let keys = KeyRing::new(keys);
     let mailer = Mailer::new(

@@ -4,6 +4,7 @@
 //! I/O shell: this wires the store, the engine, the scheduler, the watcher and the HTTP server.
 
 pub mod build;
+pub mod leader;
 pub mod scheduler;
 
 use crate::ops::schedules::Change;
@@ -18,7 +19,8 @@ use tracing::{error, info, warn};
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub dir: PathBuf,
-    pub db: PathBuf,
+    /// A SQLite file, or a `postgres://…` connection string.
+    pub db: String,
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub api_token: Option<String>,
@@ -51,7 +53,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             cfg.dir.display()
         );
     }
-    let mut owner = crate::store::sqlite::owner::take_for_recovery(&cfg.db, "runner serve")?;
+    // On SQLite one process runs a database's runs (lock files); on PostgreSQL nodes share them.
+    let shared = crate::store::is_postgres(&cfg.db);
+    let mut owner = if shared {
+        None
+    } else {
+        Some(crate::store::sqlite::owner::take_for_recovery(
+            std::path::Path::new(&cfg.db),
+            "runner serve",
+        )?)
+    };
     let parts = build::build(&build::PartsConfig {
         db: cfg.db.clone(),
         listen: cfg.listen,
@@ -100,23 +111,35 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         warn!(workflow = %name, "the file is refused (see above); its last good version stays active");
     }
 
+    let node = crate::runtime::node::NodeInfo {
+        name: crate::runtime::node::default_name(),
+        defs_hash: Arc::new(RwLock::new(defs_hash(&registry))),
+    };
+    if crate::runtime::node::register(&engine, &node).await? {
+        tokio::spawn(crate::runtime::node::run(engine.clone(), node.clone()));
+        tokio::spawn(leader::dequeue_on_finish(engine.clone()));
+    }
     let resumed = engine.recover(false, None).await?;
-    owner.recovered();
+    if let Some(owner) = owner.as_mut() {
+        owner.recovered();
+    }
     if resumed > 0 {
         info!(runs = resumed, "resuming unfinished runs");
     }
     tokio::spawn(engine.clone().timer_loop());
 
+    // The scheduler runs on the node that leads (on SQLite, this one); ready once the first
+    // attempt to lead is over.
     let (sched_tx, sched_rx) = mpsc::channel(1024);
-    let mut scheduler =
-        scheduler::Scheduler::new(engine.clone(), registry.clone(), metrics.clone());
-    let started = std::time::Instant::now();
-    scheduler.start(chrono::Utc::now()).await?;
-    info!(
-        ms = started.elapsed().as_millis() as u64,
-        "scheduler started"
-    );
-    tokio::spawn(scheduler.run(sched_rx));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(leader::host(
+        engine.clone(),
+        registry.clone(),
+        metrics.clone(),
+        sched_rx,
+        ready_tx,
+    ));
+    let _ = ready_rx.await;
 
     // One reload path: the watcher and SIGHUP both send here.
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
@@ -132,6 +155,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 while reload_rx.try_recv().is_ok() {}
                 info!(reason = why, "reloading workflows");
                 let changed = reload(&loader, &registry, &store).await;
+                *node.defs_hash.write().unwrap_or_else(|e| e.into_inner()) = defs_hash(&registry);
                 if changed {
                     let _ = sched_tx.send(Change::Reload).await;
                 }
@@ -162,8 +186,29 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "stopped with calls in flight; they are sent again (same dedup id) on the next start"
         );
     }
+    if shared {
+        // Whatever this node did not finish, another node takes within a second.
+        match store.release_node().await {
+            Ok(()) => info!("gave this node's remaining work back to the other nodes"),
+            Err(e) => {
+                warn!(error = %e, "cannot give this node's work back; other nodes take it over when its lease lapses")
+            }
+        }
+    }
     info!("stopped; unfinished runs continue from the database on the next start");
     Ok(())
+}
+
+/// A hash of the workflow versions in force (nodes of one database should agree).
+fn defs_hash(registry: &RwLock<Registry>) -> String {
+    let reg = registry.read().unwrap_or_else(|e| e.into_inner());
+    let mut names: Vec<String> = reg
+        .active()
+        .iter()
+        .map(|v| format!("{}@{}", v.workflow.name, v.hash))
+        .collect();
+    names.sort();
+    crate::store::version_hash(&names.join("\n"))
 }
 
 /// Re-reads and re-checks the directory (off the async threads), logs what changed, and

@@ -139,6 +139,7 @@ impl Scheduler {
                     Some(Change::Reload) => self.sync_yaml(Utc::now()).await,
                     Some(Change::Upsert(s)) => self.put_api(s, Utc::now(), true).await,
                     Some(Change::Delete(id)) => self.remove(&api_id(&id)),
+                    Some(Change::ReloadSchedules) => self.reload_api(Utc::now()).await,
                     None => return,
                 },
                 _ = tokio::time::sleep(sleep) => self.fire_due(Utc::now()).await,
@@ -301,6 +302,31 @@ impl Scheduler {
         }
     }
 
+    /// Reads every programmatic schedule again: installs the changed and new ones, removes the
+    /// deleted ones.
+    async fn reload_api(&mut self, now: DateTime<Utc>) {
+        let all = match self.store().api_schedules().await {
+            Ok(all) => all,
+            Err(e) => {
+                warn!(error = %e, "cannot read the programmatic schedules");
+                return;
+            }
+        };
+        let ids: std::collections::HashSet<String> = all.iter().map(|s| api_id(&s.id)).collect();
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| k.starts_with("api:") && !ids.contains(*k))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove(&id);
+        }
+        for s in all {
+            self.put_api(s, now, false).await;
+        }
+    }
+
     async fn put_api(&mut self, s: ApiSchedule, now: DateTime<Utc>, log: bool) {
         let cron = match self.intern(&s.cron, s.timezone.as_deref()) {
             Ok(c) => c,
@@ -450,7 +476,7 @@ impl Scheduler {
 }
 
 /// Starts the oldest queued run of a schedule when nothing of it is running.
-async fn dequeue(engine: &Executor, schedule: &str) {
+pub async fn dequeue(engine: &Executor, schedule: &str) {
     // Look for a queued run first (the index of unfinished runs answers that at once).
     let Ok(Some(id)) = engine.store().oldest_queued(schedule).await else {
         return;

@@ -73,7 +73,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             }
             s.error = Some(error.clone());
             s.last_status = *status;
-            let round_attempts = s.attempts - s.round_start.min(s.attempts);
+            let round_attempts = s.round_attempts();
             match outcome {
                 Outcome::Retryable { after } if retries_left(def, s) => {
                     let delay = after.unwrap_or_else(|| def.retry.delay(s.attempts));
@@ -180,6 +180,23 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             effects.push(Effect::AbandonInFlight);
         }
         Event::RetryRequested => {}
+        Event::AttemptInterrupted { step, attempt } => {
+            let Some(def) = wf.find_step(step) else {
+                return (run, effects);
+            };
+            if let Some(s) = run.step_mut(step)
+                && s.status == StepStatus::Running
+                && s.attempts == *attempt
+            {
+                s.interrupted += 1;
+                s.attempts += 1;
+                s.error = Some(format!(
+                    "attempt {attempt} was interrupted (the process performing it stopped); sent again as attempt {}",
+                    s.attempts
+                ));
+                effects.push(attempt_effect(def, s.attempts));
+            }
+        }
         Event::ApprovalDeliveryFailed { step, error } => {
             if let Some(s) = run.step_mut(step)
                 && s.status == StepStatus::WaitingApproval

@@ -47,6 +47,8 @@ pub enum AttemptResult {
     /// It failed and the step will not be tried again (a permanent error, or no retries left).
     #[default]
     Failed,
+    /// The process performing it stopped before its outcome was stored; it was sent again.
+    Interrupted,
 }
 
 impl AttemptResult {
@@ -55,6 +57,7 @@ impl AttemptResult {
             AttemptResult::Succeeded => "succeeded",
             AttemptResult::Retry => "retry",
             AttemptResult::Failed => "failed",
+            AttemptResult::Interrupted => "interrupted",
         }
     }
 }
@@ -89,6 +92,13 @@ pub enum Event {
         reason: Option<String>,
     },
     RetryRequested,
+    /// An attempt in flight was cut short: the process performing it stopped (a crash, or its
+    /// node was taken over) before its outcome was stored. It is sent again as the next attempt
+    /// (same dedup id, `Upstash-Retried` one higher).
+    AttemptInterrupted {
+        step: String,
+        attempt: u32,
+    },
     /// The approval e-mails of a waiting step could not be delivered (a permanent error).
     ApprovalDeliveryFailed {
         step: String,
@@ -106,6 +116,7 @@ impl Event {
             Event::ApprovalDecided { .. } => "approval_decided",
             Event::CancelRequested { .. } => "cancel_requested",
             Event::RetryRequested => "retry_requested",
+            Event::AttemptInterrupted { .. } => "attempt_interrupted",
             Event::ApprovalDeliveryFailed { .. } => "approval_delivery_failed",
         }
     }

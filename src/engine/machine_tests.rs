@@ -271,9 +271,11 @@ enum Ev {
     Rejected,
     Cancel,
     Retry,
+    /// AttemptInterrupted for the focus step's current attempt (its performer stopped).
+    Interrupted,
 }
 
-const EVENTS: [Ev; 12] = [
+const EVENTS: [Ev; 13] = [
     Ev::Started,
     Ev::Succeeded,
     Ev::SucceededStale,
@@ -286,6 +288,7 @@ const EVENTS: [Ev; 12] = [
     Ev::Rejected,
     Ev::Cancel,
     Ev::Retry,
+    Ev::Interrupted,
 ];
 
 /// Builds a run in `state` by driving the machine. Returns the run, the time of its last event
@@ -383,6 +386,13 @@ fn resolve(run: &Run, focus: &str, ev: Ev, at: DateTime<Utc>) -> (Event, DateTim
         Ev::Rejected => (decision(focus, Decision::Rejected), soon),
         Ev::Cancel => (cancel(), soon),
         Ev::Retry => (Event::RetryRequested, soon),
+        Ev::Interrupted => (
+            Event::AttemptInterrupted {
+                step: focus.into(),
+                attempt: current,
+            },
+            soon,
+        ),
     }
 }
 
@@ -678,6 +688,34 @@ fn every_state_by_every_event() {
         (S::Cancelled, E::Rejected, Absorbed),
         (S::Cancelled, E::Cancel, Absorbed),
         (S::Cancelled, E::Retry, Absorbed),
+        // An attempt in flight whose performer stopped is sent again as the next attempt; only
+        // a step with an attempt in flight takes it.
+        (S::Pending, E::Interrupted, Absorbed),
+        (
+            S::InFlight,
+            E::Interrupted,
+            Becomes(
+                R::Running,
+                "running pending pending pending | pending pending",
+                &["http call 3"],
+            ),
+        ),
+        (S::Backoff, E::Interrupted, Absorbed),
+        (S::Sleeping, E::Interrupted, Absorbed),
+        (S::Waiting, E::Interrupted, Absorbed),
+        (
+            S::Hooks,
+            E::Interrupted,
+            Becomes(
+                R::Running,
+                "failed skipped skipped skipped | running pending",
+                &["http alert 2"],
+            ),
+        ),
+        (S::Succeeded, E::Interrupted, Absorbed),
+        (S::Failed, E::Interrupted, Absorbed),
+        (S::Rejected, E::Interrupted, Absorbed),
+        (S::Cancelled, E::Interrupted, Absorbed),
     ];
 
     // The table covers every pair exactly once.
@@ -1834,9 +1872,48 @@ proptest! {
                     .chain(wf.on_failure.iter())
                     .find(|d| d.id == s.id)
                     .expect("every step state has a definition");
-                prop_assert!(s.attempts - s.round_start <= def.retry.limit + 1, "{s:?}");
+                prop_assert!(s.round_attempts() <= def.retry.limit + 1, "{s:?}");
             }
         }
         prop_assert_eq!(finished_effects, terminal_transitions);
     }
+}
+
+/// An attempt cut short by a crash or a take-over is sent again as the next attempt, and does not
+/// use up a retry: with `limit: 1`, an interrupted attempt 1, then a failed attempt 2, still
+/// leaves attempt 3.
+#[test]
+fn an_interrupted_attempt_is_sent_again_and_uses_no_retry() {
+    let wf = workflow(
+        "name: one\nsteps:\n  - id: call\n    http: { url: \"http://127.0.0.1:9/\" }\n    retry: { limit: 1, backoff: fixed, initial: 1s }\n",
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    let interrupted = Event::AttemptInterrupted {
+        step: "call".into(),
+        attempt: 1,
+    };
+    let effects = apply(&wf, &mut run, interrupted.clone(), t0() + secs(1));
+    assert_eq!(
+        effects,
+        [Effect::CallHttp {
+            step: "call".into(),
+            attempt: 2
+        }]
+    );
+    // A late copy of the same interruption changes nothing.
+    assert!(apply(&wf, &mut run, interrupted, t0() + secs(2)).is_empty());
+    apply(&wf, &mut run, fail("call", 2, retryable()), t0() + secs(3));
+    assert_eq!(run.steps[0].status, StepStatus::Retrying, "{run:?}");
+    let effects = apply(&wf, &mut run, timer("call"), t0() + secs(5));
+    assert_eq!(
+        effects,
+        [Effect::CallHttp {
+            step: "call".into(),
+            attempt: 3
+        }]
+    );
+    apply(&wf, &mut run, fail("call", 3, retryable()), t0() + secs(6));
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert_eq!(run.failure.as_ref().map(|f| f.attempts), Some(2));
 }

@@ -156,6 +156,15 @@ pub struct StepState {
     /// step's retry limit counts from here, while attempt numbers (and history) continue.
     #[serde(default)]
     pub round_start: u32,
+    /// Attempts of this round cut short because the process performing them stopped (a crash, a
+    /// take-over by another node): they were sent again as the next attempt, and do not count
+    /// against the retry limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interrupted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl StepState {
@@ -172,6 +181,7 @@ impl StepState {
             error: None,
             last_status: None,
             round_start: 0,
+            interrupted: 0,
         }
     }
 }
@@ -296,11 +306,18 @@ impl Run {
 /// Whether a step whose current attempt failed may be tried again: its retry limit counts the
 /// attempts of this round (a retried run starts a new one).
 pub(crate) fn retries_left(def: &Step, s: &StepState) -> bool {
-    let round_attempts = s.attempts - s.round_start.min(s.attempts);
+    let round_attempts = s.round_attempts();
     round_attempts <= def.retry.limit
 }
 
 impl StepState {
+    /// The attempts of this round that count against the retry limit.
+    pub fn round_attempts(&self) -> u32 {
+        self.attempts
+            .saturating_sub(self.round_start)
+            .saturating_sub(self.interrupted)
+    }
+
     /// The step again, pending, for a new round: attempt numbers continue (so every attempt
     /// keeps its own record) and the retry limit counts from `round_start`.
     pub(super) fn new_from(s: &StepState) -> StepState {
@@ -310,6 +327,7 @@ impl StepState {
             status: StepStatus::Pending,
             attempts: s.attempts,
             round_start: s.attempts,
+            interrupted: 0,
             started_at: None,
             finished_at: None,
             wake_at: None,

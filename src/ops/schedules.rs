@@ -12,6 +12,9 @@ pub enum Change {
     Reload,
     Upsert(ApiSchedule),
     Delete(String),
+    /// Programmatic schedules may have changed without a word (another node changed them while
+    /// this one was not listening): read them all again.
+    ReloadSchedules,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,12 +5,12 @@
 //! performed by [`Perform`]ers given at construction; each answers the event its effect produced,
 //! which the executor applies in the same transaction that closes the effect's outbox row.
 
-use crate::engine::{Effect, Event, Outcome, Run, RunStatus, StepStatus};
+use crate::engine::{AttemptResult, Effect, Event, Outcome, Run, RunStatus, StepStatus};
 use crate::metrics::Metrics;
-use crate::store::{Applied, AttemptRecord, NewRunRequest, Store, StoreError};
+use crate::store::{Applied, AttemptRecord, NewRunRequest, PendingEffect, Store, StoreError};
 use crate::workflow::Workflow;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +71,8 @@ struct Inner {
     timer_changed: Notify,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<RunStatus>>>>,
     inflight: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
+    /// The outbox rows (run, id) whose effects this process is performing now.
+    performing: Mutex<HashSet<(String, i64)>>,
     /// Set on SIGTERM: new external effects stay in the outbox for the next start.
     stopping: AtomicBool,
     metrics: Arc<Metrics>,
@@ -91,6 +93,7 @@ impl Executor {
                 timer_changed: Notify::new(),
                 waiters: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
+                performing: Mutex::new(HashSet::new()),
                 stopping: AtomicBool::new(false),
                 metrics,
                 finished: broadcast::channel(1024).0,
@@ -147,6 +150,33 @@ impl Executor {
         Ok(applied)
     }
 
+    /// `record`, tried again while the database cannot take it (disk full, unreachable, this
+    /// node re-registering after its lease lapsed): an outcome that was received must not be
+    /// dropped. Gives up only when the process stops; the effect is then still in the outbox,
+    /// and is performed again (as an interrupted attempt) by the next process.
+    async fn record_durably(
+        &self,
+        run_id: &str,
+        event: Event,
+        record: Option<AttemptRecord>,
+        effect_id: Option<i64>,
+    ) -> Result<Applied, StoreError> {
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            match self
+                .record(run_id, event.clone(), record.clone(), effect_id)
+                .await
+            {
+                Err(e) if e.is_unavailable() && !self.inner.stopping.load(Ordering::SeqCst) => {
+                    warn!(run_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot store a change now; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Waits until the run is terminal and returns its status.
     pub async fn wait(&self, run_id: &str) -> Result<RunStatus, StoreError> {
         // Registered before the status is read: a `Finished` from now on reaches the waiter, and
@@ -195,6 +225,11 @@ impl Executor {
         only: Option<&str>,
     ) -> Result<usize, StoreError> {
         let mine = |id: &str| only.is_none_or(|o| o == id);
+        if self.inner.store.is_shared() {
+            // Other live nodes own their work: this node takes over only that of dead ones, as
+            // it goes (`runtime::node`), and claims due timers instead of arming them all.
+            return Ok(self.inner.store.unfinished_runs().await?.len());
+        }
         // Read the outbox before anything below can commit new effects (a due timer, a queued
         // run started): those are performed after their own commit, and must not be performed
         // a second time as "pending".
@@ -234,14 +269,102 @@ impl Executor {
                 self.inner.store.mark_done(&p.run_id, p.id).await?;
                 continue;
             }
-            info!(run_id = %run.id, effect = ?p.effect, "performing an effect again after a restart");
-            self.perform(Arc::new(run), p.effect, Some(p.id));
+            self.resume(Arc::new(run), p);
         }
         Ok(unfinished.len())
     }
 
-    /// Fires due timers until the process ends. Spawn it once.
+    /// Performs an effect whose process stopped (a crash, a node taken over). An attempt that
+    /// was in flight may have reached its endpoint: it is recorded as interrupted and sent again
+    /// as the next attempt (same dedup id, `Upstash-Retried` one higher). Approval e-mails are
+    /// sent again to the recipients not yet mailed.
+    pub fn resume(&self, run: Arc<Run>, p: PendingEffect) {
+        match &p.effect {
+            Effect::CallHttp { step, attempt } | Effect::SendEmail { step, attempt } => {
+                info!(run_id = %run.id, step, attempt, "an attempt was interrupted (its process stopped); sending it again as the next attempt");
+                let record = AttemptRecord {
+                    step: step.clone(),
+                    attempt: *attempt,
+                    finished_at: Some(Utc::now()),
+                    outcome: AttemptResult::Interrupted,
+                    error: Some(format!(
+                        "interrupted: the process performing it stopped before its outcome was stored; sent again as attempt {}",
+                        attempt + 1
+                    )),
+                    ..AttemptRecord::default()
+                };
+                let event = Event::AttemptInterrupted {
+                    step: step.clone(),
+                    attempt: *attempt,
+                };
+                let exec = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = exec
+                        .record_durably(&run.id, event, Some(record), Some(p.id))
+                        .await
+                    {
+                        warn!(run_id = %run.id, error = %e, "cannot record an interrupted attempt");
+                    }
+                });
+            }
+            _ => {
+                info!(run_id = %run.id, effect = ?p.effect, "performing an effect again after its process stopped");
+                self.perform(run, p.effect, Some(p.id));
+            }
+        }
+    }
+
+    /// Whether this process is performing the effect in outbox row `id` of `run_id` now.
+    pub fn is_performing(&self, run_id: &str, id: i64) -> bool {
+        locked(&self.inner.performing).contains(&(run_id.to_string(), id))
+    }
+
+    /// After this node lost its lease (another node may have taken its work over): drops every
+    /// call, e-mail and timer in flight here; nothing of it could be committed any more.
+    pub fn reset(&self) {
+        for (_, handles) in locked(&self.inner.inflight).drain() {
+            for h in handles {
+                h.abort();
+            }
+        }
+        locked(&self.inner.performing).clear();
+        locked(&self.inner.timers).clear();
+    }
+
+    /// Fires the due timers of runs this node claimed (a shared database).
+    pub async fn fire_due(&self, run_ids: Vec<String>) {
+        let now = Utc::now();
+        for id in run_ids {
+            let run = match self.inner.store.get_run(&id).await {
+                Ok(Some(run)) => run,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(run_id = id, error = %e, "cannot read a run whose timer is due");
+                    continue;
+                }
+            };
+            for s in run.steps.iter().chain(run.hooks.iter()) {
+                if matches!(
+                    s.status,
+                    StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
+                ) && s.wake_at.is_some_and(|w| w <= now)
+                {
+                    let event = Event::TimerFired { step: s.id.clone() };
+                    if let Err(e) = self.record_durably(&id, event, None, None).await {
+                        warn!(run_id = id, step = %s.id, error = %e, "a timer could not be applied");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fires due timers until the process ends. Spawn it once. On a shared database a due
+    /// timer is first claimed (one node fires each), and every second this node also claims
+    /// timers another node armed (a sleep of days outlives the node that started it).
     pub async fn timer_loop(self) {
+        if self.inner.store.is_shared() {
+            return self.shared_timer_loop().await;
+        }
         loop {
             let next = locked(&self.inner.timers).first().cloned();
             match next {
@@ -253,7 +376,7 @@ impl Executor {
                         let exec = self.clone();
                         tokio::spawn(async move {
                             let event = Event::TimerFired { step: step.clone() };
-                            if let Err(e) = exec.apply(&run_id, event).await {
+                            if let Err(e) = exec.record_durably(&run_id, event, None, None).await {
                                 warn!(run_id, step, error = %e, "a timer could not be applied");
                             }
                         });
@@ -265,6 +388,37 @@ impl Executor {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    async fn shared_timer_loop(self) {
+        const HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+        const BACKSTOP: std::time::Duration = std::time::Duration::from_secs(1);
+        loop {
+            let now = Utc::now();
+            match self.inner.store.claim_timers(now, HOLD, 500).await {
+                Ok(ids) if !ids.is_empty() => {
+                    let exec = self.clone();
+                    tokio::spawn(async move { exec.fire_due(ids).await });
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "cannot claim due timers now"),
+            }
+            // Sleep until the earliest timer this node knows of, or the backstop.
+            let wait = {
+                let mut timers = locked(&self.inner.timers);
+                while timers.first().is_some_and(|(due, _, _)| *due <= now) {
+                    timers.pop_first();
+                }
+                timers
+                    .first()
+                    .and_then(|(due, _, _)| (*due - now).to_std().ok())
+                    .map_or(BACKSTOP, |d| d.min(BACKSTOP))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.inner.timer_changed.notified() => {}
             }
         }
     }
@@ -338,9 +492,16 @@ impl Executor {
         };
         let exec = self.clone();
         let run_id = run.id.clone();
+        if let Some(id) = effect_id {
+            locked(&self.inner.performing).insert((run_id.clone(), id));
+        }
         let task = tokio::spawn(async move {
+            let key = effect_id.map(|id| (run.id.clone(), id));
             exec.perform_external(performer, run, effect, effect_id)
                 .await;
+            if let Some(key) = key {
+                locked(&exec.inner.performing).remove(&key);
+            }
         });
         self.track(&run_id, task.abort_handle());
     }

@@ -6,5 +6,6 @@
 
 pub mod executor;
 pub mod keys;
+pub mod node;
 
 pub use executor::{Executor, Job, Perform, Performed, Performers};

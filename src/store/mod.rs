@@ -83,6 +83,15 @@ impl Store {
         }
     }
 
+    /// Ids of programmatic schedules changed by any node (a shared database); an empty id says
+    /// some may have been missed (reload them all). SQLite: nothing, ever.
+    pub fn schedule_changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        match &self.backend {
+            Backend::Sqlite(_) => tokio::sync::mpsc::unbounded_channel().1,
+            Backend::Postgres(p) => p.listen("runner_schedules"),
+        }
+    }
+
     /// Whether the database answers now (`/healthz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         match &self.backend {

@@ -108,6 +108,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/runs/{id}/retry", post(retry_run))
         .route("/runs/{id}/steps/{step}/approve", post(approve))
         .route("/runs/{id}/steps/{step}/reject", post(reject))
+        .route("/nodes", get(list_nodes))
         .route("/schedules", get(list_schedules))
         .route(
             "/schedules/{id}",
@@ -198,8 +199,52 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// 200 while the database answers; 503 (with `Retry-After`) while it does not.
+pub async fn healthz(State(state): State<Shared>) -> Response {
+    let ping =
+        tokio::time::timeout(std::time::Duration::from_secs(2), state.exec.store().ping()).await;
+    match ping {
+        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
+        Ok(Err(e)) => {
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "error": e.to_string()})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(5));
+            r
+        }
+        Err(_) => {
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "error": "the database did not answer within 2 s"})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(5));
+            r
+        }
+    }
+}
+
+/// The nodes sharing the database (PostgreSQL); on SQLite, this process alone.
+async fn list_nodes(State(state): State<Shared>) -> ApiResult {
+    let store = state.exec.store();
+    if !store.is_shared() {
+        return json_ok(
+            StatusCode::OK,
+            json!([{
+                "name": crate::runtime::node::default_name(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "leader": true,
+                "this": true,
+                "database": store.describe(),
+            }]),
+        );
+    }
+    let nodes = store.nodes().await.map_err(ApiError::store)?;
+    json_ok(StatusCode::OK, json!(nodes))
 }
 
 pub async fn metrics(State(state): State<Shared>) -> Response {

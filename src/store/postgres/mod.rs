@@ -134,6 +134,7 @@ struct Inner {
     /// only read or manage settings run without one.
     node: Arc<Mutex<Option<Arc<NodeState>>>>,
     describe: String,
+    config: tokio_postgres::Config,
 }
 
 impl PgStore {
@@ -150,7 +151,7 @@ impl PgStore {
         crate::install_crypto_provider();
         let tls = tls()?;
         let manager = deadpool_postgres::Manager::from_config(
-            config,
+            config.clone(),
             tls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
@@ -201,8 +202,34 @@ impl PgStore {
                 versions,
                 node,
                 describe,
+                config,
             }),
         })
+    }
+
+    /// Notifications on `channel` (`NOTIFY channel, 'payload'`), from a connection of their own
+    /// that is made again when it breaks; an empty payload after a reconnect says some may have
+    /// been missed.
+    pub fn listen(&self, channel: &'static str) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = self.inner.config.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                match listen_once(&config, channel, &tx, first).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, channel, "the notification connection broke; connecting again");
+                    }
+                }
+                first = false;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        rx
     }
 
     pub fn describe(&self) -> &str {
@@ -286,6 +313,58 @@ impl PgStore {
         )
         .await
     }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    tx: &mpsc::UnboundedSender<String>,
+    first: bool,
+) -> Result<(), String> {
+    let tls = tls().map_err(|e| e.to_string())?;
+    let (client, mut conn) = config.connect(tls).await.map_err(|e| e.to_string())?;
+    let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        use futures_util::StreamExt;
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if msg_tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !first {
+        let _ = tx.send(String::new());
+    }
+    loop {
+        tokio::select! {
+            m = msg_rx.recv() => match m {
+                Some(payload) => {
+                    if tx.send(payload).is_err() {
+                        driver.abort();
+                        return Ok(());
+                    }
+                }
+                None => break,
+            },
+            () = tx.closed() => {
+                driver.abort();
+                return Ok(());
+            }
+        }
+    }
+    // The connection ended: the caller connects again.
+    Err("the notification connection closed".into())
 }
 
 /// TLS as the connection string's `sslmode` asks (`prefer`, the default, falls back to plain
