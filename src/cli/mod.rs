@@ -111,6 +111,12 @@ pub enum Command {
         /// Bearer token required by the API
         #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// Connections served at once; one more closes the one idle longest
+        #[arg(long, env = "RUNNER_MAX_CONNECTIONS", default_value_t = crate::web::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(usize))]
+        max_connections: usize,
+        /// How long a client may take to send a request head (and a connection may idle)
+        #[arg(long, env = "RUNNER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        header_read_timeout: std::time::Duration,
         #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "RUNNER_LOG_FORMAT")]
         log_format: LogFormat,
         #[command(flatten)]
@@ -294,16 +300,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             public_url,
             api_token,
+            max_connections,
+            header_read_timeout,
             log_format,
             mail,
         } => {
             init_logs_format("info", log_format);
+            if max_connections == 0 {
+                anyhow::bail!("--max-connections must be 1 or more");
+            }
             let cfg = crate::daemon::ServeConfig {
                 dir,
                 db: db.db,
                 listen,
                 public_url,
                 api_token,
+                http: crate::web::Limits {
+                    max_connections,
+                    header_read_timeout,
+                },
                 smtp_url: mail.smtp_url,
                 mail_from: mail.mail_from,
                 outbox: mail.outbox,
@@ -518,7 +533,7 @@ async fn open_engine(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = parts.listener;
     let task = tokio::spawn(async move {
-        let _ = crate::web::serve(listener, app, async {
+        let _ = crate::web::serve(listener, app, crate::web::Limits::default(), async {
             let _ = stopped.await;
         })
         .await;
@@ -633,6 +648,15 @@ fn open_store_readonly(db: &Path) -> anyhow::Result<crate::store::Store> {
         anyhow::bail!("no database at `{}` (set --db or RUNNER_DB)", db.display());
     }
     Ok(crate::store::Store::open(db)?)
+}
+
+/// A duration such as `10s` or `500ms` (for flags).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than 0".into()),
+        Err(e) => Err(format!("{e} (e.g. `10s`, `500ms`)")),
+    }
 }
 
 async fn runs(

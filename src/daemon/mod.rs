@@ -22,6 +22,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub api_token: Option<String>,
+    /// The HTTP server's connection cap and header-read timeout.
+    pub http: crate::web::Limits,
     /// `RUNNER_SMTP_URL`; None writes e-mails to `outbox`.
     pub smtp_url: Option<String>,
     pub mail_from: Option<String>,
@@ -153,7 +155,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     info!(listen = %local, public_url = %public_url, dir = %cfg.dir.display(), "runner is serving");
     // A line for scripts and tests that start the daemon on port 0.
     println!("listening on http://{local}");
-    crate::web::serve(listener, app, shutdown_signal()).await?;
+    crate::web::serve(listener, app, cfg.http, shutdown_signal()).await?;
     info!("shutting down: finishing the calls in flight (up to 10 s)");
     let left = engine.drain(std::time::Duration::from_secs(10)).await;
     if left > 0 {

@@ -5,6 +5,7 @@ mod approval;
 mod crash;
 mod daemon;
 mod engine;
+mod http_edges;
 mod scheduler;
 mod sign_interop;
 mod support;

@@ -1,0 +1,297 @@
+//! The HTTP edges of `runner serve`, against the real binary on 127.0.0.1:0 over raw sockets:
+//! floods of connections that never finish their request head (at the usual 1,024-descriptor
+//! limit, and at a limit so low that `accept` fails), the header-read timeout, and hyper's own
+//! answers to requests it cannot parse. Every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Daemon, runner_bin, runner_cmd, temp_dir, write};
+
+const TOKEN: &str = "http-edges-token-0123456789";
+
+const HELLO: &str = "name: hello\non: { webhook: true }\ninputs:\n  who: { type: string, default: world }\nsteps:\n  - id: nap\n    sleep: 1h\n";
+
+/// A workflows directory with `hello.yaml`, and the database path beside it.
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = temp_dir();
+    let dir = tmp.path().join("workflows");
+    std::fs::create_dir(&dir).expect("workflows dir");
+    write(&dir, "hello.yaml", HELLO);
+    let db = tmp.path().join("runner.db");
+    (tmp, dir, db)
+}
+
+/// `runner serve` on 127.0.0.1:0 under `ulimit -n {fds}` (when given), with extra arguments.
+fn serve(dir: &Path, db: &Path, fds: Option<u32>, token: Option<&str>, args: &[&str]) -> Daemon {
+    let mut cmd = match fds {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(runner_bin());
+            c
+        }
+        None => Command::new(runner_bin()),
+    };
+    // The environment runner_cmd() clears, cleared here too.
+    for (k, _) in runner_cmd().get_envs() {
+        cmd.env_remove(k);
+    }
+    cmd.arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--db")
+        .arg(db)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args);
+    if let Some(t) = token {
+        cmd.args(["--api-token", t]);
+    }
+    let stderr = db.with_extension(format!("{}.stderr", std::process::id()));
+    Daemon::spawn(cmd, stderr, token)
+}
+
+fn addr(d: &Daemon) -> SocketAddr {
+    d.base
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("daemon base {}", d.base))
+}
+
+/// Opens up to `n` connections that each send half a request head, for `budget` at most.
+fn half_heads(at: SocketAddr, n: usize, budget: Duration) -> Vec<TcpStream> {
+    let deadline = Instant::now() + budget;
+    let mut open = Vec::new();
+    while open.len() < n && Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect_timeout(&at, Duration::from_secs(1)) {
+            let _ = s.write_all(b"GET /api/v1/runs HTTP/1.1\r\nHost: x\r\nAuthoriz");
+            open.push(s);
+        }
+    }
+    open
+}
+
+/// GET /healthz, bounded: (status, elapsed), or the error.
+fn healthz(d: &Daemon) -> Result<(u16, Duration), String> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr(d), Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {out:?}"))?;
+    Ok((status, started.elapsed()))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn two_thousand_half_sent_heads_do_not_lock_out_the_api_at_1024_descriptors() {
+    let (_tmp, dir, db) = setup();
+    let d = serve(&dir, &db, Some(1024), Some(TOKEN), &[]);
+    let flood = half_heads(addr(&d), 2000, Duration::from_secs(30));
+    let fds = open_fds(d.pid());
+    let health = healthz(&d);
+    let api = d.api().try_call("GET", "/runs", &[], None);
+    assert_eq!(
+        flood.len(),
+        2000,
+        "every connection was taken\n{}",
+        d.logs()
+    );
+    match health {
+        Ok((200, took)) => assert!(took < Duration::from_secs(5), "/healthz took {took:?}"),
+        other => panic!(
+            "/healthz with 2,000 half-sent heads open: {other:?}\n{}",
+            d.logs()
+        ),
+    }
+    assert!(
+        matches!(api, Ok((200, _))),
+        "the API with 2,000 half-sent heads open: {api:?}"
+    );
+    // The cap (512 by default) holds the descriptors, far below the limit.
+    assert!(fds < 600, "the daemon had {fds} descriptors open");
+    assert!(
+        d.logs().contains("closed the one idle longest"),
+        "the cap is logged\n{}",
+        d.logs()
+    );
+    drop(flood);
+}
+
+#[test]
+fn a_failing_accept_is_logged_and_an_idle_connection_makes_room() {
+    // A cap above what the descriptors allow: `accept` fails with EMFILE.
+    let (_tmp, dir, db) = setup();
+    let d = serve(&dir, &db, Some(64), None, &["--max-connections", "1000"]);
+    let flood = half_heads(addr(&d), 200, Duration::from_secs(20));
+    let health = healthz(&d);
+    assert!(
+        matches!(health, Ok((200, _))),
+        "/healthz with the descriptors used up: {health:?}\n{}",
+        d.logs()
+    );
+    let logs = d.logs();
+    assert!(
+        logs.contains("cannot accept a connection")
+            && logs.contains("closed the connection idle longest"),
+        "the failing accept is logged\n{logs}"
+    );
+    drop(flood);
+}
+
+/// Reads until the server closes the connection; answers what it sent and when it closed.
+fn read_until_closed(mut s: TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "still open after {:?} ({e}); got {:?}",
+                started.elapsed(),
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn a_head_that_does_not_arrive_in_time_is_closed() {
+    let (_tmp, dir, db) = setup();
+    let d = serve(&dir, &db, None, None, &["--header-read-timeout", "1s"]);
+    let at = addr(&d);
+    let connect = || TcpStream::connect_timeout(&at, Duration::from_secs(5)).expect("connect");
+    // Half a head; nothing at all; an idle keep-alive connection after one answer.
+    let mut half = connect();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let silent = connect();
+    let mut idle = connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    for (what, s) in [
+        ("half a head", half),
+        ("nothing", silent),
+        ("an idle keep-alive", idle),
+    ] {
+        let (got, took) = read_until_closed(s, Duration::from_secs(5));
+        assert!(
+            took < Duration::from_secs(4),
+            "{what}: closed after {took:?}"
+        );
+        if what == "an idle keep-alive" {
+            assert!(got.starts_with("HTTP/1.1 200"), "{what}: {got:?}");
+        }
+    }
+}
+
+/// Sends raw bytes and reads the whole answer.
+fn raw(d: &Daemon, bytes: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect_timeout(&addr(d), Duration::from_secs(5)).expect("connect");
+    s.write_all(bytes).expect("write");
+    let (text, _) = read_until_closed(s, Duration::from_secs(10));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "not JSON: {head}"
+    );
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, body)
+}
+
+#[test]
+fn requests_the_http_layer_refuses_are_answered_in_json() {
+    let (_tmp, dir, db) = setup();
+    let d = serve(&dir, &db, None, Some(TOKEN), &[]);
+    let long_uri = format!(
+        "GET /api/v1/runs?workflow={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let big_head = format!(
+        "GET /api/v1/runs HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(150_000)
+    );
+    let many: String = (0..150).map(|i| format!("X-{i}: y\r\n")).collect();
+    let many = format!("GET /api/v1/runs HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    for (what, req, status, says) in [
+        ("a 70 KB URI", long_uri.as_str(), 414, "URI is longer"),
+        (
+            "a 150 KB header",
+            big_head.as_str(),
+            431,
+            "head is too large",
+        ),
+        ("150 headers", many.as_str(), 431, "head is too large"),
+        (
+            "a header name with a space",
+            "GET /api/v1/runs HTTP/1.1\r\nHost: x\r\nBad Name: x\r\n\r\n",
+            400,
+            "not valid HTTP/1.1",
+        ),
+        (
+            "a space in the URI",
+            "GET /api/v1/runs?a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "not valid HTTP/1.1",
+        ),
+        (
+            "two Content-Lengths",
+            "POST /api/v1/workflows/hello/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n{}",
+            400,
+            "not valid HTTP/1.1",
+        ),
+    ] {
+        let (got, body) = raw(&d, req.as_bytes());
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{what}: {body}"
+        );
+    }
+    // After an answer on a keep-alive connection, a bad request still gets JSON.
+    let mut s = TcpStream::connect_timeout(&addr(&d), Duration::from_secs(5)).expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nBad Name: y\r\n\r\n")
+        .expect("write");
+    let (text, _) = read_until_closed(s, Duration::from_secs(10));
+    let (_, second) = text
+        .split_once("{\"status\":\"ok\"}")
+        .unwrap_or_else(|| panic!("no healthz answer first: {text:?}"));
+    assert!(second.starts_with("HTTP/1.1 400 "), "{text:?}");
+    assert!(
+        second.contains("content-type: application/json"),
+        "{text:?}"
+    );
+    assert!(second.ends_with("nothing was done\"}"), "{text:?}");
+}
