@@ -108,9 +108,12 @@ pub enum Command {
         /// The URL users reach the daemon at (used in approval links)
         #[arg(long, env = "RUNNER_PUBLIC_URL")]
         public_url: Option<String>,
-        /// Bearer token required by the API
+        /// Bearer token required by the API and /metrics (16 characters or more beyond loopback)
         #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// Serve /metrics without the API token
+        #[arg(long, env = "RUNNER_METRICS_PUBLIC", value_parser = clap::builder::FalseyValueParser::new())]
+        metrics_public: bool,
         /// Connections served at once; one more closes the one idle longest
         #[arg(long, env = "RUNNER_MAX_CONNECTIONS", default_value_t = crate::web::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(usize))]
         max_connections: usize,
@@ -300,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             public_url,
             api_token,
+            metrics_public,
             max_connections,
             header_read_timeout,
             log_format,
@@ -315,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 public_url,
                 api_token,
+                metrics_public,
                 http: crate::web::Limits {
                     max_connections,
                     header_read_timeout,
@@ -509,6 +514,9 @@ async fn open_engine(
     fg: &ForegroundArgs,
     owner: crate::store::sqlite::owner::Owner,
 ) -> anyhow::Result<(crate::runtime::Executor, Pages)> {
+    let token = std::env::var("RUNNER_API_TOKEN").ok();
+    let token =
+        crate::web::auth::check_token(fg.listen, token.as_deref()).map_err(anyhow::Error::msg)?;
     let parts = crate::daemon::build::build(&crate::daemon::build::PartsConfig {
         db: db.to_path_buf(),
         listen: fg.listen,
@@ -523,9 +531,8 @@ async fn open_engine(
     let state = std::sync::Arc::new(crate::web::AppState {
         exec: exec.clone(),
         daemon: None,
-        token: std::env::var("RUNNER_API_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+        token,
+        metrics_public: false,
         metrics: parts.metrics.clone(),
         public_url: parts.public_url.clone(),
     });

@@ -22,6 +22,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub api_token: Option<String>,
+    /// `/metrics` without the token (`--metrics-public`).
+    pub metrics_public: bool,
     /// The HTTP server's connection cap and header-read timeout.
     pub http: crate::web::Limits,
     /// `RUNNER_SMTP_URL`; None writes e-mails to `outbox`.
@@ -41,12 +43,8 @@ impl crate::ops::Workflows for RwLock<Registry> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    if !cfg.listen.ip().is_loopback() && cfg.api_token.as_deref().is_none_or(str::is_empty) {
-        anyhow::bail!(
-            "refusing to listen on {} without an API token: set RUNNER_API_TOKEN (or listen on 127.0.0.1)",
-            cfg.listen
-        );
-    }
+    let token = crate::web::auth::check_token(cfg.listen, cfg.api_token.as_deref())
+        .map_err(anyhow::Error::msg)?;
     if !cfg.dir.is_dir() {
         anyhow::bail!(
             "the workflows directory `{}` does not exist (use --dir, or create it)",
@@ -147,7 +145,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             registry: registry.clone(),
             schedules: sched_tx,
         }),
-        token: cfg.api_token.clone().filter(|t| !t.is_empty()),
+        token,
+        metrics_public: cfg.metrics_public,
         metrics,
         public_url: public_url.clone(),
     });

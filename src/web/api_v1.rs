@@ -3,6 +3,7 @@
 //! Every bad request gets a 4xx with `{"error": "...", "details": [...]}` saying what is wrong;
 //! nothing a client sends can crash the daemon. Handlers parse and answer; the work is `ops`.
 
+use super::auth;
 use super::state::{AppState, DaemonParts, Shared};
 use crate::engine::{RunStatus, Trigger};
 use crate::ops::cancel::CancelError;
@@ -167,42 +168,42 @@ async fn errors_as_json(req: Request, next: Next) -> Response {
     ApiError::new(status, message).into_response()
 }
 
-async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send `Authorization: Bearer $RUNNER_API_TOKEN`",
-            )
-            .into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
-        }
-    }
-    next.run(req).await
+/// Whether a request carries the API token (always true when none is set).
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    state.token.as_ref().is_none_or(|token| {
+        auth::bearer(headers.get(header::AUTHORIZATION)).is_some_and(|given| token.matches(given))
+    })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+fn unauthorized(message: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    if !authorized(&state, req.headers()) {
+        return unauthorized(
+            "missing or wrong bearer token: send `Authorization: Bearer $RUNNER_API_TOKEN`",
+        );
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    next.run(req).await
 }
 
 pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-pub async fn metrics(State(state): State<Shared>) -> Response {
+/// Prometheus metrics; with an API token set they need it too, unless `--metrics-public`.
+pub async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if !state.metrics_public && !authorized(&state, &headers) {
+        return unauthorized(
+            "missing or wrong bearer token: send `Authorization: Bearer $RUNNER_API_TOKEN` (Prometheus: `authorization: { credentials: … }`), or start the daemon with --metrics-public",
+        );
+    }
     let (active, invalid) = match &state.daemon {
         Some(d) => {
             let reg = d.registry();

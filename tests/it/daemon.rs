@@ -266,7 +266,7 @@ fn sighup_reloads_an_edit_the_watcher_cannot_see() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn the_api_needs_the_bearer_token_and_healthz_and_metrics_do_not() {
+fn the_api_and_metrics_need_the_bearer_token_and_healthz_does_not() {
     let (dir, wf_dir) = setup();
     let daemon = Daemon::start(&wf_dir, &dir.path().join("auth.db"), Some(TOKEN));
     let none = Api {
@@ -299,7 +299,7 @@ fn the_api_needs_the_bearer_token_and_healthz_and_metrics_do_not() {
     let raw =
         http_request("GET", &format!("{}/api/v1/runs", daemon.base), &[], None).expect("request");
     assert_eq!(raw.header("www-authenticate"), Some("Bearer"));
-    // Only the exact `Bearer <token>` passes.
+    // Only `Bearer <token>` passes (the scheme in any case: `http_edges`).
     let raw = http_request(
         "GET",
         &format!("{}/api/v1/runs", daemon.base),
@@ -315,7 +315,17 @@ fn the_api_needs_the_bearer_token_and_healthz_and_metrics_do_not() {
     let h = http_request("GET", &format!("{}/healthz", daemon.base), &[], None).expect("healthz");
     assert_eq!(h.status, 200, "{h:?}");
     assert_eq!(h.json()["status"], "ok");
+    // With a token set, /metrics needs it too (unless --metrics-public: `http_edges`).
     let m = http_request("GET", &format!("{}/metrics", daemon.base), &[], None).expect("metrics");
+    assert_eq!(m.status, 401, "{m:?}");
+    let auth = format!("Bearer {TOKEN}");
+    let m = http_request(
+        "GET",
+        &format!("{}/metrics", daemon.base),
+        &[("Authorization", &auth)],
+        None,
+    )
+    .expect("metrics");
     assert_eq!(m.status, 200, "{m:?}");
     assert!(m.body.contains("runner_workflows_active"), "{}", m.body);
 }

@@ -1,17 +1,18 @@
 //! The HTTP edges of `runner serve`, against the real binary on 127.0.0.1:0 over raw sockets:
 //! floods of connections that never finish their request head (at the usual 1,024-descriptor
-//! limit, and at a limit so low that `accept` fails), the header-read timeout, and hyper's own
-//! answers to requests it cannot parse. Every wait is bounded.
+//! limit, and at a limit so low that `accept` fails), the header-read timeout, hyper's own
+//! answers to requests it cannot parse, `/metrics` behind the token, and the start-up checks of
+//! the API token and the public URL. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Daemon, runner_bin, runner_cmd, temp_dir, write};
+use crate::support::{Daemon, http_request, runner_bin, runner_cmd, temp_dir, write};
 
 const TOKEN: &str = "http-edges-token-0123456789";
 
@@ -294,4 +295,117 @@ fn requests_the_http_layer_refuses_are_answered_in_json() {
         "{text:?}"
     );
     assert!(second.ends_with("nothing was done\"}"), "{text:?}");
+}
+
+#[test]
+fn metrics_public_serves_metrics_without_the_token() {
+    let (_tmp, dir, db) = setup();
+    for (flag, env) in [(Some("--metrics-public"), None), (None, Some("1"))] {
+        let mut args = Vec::new();
+        args.extend(flag);
+        let d = match env {
+            None => serve(&dir, &db, None, Some(TOKEN), &args),
+            Some(v) => {
+                // The same through RUNNER_METRICS_PUBLIC.
+                let mut cmd = runner_cmd();
+                cmd.env("RUNNER_METRICS_PUBLIC", v)
+                    .arg("serve")
+                    .arg("--dir")
+                    .arg(&dir)
+                    .arg("--db")
+                    .arg(&db)
+                    .args(["--listen", "127.0.0.1:0", "--api-token", TOKEN]);
+                Daemon::spawn(cmd, db.with_extension("env.stderr"), Some(TOKEN))
+            }
+        };
+        let r = http_request("GET", &format!("{}/metrics", d.base), &[], None).expect("request");
+        assert_eq!(r.status, 200, "{flag:?} {env:?}: {}", r.body);
+        let (status, _) = crate::support::Api {
+            base: d.base.clone(),
+            token: None,
+        }
+        .get("/runs");
+        assert_eq!(status, 401, "the API still needs the token");
+    }
+}
+
+/// `runner serve` that is expected to exit at once: (exit code, stderr).
+fn serve_refused(
+    dir: &Path,
+    db: &Path,
+    listen: &str,
+    token: Option<&str>,
+) -> (Option<i32>, String) {
+    let mut cmd = runner_cmd();
+    cmd.arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--db")
+        .arg(db)
+        .args(["--listen", listen])
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        cmd.env("RUNNER_API_TOKEN", t);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("stderr");
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`runner serve --listen {listen}` with token {token:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn beyond_loopback_the_token_must_be_a_real_secret() {
+    let (_tmp, dir, db) = setup();
+    for (token, says) in [
+        (None, "without an API token"),
+        (Some("x"), "is 1 character long"),
+        (Some("0123456789abcde"), "is 15 characters long"),
+        (Some("                    "), "only whitespace"),
+        (Some(" 0123456789abcdef "), "starts or ends with whitespace"),
+    ] {
+        let (code, err) = serve_refused(&dir, &db, "0.0.0.0:0", token);
+        assert_eq!(code, Some(2), "{token:?}: {err}");
+        assert!(err.contains(says), "{token:?}: {err}");
+    }
+    // On loopback a whitespace token is refused too: no client could send it.
+    let (code, err) = serve_refused(&dir, &db, "127.0.0.1:0", Some("   "));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("only whitespace"), "{err}");
+
+    // A real secret on 0.0.0.0 starts; without --public-url the links do not name 0.0.0.0.
+    let mut cmd = runner_cmd();
+    cmd.arg("serve")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--db")
+        .arg(&db)
+        .args(["--listen", "0.0.0.0:0", "--api-token", TOKEN]);
+    let d = Daemon::spawn(cmd, db.with_extension("any.stderr"), Some(TOKEN));
+    let logs = d.logs();
+    assert!(logs.contains("no --public-url"), "{logs}");
+    let serving = logs
+        .lines()
+        .find(|l| l.contains("runner is serving"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(!serving.contains("public_url=http://0.0.0.0"), "{serving}");
 }
