@@ -81,6 +81,9 @@ pub enum Command {
         workflow: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// The runs of one schedule: a programmatic schedule's id, or `WORKFLOW/INDEX` for one in a workflow file
+        #[arg(long)]
+        schedule: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -291,10 +294,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs {
             workflow,
             status,
+            schedule,
             limit,
             json,
             db,
-        } => runtime()?.block_on(runs(workflow, status, limit, json, &db.db)),
+        } => runtime()?.block_on(runs(
+            crate::store::RunFilter {
+                workflow,
+                status: None,
+                schedule,
+                limit,
+            },
+            status,
+            json,
+            &db.db,
+        )),
         Command::Show { run_id, json, db } => runtime()?.block_on(show(&run_id, json, &db.db)),
         Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
         Command::Serve {
@@ -667,24 +681,17 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 async fn runs(
-    workflow: Option<String>,
+    mut filter: crate::store::RunFilter,
     status: Option<String>,
-    limit: usize,
     json: bool,
     db: &Path,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store_readonly(db)?;
-    let status = match status {
+    filter.status = match status {
         Some(s) => Some(crate::engine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
         None => None,
     };
-    let list = store
-        .list_runs(&crate::store::RunFilter {
-            workflow,
-            status,
-            limit,
-        })
-        .await?;
+    let list = store.list_runs(&filter).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if list.is_empty() {

@@ -5,7 +5,6 @@
 use crate::engine::{NewRun, Run, Trigger};
 use crate::runtime::Executor;
 use crate::store::{NewRunRequest, SlotClaim, StoreError, Version};
-use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +31,7 @@ fn new_run(
     version: &Version,
     input: &serde_json::Value,
     trigger: Trigger,
-    scheduled_for: Option<DateTime<Utc>>,
+    slot: Option<&SlotClaim>,
 ) -> Result<NewRun, StartError> {
     let input =
         crate::workflow::resolve_input(&version.workflow, input).map_err(StartError::Input)?;
@@ -41,7 +40,8 @@ fn new_run(
         version: version.hash.clone(),
         trigger,
         input,
-        scheduled_for,
+        scheduled_for: slot.map(|s| s.at),
+        schedule_id: slot.and_then(|s| crate::schedule::id::public_of_key(&s.schedule)),
     })
 }
 
@@ -78,7 +78,7 @@ pub async fn fire(
     slot: SlotClaim,
     start_now: bool,
 ) -> Result<Option<Arc<Run>>, StartError> {
-    let new = new_run(&version, &input, Trigger::Schedule, Some(slot.at))?;
+    let new = new_run(&version, &input, Trigger::Schedule, Some(&slot))?;
     let applied = exec
         .start(NewRunRequest {
             version,

@@ -391,6 +391,8 @@ async fn start_run(
 struct RunQuery {
     workflow: Option<String>,
     status: Option<String>,
+    /// A schedule's public id: `sum-u1`, or `{workflow}/{index}` for one in a workflow file.
+    schedule: Option<String>,
     limit: Option<usize>,
 }
 
@@ -408,6 +410,7 @@ async fn list_runs(State(state): State<Shared>, Query(q): Query<RunQuery>) -> Ap
         .list_runs(&crate::store::RunFilter {
             workflow: q.workflow,
             status,
+            schedule: q.schedule,
             limit,
         })
         .await

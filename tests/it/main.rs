@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod engine;
 mod http_edges;
+mod schedule_ids;
 mod scheduler;
 mod sign_interop;
 mod support;
