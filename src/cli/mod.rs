@@ -84,6 +84,7 @@ pub enum Command {
         /// The runs of one schedule: a programmatic schedule's id, or `WORKFLOW/INDEX` for one in a workflow file
         #[arg(long)]
         schedule: Option<String>,
+        /// At most this many (1 or more)
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -351,8 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idempotency_key,
             server,
         } => {
-            let body: serde_json::Value = serde_json::from_str(&input)
-                .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
+            let body = parse_input(&input)?;
             let mut headers = Vec::new();
             if let Some(k) = idempotency_key {
                 headers.push(("Idempotency-Key".to_string(), k));
@@ -572,8 +572,7 @@ async fn run_foreground(
     fg: &ForegroundArgs,
 ) -> anyhow::Result<ExitCode> {
     let (wf, file) = load_workflow(name, dir)?;
-    let input: serde_json::Value = serde_json::from_str(input)
-        .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
+    let input = parse_input(input)?;
     // It may wait (10 s at most) for a recovery to end: not on the runtime's threads.
     let owner = {
         let db = db.to_path_buf();
@@ -671,6 +670,12 @@ fn open_store_readonly(db: &Path) -> anyhow::Result<crate::store::Store> {
     Ok(crate::store::Store::open(db)?)
 }
 
+/// `--input`: a JSON value, read strictly (a key twice in an object is refused).
+fn parse_input(input: &str) -> anyhow::Result<serde_json::Value> {
+    crate::web::json::parse_strict(input.as_bytes())
+        .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))
+}
+
 /// A duration such as `10s` or `500ms` (for flags).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(s) {
@@ -686,6 +691,9 @@ async fn runs(
     json: bool,
     db: &Path,
 ) -> anyhow::Result<ExitCode> {
+    if filter.limit == 0 {
+        anyhow::bail!("--limit must be 1 or more");
+    }
     let store = open_store_readonly(db)?;
     filter.status = match status {
         Some(s) => Some(crate::engine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),

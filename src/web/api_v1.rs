@@ -240,11 +240,12 @@ pub async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Respons
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// A JSON body (`empty` when there is none), read strictly: a key twice in an object is refused.
 fn parse_json(body: &Bytes, empty: Value) -> Result<Value, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(empty);
     }
-    serde_json::from_slice(body).map_err(|e| {
+    super::json::parse_strict(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the request body is not valid JSON: {e}"),
@@ -383,7 +384,27 @@ async fn start_run(
             format!("the input does not match the inputs of `{name}`"),
         )
         .details(errors)),
+        Err(e @ StartError::KeyReused { .. }) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
         Err(StartError::Store(e)) => Err(ApiError::store(e)),
+    }
+}
+
+/// The most items one list answers.
+const MAX_LIMIT: usize = 1000;
+
+/// `?limit=`: `default` when absent, else 1 to [`MAX_LIMIT`]; 0 or more than that is refused,
+/// not silently changed.
+fn limit(given: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(n @ 1..=MAX_LIMIT) => Ok(n),
+        Some(n) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be 1 to {MAX_LIMIT}, not {n}"),
+        )),
     }
 }
 
@@ -403,7 +424,7 @@ async fn list_runs(State(state): State<Shared>, Query(q): Query<RunQuery>) -> Ap
         })?),
         None => None,
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = limit(q.limit, 50)?;
     let list = state
         .exec
         .store()
@@ -642,7 +663,7 @@ struct ScheduleQuery {
 
 async fn list_schedules(State(state): State<Shared>, Query(q): Query<ScheduleQuery>) -> ApiResult {
     let d = daemon(&state, "programmatic schedules")?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = limit(q.limit, 100)?;
     let list = crate::ops::schedules::list(
         state.exec.store(),
         q.workflow.as_deref(),

@@ -7,6 +7,7 @@
 pub mod api_v1;
 pub mod approval_pages;
 pub mod auth;
+pub mod json;
 pub mod server;
 pub mod state;
 

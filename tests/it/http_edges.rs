@@ -1,8 +1,9 @@
 //! The HTTP edges of `runner serve`, against the real binary on 127.0.0.1:0 over raw sockets:
 //! floods of connections that never finish their request head (at the usual 1,024-descriptor
 //! limit, and at a limit so low that `accept` fails), the header-read timeout, hyper's own
-//! answers to requests it cannot parse, `/metrics` behind the token, and the start-up checks of
-//! the API token and the public URL. Every wait is bounded.
+//! answers to requests it cannot parse, bodies and query strings the API refuses, the bearer
+//! scheme, `/metrics` behind the token, idempotency keys reused with another input, and the
+//! start-up checks of the API token and the public URL. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -298,6 +299,90 @@ fn requests_the_http_layer_refuses_are_answered_in_json() {
 }
 
 #[test]
+fn the_api_refuses_what_it_would_otherwise_misread() {
+    let (_tmp, dir, db) = setup();
+    let d = serve(&dir, &db, None, Some(TOKEN), &[]);
+    let api = d.api();
+    let post = |body: &str| api.post("/workflows/hello/runs", body);
+
+    // `null` is not an input (an empty body is `{}`).
+    let (status, v) = post("null");
+    assert_eq!(status, 422, "{v}");
+    assert!(v["details"].to_string().contains("not null"), "{v}");
+    let (status, v) = post("");
+    assert_eq!(status, 201, "an empty body is no input: {v}");
+
+    // A key twice: refused, naming it (serde_json would keep the last).
+    let (status, v) = post(r#"{"who": "a", "who": "b"}"#);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("duplicate key `who`")),
+        "{v}"
+    );
+    let (status, v) = api.put(
+        "/schedules/dup",
+        r#"{"workflow": "hello", "cron": "0 9 * * *", "cron": "* * * * *"}"#,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("duplicate key `cron`")),
+        "{v}"
+    );
+
+    // `limit` out of range is refused, not changed.
+    for path in ["/runs?limit=0", "/runs?limit=1001", "/schedules?limit=0"] {
+        let (status, v) = api.get(path);
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("`limit` must be 1 to 1000")),
+            "{path}: {v}"
+        );
+    }
+    let (status, v) = api.get("/runs?limit=1");
+    assert_eq!((status, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
+
+    // The bearer scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {TOKEN}");
+        let r = http_request(
+            "GET",
+            &format!("{}/api/v1/runs", d.base),
+            &[("Authorization", &auth)],
+            None,
+        )
+        .expect("request");
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
+    let r = http_request(
+        "GET",
+        &format!("{}/api/v1/runs", d.base),
+        &[("Authorization", "bearer wrong-token-0123456789")],
+        None,
+    )
+    .expect("request");
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // /metrics needs the token too.
+    let metrics = |auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        http_request("GET", &format!("{}/metrics", d.base), &headers, None).expect("request")
+    };
+    let r = metrics(None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("--metrics-public"), "{}", r.body);
+    let auth = format!("Bearer {TOKEN}");
+    let r = metrics(Some(&auth));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("runner_runs_unfinished"), "{}", r.body);
+}
+
+#[test]
 fn metrics_public_serves_metrics_without_the_token() {
     let (_tmp, dir, db) = setup();
     for (flag, env) in [(Some("--metrics-public"), None), (None, Some("1"))] {
@@ -327,6 +412,114 @@ fn metrics_public_serves_metrics_without_the_token() {
         .get("/runs");
         assert_eq!(status, 401, "the API still needs the token");
     }
+}
+
+#[test]
+fn an_idempotency_key_reused_with_another_input_is_refused() {
+    let (_tmp, dir, db) = setup();
+    let d = serve(&dir, &db, None, Some(TOKEN), &[]);
+    let api = d.api();
+    let start = |key: &str, body: &str| {
+        api.call(
+            "POST",
+            "/workflows/hello/runs",
+            &[("Idempotency-Key", key)],
+            Some(body),
+        )
+    };
+    let (status, first) = start("signup-1", r#"{"who": "ann"}"#);
+    assert_eq!(status, 201, "{first}");
+    // The same input again, also as the defaults make it: the same run.
+    let (status, again) = start("signup-1", r#"{"who": "ann"}"#);
+    assert_eq!((status, &again["id"]), (200, &first["id"]), "{again}");
+    let (status, v) = start("defaults", "{}");
+    assert_eq!(status, 201, "{v}");
+    let (status, same) = start("defaults", r#"{"who": "world"}"#);
+    assert_eq!(
+        (status, &same["id"]),
+        (200, &v["id"]),
+        "the default filled in is the same input: {same}"
+    );
+    // Another input under the same key: 422, naming the key and the run.
+    let (status, v) = start("signup-1", r#"{"who": "bob"}"#);
+    assert_eq!(status, 422, "{v}");
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("`signup-1`") && e.contains(first["id"].as_str().unwrap_or("?")),
+        "{v}"
+    );
+    let (_, runs) = api.get("/runs");
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(2),
+        "no run was added: {runs}"
+    );
+}
+
+#[test]
+fn runner_run_refuses_a_reused_key_with_another_input() {
+    let (tmp, dir, db) = setup();
+    write(
+        &dir,
+        "quick.yaml",
+        "name: quick\ninputs:\n  n: { type: number, default: 1 }\nsteps:\n  - id: nap\n    sleep: 1s\n",
+    );
+    let run = |input: &str| {
+        runner_cmd()
+            .current_dir(tmp.path())
+            .args(["run", "quick", "--idempotency-key", "k1", "--input", input])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--db")
+            .arg(&db)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run runner")
+    };
+    let first = run(r#"{"n": 1}"#);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let same = run("{}");
+    assert!(
+        same.status.success(),
+        "the default is the same input: {}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&same.stdout).contains("already exists for this idempotency key")
+    );
+    let other = run(r#"{"n": 2}"#);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("idempotency key `k1` was used for run"),
+        "{stderr}"
+    );
+    // And `--input` is read strictly, and `null` is no input.
+    let dup = run(r#"{"n": 1, "n": 2}"#);
+    let stderr = String::from_utf8_lossy(&dup.stderr);
+    assert_eq!(dup.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("duplicate key `n`"), "{stderr}");
+    let null = run("null");
+    let stderr = String::from_utf8_lossy(&null.stderr);
+    assert_eq!(null.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not null"), "{stderr}");
+    // `runner runs --limit 0` is refused rather than read as 50.
+    let out = runner_cmd()
+        .args(["runs", "--limit", "0", "--db"])
+        .arg(&db)
+        .output()
+        .expect("run runner");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--limit must be 1 or more"));
 }
 
 /// `runner serve` that is expected to exit at once: (exit code, stderr).
