@@ -27,7 +27,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::{debug, error, warn};
 
 /// Connections served at once, by default: half of the usual 1,024 file descriptors, leaving the
@@ -57,6 +57,10 @@ impl Default for Limits {
     }
 }
 
+/// How many connections asked to close may still be open before no more are accepted: each
+/// closes in its own task, and a flood must not outrun them.
+const CLOSING_SLACK: usize = 32;
+
 /// The connections being served.
 #[derive(Default)]
 struct Table {
@@ -65,6 +69,8 @@ struct Table {
     conns: HashMap<u64, Conn>,
     /// Those not asked to close: what the cap counts.
     live: usize,
+    /// Told whenever a connection's task ends.
+    ended: Arc<Notify>,
 }
 
 struct Conn {
@@ -130,6 +136,20 @@ impl Drop for Registered {
         {
             t.live -= 1;
         }
+        t.ended.notify_waiters();
+    }
+}
+
+/// Waits until fewer than `most` connections are open, counting those still closing.
+async fn room_for(table: &Shared, most: usize) {
+    loop {
+        let ended = lock(table).ended.clone();
+        // Created before the count is read, so no end between the two is missed.
+        let next_end = ended.notified();
+        if lock(table).conns.len() < most {
+            return;
+        }
+        next_end.await;
     }
 }
 
@@ -220,7 +240,10 @@ pub async fn serve(
     let max = limits.max_connections.max(1);
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = async {
+                room_for(&table, max + CLOSING_SLACK).await;
+                listener.accept().await
+            } => r,
             () = &mut shutdown => break,
         };
         while tasks.try_join_next().is_some() {}

@@ -129,7 +129,11 @@ fn two_thousand_half_sent_heads_do_not_lock_out_the_api_at_1024_descriptors() {
         "the API with 2,000 half-sent heads open: {api:?}"
     );
     // The cap (512 by default) holds the descriptors, far below the limit.
-    assert!(fds < 600, "the daemon had {fds} descriptors open");
+    assert!(
+        fds < 600,
+        "the daemon had {fds} descriptors open (now {})",
+        open_fds(d.pid())
+    );
     assert!(
         d.logs().contains("closed the one idle longest"),
         "the cap is logged\n{}",
