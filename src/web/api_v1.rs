@@ -128,7 +128,8 @@ pub fn routes(state: Shared) -> Router<Shared> {
 
 /// Every API error is `{"error": …}`, also those axum answers before a handler runs (a body
 /// over the limit, a query or path that does not parse, a method the route does not have),
-/// which come as plain text or with no body.
+/// which come as plain text or with no body. (What hyper answers before axum runs, a request
+/// it cannot parse, is rewritten in `server::JsonCannedErrors`.)
 async fn errors_as_json(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
