@@ -512,6 +512,7 @@ async fn api(dir: &Path, endpoint: &Endpoint, clients: usize, secs: u64) -> Resu
             schedules: sched_tx,
         }),
         token: None,
+        metrics_public: false,
         metrics,
         public_url: "http://127.0.0.1".into(),
     });

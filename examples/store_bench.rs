@@ -50,6 +50,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
         trigger: runner::engine::machine::Trigger::Api,
         input: json!({}),
         scheduled_for: None,
+        schedule_id: None,
     };
     let request = runner::store::NewRunRequest {
         version: version.clone(),

@@ -24,6 +24,9 @@ pub(crate) struct RunView {
     pub input: Value,
     #[serde(serialize_with = "rfc3339::option")]
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// The schedule that started it (its `Upstash-Schedule-Id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
     #[serde(serialize_with = "rfc3339::one")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339::option")]
@@ -159,6 +162,7 @@ impl RunView {
             trigger: run.trigger,
             input: run.input.clone(),
             scheduled_for: run.scheduled_for,
+            schedule_id: run.schedule_id.clone(),
             created_at: run.created_at,
             started_at: run.started_at,
             finished_at: run.finished_at,

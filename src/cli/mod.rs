@@ -81,6 +81,10 @@ pub enum Command {
         workflow: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// The runs of one schedule: a programmatic schedule's id, or `WORKFLOW/INDEX` for one in a workflow file
+        #[arg(long)]
+        schedule: Option<String>,
+        /// At most this many (1 or more)
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -108,9 +112,18 @@ pub enum Command {
         /// The URL users reach the daemon at (used in approval links)
         #[arg(long, env = "RUNNER_PUBLIC_URL")]
         public_url: Option<String>,
-        /// Bearer token required by the API
+        /// Bearer token required by the API and /metrics (16 characters or more beyond loopback)
         #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// Serve /metrics without the API token
+        #[arg(long, env = "RUNNER_METRICS_PUBLIC", value_parser = clap::builder::FalseyValueParser::new())]
+        metrics_public: bool,
+        /// Connections served at once; one more closes the one idle longest
+        #[arg(long, env = "RUNNER_MAX_CONNECTIONS", default_value_t = crate::web::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(usize))]
+        max_connections: usize,
+        /// How long a client may take to send a request head (and a connection may idle)
+        #[arg(long, env = "RUNNER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        header_read_timeout: std::time::Duration,
         #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "RUNNER_LOG_FORMAT")]
         log_format: LogFormat,
         #[command(flatten)]
@@ -307,10 +320,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs {
             workflow,
             status,
+            schedule,
             limit,
             json,
             db,
-        } => runtime()?.block_on(runs(workflow, status, limit, json, &db.db)),
+        } => runtime()?.block_on(runs(
+            crate::store::RunFilter {
+                workflow,
+                status: None,
+                schedule,
+                limit,
+            },
+            status,
+            json,
+            &db.db,
+        )),
         Command::Show { run_id, json, db } => runtime()?.block_on(show(&run_id, json, &db.db)),
         Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
         Command::Nodes { json, db } => runtime()?.block_on(nodes(json, &db.db)),
@@ -320,16 +344,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             public_url,
             api_token,
+            metrics_public,
+            max_connections,
+            header_read_timeout,
             log_format,
             mail,
         } => {
             init_logs_format("info", log_format);
+            if max_connections == 0 {
+                anyhow::bail!("--max-connections must be 1 or more");
+            }
             let cfg = crate::daemon::ServeConfig {
                 dir,
                 db: db.db,
                 listen,
                 public_url,
                 api_token,
+                metrics_public,
+                http: crate::web::Limits {
+                    max_connections,
+                    header_read_timeout,
+                },
                 smtp_url: mail.smtp_url,
                 mail_from: mail.mail_from,
                 outbox: mail.outbox,
@@ -343,8 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idempotency_key,
             server,
         } => {
-            let body: serde_json::Value = serde_json::from_str(&input)
-                .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
+            let body = parse_input(&input)?;
             let mut headers = Vec::new();
             if let Some(k) = idempotency_key {
                 headers.push(("Idempotency-Key".to_string(), k));
@@ -526,6 +560,9 @@ async fn open_engine(
     fg: &ForegroundArgs,
     owner: Option<crate::store::sqlite::owner::Owner>,
 ) -> anyhow::Result<(crate::runtime::Executor, Pages)> {
+    let token = std::env::var("RUNNER_API_TOKEN").ok();
+    let token =
+        crate::web::auth::check_token(fg.listen, token.as_deref()).map_err(anyhow::Error::msg)?;
     let parts = crate::daemon::build::build(&crate::daemon::build::PartsConfig {
         db: db.to_string(),
         listen: fg.listen,
@@ -547,9 +584,8 @@ async fn open_engine(
     let state = std::sync::Arc::new(crate::web::AppState {
         exec: exec.clone(),
         daemon: None,
-        token: std::env::var("RUNNER_API_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+        token,
+        metrics_public: false,
         metrics: parts.metrics.clone(),
         public_url: parts.public_url.clone(),
     });
@@ -557,7 +593,7 @@ async fn open_engine(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = parts.listener;
     let task = tokio::spawn(async move {
-        let _ = crate::web::serve(listener, app, async {
+        let _ = crate::web::serve(listener, app, crate::web::Limits::default(), async {
             let _ = stopped.await;
         })
         .await;
@@ -583,8 +619,7 @@ async fn run_foreground(
     fg: &ForegroundArgs,
 ) -> anyhow::Result<ExitCode> {
     let (wf, file) = load_workflow(name, dir)?;
-    let input: serde_json::Value = serde_json::from_str(input)
-        .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))?;
+    let input = parse_input(input)?;
     // It may wait (10 s at most) for a recovery to end: not on the runtime's threads.
     let owner = if crate::store::is_postgres(db) {
         None
@@ -692,25 +727,36 @@ async fn open_store_readonly(db: &str) -> anyhow::Result<crate::store::Store> {
     Ok(crate::store::Store::connect(db).await?)
 }
 
+/// `--input`: a JSON value, read strictly (a key twice in an object is refused).
+fn parse_input(input: &str) -> anyhow::Result<serde_json::Value> {
+    crate::web::json::parse_strict(input.as_bytes())
+        .map_err(|e| anyhow::anyhow!("--input is not valid JSON: {e}"))
+}
+
+/// A duration such as `10s` or `500ms` (for flags).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than 0".into()),
+        Err(e) => Err(format!("{e} (e.g. `10s`, `500ms`)")),
+    }
+}
+
 async fn runs(
-    workflow: Option<String>,
+    mut filter: crate::store::RunFilter,
     status: Option<String>,
-    limit: usize,
     json: bool,
     db: &str,
 ) -> anyhow::Result<ExitCode> {
+    if filter.limit == 0 {
+        anyhow::bail!("--limit must be 1 or more");
+    }
     let store = open_store_readonly(db).await?;
-    let status = match status {
+    filter.status = match status {
         Some(s) => Some(crate::engine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
         None => None,
     };
-    let list = store
-        .list_runs(&crate::store::RunFilter {
-            workflow,
-            status,
-            limit,
-        })
-        .await?;
+    let list = store.list_runs(&filter).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if list.is_empty() {

@@ -17,7 +17,10 @@ pub(super) fn run(v: &RunView) -> String {
     let _ = writeln!(out, "run       {}", v.id);
     let _ = writeln!(out, "workflow  {} (version {})", v.workflow, v.version);
     let _ = writeln!(out, "status    {}", v.status.as_str());
-    let _ = writeln!(out, "trigger   {}", v.trigger);
+    let _ = match &v.schedule_id {
+        Some(id) => writeln!(out, "trigger   {} `{id}`", v.trigger),
+        None => writeln!(out, "trigger   {}", v.trigger),
+    };
     let _ = writeln!(out, "created   {}", time(Some(v.created_at)));
     let _ = writeln!(out, "finished  {}", time(v.finished_at));
     if let Some(w) = &v.waiting_for {

@@ -11,7 +11,7 @@ use crate::store::Store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracing::info;
+use tracing::{info, warn};
 
 /// What the running parts are built from; every field has an embedded default (see `cli`).
 #[derive(Debug, Clone)]
@@ -39,13 +39,38 @@ pub struct Parts {
 
 /// The base of approval links: `public_url`, or else the address the process is bound to
 /// (`bound`, not the configured one: with `--listen 127.0.0.1:0` only the bound address has the
-/// port).
+/// port). Bound to every interface (`0.0.0.0`, `::`), which no link can reach, it is the
+/// address this host sends from (`reachable`), with a warning to set `--public-url`.
 pub fn public_url(configured: Option<&str>, bound: SocketAddr) -> String {
-    configured
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("http://{bound}"))
-        .trim_end_matches('/')
-        .to_string()
+    let url = match configured {
+        Some(url) => url.to_string(),
+        None if bound.ip().is_unspecified() => {
+            let ip = reachable(bound).unwrap_or(bound.ip());
+            let url = format!("http://{}", SocketAddr::new(ip, bound.port()));
+            warn!(
+                listen = %bound,
+                links = %url,
+                "no --public-url (RUNNER_PUBLIC_URL): approval links would name {bound}, which no one can open; they use {url}, this host's outgoing address, instead. Set --public-url to the address users reach"
+            );
+            url
+        }
+        None => format!("http://{bound}"),
+    };
+    url.trim_end_matches('/').to_string()
+}
+
+/// The address this host sends from to the outside, if it has a route there: a UDP socket
+/// "connected" to a documentation address (RFC 5737 / 3849) picks it; no packet is sent.
+fn reachable(bound: SocketAddr) -> Option<std::net::IpAddr> {
+    let (local, remote) = if bound.is_ipv4() {
+        ("0.0.0.0:0", "192.0.2.1:9")
+    } else {
+        ("[::]:0", "[2001:db8::1]:9")
+    };
+    let socket = std::net::UdpSocket::bind(local).ok()?;
+    socket.connect(remote).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 pub async fn build(cfg: &PartsConfig) -> anyhow::Result<Parts> {

@@ -24,6 +24,10 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub api_token: Option<String>,
+    /// `/metrics` without the token (`--metrics-public`).
+    pub metrics_public: bool,
+    /// The HTTP server's connection cap and header-read timeout.
+    pub http: crate::web::Limits,
     /// `RUNNER_SMTP_URL`; None writes e-mails to `outbox`.
     pub smtp_url: Option<String>,
     pub mail_from: Option<String>,
@@ -41,12 +45,8 @@ impl crate::ops::Workflows for RwLock<Registry> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    if !cfg.listen.ip().is_loopback() && cfg.api_token.as_deref().is_none_or(str::is_empty) {
-        anyhow::bail!(
-            "refusing to listen on {} without an API token: set RUNNER_API_TOKEN (or listen on 127.0.0.1)",
-            cfg.listen
-        );
-    }
+    let token = crate::web::auth::check_token(cfg.listen, cfg.api_token.as_deref())
+        .map_err(anyhow::Error::msg)?;
     if !cfg.dir.is_dir() {
         anyhow::bail!(
             "the workflows directory `{}` does not exist (use --dir, or create it)",
@@ -169,7 +169,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             registry: registry.clone(),
             schedules: sched_tx,
         }),
-        token: cfg.api_token.clone().filter(|t| !t.is_empty()),
+        token,
+        metrics_public: cfg.metrics_public,
         metrics,
         public_url: public_url.clone(),
     });
@@ -177,7 +178,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     info!(listen = %local, public_url = %public_url, dir = %cfg.dir.display(), "runner is serving");
     // A line for scripts and tests that start the daemon on port 0.
     println!("listening on http://{local}");
-    crate::web::serve(listener, app, shutdown_signal()).await?;
+    crate::web::serve(listener, app, cfg.http, shutdown_signal()).await?;
     info!("shutting down: finishing the calls in flight (up to 10 s)");
     let left = engine.drain(std::time::Duration::from_secs(10)).await;
     if left > 0 {

@@ -45,11 +45,11 @@ pub struct Scheduler {
 }
 
 fn yaml_id(workflow: &str, index: usize) -> String {
-    format!("yaml:{workflow}:{index}")
+    crate::schedule::id::file_key(workflow, index)
 }
 
 pub fn api_id(id: &str) -> String {
-    format!("api:{id}")
+    crate::schedule::id::api_key(id)
 }
 
 /// The first slot after `last` in (instant, wall-clock) order, so two slots of the DST gap that

@@ -3,7 +3,7 @@
 //! I/O shell: the HTTP client. [`HttpPerformer`] performs `CallHttp` effects for the executor.
 
 use crate::engine::request::{self, HttpRequest};
-use crate::engine::{AttemptResult, Effect, Event, Outcome, Run, Trigger};
+use crate::engine::{AttemptResult, Effect, Event, Outcome, Run};
 use crate::runtime::keys::KeyRing;
 use crate::runtime::{Job, Perform, Performed};
 use crate::sign::Keys;
@@ -208,15 +208,10 @@ pub async fn attempt(
         .header("Runner-Run-Id", &run.id)
         .header("Runner-Step", step_id)
         .header("Runner-Attempt", attempt.to_string());
-    if run.trigger == Trigger::Schedule {
-        builder = builder.header(
-            "Upstash-Schedule-Id",
-            format!(
-                "{}:{}",
-                wf.name,
-                run.scheduled_for.map(|t| t.timestamp()).unwrap_or_default()
-            ),
-        );
+    // The schedule's own id, the same at every fire (as QStash sends it). A scheduled run
+    // stored before runs kept it has none, and is sent without.
+    if let Some(id) = &run.schedule_id {
+        builder = builder.header("Upstash-Schedule-Id", id);
     }
     let response = match builder.body(req.body.clone()).send().await {
         Ok(r) => r,

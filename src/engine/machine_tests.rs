@@ -37,6 +37,7 @@ fn new_run(wf: &Workflow, input: Value) -> Run {
             trigger: Trigger::Api,
             input,
             scheduled_for: None,
+            schedule_id: None,
         },
         t0(),
     )

@@ -207,6 +207,10 @@ pub struct Run {
     pub input: Value,
     #[serde(serialize_with = "rfc3339::option")]
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// The public id of the schedule that started it (`schedule::id`), sent as
+    /// `Upstash-Schedule-Id`. Runs stored before it was kept have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
     #[serde(serialize_with = "rfc3339::one")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339::option")]
@@ -229,6 +233,8 @@ pub struct NewRun {
     pub trigger: Trigger,
     pub input: Value,
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// The public id of the schedule whose slot this is (`schedule::id`).
+    pub schedule_id: Option<String>,
 }
 
 impl Run {
@@ -241,6 +247,7 @@ impl Run {
             trigger: new.trigger,
             input: new.input,
             scheduled_for: new.scheduled_for,
+            schedule_id: new.schedule_id,
             created_at: now,
             started_at: None,
             finished_at: None,

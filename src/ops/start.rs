@@ -1,17 +1,25 @@
 //! Starting a run: check the input against the workflow's `inputs`, create the run pinned to
 //! its version, and start it; or fire a schedule slot (the same, with the slot claimed in the
 //! transaction that creates the run).
+//!
+//! A start with an idempotency key used before for the workflow answers that run, when its input
+//! is the same (compared after defaults are filled in, as the run keeps it); a different input
+//! under the same key is refused (`KeyReused`), as Stripe does, instead of silently answering a
+//! run that is not what was asked for.
 
 use crate::engine::{NewRun, Run, Trigger};
 use crate::runtime::Executor;
 use crate::store::{NewRunRequest, SlotClaim, StoreError, Version};
-use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("the input does not match the workflow's `inputs`: {}", .0.join("; "))]
     Input(Vec<String>),
+    #[error(
+        "the idempotency key `{key}` was used for run `{run_id}` with a different input; use a new key to start another run"
+    )]
+    KeyReused { key: String, run_id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -32,7 +40,7 @@ fn new_run(
     version: &Version,
     input: &serde_json::Value,
     trigger: Trigger,
-    scheduled_for: Option<DateTime<Utc>>,
+    slot: Option<&SlotClaim>,
 ) -> Result<NewRun, StartError> {
     let input =
         crate::workflow::resolve_input(&version.workflow, input).map_err(StartError::Input)?;
@@ -41,11 +49,13 @@ fn new_run(
         version: version.hash.clone(),
         trigger,
         input,
-        scheduled_for,
+        scheduled_for: slot.map(|s| s.at),
+        schedule_id: slot.and_then(|s| crate::schedule::id::public_of_key(&s.schedule)),
     })
 }
 
-/// Starts a run of `version` with `input`.
+/// Starts a run of `version` with `input`, a JSON object (`null` is refused: a client that
+/// means no input sends `{}`).
 pub async fn start(
     exec: &Executor,
     version: Version,
@@ -53,16 +63,31 @@ pub async fn start(
     trigger: Trigger,
     idempotency_key: Option<String>,
 ) -> Result<Started, StartError> {
+    if input.is_null() {
+        return Err(StartError::Input(vec![
+            "the input must be a JSON object, not null; send `{}` for none".into(),
+        ]));
+    }
     let new = new_run(&version, &input, trigger, None)?;
+    let asked = new.input.clone();
     let applied = exec
         .start(NewRunRequest {
             version,
             new,
-            idempotency_key,
+            idempotency_key: idempotency_key.clone(),
             slot: None,
             start: true,
         })
         .await?;
+    if !applied.created
+        && applied.run.input != asked
+        && let Some(key) = idempotency_key
+    {
+        return Err(StartError::KeyReused {
+            key,
+            run_id: applied.run.id.clone(),
+        });
+    }
     Ok(Started {
         run: applied.run,
         created: applied.created,
@@ -78,7 +103,7 @@ pub async fn fire(
     slot: SlotClaim,
     start_now: bool,
 ) -> Result<Option<Arc<Run>>, StartError> {
-    let new = new_run(&version, &input, Trigger::Schedule, Some(slot.at))?;
+    let new = new_run(&version, &input, Trigger::Schedule, Some(&slot))?;
     let applied = exec
         .start(NewRunRequest {
             version,

@@ -172,6 +172,8 @@ pub struct EventRow {
 pub struct RunFilter {
     pub workflow: Option<String>,
     pub status: Option<RunStatus>,
+    /// The runs of one schedule, by its public id (`schedule::id`).
+    pub schedule: Option<String>,
     pub limit: usize,
 }
 
@@ -182,6 +184,9 @@ pub struct RunSummary {
     pub workflow: String,
     pub status: RunStatus,
     pub trigger: Trigger,
+    /// The public id of the schedule that started it (`schedule::id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
     #[serde(serialize_with = "rfc3339::one")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339::option")]

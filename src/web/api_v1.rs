@@ -3,6 +3,7 @@
 //! Every bad request gets a 4xx with `{"error": "...", "details": [...]}` saying what is wrong;
 //! nothing a client sends can crash the daemon. Handlers parse and answer; the work is `ops`.
 
+use super::auth;
 use super::state::{AppState, DaemonParts, Shared};
 use crate::engine::{RunStatus, Trigger};
 use crate::ops::cancel::CancelError;
@@ -128,7 +129,8 @@ pub fn routes(state: Shared) -> Router<Shared> {
 
 /// Every API error is `{"error": …}`, also those axum answers before a handler runs (a body
 /// over the limit, a query or path that does not parse, a method the route does not have),
-/// which come as plain text or with no body.
+/// which come as plain text or with no body. (What hyper answers before axum runs, a request
+/// it cannot parse, is rewritten in `server::JsonCannedErrors`.)
 async fn errors_as_json(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -168,35 +170,29 @@ async fn errors_as_json(req: Request, next: Next) -> Response {
     ApiError::new(status, message).into_response()
 }
 
-async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send `Authorization: Bearer $RUNNER_API_TOKEN`",
-            )
-            .into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
-        }
-    }
-    next.run(req).await
+/// Whether a request carries the API token (always true when none is set).
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    state.token.as_ref().is_none_or(|token| {
+        auth::bearer(headers.get(header::AUTHORIZATION)).is_some_and(|given| token.matches(given))
+    })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+fn unauthorized(message: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    if !authorized(&state, req.headers()) {
+        return unauthorized(
+            "missing or wrong bearer token: send `Authorization: Bearer $RUNNER_API_TOKEN`",
+        );
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    next.run(req).await
 }
 
 /// 200 while the database answers; 503 (with `Retry-After`) while it does not.
@@ -247,7 +243,13 @@ async fn list_nodes(State(state): State<Shared>) -> ApiResult {
     json_ok(StatusCode::OK, json!(nodes))
 }
 
-pub async fn metrics(State(state): State<Shared>) -> Response {
+/// Prometheus metrics; with an API token set they need it too, unless `--metrics-public`.
+pub async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if !state.metrics_public && !authorized(&state, &headers) {
+        return unauthorized(
+            "missing or wrong bearer token: send `Authorization: Bearer $RUNNER_API_TOKEN` (Prometheus: `authorization: { credentials: … }`), or start the daemon with --metrics-public",
+        );
+    }
     let (active, invalid) = match &state.daemon {
         Some(d) => {
             let reg = d.registry();
@@ -284,11 +286,12 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// A JSON body (`empty` when there is none), read strictly: a key twice in an object is refused.
 fn parse_json(body: &Bytes, empty: Value) -> Result<Value, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(empty);
     }
-    serde_json::from_slice(body).map_err(|e| {
+    super::json::parse_strict(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the request body is not valid JSON: {e}"),
@@ -427,7 +430,27 @@ async fn start_run(
             format!("the input does not match the inputs of `{name}`"),
         )
         .details(errors)),
+        Err(e @ StartError::KeyReused { .. }) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
         Err(StartError::Store(e)) => Err(ApiError::store(e)),
+    }
+}
+
+/// The most items one list answers.
+const MAX_LIMIT: usize = 1000;
+
+/// `?limit=`: `default` when absent, else 1 to [`MAX_LIMIT`]; 0 or more than that is refused,
+/// not silently changed.
+fn limit(given: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(n @ 1..=MAX_LIMIT) => Ok(n),
+        Some(n) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be 1 to {MAX_LIMIT}, not {n}"),
+        )),
     }
 }
 
@@ -435,6 +458,8 @@ async fn start_run(
 struct RunQuery {
     workflow: Option<String>,
     status: Option<String>,
+    /// A schedule's public id: `sum-u1`, or `{workflow}/{index}` for one in a workflow file.
+    schedule: Option<String>,
     limit: Option<usize>,
 }
 
@@ -445,13 +470,14 @@ async fn list_runs(State(state): State<Shared>, Query(q): Query<RunQuery>) -> Ap
         })?),
         None => None,
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = limit(q.limit, 50)?;
     let list = state
         .exec
         .store()
         .list_runs(&crate::store::RunFilter {
             workflow: q.workflow,
             status,
+            schedule: q.schedule,
             limit,
         })
         .await
@@ -683,7 +709,7 @@ struct ScheduleQuery {
 
 async fn list_schedules(State(state): State<Shared>, Query(q): Query<ScheduleQuery>) -> ApiResult {
     let d = daemon(&state, "programmatic schedules")?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = limit(q.limit, 100)?;
     let list = crate::ops::schedules::list(
         state.exec.store(),
         q.workflow.as_deref(),

@@ -6,8 +6,12 @@
 
 pub mod api_v1;
 pub mod approval_pages;
+pub mod auth;
+pub mod json;
+pub mod server;
 pub mod state;
 
+pub use server::Limits;
 pub use state::{AppState, DaemonParts, Shared};
 
 use axum::Router;
@@ -26,13 +30,13 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets the answers being sent finish.
+/// Serves `app` on `listener` within `limits` (see `server`) until `shutdown` completes, then
+/// lets the answers being sent finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, app, limits, shutdown).await
 }

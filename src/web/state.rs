@@ -1,6 +1,7 @@
 //! What the HTTP handlers share: the executor, and what only the daemon has (its workflows and
 //! its scheduler), the API token, metrics and the public URL.
 
+use super::auth::ApiToken;
 use crate::metrics::Metrics;
 use crate::ops::schedules::{Change, Schedules};
 use crate::registry::Registry;
@@ -13,7 +14,10 @@ pub struct AppState {
     /// The daemon's workflows and scheduler; None in the page server of a foreground
     /// `runner run` or `runner resume`, which serves approval links and reads.
     pub daemon: Option<DaemonParts>,
-    pub token: Option<String>,
+    /// The API token requests must present (checked at start by `auth::check_token`).
+    pub token: Option<ApiToken>,
+    /// `/metrics` without the token (`--metrics-public`); else it needs it like the API.
+    pub metrics_public: bool,
     pub metrics: Arc<Metrics>,
     pub public_url: String,
 }

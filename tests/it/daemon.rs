@@ -266,7 +266,7 @@ fn sighup_reloads_an_edit_the_watcher_cannot_see() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn the_api_needs_the_bearer_token_and_healthz_and_metrics_do_not() {
+fn the_api_and_metrics_need_the_bearer_token_and_healthz_does_not() {
     let (dir, wf_dir) = setup();
     let daemon = Daemon::start(&wf_dir, &dir.path().join("auth.db"), Some(TOKEN));
     let none = Api {
@@ -299,7 +299,7 @@ fn the_api_needs_the_bearer_token_and_healthz_and_metrics_do_not() {
     let raw =
         http_request("GET", &format!("{}/api/v1/runs", daemon.base), &[], None).expect("request");
     assert_eq!(raw.header("www-authenticate"), Some("Bearer"));
-    // Only the exact `Bearer <token>` passes.
+    // Only `Bearer <token>` passes (the scheme in any case: `http_edges`).
     let raw = http_request(
         "GET",
         &format!("{}/api/v1/runs", daemon.base),
@@ -315,7 +315,17 @@ fn the_api_needs_the_bearer_token_and_healthz_and_metrics_do_not() {
     let h = http_request("GET", &format!("{}/healthz", daemon.base), &[], None).expect("healthz");
     assert_eq!(h.status, 200, "{h:?}");
     assert_eq!(h.json()["status"], "ok");
+    // With a token set, /metrics needs it too (unless --metrics-public: `http_edges`).
     let m = http_request("GET", &format!("{}/metrics", daemon.base), &[], None).expect("metrics");
+    assert_eq!(m.status, 401, "{m:?}");
+    let auth = format!("Bearer {TOKEN}");
+    let m = http_request(
+        "GET",
+        &format!("{}/metrics", daemon.base),
+        &[("Authorization", &auth)],
+        None,
+    )
+    .expect("metrics");
     assert_eq!(m.status, 200, "{m:?}");
     assert!(m.body.contains("runner_workflows_active"), "{}", m.body);
 }
@@ -1093,8 +1103,10 @@ fn snapshot(api: &Api, ids: &[String]) -> Snapshot {
         .collect()
 }
 
-/// Every run succeeded; each http step was attempted once, with its dedup id; no request arrived
-/// after the step had completed; a request was sent twice only when a daemon died between the two;
+/// Every run succeeded; each http step succeeded once, with its dedup id; an attempt cut short by a
+/// death is recorded as interrupted and sent again as the next attempt (`Upstash-Retried` one
+/// higher); no request arrived after the step had completed; a step was sent twice only when a
+/// daemon died between the two;
 /// what a snapshot before a stop saw completed is unchanged at the end, and a sleep seen sleeping
 /// kept its start (so its deadline). Answers how many requests were sent again.
 fn check_runs(
@@ -1153,11 +1165,16 @@ fn check_runs(
                 );
                 continue;
             }
-            assert_eq!(
-                s["attempts"], 1,
-                "{what}: more than one attempt although the endpoint always answers 2xx:\n{s:#}"
-            );
             let attempt_log = s["attempt_log"].as_array().expect("attempt_log");
+            let interrupted = attempt_log
+                .iter()
+                .filter(|a| a["outcome"] == "interrupted")
+                .count() as u64;
+            assert_eq!(
+                s["attempts"].as_u64().expect("attempts") - interrupted,
+                1,
+                "{what}: more than one attempt that was not interrupted although the endpoint always answers 2xx:\n{s:#}"
+            );
             let wins: Vec<&Value> = attempt_log
                 .iter()
                 .filter(|a| a["outcome"] == "succeeded")
@@ -1168,14 +1185,23 @@ fn check_runs(
             let reqs = requests_of(&log, id, Some(sid));
             assert!(!reqs.is_empty(), "{what}: the endpoint saw no request");
             let mut times = Vec::new();
+            let mut seen_retried = std::collections::HashSet::new();
             for r in &reqs {
                 let h = &r["headers"];
                 assert_eq!(r["valid"], true, "{what}: refused by the receiver: {r:#}");
                 assert_eq!(h["upstash-message-id"], dedup, "{what}: {r:#}");
                 assert_eq!(h["idempotency-key"], dedup, "{what}: {r:#}");
-                assert_eq!(
-                    h["upstash-retried"], "0",
-                    "{what}: a re-sent attempt must keep Upstash-Retried: {r:#}"
+                let retried: u64 = h["upstash-retried"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{what}: bad Upstash-Retried in {r:#}"));
+                assert!(
+                    retried <= interrupted,
+                    "{what}: Upstash-Retried {retried}, but only {interrupted} attempt(s) were interrupted: {r:#}"
+                );
+                assert!(
+                    seen_retried.insert(retried),
+                    "{what}: two requests with Upstash-Retried {retried}: a re-sent attempt must have the next number: {r:#}"
                 );
                 let t = r["time"].as_i64().expect("time");
                 assert!(

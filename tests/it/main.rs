@@ -5,6 +5,8 @@ mod approval;
 mod crash;
 mod daemon;
 mod engine;
+mod http_edges;
+mod schedule_ids;
 mod scheduler;
 mod sign_interop;
 mod support;

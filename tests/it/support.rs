@@ -110,6 +110,9 @@ pub(crate) fn runner_cmd() -> Command {
         "RUNNER_URL",
         "RUNNER_LISTEN",
         "RUNNER_PUBLIC_URL",
+        "RUNNER_METRICS_PUBLIC",
+        "RUNNER_MAX_CONNECTIONS",
+        "RUNNER_HEADER_READ_TIMEOUT",
     ] {
         c.env_remove(var);
     }

@@ -217,13 +217,18 @@ impl PgStore {
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let limit = i64::try_from(if filter.limit == 0 { 50 } else { filter.limit }).unwrap_or(50);
         let status = filter.status.map(|s| s.as_str());
+        let schedule = filter
+            .schedule
+            .as_deref()
+            .map(crate::schedule::id::key_of_public);
         let rows = self
             .rows(
                 "listing runs",
-                "SELECT id, workflow, status, trigger, created_at, finished_at FROM runs
+                "SELECT id, workflow, status, trigger, created_at, finished_at, schedule FROM runs
                  WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
+                   AND ($4::text IS NULL OR schedule = $4)
                  ORDER BY n DESC LIMIT $3",
-                &[&filter.workflow, &status, &limit],
+                &[&filter.workflow, &status, &limit, &schedule],
             )
             .await?;
         rows.into_iter()
@@ -231,7 +236,11 @@ impl PgStore {
                 let id: String = r.get(0);
                 let status: String = r.get(2);
                 let trigger: String = r.get(3);
+                let schedule: Option<String> = r.get(6);
                 Ok(RunSummary {
+                    schedule_id: schedule
+                        .as_deref()
+                        .and_then(crate::schedule::id::public_of_key),
                     status: RunStatus::parse(&status)
                         .ok_or_else(|| corrupt(&id, format!("unknown status `{status}`")))?,
                     trigger: Trigger::parse(&trigger)

@@ -132,16 +132,26 @@ impl SqliteStore {
             let doing = "listing runs";
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT id, workflow, status, trigger, created_at, finished_at FROM runs
+                    "SELECT id, workflow, status, trigger, created_at, finished_at, schedule FROM runs
                      WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2)
+                       AND (?4 IS NULL OR schedule = ?4)
                      ORDER BY rowid DESC LIMIT ?3",
                 )
                 .map_err(sql(doing))?;
             let limit =
                 i64::try_from(if filter.limit == 0 { 50 } else { filter.limit }).unwrap_or(50);
+            let schedule = filter
+                .schedule
+                .as_deref()
+                .map(crate::schedule::id::key_of_public);
             let rows = stmt
                 .query_map(
-                    params![filter.workflow, filter.status.map(|s| s.as_str()), limit],
+                    params![
+                        filter.workflow,
+                        filter.status.map(|s| s.as_str()),
+                        limit,
+                        schedule
+                    ],
                     |r| {
                         Ok((
                             r.get::<_, String>(0)?,
@@ -150,14 +160,17 @@ impl SqliteStore {
                             r.get::<_, String>(3)?,
                             r.get::<_, i64>(4)?,
                             r.get::<_, Option<i64>>(5)?,
+                            r.get::<_, Option<String>>(6)?,
                         ))
                     },
                 )
                 .map_err(sql(doing))?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, workflow, status, trigger, created, finished) = row.map_err(sql(doing))?;
+                let (id, workflow, status, trigger, created, finished, schedule) =
+                    row.map_err(sql(doing))?;
                 out.push(RunSummary {
+                    schedule_id: schedule.as_deref().and_then(crate::schedule::id::public_of_key),
                     status: RunStatus::parse(&status)
                         .ok_or_else(|| corrupt(&id, format!("unknown status `{status}`")))?,
                     trigger: Trigger::parse(&trigger)

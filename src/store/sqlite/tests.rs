@@ -25,6 +25,7 @@ async fn start(store: &SqliteStore, source: &str, id: &str) -> Applied {
         trigger: Trigger::Api,
         input: serde_json::json!({}),
         scheduled_for: None,
+        schedule_id: None,
     };
     let request = NewRunRequest {
         version,
@@ -61,6 +62,7 @@ fn version_4_database(path: &Path) -> String {
             trigger: Trigger::Api,
             input: serde_json::json!({}),
             scheduled_for: None,
+            schedule_id: None,
         },
         now,
     );
@@ -200,6 +202,7 @@ async fn runs_are_listed_newest_first() {
             workflow: Some("one".into()),
             status: Some(RunStatus::Running),
             limit: 0,
+            ..RunFilter::default()
         }),
         ["m-third", "a-second", "z-first"]
     );
