@@ -115,6 +115,8 @@ pub enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         mail: MailArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Start a run through the daemon's API (the workflow needs `on: { webhook: true }`)
     Trigger {
@@ -179,6 +181,26 @@ pub struct ServerArgs {
     /// The daemon's API token
     #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Certificate authorities trusted for HTTPS, besides the system's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// A PEM file of certificate authorities to trust for HTTPS calls, besides the system's (a private CA)
+    #[arg(long, env = "RUNNER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Makes the CA file's certificates trusted by every HTTP client built afterwards.
+    fn apply(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.ca_file {
+            crate::dispatch::http::trust_ca_file(path).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(())
+    }
 }
 
 /// A foreground run serves the approval pages (and the API) while it waits.
@@ -192,6 +214,8 @@ pub struct ForegroundArgs {
     pub public_url: Option<String>,
     #[command(flatten)]
     pub mail: MailArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -266,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fg,
         } => {
             init_logs("warn,runner::dispatch::approval=info");
+            fg.tls.apply()?;
             runtime()?.block_on(run_foreground(
                 &workflow,
                 &input,
@@ -277,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resume { run_id, db, fg } => {
             init_logs("warn,runner::dispatch::approval=info");
+            fg.tls.apply()?;
             runtime()?.block_on(resume(run_id, &db.db, &fg))
         }
         Command::Runs {
@@ -296,8 +322,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api_token,
             log_format,
             mail,
+            tls,
         } => {
             init_logs_format("info", log_format);
+            tls.apply()?;
             let cfg = crate::daemon::ServeConfig {
                 dir,
                 db: db.db,
@@ -409,6 +437,7 @@ async fn call_daemon(
     body: Option<serde_json::Value>,
     headers: Vec<(String, String)>,
 ) -> anyhow::Result<ExitCode> {
+    server.tls.apply()?;
     let client = crate::dispatch::http::client();
     let url = format!("{}{path}", server.server.trim_end_matches('/'));
     let mut req = client

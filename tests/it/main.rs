@@ -8,4 +8,5 @@ mod engine;
 mod scheduler;
 mod sign_interop;
 mod support;
+mod tls;
 mod validate;
