@@ -508,10 +508,12 @@ struct Pages {
 
 impl Pages {
     /// Stops taking connections and lets the answers being sent finish (the page of the
-    /// decision that ended the run, say), for 2 s at most.
+    /// decision that ended the run, say), for 2 s at most. Its runs have ended: a daemon has
+    /// nothing to continue.
     async fn finish(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+        self.owner.release();
     }
 }
 
@@ -573,7 +575,7 @@ async fn run_foreground(
         tokio::task::spawn_blocking(move || crate::store::sqlite::owner::take_for_one_run(&db))
             .await??
     };
-    let (engine, pages) = open_engine(db, fg, owner).await?;
+    let (engine, mut pages) = open_engine(db, fg, owner).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
     let started = crate::ops::start::start(
         &engine,
@@ -595,6 +597,8 @@ async fn run_foreground(
         Err(e) => return Err(e.into()),
     };
     if created {
+        // If this process ends before the run does (killed, say), a daemon continues it.
+        pages.owner.claim(&run.id)?;
         println!("run {} started: {}", run.id, run.workflow);
     } else {
         println!(

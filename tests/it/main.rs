@@ -5,6 +5,7 @@ mod approval;
 mod crash;
 mod daemon;
 mod engine;
+mod files;
 mod scheduler;
 mod sign_interop;
 mod support;
