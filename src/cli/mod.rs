@@ -735,6 +735,15 @@ async fn keys(action: Option<KeysAction>, db: &Path) -> anyhow::Result<ExitCode>
     };
     println!("QSTASH_CURRENT_SIGNING_KEY={}", keys.current);
     println!("QSTASH_NEXT_SIGNING_KEY={}", keys.next);
+    if action == Some(KeysAction::Rotate) {
+        eprintln!(
+            "rotated: a running daemon on this database signs with the new current key within {} s \
+             (receivers that have the old pair keep verifying: the new current key was their next \
+             key). Once it does, give receivers the new pair above; do not rotate again before they \
+             have it.",
+            crate::runtime::keys::REFRESH.as_secs()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

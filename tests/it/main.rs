@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod engine;
 mod files;
+mod keys;
 mod scheduler;
 mod sign_interop;
 mod support;
