@@ -128,6 +128,8 @@ pub enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         mail: MailArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Start a run through the daemon's API (the workflow needs `on: { webhook: true }`)
     Trigger {
@@ -217,6 +219,26 @@ pub struct ServerArgs {
     /// The daemon's API token
     #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Certificate authorities trusted for HTTPS, besides the system's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// A PEM file of certificate authorities to trust for HTTPS calls, besides the system's (a private CA)
+    #[arg(long, env = "RUNNER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Makes the CA file's certificates trusted by every HTTP client built afterwards.
+    fn apply(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.ca_file {
+            crate::dispatch::http::trust_ca_file(path).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(())
+    }
 }
 
 /// A foreground run serves the approval pages (and the API) while it waits.
@@ -230,6 +252,8 @@ pub struct ForegroundArgs {
     pub public_url: Option<String>,
     #[command(flatten)]
     pub mail: MailArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -304,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fg,
         } => {
             init_logs("warn,runner::dispatch::approval=info");
+            fg.tls.apply()?;
             runtime()?.block_on(run_foreground(
                 &workflow,
                 &input,
@@ -315,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resume { run_id, db, fg } => {
             init_logs("warn,runner::dispatch::approval=info");
+            fg.tls.apply()?;
             runtime()?.block_on(resume(run_id, &db.db, &fg))
         }
         Command::Runs {
@@ -349,11 +375,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             header_read_timeout,
             log_format,
             mail,
+            tls,
         } => {
             init_logs_format("info", log_format);
             if max_connections == 0 {
                 anyhow::bail!("--max-connections must be 1 or more");
             }
+            tls.apply()?;
             let cfg = crate::daemon::ServeConfig {
                 dir,
                 db: db.db,
@@ -469,6 +497,7 @@ async fn call_daemon(
     body: Option<serde_json::Value>,
     headers: Vec<(String, String)>,
 ) -> anyhow::Result<ExitCode> {
+    server.tls.apply()?;
     let client = crate::dispatch::http::client();
     let url = format!("{}{path}", server.server.trim_end_matches('/'));
     let mut req = client
@@ -541,11 +570,14 @@ struct Pages {
 
 impl Pages {
     /// Stops taking connections and lets the answers being sent finish (the page of the
-    /// decision that ended the run, say), for 2 s at most. On a shared database the node gives
-    /// back what it did not finish.
+    /// decision that ended the run, say), for 2 s at most. Its runs have ended: a daemon has
+    /// nothing to continue; on a shared database the node gives back what it did not finish.
     async fn finish(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+        if let Some(owner) = self.owner {
+            owner.release();
+        }
         if self.exec.store().is_shared() {
             let _ = self.exec.store().release_node().await;
         }
@@ -630,7 +662,7 @@ async fn run_foreground(
                 .await??,
         )
     };
-    let (engine, pages) = open_engine(db, fg, owner).await?;
+    let (engine, mut pages) = open_engine(db, fg, owner).await?;
     let version = crate::store::Version::new(&file.path, &file.text, wf);
     let started = crate::ops::start::start(
         &engine,
@@ -652,6 +684,10 @@ async fn run_foreground(
         Err(e) => return Err(e.into()),
     };
     if created {
+        // If this process ends before the run does (killed, say), a daemon continues it.
+        if let Some(owner) = pages.owner.as_mut() {
+            owner.claim(&run.id)?;
+        }
         println!("run {} started: {}", run.id, run.workflow);
     } else {
         println!(
@@ -859,6 +895,15 @@ async fn keys(action: Option<KeysAction>, db: &str) -> anyhow::Result<ExitCode> 
     };
     println!("QSTASH_CURRENT_SIGNING_KEY={}", keys.current);
     println!("QSTASH_NEXT_SIGNING_KEY={}", keys.next);
+    if action == Some(KeysAction::Rotate) {
+        eprintln!(
+            "rotated: a running daemon on this database signs with the new current key within {} s \
+             (receivers that have the old pair keep verifying: the new current key was their next \
+             key). Once it does, give receivers the new pair above; do not rotate again before they \
+             have it.",
+            crate::runtime::keys::REFRESH.as_secs()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

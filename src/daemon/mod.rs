@@ -83,6 +83,14 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     } = parts;
     // `runner keys rotate` (or another daemon) may rotate the keys in the database meanwhile.
     tokio::spawn(keys.refresh_every(store.clone(), crate::runtime::keys::REFRESH));
+    let db_file = if shared {
+        None
+    } else {
+        Some(
+            crate::store::sqlite::file::DbFile::identify(std::path::Path::new(&cfg.db))
+                .map_err(|e| anyhow::anyhow!("cannot read the database file `{}`: {e}", cfg.db))?,
+        )
+    };
 
     let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
     // Only the reload path uses the loader (its cache of checked files); never the API.
@@ -127,6 +135,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         info!(runs = resumed, "resuming unfinished runs");
     }
     tokio::spawn(engine.clone().timer_loop());
+    let (lost_tx, lost) = tokio::sync::watch::channel(None);
+    if let Some(db_file) = db_file {
+        // SQLite: the file must stay the one opened, and `runner run`s that died leave runs.
+        tokio::spawn(watch_db_file(db_file, engine.clone(), lost_tx));
+        tokio::spawn(continue_abandoned(engine.clone(), PathBuf::from(&cfg.db)));
+    }
 
     // The scheduler runs on the node that leads (on SQLite, this one); ready once the first
     // attempt to lead is over.
@@ -178,7 +192,21 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     info!(listen = %local, public_url = %public_url, dir = %cfg.dir.display(), "runner is serving");
     // A line for scripts and tests that start the daemon on port 0.
     println!("listening on http://{local}");
-    crate::web::serve(listener, app, cfg.http, shutdown_signal()).await?;
+    let mut lost_rx = lost.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            _ = lost_rx.wait_for(Option::is_some) => {}
+        }
+    };
+    crate::web::serve(listener, app, cfg.http, stop).await?;
+    if let Some(why) = lost.borrow().clone() {
+        anyhow::bail!(
+            "{why}; stopped at once, without sending more calls or e-mails. Runs, schedules and \
+             signing keys were in that file: put it back (from a backup) before starting again. \
+             A new file starts with no runs and new signing keys, which every receiver refuses"
+        );
+    }
     info!("shutting down: finishing the calls in flight (up to 10 s)");
     let left = engine.drain(std::time::Duration::from_secs(10)).await;
     if left > 0 {
@@ -210,6 +238,59 @@ fn defs_hash(registry: &RwLock<Registry>) -> String {
         .collect();
     names.sort();
     crate::store::version_hash(&names.join("\n"))
+}
+
+/// How often the daemon checks that its database file is still at its path, and looks for runs
+/// of `runner run` processes that are gone.
+const FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Stops the daemon when its database file is deleted or replaced: what it committed from then
+/// on would be lost at the next start. New effects stay unperformed at once (`drain`), then the
+/// reason is sent to stop the server.
+async fn watch_db_file(
+    file: crate::store::sqlite::file::DbFile,
+    exec: crate::runtime::Executor,
+    lost: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut tick = tokio::time::interval(FILE_CHECK);
+    loop {
+        tick.tick().await;
+        let f = file.clone();
+        let Ok(Err(why)) = tokio::task::spawn_blocking(move || f.check()).await else {
+            continue;
+        };
+        error!(db = %file.path().display(), "{why}: stopping without performing more effects");
+        exec.drain(std::time::Duration::ZERO).await;
+        let _ = lost.send(Some(why));
+        return;
+    }
+}
+
+/// Continues the runs of `runner run` processes that ended before their runs did (killed, say):
+/// nobody else would, while this daemon holds the database.
+async fn continue_abandoned(exec: crate::runtime::Executor, db: PathBuf) {
+    let mut tick = tokio::time::interval(FILE_CHECK);
+    loop {
+        tick.tick().await;
+        let d = db.clone();
+        let found = tokio::task::spawn_blocking(move || crate::store::sqlite::owner::abandoned(&d))
+            .await
+            .unwrap_or_default();
+        for (owner, runs) in found {
+            for id in runs {
+                match exec.store().run_status(&id).await {
+                    Ok(Some(status)) if !status.is_terminal() => {
+                        info!(run_id = %id, owner = %owner, "continuing a run whose `runner run` process has ended");
+                        if let Err(e) = exec.recover(false, Some(&id)).await {
+                            warn!(run_id = %id, error = %e, "cannot continue the run");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(run_id = %id, error = %e, "cannot read a run to continue"),
+                }
+            }
+        }
+    }
 }
 
 /// Re-reads and re-checks the directory (off the async threads), logs what changed, and

@@ -209,6 +209,39 @@ impl Scheduler {
             .and_then(|v| v.workflow.concurrency.catchup_window)
     }
 
+    fn overlap_of(&self, workflow: &str) -> Overlap {
+        let reg = self.registry.read().expect("registry lock");
+        reg.get(workflow)
+            .map_or(Overlap::Skip, |v| v.workflow.concurrency.overlap)
+    }
+
+    /// Records missed slots that a newer one supersedes (`trigger::catch_up`) as skipped, so
+    /// they are not fired after a restart either.
+    fn supersede(&mut self, id: &str, workflow: &str, slots: Vec<Slot>) {
+        info!(
+            schedule = %id,
+            workflow,
+            missed = slots.len(),
+            "catching up: missed slots are skipped, the on-time (or else the newest missed) slot fires: the overlap policy keeps one run going"
+        );
+        let store = self.store().clone();
+        let metrics = self.metrics.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            for slot in slots {
+                metrics.skipped();
+                let claim = SlotClaim {
+                    schedule: id.clone(),
+                    slot: slot.key(),
+                    at: slot.at,
+                };
+                if let Err(e) = store.skip_slot(claim, "skipped_superseded").await {
+                    warn!(schedule = %id, error = %e, "cannot record a superseded slot");
+                }
+            }
+        });
+    }
+
     /// Adds or replaces an entry: fires missed slots it is owed, then arms the next one.
     async fn install(&mut self, id: String, entry: Entry, now: DateTime<Utc>) {
         self.remove(&id);
@@ -241,9 +274,13 @@ impl Scheduler {
                 now,
                 catchup,
             );
-            for slot in due {
+            last = due.last().copied();
+            let (fire, superseded) = trigger::catch_up(self.overlap_of(&workflow), due, now);
+            if !superseded.is_empty() {
+                self.supersede(&id, &workflow, superseded);
+            }
+            for slot in fire {
                 self.fire(&id, slot, slot.at, now).await;
-                last = Some(slot);
             }
         }
         let next = match last {

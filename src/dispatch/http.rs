@@ -52,14 +52,104 @@ impl Perform for HttpPerformer {
     }
 }
 
+/// Certificates trusted besides the system's (`--ca-file`), set once at start.
+static EXTRA_ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+
+/// Trusts the certificate authorities in a PEM file (`--ca-file`, `RUNNER_CA_FILE`), besides the
+/// system's, for every HTTP client this process builds from now on. Call it once, before the
+/// first [`client`].
+pub fn trust_ca_file(path: &std::path::Path) -> Result<usize, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read the CA file `{}`: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        format!(
+            "the CA file `{}` is not PEM certificates: {}",
+            path.display(),
+            root_cause(&e)
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "the CA file `{}` has no certificate (`-----BEGIN CERTIFICATE-----`)",
+            path.display()
+        ));
+    }
+    let n = certs.len();
+    EXTRA_ROOTS
+        .set(certs)
+        .map_err(|_| "the CA file was set twice".to_string())?;
+    Ok(n)
+}
+
 /// Builds the HTTP client used for every step (one connection pool).
 pub fn client() -> reqwest::Client {
     crate::install_crypto_provider();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(roots) = EXTRA_ROOTS.get() {
+        builder = builder.tls_certs_merge(roots.iter().cloned());
+    }
+    builder
         .build()
-        .expect("the HTTP client builds with static settings")
+        .expect("the HTTP client builds with static settings and parsed certificates")
+}
+
+/// A TLS failure that sending again cannot fix (the server's certificate is not trusted, not
+/// valid for the host, expired; no protocol in common), said for a person. None for anything
+/// else, which is retried.
+fn tls_failure(e: &(dyn std::error::Error + 'static), host: &str) -> Option<String> {
+    use rustls::CertificateError as C;
+    let mut cur = Some(e);
+    let tls = 'chain: loop {
+        let err = cur?;
+        // An `io::Error` hides the error it wraps from `source()` (the TLS error is two
+        // `io::Error`s deep); `get_ref` reaches it.
+        let mut inner: &(dyn std::error::Error + 'static) = err;
+        loop {
+            if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+                break 'chain t;
+            }
+            match inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(wrapped) => inner = wrapped,
+                None => break,
+            }
+        }
+        cur = err.source();
+    };
+    let hint = "; trust a private certificate authority with --ca-file (RUNNER_CA_FILE)";
+    let why = match tls {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => format!(
+                "is not issued by a certificate authority runner trusts (self-signed, or a private CA){hint}"
+            ),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("is not valid for the name `{host}` ({c})")
+            }
+            C::Expired | C::ExpiredContext { .. } => format!("has expired ({c})"),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                format!("is not valid yet; check this machine's clock ({c})")
+            }
+            C::Revoked => "has been revoked".to_string(),
+            C::BadSignature => format!("has a signature that does not verify{hint}"),
+            C::BadEncoding => "cannot be read (bad encoding)".to_string(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                format!("is not meant for a TLS server ({c})")
+            }
+            C::Other(other) => format!("is refused: {other}"),
+            other => format!("is refused ({other})"),
+        },
+        rustls::Error::PeerIncompatible(_) => {
+            return Some(format!(
+                "TLS with `{host}` failed: the server and runner have no TLS version or cipher suite in common"
+            ));
+        }
+        _ => return None,
+    };
+    Some(format!("the TLS certificate of `{host}` {why}"))
 }
 
 /// Reads the declared secrets from the environment for one step (all that are set, which are
@@ -216,6 +306,11 @@ pub async fn attempt(
     let response = match builder.body(req.body.clone()).send().await {
         Ok(r) => r,
         Err(e) => {
+            if let Some(error) = tls_failure(&e, url.host_str().unwrap_or("")) {
+                // Sending again meets the same certificate: fail the step at once.
+                let ev = fail(&mut record, error, None, None, Outcome::Permanent);
+                return (ev, record);
+            }
             let error = if e.is_timeout() {
                 format!(
                     "no answer within {}",

@@ -149,7 +149,12 @@ impl Mailer {
             }
             Mailer::Outbox { dir, from } => {
                 let msg = Self::build(from, mail)?;
-                std::fs::create_dir_all(dir).map_err(|e| {
+                // The e-mails carry live approval links: the owner's only, whatever the umask.
+                let mut folder = std::fs::DirBuilder::new();
+                folder.recursive(true);
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+                folder.create(dir).map_err(|e| {
                     MailError::Transient(format!(
                         "cannot create the outbox folder `{}`: {e}",
                         dir.display()
@@ -172,9 +177,16 @@ impl Mailer {
                     &uuid::Uuid::new_v4().simple().to_string()[..8]
                 );
                 let path = dir.join(name);
-                std::fs::write(&path, msg.formatted()).map_err(|e| {
-                    MailError::Transient(format!("cannot write `{}`: {e}", path.display()))
-                })?;
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                options
+                    .open(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &msg.formatted()))
+                    .map_err(|e| {
+                        MailError::Transient(format!("cannot write `{}`: {e}", path.display()))
+                    })?;
                 Ok(format!("written to {}", path.display()))
             }
         }

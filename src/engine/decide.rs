@@ -220,10 +220,11 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
     (run, effects)
 }
 
-/// What a sleep step shows when it woke.
+/// What a sleep step shows when it woke: RFC 3339 in UTC with milliseconds (as every other
+/// time runner shows), so a step after a 500 ms sleep can tell when it woke.
 pub(super) fn woke(now: DateTime<Utc>) -> Value {
     output::to_value(&SleepOutput {
-        woke_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        woke_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     })
 }
 

@@ -794,7 +794,7 @@ fn table_states_have_the_expected_details() {
     assert_eq!(run.wake_at, Some(at + secs(86_400)));
     assert_eq!(
         run.step("nap").unwrap().output,
-        Some(json!({ "woke_at": "2026-01-05T10:00:20Z" }))
+        Some(json!({ "woke_at": "2026-01-05T10:00:20.000Z" }))
     );
 
     let (run, at, _) = build(&wf, State::Hooks);
@@ -1338,7 +1338,7 @@ fn sleep_until_in_the_past_completes_at_once() {
         assert_eq!(nap.status, StepStatus::Succeeded);
         assert_eq!(
             nap.output,
-            Some(json!({ "woke_at": "2026-01-05T09:00:00Z" }))
+            Some(json!({ "woke_at": "2026-01-05T09:00:00.000Z" }))
         );
         assert_eq!(run.wake_at, None);
     }
@@ -1358,11 +1358,13 @@ fn sleep_until_in_the_future_sleeps() {
         Some("step `nap` to wake at 2026-01-05T10:00:00Z")
     );
     assert_absorbed(&wf, &run, timer("nap"), wake - secs(1));
-    let effects = apply(&wf, &mut run, timer("nap"), wake + secs(3));
+    // Woken 3.25 s late: `woke_at` keeps the milliseconds.
+    let woke = wake + secs(3) + chrono::Duration::milliseconds(250);
+    let effects = apply(&wf, &mut run, timer("nap"), woke);
     assert_eq!(show(&effects, wake), ["http after 1"]);
     assert_eq!(
         run.step("nap").unwrap().output,
-        Some(json!({ "woke_at": "2026-01-05T10:00:03Z" }))
+        Some(json!({ "woke_at": "2026-01-05T10:00:03.250Z" }))
     );
 }
 

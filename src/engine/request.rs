@@ -211,6 +211,21 @@ pub fn redact_value(value: Value, secrets: &serde_json::Map<String, Value>) -> V
     }
 }
 
+/// A templated `to` entry's value as one address: refused when it holds several (commas
+/// outside quotes and `<…>`), since each rendered entry (or list item) is one recipient.
+fn one_address(entry: &str, value: String) -> Result<String, String> {
+    let parts = crate::workflow::address::split_addresses(&value);
+    if parts.len() > 1 {
+        return Err(format!(
+            "`to` entry `{entry}` rendered to {} addresses (`{value}`); a templated entry is one \
+             recipient: render a list (one address per item) to send to several, and quote a \
+             display name that has a comma (`\"Doe, John\" <john@example.com>`)",
+            parts.len()
+        ));
+    }
+    Ok(value.trim().to_string())
+}
+
 /// An e-mail ready to send: recipients, subject and plain-text body, all rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mail {
@@ -235,22 +250,33 @@ pub fn render_mail(
     let ctx = template::context(&context(wf, run, Some(secrets)));
     let mut recipients = Vec::new();
     for t in to {
-        match template::render_str(t.as_str(), &ctx).map_err(|e| format!("rendering `to`: {e}"))? {
+        let rendered =
+            template::render_str(t.as_str(), &ctx).map_err(|e| format!("rendering `to`: {e}"))?;
+        if !template::is_template(t.as_str()) {
+            // Written in the file: a comma list, as `runner validate` reads it.
+            if let Value::String(s) = &rendered {
+                recipients.extend(
+                    crate::workflow::address::split_addresses(s)
+                        .into_iter()
+                        .map(str::to_string),
+                );
+                continue;
+            }
+        }
+        // Rendered from a template: one address, or one per item of a list, never a comma list,
+        // so that a value from an input or a response cannot add recipients.
+        match rendered {
             Value::Array(items) => {
                 for item in items {
-                    recipients.push(
-                        item.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| item.to_string()),
-                    );
+                    let text = item
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| item.to_string());
+                    recipients.push(one_address(t.as_str(), text)?);
                 }
             }
-            Value::String(s) => recipients.extend(
-                crate::workflow::address::split_addresses(&s)
-                    .into_iter()
-                    .map(str::to_string),
-            ),
-            other => recipients.push(other.to_string()),
+            Value::String(s) => recipients.push(one_address(t.as_str(), s)?),
+            other => recipients.push(one_address(t.as_str(), other.to_string())?),
         }
     }
     for r in &recipients {
@@ -277,6 +303,78 @@ pub fn render_mail(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::engine::{NewRun, Trigger};
+    use serde_json::json;
+
+    const MAIL: &str = r#"
+name: mail
+inputs:
+  email: { type: string, required: true }
+  emails: { type: array, default: [] }
+steps:
+  - id: tell
+    email:
+      to: ["{{ input.email }}", "ops@example.com, \"Doe, Jane\" <jane@example.com>"]
+      subject: hi
+  - id: many
+    email: { to: ["{{ input.emails }}"], subject: hi }
+"#;
+
+    fn recipients(step: &str, input: serde_json::Value) -> Result<Vec<String>, String> {
+        let wf = crate::workflow::check_file("workflows/mail.yaml", MAIL).expect("checks");
+        let new = NewRun {
+            id: "run-1".into(),
+            version: "v1".into(),
+            trigger: Trigger::Api,
+            input: crate::workflow::resolve_input(&wf, &input).expect("input"),
+            scheduled_for: None,
+            schedule_id: None,
+        };
+        let run = Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH);
+        render_mail(&wf, &run, step, &serde_json::Map::new()).map(|m| m.to)
+    }
+
+    /// A templated entry is one recipient: a value with a comma list in it (from an input, say)
+    /// is a step error, not extra recipients. Entries written in the file stay comma lists, as
+    /// `runner validate` reads them, and a rendered list is one recipient per item.
+    #[test]
+    fn a_templated_recipient_renders_to_exactly_one_address() {
+        let literal = ["ops@example.com", "\"Doe, Jane\" <jane@example.com>"];
+        assert_eq!(
+            recipients("tell", json!({ "email": "Zoë <zoe@example.com>" })).expect("one"),
+            [&["Zoë <zoe@example.com>"][..], &literal].concat()
+        );
+        assert_eq!(
+            recipients("tell", json!({ "email": "\"Zoë, Z\" <zoe@example.com>" })).expect("quoted"),
+            [&["\"Zoë, Z\" <zoe@example.com>"][..], &literal].concat()
+        );
+        for injected in [
+            "Zoë <zoe@example.com>, evil@example.com",
+            "zoe@example.com,evil@example.com",
+        ] {
+            let err = recipients("tell", json!({ "email": injected })).expect_err(injected);
+            assert!(
+                err.contains("rendered to 2 addresses") && err.contains("is one recipient"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            recipients(
+                "many",
+                json!({ "email": "x@example.com", "emails": ["a@example.com", "B <b@example.com>"] })
+            )
+            .expect("a list"),
+            ["a@example.com", "B <b@example.com>"]
+        );
+        let err = recipients(
+            "many",
+            json!({ "email": "x@example.com", "emails": ["a@example.com, evil@example.com"] }),
+        )
+        .expect_err("a list item with two addresses");
+        assert!(err.contains("rendered to 2 addresses"), "{err}");
+    }
+
     /// Dedup ids are kept by endpoints across runner upgrades: the value for a given run and
     /// step must never change (this one was computed independently, with Python's hashlib).
     #[test]

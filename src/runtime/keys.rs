@@ -30,9 +30,13 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The keys to sign with, generating and storing them on first use.
+/// The keys to sign with, generating and storing them on first use. Generating is logged as a
+/// warning that says what receivers must change: it happens on a new database, and also on one
+/// that lost its keys (replaced, or restored without them), where it means every receiver
+/// starts refusing calls.
 pub async fn resolve(store: &Store) -> Result<(Keys, KeySource), StoreError> {
     let stored_next = store.setting(NEXT).await?;
+    let mut generated = Vec::new();
     if let Some(current) = env("RUNNER_SIGNING_KEY") {
         let next = match env("RUNNER_NEXT_SIGNING_KEY") {
             Some(n) => n,
@@ -41,10 +45,12 @@ pub async fn resolve(store: &Store) -> Result<(Keys, KeySource), StoreError> {
                 None => {
                     let n = generate();
                     store.set_setting(NEXT, &n).await?;
+                    generated.push("QSTASH_NEXT_SIGNING_KEY");
                     n
                 }
             },
         };
+        warn_generated(store, &generated).await;
         return Ok((Keys { current, next }, KeySource::Environment));
     }
     let current = match store.setting(CURRENT).await? {
@@ -52,6 +58,7 @@ pub async fn resolve(store: &Store) -> Result<(Keys, KeySource), StoreError> {
         None => {
             let c = generate();
             store.set_setting(CURRENT, &c).await?;
+            generated.push("QSTASH_CURRENT_SIGNING_KEY");
             c
         }
     };
@@ -60,10 +67,52 @@ pub async fn resolve(store: &Store) -> Result<(Keys, KeySource), StoreError> {
         None => {
             let n = generate();
             store.set_setting(NEXT, &n).await?;
+            generated.push("QSTASH_NEXT_SIGNING_KEY");
             n
         }
     };
+    warn_generated(store, &generated).await;
     Ok((Keys { current, next }, KeySource::Database))
+}
+
+/// Logs which keys were just generated and what receivers must change.
+async fn warn_generated(store: &Store, generated: &[&str]) {
+    if generated.is_empty() {
+        return;
+    }
+    let db = store.describe();
+    let what = generated.join(" and ");
+    let had_runs = store
+        .list_runs(&crate::store::RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .is_ok_and(|runs| !runs.is_empty());
+    if had_runs {
+        tracing::warn!(
+            db = %db,
+            "the database has runs but no signing key, so new keys were generated (was the file replaced, or restored without its keys?): every receiver refuses calls until it has the new {what} (`runner keys --db {db}` prints them)"
+        );
+    } else {
+        tracing::warn!(
+            db = %db,
+            "new signing keys were generated and kept in the database: give receivers the new {what} (`runner keys --db {db}` prints them), or they refuse every call"
+        );
+    }
+}
+
+/// The keys as they are now, without generating any (None when one is missing).
+async fn read(store: &Store) -> Result<Option<Keys>, StoreError> {
+    let stored_next = store.setting(NEXT).await?;
+    let current = match env("RUNNER_SIGNING_KEY") {
+        Some(c) => Some(c),
+        None => store.setting(CURRENT).await?,
+    };
+    let next = env("RUNNER_NEXT_SIGNING_KEY").or(stored_next);
+    Ok(current
+        .zip(next)
+        .map(|(current, next)| Keys { current, next }))
 }
 
 /// Promotes the next key to current and makes a new next key (database keys only).
@@ -105,9 +154,16 @@ impl KeyRing {
     }
 
     /// Reads the keys again (a rotation by `runner keys rotate` or by another daemon on the same
-    /// database); answers the new keys when they changed.
+    /// database); answers the new keys when they changed. Keys missing from the database are
+    /// not generated here: the keys in use stay.
     pub async fn refresh(&self, store: &Store) -> Result<Option<Keys>, StoreError> {
-        let (keys, _) = resolve(store).await?;
+        let Some(keys) = read(store).await? else {
+            tracing::warn!(
+                db = %store.describe(),
+                "the signing keys are missing from the database; still signing with the keys in use"
+            );
+            return Ok(None);
+        };
         if keys == self.get() {
             return Ok(None);
         }

@@ -44,6 +44,28 @@ pub fn due_slots(
     out
 }
 
+/// The due slots of one catch-up (as [`due_slots`] answers them at `now`) split into (to fire,
+/// oldest first; superseded).
+///
+/// Missed slots never displace the current one. `skip`, `buffer_one` and `cancel_other` keep
+/// one run of a schedule going (`buffer_one` one more waiting), so firing the missed slots
+/// first would make the on-time slot wait behind them or be skipped because they are still
+/// going. With these policies the on-time slots fire (two at once in a DST gap) and every
+/// missed one is superseded; when none is on time, only the newest missed slot fires.
+/// Superseded slots are recorded as skipped. `buffer_all` and `allow_all` fire every due slot.
+pub fn catch_up(policy: Overlap, due: Vec<Slot>, now: DateTime<Utc>) -> (Vec<Slot>, Vec<Slot>) {
+    if matches!(policy, Overlap::BufferAll | Overlap::AllowAll) {
+        return (due, Vec::new());
+    }
+    let on_time = now - chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+    let (mut missed, fire): (Vec<Slot>, Vec<Slot>) = due.into_iter().partition(|s| s.at < on_time);
+    if !fire.is_empty() {
+        return (fire, missed);
+    }
+    let newest = missed.pop();
+    (newest.into_iter().collect(), missed)
+}
+
 /// What to do with a scheduled fire while other runs of the workflow exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverlapAction {
@@ -172,6 +194,70 @@ mod tests {
         );
         assert_eq!(due.len(), 2);
         assert_ne!(due[0].key(), due[1].key());
+    }
+
+    /// Down from 20:04 to 20:07:10 with a 10-minute window: 20:05 and 20:06 were missed and
+    /// 20:07 is on time. The policies that keep one run going fire 20:07 alone.
+    #[test]
+    fn missed_slots_never_displace_the_on_time_one() {
+        let cron = CronSchedule::parse("* * * * *", None).expect("cron");
+        let now = t("2026-01-01T20:07:10Z");
+        let window = Some(Duration::from_secs(600));
+        let due = due_slots(&cron, t("2026-01-01T20:04:00Z"), now, window);
+        assert_eq!(
+            ats(&due),
+            ["2026-01-01T20:05", "2026-01-01T20:06", "2026-01-01T20:07"]
+        );
+        let hm = |slots: &[Slot]| -> Vec<String> {
+            slots
+                .iter()
+                .map(|s| s.at.format("%H:%M").to_string())
+                .collect()
+        };
+        let cases = [
+            (Overlap::Skip, &["20:07"][..], &["20:05", "20:06"][..]),
+            (Overlap::BufferOne, &["20:07"], &["20:05", "20:06"]),
+            (Overlap::CancelOther, &["20:07"], &["20:05", "20:06"]),
+            (Overlap::BufferAll, &["20:05", "20:06", "20:07"], &[]),
+            (Overlap::AllowAll, &["20:05", "20:06", "20:07"], &[]),
+        ];
+        for (policy, fire, superseded) in cases {
+            let (f, s) = catch_up(policy, due.clone(), now);
+            assert_eq!(
+                (hm(&f), hm(&s)),
+                (strs(fire), strs(superseded)),
+                "{policy:?}"
+            );
+        }
+        // Back at 20:07:40, between slots: 20:07 is missed too, and the newest missed one fires.
+        let later = t("2026-01-01T20:07:40Z");
+        let due = due_slots(&cron, t("2026-01-01T20:04:00Z"), later, window);
+        let (f, s) = catch_up(Overlap::Skip, due, later);
+        assert_eq!(
+            (hm(&f), hm(&s)),
+            (strs(&["20:07"]), strs(&["20:05", "20:06"]))
+        );
+        // Nothing due, or only the on-time slot: nothing is superseded.
+        assert_eq!(
+            catch_up(Overlap::Skip, Vec::new(), now),
+            (Vec::new(), Vec::new())
+        );
+        let due = due_slots(&cron, t("2026-01-01T20:06:30Z"), now, window);
+        assert_eq!(catch_up(Overlap::Skip, due.clone(), now), (due, Vec::new()));
+    }
+
+    /// Both slots of a spring-forward gap are on time at the same instant: both fire.
+    #[test]
+    fn on_time_gap_slots_are_not_superseded() {
+        let cron = CronSchedule::parse("0,30 2 * * *", Some("America/New_York")).expect("cron");
+        let now = t("2026-03-08T07:00:01Z");
+        let due = due_slots(&cron, t("2026-03-08T06:00:00Z"), now, None);
+        assert_eq!(due.len(), 2);
+        assert_eq!(catch_up(Overlap::Skip, due.clone(), now), (due, Vec::new()));
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]

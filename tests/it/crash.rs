@@ -32,9 +32,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the final `runner resume` may take to finish everything.
 const FINAL_RESUME_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much later than a kill the receiver may record a request the killed process had sent
-/// (the receiver stamps a request once it has read its body, on a loaded machine maybe late).
-
 fn now_ms() -> i64 {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)

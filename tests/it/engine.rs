@@ -796,8 +796,17 @@ steps:
     // part of it before a 16 KiB cut.
     let needle = &secret.as_bytes()[..8];
     let mut checked = 0;
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
+        // A folder (`runner.db.owners/`): the files in it.
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            paths.push(path);
+        }
+    }
+    for path in paths {
         let bytes = std::fs::read(&path).unwrap();
         checked += usize::from(path.to_string_lossy().contains("runner.db"));
         assert!(

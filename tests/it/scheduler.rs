@@ -612,6 +612,69 @@ async fn c_a_buffered_run_starts_when_the_running_one_ends() {
     assert_eq!(rig.claims().len(), 2, "{:#?}", rig.claims());
 }
 
+/// After downtime, the missed slots that a catch-up window allows must not displace the on-time
+/// slot: with `skip` (the default) and `buffer_one`, the stale 20:01–20:06 runs used to take the
+/// schedule's one place and the on-time 20:07 was skipped (or queued behind them). Now 20:07
+/// starts and the missed slots are recorded as superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_a_catch_up_never_displaces_the_on_time_slot() {
+    let rig = Rig::new(&[
+        (
+            "skip",
+            workflow("skip", "* * * * *", None, "  catchup_window: 10m"),
+        ),
+        (
+            "one",
+            workflow(
+                "one",
+                "* * * * *",
+                None,
+                "  overlap: buffer_one\n  catchup_window: 10m",
+            ),
+        ),
+    ]);
+    let mut s = rig.scheduler();
+    s.start(t("2026-01-05T20:00:40Z")).await.expect("start");
+    rig.settle(0).await;
+    drop(s);
+    // Down until 20:07:10: 20:01 to 20:06 are missed (inside the window), 20:07 is on time.
+    let mut s = rig.scheduler();
+    s.start(t("2026-01-05T20:07:10Z")).await.expect("start");
+    let claims = rig.settle(14).await;
+    for schedule in ["yaml:skip:0", "yaml:one:0"] {
+        let mine: Vec<(&str, &str)> = claims
+            .iter()
+            .filter(|c| c.0 == schedule)
+            .map(|c| (&c.1[11..16], c.2.as_str()))
+            .collect();
+        assert_eq!(
+            mine,
+            [
+                ("20:01", "skipped_superseded"),
+                ("20:02", "skipped_superseded"),
+                ("20:03", "skipped_superseded"),
+                ("20:04", "skipped_superseded"),
+                ("20:05", "skipped_superseded"),
+                ("20:06", "skipped_superseded"),
+                ("20:07", "started"),
+            ],
+            "{schedule}"
+        );
+    }
+    let runs = rig.runs();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert!(
+        runs.values()
+            .all(|r| r.3 == Some(t("2026-01-05T20:07:00Z").timestamp_millis())),
+        "{runs:#?}"
+    );
+    drop(s);
+    // A restart later does not fire the superseded slots.
+    let mut s = rig.scheduler();
+    s.start(t("2026-01-05T20:07:20Z")).await.expect("start");
+    assert_eq!(rig.settle(14).await, claims);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_overlap_allow_all_starts_every_slot() {
     let (claims, runs) = three_slots("allow_all").await;

@@ -98,6 +98,22 @@ pub(crate) fn runner_bin() -> PathBuf {
 /// A `runner` command with a clean environment for runner's own variables.
 pub(crate) fn runner_cmd() -> Command {
     let mut c = Command::new(runner_bin());
+    clean_runner_env(&mut c);
+    c
+}
+
+/// A `runner` command run by `sh` with the umask set first (`umask 000` tests file modes).
+pub(crate) fn runner_cmd_with_umask(umask: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(runner_bin());
+    clean_runner_env(&mut c);
+    c
+}
+
+/// Removes runner's own variables from a command's environment.
+pub(crate) fn clean_runner_env(c: &mut Command) {
     for var in [
         "RUNNER_SIGNING_KEY",
         "RUNNER_NEXT_SIGNING_KEY",
@@ -113,10 +129,11 @@ pub(crate) fn runner_cmd() -> Command {
         "RUNNER_METRICS_PUBLIC",
         "RUNNER_MAX_CONNECTIONS",
         "RUNNER_HEADER_READ_TIMEOUT",
+        "RUNNER_CA_FILE",
+        "RUNNER_OUTBOX",
     ] {
         c.env_remove(var);
     }
-    c
 }
 
 /// The receiver's records, oldest first (blocking HTTP, for tests that drive the binary).
@@ -449,13 +466,45 @@ impl Daemon {
         Daemon::spawn(cmd, db.with_extension(format!("daemon-{n}.stderr")), token)
     }
 
+    /// `runner serve` on 127.0.0.1:0 that signs with the keys kept in the database (generated on
+    /// its first start), as with zero configuration.
+    pub(crate) fn start_with_db_keys(dir: &Path, db: &Path) -> Daemon {
+        let mut cmd = runner_cmd();
+        cmd.arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--db")
+            .arg(db)
+            .args(["--listen", "127.0.0.1:0"]);
+        let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Daemon::spawn_with(
+            cmd,
+            db.with_extension(format!("daemon-{n}.stderr")),
+            None,
+            false,
+        )
+    }
+
     /// Starts `cmd` (a `runner serve` with its arguments) with the test signing keys, its stderr
     /// in `stderr`, and waits (30 s at most) until it prints `listening on …`.
-    pub(crate) fn spawn(mut cmd: Command, stderr: PathBuf, token: Option<&str>) -> Daemon {
-        let (current, next) = test_keys();
+    pub(crate) fn spawn(cmd: Command, stderr: PathBuf, token: Option<&str>) -> Daemon {
+        Daemon::spawn_with(cmd, stderr, token, true)
+    }
+
+    /// [`Daemon::spawn`], with the test signing keys in its environment or (`env_keys` false)
+    /// with the keys in its database.
+    pub(crate) fn spawn_with(
+        mut cmd: Command,
+        stderr: PathBuf,
+        token: Option<&str>,
+        env_keys: bool,
+    ) -> Daemon {
+        if env_keys {
+            let (current, next) = test_keys();
+            cmd.env("RUNNER_SIGNING_KEY", current)
+                .env("RUNNER_NEXT_SIGNING_KEY", next);
+        }
         let mut child = cmd
-            .env("RUNNER_SIGNING_KEY", current)
-            .env("RUNNER_NEXT_SIGNING_KEY", next)
             .env("RUNNER_LOG", "runner=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

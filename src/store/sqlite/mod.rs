@@ -1,10 +1,12 @@
 //! The SQLite backend: one file in WAL mode with `synchronous=FULL`, one writer with group
 //! commit (`writer`), a cache of unfinished runs' state checked against other processes'
 //! commits (`tx`), reads on a second connection, and the lock files that say which process may
-//! run the database's runs (`owner`).
+//! run the database's runs (`owner`), and the file itself: its mode, its names, its identity
+//! (`file`).
 //!
 //! I/O shell. The only place, with its submodules, that knows rusqlite.
 
+pub mod file;
 pub mod owner;
 mod queries;
 mod tx;
@@ -118,6 +120,13 @@ impl SqliteStore {
             path: path.display().to_string(),
             source: db(&e),
         };
+        file::prepare(path).map_err(|message| StoreError::Open {
+            path: path.display().to_string(),
+            source: DbError {
+                kind: DbErrorKind::Other,
+                message,
+            },
+        })?;
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&writer).map_err(open_err)?;
         migrate(&mut writer).map_err(|e| StoreError::Migrate {
