@@ -579,7 +579,11 @@ impl Pages {
             owner.release();
         }
         if self.exec.store().is_shared() {
-            let _ = self.exec.store().release_node().await;
+            let _ = self
+                .exec
+                .store()
+                .release_node(&self.exec.performing())
+                .await;
         }
     }
 }

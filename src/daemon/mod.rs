@@ -215,13 +215,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "stopped with calls in flight; they are sent again (same dedup id) on the next start"
         );
     }
-    if shared {
-        // Whatever this node did not finish, another node takes within a second.
-        match store.release_node().await {
-            Ok(()) => info!("gave this node's remaining work back to the other nodes"),
-            Err(e) => {
-                warn!(error = %e, "cannot give this node's work back; other nodes take it over when its lease lapses")
-            }
+    // What was not started is marked so (the next process, or on a shared database another
+    // node within a second, performs it as it is); what was in flight counts as interrupted.
+    match store.release_node(&engine.performing()).await {
+        Ok(()) if shared => info!("gave this node's remaining work back to the other nodes"),
+        Ok(()) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot mark the work left for the next start; other nodes take it over when this node's lease lapses")
         }
     }
     info!("stopped; unfinished runs continue from the database on the next start");

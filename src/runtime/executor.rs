@@ -241,6 +241,9 @@ impl Executor {
             .into_iter()
             .filter(|p| mine(&p.run_id))
             .collect();
+        if pending.iter().any(|p| p.fresh) {
+            self.inner.store.clear_fresh().await?;
+        }
         let unfinished: Vec<String> = self
             .inner
             .store
@@ -279,6 +282,11 @@ impl Executor {
     /// as the next attempt (same dedup id, `Upstash-Retried` one higher). Approval e-mails are
     /// sent again to the recipients not yet mailed.
     pub fn resume(&self, run: Arc<Run>, p: PendingEffect) {
+        if p.fresh {
+            info!(run_id = %run.id, effect = ?p.effect, "performing an effect a stopped process gave back");
+            self.perform(run, p.effect, Some(p.id));
+            return;
+        }
         match &p.effect {
             Effect::CallHttp { step, attempt } | Effect::SendEmail { step, attempt } => {
                 info!(run_id = %run.id, step, attempt, "an attempt was interrupted (its process stopped); sending it again as the next attempt");
@@ -312,6 +320,11 @@ impl Executor {
                 self.perform(run, p.effect, Some(p.id));
             }
         }
+    }
+
+    /// The outbox rows whose effects this process is performing now.
+    pub fn performing(&self) -> Vec<(String, i64)> {
+        locked(&self.inner.performing).iter().cloned().collect()
     }
 
     /// Whether this process is performing the effect in outbox row `id` of `run_id` now.
@@ -567,7 +580,7 @@ impl Executor {
             Performed::Outcome { event, record } => {
                 self.observe(&run, &event, record.as_deref());
                 if let Err(e) = self
-                    .record(&run.id, event, record.map(|r| *r), effect_id)
+                    .record_durably(&run.id, event, record.map(|r| *r), effect_id)
                     .await
                 {
                     warn!(run_id = %run.id, error = %e, "could not store the outcome of an effect");

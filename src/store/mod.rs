@@ -127,11 +127,21 @@ impl Store {
         }
     }
 
-    /// Gives this node's pending work back and removes it (a graceful stop).
-    pub async fn release_node(&self) -> Result<(), StoreError> {
+    /// On a graceful stop, after the drain: marks the effects left in the outbox as not started
+    /// (but those in `performing`, abandoned at the end of the drain), and on a shared database
+    /// gives them back for another node and removes this node.
+    pub async fn release_node(&self, performing: &[(String, i64)]) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(()),
-            Backend::Postgres(p) => p.release_node().await,
+            Backend::Sqlite(s) => s.hand_back(performing.to_vec()).await,
+            Backend::Postgres(p) => p.release_node(performing).await,
+        }
+    }
+
+    /// After a start has read the outbox (SQLite): none of it counts as not started any more.
+    pub async fn clear_fresh(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.clear_fresh().await,
+            Backend::Postgres(_) => Ok(()),
         }
     }
 

@@ -155,6 +155,8 @@ pub struct PendingEffect {
     pub id: i64,
     pub run_id: String,
     pub effect: Effect,
+    /// A stopping process gave it back without having started it.
+    pub fresh: bool,
 }
 
 /// One stored event, for `runner show`.

@@ -140,9 +140,18 @@ async fn process(
     }
     for cmd in batch {
         let one = std::slice::from_ref(&cmd);
-        let result = transaction(client, stmts, cache, versions, node, one)
+        let mut result = transaction(client, stmts, cache, versions, node, one)
             .await
             .map(|mut r| r.pop().expect("one result for one change"));
+        // Two starts with one idempotency key, committed by two lanes (or nodes) at once: the
+        // second waited on the first's key and lost. Once more, its lookup finds the first run.
+        if matches!(cmd.job, Job::Start { .. })
+            && matches!(&result, Err(StoreError::Db { source, .. }) if source.kind == DbErrorKind::Conflict)
+        {
+            result = transaction(client, stmts, cache, versions, node, one)
+                .await
+                .map(|mut r| r.pop().expect("one result for one change"));
+        }
         let _ = cmd.reply.send(result);
     }
 }

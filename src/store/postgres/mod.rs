@@ -24,7 +24,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// The schema, one file per version, applied in order under an advisory lock.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/001_initial.sql"),
+    include_str!("../migrations/postgres/002_outbox_fresh.sql"),
+];
 
 /// The advisory lock held while migrating (daemons of one version may start together).
 const MIGRATION_LOCK: i64 = 0x7275_6e6e_6572; // "runner"

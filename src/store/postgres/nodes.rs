@@ -79,7 +79,9 @@ impl PgStore {
 
     /// On a graceful stop: gives this node's pending effects back (another node takes them at
     /// its next sweep, within a second), resigns its roles and removes its row.
-    pub async fn release_node(&self) -> Result<(), StoreError> {
+    /// Those in `performing` (abandoned at the end of the drain) may have been sent; the others
+    /// were not started, and are performed as they are by the node that takes them.
+    pub async fn release_node(&self, performing: &[(String, i64)]) -> Result<(), StoreError> {
         let Some(node) = self.node() else {
             return Ok(());
         };
@@ -87,11 +89,19 @@ impl PgStore {
         let mut c = self.pool().get().await.map_err(super::pool_err(doing))?;
         let tx = c.transaction().await.map_err(sql(doing))?;
         tx.execute(
-            "UPDATE outbox SET owner = NULL WHERE owner = $1",
+            "UPDATE outbox SET owner = NULL, fresh = true WHERE owner = $1",
             &[&node.id],
         )
         .await
         .map_err(sql(doing))?;
+        for (run_id, id) in performing {
+            tx.execute(
+                "UPDATE outbox SET fresh = false WHERE run_id = $1 AND id = $2",
+                &[run_id, id],
+            )
+            .await
+            .map_err(sql(doing))?;
+        }
         tx.execute("DELETE FROM leader WHERE node_id = $1", &[&node.id])
             .await
             .map_err(sql(doing))?;
@@ -210,12 +220,12 @@ impl PgStore {
         let rows = self
             .rows_plain(
                 "claiming orphaned effects",
-                "UPDATE outbox o SET owner = $1 FROM (
-                     SELECT run_id, id FROM outbox x
+                "UPDATE outbox o SET owner = $1, fresh = false FROM (
+                     SELECT run_id, id, fresh FROM outbox x
                      WHERE x.owner IS NULL OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = x.owner)
                      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) c
                  WHERE o.run_id = c.run_id AND o.id = c.id
-                 RETURNING o.id, o.run_id, o.effect",
+                 RETURNING o.id, o.run_id, o.effect, c.fresh",
                 &[&node.id, &limit],
             )
             .await?;

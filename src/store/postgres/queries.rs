@@ -631,11 +631,18 @@ impl PgStore {
     }
 }
 
+/// An outbox row: `id, run_id, effect` and, when selected, `fresh`.
 pub(super) fn pending(r: &Row) -> Result<PendingEffect, StoreError> {
     let (id, run_id, effect): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
+    let fresh = r.len() > 3 && r.get::<_, bool>(3);
     let effect: Effect = serde_json::from_str(&effect)
         .map_err(|e| corrupt(&run_id, format!("outbox row {id}: {e}")))?;
-    Ok(PendingEffect { id, run_id, effect })
+    Ok(PendingEffect {
+        id,
+        run_id,
+        effect,
+        fresh,
+    })
 }
 
 const SCHEDULE_COLUMNS: &str =

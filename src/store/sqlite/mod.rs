@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/006_attempt_on_event.sql"),
     include_str!("../migrations/sqlite/007_events_in_global_order.sql"),
     include_str!("../migrations/sqlite/008_integer_times.sql"),
+    include_str!("../migrations/sqlite/009_outbox_fresh.sql"),
 ];
 
 /// Every time is stored as milliseconds since the epoch.

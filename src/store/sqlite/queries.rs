@@ -200,7 +200,9 @@ impl SqliteStore {
         self.read(|c| {
             let doing = "reading the outbox";
             let mut stmt = c
-                .prepare("SELECT id, run_id, effect FROM outbox ORDER BY created_at, run_id, id")
+                .prepare(
+                    "SELECT id, run_id, effect, fresh FROM outbox ORDER BY created_at, run_id, id",
+                )
                 .map_err(sql(doing))?;
             let rows = stmt
                 .query_map([], |r| {
@@ -208,18 +210,53 @@ impl SqliteStore {
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)? != 0,
                     ))
                 })
                 .map_err(sql(doing))?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, run_id, effect) = row.map_err(sql(doing))?;
+                let (id, run_id, effect, fresh) = row.map_err(sql(doing))?;
                 let effect: Effect = serde_json::from_str(&effect)
                     .map_err(|e| corrupt(&run_id, format!("outbox row {id}: {e}")))?;
-                out.push(PendingEffect { id, run_id, effect });
+                out.push(PendingEffect {
+                    id,
+                    run_id,
+                    effect,
+                    fresh,
+                });
             }
             Ok(out)
         })
+    }
+
+    /// On a graceful stop: the effects left in the outbox were not started, but those in
+    /// `performing` (abandoned at the end of the drain) may have been sent.
+    pub async fn hand_back(&self, performing: Vec<(String, i64)>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let doing = "marking the effects not started";
+            c.execute("UPDATE outbox SET fresh = 1", [])
+                .map_err(sql(doing))?;
+            for (run_id, id) in &performing {
+                c.execute(
+                    "UPDATE outbox SET fresh = 0 WHERE run_id = ?1 AND id = ?2",
+                    params![run_id, id],
+                )
+                .map_err(sql(doing))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// After a start has read the outbox: from now on a crash may cut any of it short.
+    pub async fn clear_fresh(&self) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute("UPDATE outbox SET fresh = 0 WHERE fresh = 1", [])
+                .map(drop)
+                .map_err(sql("reading the outbox"))
+        })
+        .await
     }
 
     /// Every attempt of a run: the records kept on its events, and those written to the
