@@ -1433,6 +1433,9 @@ steps:
 /// `resume` may take the database.
 #[test]
 fn a_second_daemon_or_a_resume_beside_a_live_daemon_is_refused() {
+    if crate::pg::sqlite_only("one process at a time on a SQLite file") {
+        return;
+    }
     let dir = temp_dir();
     let wf_dir = dir.path().join("wf");
     std::fs::create_dir_all(&wf_dir).unwrap();
@@ -1718,7 +1721,7 @@ fn a_file_over_the_size_limit_is_refused_unread_and_reloads_never_stall_the_api(
         }
         big.flush().expect("flush");
     }
-    put_file(&wf_dir, "heavy.yaml", &heavy(2500, 0));
+    put_file(&wf_dir, "heavy.yaml", &heavy(5000, 0));
     let daemon = Daemon::start(&wf_dir, &dir.path().join("large.db"), Some(TOKEN));
     let api = daemon.api();
     wait_workflow(&api, "heavy", "heavy.yaml to load", |v| {
@@ -1764,7 +1767,7 @@ fn a_file_over_the_size_limit_is_refused_unread_and_reloads_never_stall_the_api(
     const EDITS: usize = 4;
     let mut version = api.get("/workflows/heavy").1["version"].clone();
     for mark in 1..=EDITS {
-        put_file(&wf_dir, "heavy.yaml", &heavy(2500, mark));
+        put_file(&wf_dir, "heavy.yaml", &heavy(5000, mark));
         let w = wait_workflow(&api, "heavy", "the edit to load", |v| {
             v["version"] != version
         });

@@ -815,6 +815,15 @@ steps:
             path.display()
         );
     }
+    if crate::pg::enabled() {
+        let url = crate::pg::db_arg(&dir.path().join("runner.db"));
+        let dump = crate::pg::dump(&url);
+        assert!(
+            !dump.windows(needle.len()).any(|w| w == needle),
+            "the secret is stored in the PostgreSQL database {url}"
+        );
+        checked += 1;
+    }
     assert!(checked >= 1, "the database file was checked");
 }
 

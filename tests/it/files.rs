@@ -76,6 +76,9 @@ fn mode(path: &Path) -> u32 {
 /// on.
 #[test]
 fn a_second_name_for_the_database_is_refused_while_a_daemon_runs_on_it() {
+    if crate::pg::sqlite_only("the database file, its names and lock files") {
+        return;
+    }
     let dir = temp_dir();
     let wf = dir.path().join("wf");
     std::fs::create_dir(&wf).expect("wf");
@@ -143,6 +146,9 @@ fn a_second_name_for_the_database_is_refused_while_a_daemon_runs_on_it() {
 /// without keys says what receivers must change.
 #[test]
 fn a_database_deleted_under_the_daemon_stops_it_before_it_performs_more() {
+    if crate::pg::sqlite_only("the database file, its names and lock files") {
+        return;
+    }
     let dir = temp_dir();
     let wf = dir.path().join("wf");
     std::fs::create_dir(&wf).expect("wf");
@@ -224,6 +230,9 @@ fn a_database_deleted_under_the_daemon_stops_it_before_it_performs_more() {
 /// lock files are 0600 and the folders runner creates 0700.
 #[test]
 fn the_database_lock_files_and_outbox_are_private_whatever_the_umask() {
+    if crate::pg::sqlite_only("the database file, its names and lock files") {
+        return;
+    }
     let dir = temp_dir();
     let wf = dir.path().join("wf");
     std::fs::create_dir(&wf).expect("wf");
@@ -318,6 +327,9 @@ fn the_database_lock_files_and_outbox_are_private_whatever_the_umask() {
 /// sent again.
 #[test]
 fn a_runner_run_killed_beside_a_daemon_is_finished_by_the_daemon() {
+    if crate::pg::sqlite_only("the database file, its names and lock files") {
+        return;
+    }
     let dir = temp_dir();
     let wf = dir.path().join("wf");
     std::fs::create_dir(&wf).expect("wf");

@@ -42,9 +42,7 @@ fn serve(dir: &Path, db: &Path, fds: Option<u32>, token: Option<&str>, args: &[&
         None => Command::new(runner_bin()),
     };
     // The environment runner_cmd() clears, cleared here too.
-    for (k, _) in runner_cmd().get_envs() {
-        cmd.env_remove(k);
-    }
+    crate::support::clean_runner_env(&mut cmd);
     cmd.arg("serve")
         .arg("--dir")
         .arg(dir)

@@ -2,12 +2,15 @@
 //! HTTP servers on 127.0.0.1 and the real `@upstash/qstash` Receiver.
 
 mod approval;
+mod cluster;
 mod crash;
 mod daemon;
 mod engine;
 mod files;
 mod http_edges;
 mod keys;
+mod outage;
+mod pg;
 mod schedule_ids;
 mod scheduler;
 mod sign_interop;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use runner::daemon::scheduler::Scheduler;
 use runner::registry::Registry;
 use runner::runtime::Executor;
-use runner::store::{RunFilter, ScheduleSpec, Store};
+use runner::store::{RunFilter, ScheduleSpec};
 use serde_json::{Value, json};
 
 use crate::support::{QstashReceiver, http_request, runner_cmd, temp_dir, write};
@@ -27,10 +27,10 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 /// A store, executor and scheduler on `db` and `dir`, as a process has them after a start.
-fn parts(db: &Path, dir: &Path) -> (Executor, Scheduler) {
+async fn parts(db: &Path, dir: &Path) -> (Executor, Scheduler) {
     let (current, next) = crate::support::test_keys();
     let engine = runner::testing::executor(
-        Store::open(db).expect("open store"),
+        crate::pg::open_store(db).await,
         runner::sign::Keys { current, next },
         dir.join("outbox"),
     );
@@ -83,7 +83,7 @@ async fn every_fire_sends_the_schedules_own_id_and_runs_are_found_by_it() {
         ),
     );
     let db = tmp.path().join("runner.db");
-    let store = Store::open(&db).expect("open store");
+    let store = crate::pg::open_store(&db).await;
     for id in ["sum-u1", "sum-u2"] {
         store
             .save_api_schedule(ScheduleSpec {
@@ -100,14 +100,14 @@ async fn every_fire_sends_the_schedules_own_id_and_runs_are_found_by_it() {
     drop(store);
     // First seen before the first Monday 09:00 in Berlin (07:00Z); then two Mondays.
     let mut kept = Vec::new();
-    let (engine, mut s) = parts(&db, &dir);
+    let (engine, mut s) = parts(&db, &dir).await;
     s.start(t("2026-06-01T06:00:00Z")).await.expect("start");
     kept.push((engine, s));
     for (i, now) in ["2026-06-01T07:00:03Z", "2026-06-08T07:00:03Z"]
         .into_iter()
         .enumerate()
     {
-        let (engine, mut s) = parts(&db, &dir);
+        let (engine, mut s) = parts(&db, &dir).await;
         s.start(t(now)).await.expect("start");
         records(&receiver, 3 * (i + 1)).await;
         kept.push((engine, s));

@@ -768,6 +768,18 @@ async fn d_programmatic_schedules_fire_like_yaml_ones() {
 
 /// (schedule, slot key, at ms, run id) of every claim.
 fn slot_rows(db: &Path) -> Vec<(String, String, i64, Option<String>)> {
+    if crate::pg::enabled() {
+        return crate::pg::rows(
+            &crate::pg::db_arg(db),
+            "SELECT schedule, slot, at, coalesce(run_id, '') FROM slots ORDER BY at",
+        )
+        .into_iter()
+        .map(|r| {
+            let run = (!r[3].is_empty()).then(|| r[3].clone());
+            (r[0].clone(), r[1].clone(), r[2].parse().unwrap_or(0), run)
+        })
+        .collect();
+    }
     let Ok(c) =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {

@@ -92,6 +92,10 @@ impl QstashReceiver {
 
 /// The path of the built `runner` binary.
 pub(crate) fn runner_bin() -> PathBuf {
+    if crate::pg::enabled() {
+        // Every `--db FILE` becomes a PostgreSQL database of the tests' server.
+        return crate::pg::wrapper();
+    }
     PathBuf::from(env!("CARGO_BIN_EXE_runner"))
 }
 
@@ -112,8 +116,13 @@ pub(crate) fn runner_cmd_with_umask(umask: &str) -> Command {
     c
 }
 
-/// Removes runner's own variables from a command's environment.
+/// Removes runner's own variables from a command's environment (and, against PostgreSQL, gives
+/// the `--db` wrapper the server and the real binary).
 pub(crate) fn clean_runner_env(c: &mut Command) {
+    if crate::pg::enabled() {
+        c.env("RUNNER_TEST_REAL_BIN", env!("CARGO_BIN_EXE_runner"))
+            .env("RUNNER_TEST_PG", &crate::pg::server().base);
+    }
     for var in [
         "RUNNER_SIGNING_KEY",
         "RUNNER_NEXT_SIGNING_KEY",
