@@ -34,8 +34,9 @@ forbid "crate::cli\b" "the daemon does not import the CLI" src/daemon
 # Crates with one home.
 others=$(find src -name '*.rs' -not -path 'src/store/*' | sort)
 forbid '\brusqlite\b' "rusqlite is used only under src/store/" $others
+forbid '\b(tokio_postgres|deadpool_postgres)\b' "tokio-postgres and deadpool-postgres are used only under src/store/" $others
 others=$(find src -name '*.rs' -not -path 'src/web/*' | sort)
 forbid '\baxum\b' "axum is used only under src/web/" $others
 
-[ $status -eq 0 ] && echo "layers: every import runs downward; rusqlite only in store/, axum only in web/"
+[ $status -eq 0 ] && echo "layers: every import runs downward; rusqlite and tokio-postgres only in store/, axum only in web/"
 exit $status
