@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+/// A step's `retry: { backoff: exponential | fixed | linear }` (one type, from the model).
+pub(crate) use crate::workflow::model::BackoffKind as Backoff;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 /// The longest delay QStash waits before a retry, and the longest `Retry-After` it honours: one day.
@@ -23,17 +26,6 @@ pub(crate) fn qstash_default(retry: u32) -> Duration {
     let secs = (2.5 * f64::from(retry)).exp().min(MAX_DELAY.as_secs_f64());
     // `as` saturates and truncates toward zero; `secs` is finite and within 0..=86400 here.
     Duration::from_secs(secs as u64)
-}
-
-/// The backoff kinds of a step's `retry: { backoff: exponential | fixed | linear, initial, max }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backoff {
-    /// `initial · 2^(retry − 1)`
-    Exponential,
-    /// `initial`
-    Fixed,
-    /// `initial · retry`
-    Linear,
 }
 
 /// The delay before retry `retry` (1-based, as in [`qstash_default`]; `0` is the first attempt and gets no

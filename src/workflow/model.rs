@@ -135,11 +135,16 @@ pub struct Concurrency {
     pub jitter: Option<Duration>,
 }
 
+/// The backoff kinds of a step's `retry: { backoff: exponential | fixed | linear, initial, max }`
+/// (the delays: `backoff::delay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackoffKind {
+    /// `initial · 2^(retry − 1)`
     Exponential,
+    /// `initial`
     Fixed,
+    /// `initial · retry`
     Linear,
 }
 
@@ -169,19 +174,12 @@ impl Retry {
     pub fn delay(&self, n: u32) -> Duration {
         match (self.backoff, self.initial) {
             (BackoffKind::Exponential, None) => crate::backoff::qstash_default(n).min(self.max),
-            (kind, initial) => {
-                let kind = match kind {
-                    BackoffKind::Exponential => crate::backoff::Backoff::Exponential,
-                    BackoffKind::Fixed => crate::backoff::Backoff::Fixed,
-                    BackoffKind::Linear => crate::backoff::Backoff::Linear,
-                };
-                crate::backoff::delay(
-                    kind,
-                    initial.unwrap_or(Duration::from_secs(10)),
-                    self.max,
-                    n,
-                )
-            }
+            (kind, initial) => crate::backoff::delay(
+                kind,
+                initial.unwrap_or(Duration::from_secs(10)),
+                self.max,
+                n,
+            ),
         }
     }
 }
