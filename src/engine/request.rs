@@ -7,6 +7,27 @@ use crate::workflow::{StepKind, Template, Workflow, template};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// The largest request body runner sends (QStash's own message limit is 1 MB on its free plan).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The longest URL runner sends (common servers refuse longer ones with 414).
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// The longest value of one header (common servers limit a request's headers to 8–16 KiB).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The longest e-mail subject (RFC 5322 allows 998 characters on a line before folding).
+pub const MAX_SUBJECT_BYTES: usize = 998;
+/// The largest e-mail body (approval bodies are also stored and shown on the approval page).
+pub const MAX_MAIL_BODY_BYTES: usize = 1024 * 1024;
+
+/// `what` is over its limit: a step error that names both.
+fn over_limit(what: &str, len: usize, limit: usize) -> String {
+    let limit_text = if limit >= 1024 && limit % 1024 == 0 {
+        format!("{} KiB", limit / 1024)
+    } else {
+        format!("{limit} bytes")
+    };
+    format!("{what} renders to {len} bytes, over runner's limit of {limit_text}")
+}
+
 /// A request ready to be signed and sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRequest {
@@ -127,10 +148,20 @@ pub fn render_http(
     };
     let url = template::render_text(call.url.as_str(), &ctx)
         .map_err(|e| format!("rendering `url`: {e}"))?;
+    if url.len() > MAX_URL_BYTES {
+        return Err(over_limit("`url`", url.len(), MAX_URL_BYTES));
+    }
     let mut headers = Vec::new();
     for (name, value) in &call.headers {
         let v = template::render_text(value.as_str(), &ctx)
             .map_err(|e| format!("rendering header `{name}`: {e}"))?;
+        if v.len() > MAX_HEADER_BYTES {
+            return Err(over_limit(
+                &format!("header `{name}`"),
+                v.len(),
+                MAX_HEADER_BYTES,
+            ));
+        }
         headers.push((name.clone(), v));
     }
     let has_content_type = headers
@@ -155,6 +186,9 @@ pub fn render_http(
             }
         }
     };
+    if body.len() > MAX_BODY_BYTES {
+        return Err(over_limit("`body`", body.len(), MAX_BODY_BYTES));
+    }
     Ok(HttpRequest {
         method: call.method.clone(),
         url,
@@ -294,6 +328,12 @@ pub fn render_mail(
         }
         None => String::new(),
     };
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return Err(over_limit("`subject`", subject.len(), MAX_SUBJECT_BYTES));
+    }
+    if body.len() > MAX_MAIL_BODY_BYTES {
+        return Err(over_limit("`body`", body.len(), MAX_MAIL_BODY_BYTES));
+    }
     Ok(Mail {
         to: recipients,
         subject: subject.replace(['\r', '\n'], " "),
@@ -373,6 +413,67 @@ steps:
         )
         .expect_err("a list item with two addresses");
         assert!(err.contains("rendered to 2 addresses"), "{err}");
+    }
+
+    /// What reaches the network is bounded: a body over 1 MiB (the issue's was 300 MB), a URL or
+    /// a header over 8 KiB, a subject over 998 bytes fail the step, naming what and the limit.
+    #[test]
+    fn rendered_requests_and_mails_are_capped() {
+        let wf = crate::workflow::check_file(
+            "workflows/big.yaml",
+            r#"
+name: big
+inputs:
+  n: { type: integer, required: true }
+steps:
+  - id: body
+    http:
+      url: https://example.com/
+      body: { a: "{{ 'x' * input.n }}", b: "{{ 'y' * input.n }}" }
+  - id: url
+    http: { url: "https://example.com/?q={{ 'x' * input.n }}" }
+  - id: header
+    http: { url: "https://example.com/", headers: { X-Big: "{{ 'x' * input.n }}" } }
+  - id: subject
+    email: { to: [ops@example.com], subject: "{{ 'x' * input.n }}" }
+"#,
+        )
+        .expect("checks");
+        let run = |n: u64| {
+            let new = NewRun {
+                id: "run-1".into(),
+                version: "v1".into(),
+                trigger: Trigger::Api,
+                input: json!({ "n": n }),
+                scheduled_for: None,
+                schedule_id: None,
+            };
+            Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH)
+        };
+        let none = serde_json::Map::new();
+        let http = |n, step| render_http(&wf, &run(n), step, &none).map(|r| r.body.len());
+        assert!(http(500_000, "body").is_ok());
+        let err = http(600_000, "body").expect_err("two halves over 1 MiB");
+        assert!(
+            err.contains("`body` renders to 1200015 bytes, over runner's limit of 1024 KiB"),
+            "{err}"
+        );
+        assert!(http(8000, "url").is_ok());
+        let err = http(9000, "url").expect_err("URL");
+        assert!(
+            err.contains("`url` renders to 9023 bytes, over runner's limit of 8 KiB"),
+            "{err}"
+        );
+        let err = http(9000, "header").expect_err("header");
+        assert!(
+            err.contains("header `X-Big` renders to 9000 bytes"),
+            "{err}"
+        );
+        let err = render_mail(&wf, &run(999), "subject", &none).expect_err("subject");
+        assert!(
+            err.contains("`subject` renders to 999 bytes, over runner's limit of 998 bytes"),
+            "{err}"
+        );
     }
 
     /// Dedup ids are kept by endpoints across runner upgrades: the value for a given run and
