@@ -20,7 +20,7 @@ pub const MAX_MAIL_BODY_BYTES: usize = 1024 * 1024;
 
 /// `what` is over its limit: a step error that names both.
 fn over_limit(what: &str, len: usize, limit: usize) -> String {
-    let limit_text = if limit >= 1024 && limit % 1024 == 0 {
+    let limit_text = if limit >= 1024 && limit.is_multiple_of(1024) {
         format!("{} KiB", limit / 1024)
     } else {
         format!("{limit} bytes")
@@ -78,11 +78,9 @@ fn find_step<'w>(wf: &'w Workflow, step_id: &str) -> Result<&'w crate::workflow:
         .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))
 }
 
-/// The secrets a step's templates name (`secrets.X`, `secrets['X']`).
-pub fn secrets_used(wf: &Workflow, step_id: &str) -> std::collections::BTreeSet<String> {
-    let Ok(step) = find_step(wf, step_id) else {
-        return Default::default();
-    };
+/// Every text of a step that is rendered when it is sent (URL, headers, body strings;
+/// recipients, subject, body).
+fn step_texts(step: &crate::workflow::Step) -> Vec<&str> {
     let mut texts: Vec<&str> = Vec::new();
     match &step.kind {
         StepKind::Http(h) => {
@@ -109,6 +107,19 @@ pub fn secrets_used(wf: &Workflow, step_id: &str) -> std::collections::BTreeSet<
         _ => {}
     }
     texts
+}
+
+/// Whether sending the step renders a template at all (a static request is only copied).
+pub fn has_templates(wf: &Workflow, step_id: &str) -> bool {
+    find_step(wf, step_id).is_ok_and(|step| step_texts(step).into_iter().any(template::is_template))
+}
+
+/// The secrets a step's templates name (`secrets.X`, `secrets['X']`).
+pub fn secrets_used(wf: &Workflow, step_id: &str) -> std::collections::BTreeSet<String> {
+    let Ok(step) = find_step(wf, step_id) else {
+        return Default::default();
+    };
+    step_texts(step)
         .into_iter()
         .filter(|t| template::is_template(t))
         .filter_map(|t| template::analyze(t).ok())

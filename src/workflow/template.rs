@@ -7,8 +7,10 @@
 //! template syntax renders to a string; a string without template syntax is left as it is.
 
 use minijinja::{Environment, UndefinedBehavior};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// How many template instructions (minijinja fuel) one template may run when a step is sent:
 /// its URL, one header, one string of its body, its subject. A 1,000-row table with five filtered
@@ -435,10 +437,13 @@ fn render_in(
     let mut out = Capped {
         buf: Vec::new(),
         over: false,
+        stop: STOP.with(|s| s.borrow().clone()),
+        stopped: false,
     };
     match tpl.render_captured_to(ctx, &mut out) {
         Ok(_) => {}
         Err(_) if out.over => return Err(too_large(MAX_RENDERED_BYTES + 1)),
+        Err(_) if out.stopped => return Err("rendering was stopped".into()),
         Err(e) => return Err(describe(e)),
     }
     String::from_utf8(out.buf)
@@ -474,15 +479,47 @@ fn too_large(len: usize) -> String {
     }
 }
 
-/// Where a template's output goes: refuses to grow past [`MAX_RENDERED_BYTES`], which makes
-/// minijinja stop rendering.
+thread_local! {
+    /// Set by [`stoppable`] for the renders it runs on this thread.
+    static STOP: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which renders templates) so that setting `stop` stops it: a template being
+/// rendered stops at its next write of output, failing with "rendering was stopped". The shell
+/// renders off its async workers and sets it when the step's timeout passes, so that a slow
+/// template does not go on using a core for nothing. (A loop that writes nothing runs on until
+/// its fuel is spent.)
+pub fn stoppable<T>(stop: Arc<AtomicBool>, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<Arc<AtomicBool>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            STOP.with(|s| *s.borrow_mut() = before);
+        }
+    }
+    let _reset = Reset(STOP.with(|s| s.borrow_mut().replace(stop)));
+    f()
+}
+
+/// Where a template's output goes: refuses to grow past [`MAX_RENDERED_BYTES`], or to go on
+/// once `stop` is set, which makes minijinja stop rendering.
 struct Capped {
     buf: Vec<u8>,
     over: bool,
+    stop: Option<Arc<AtomicBool>>,
+    stopped: bool,
 }
 
 impl std::io::Write for Capped {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            self.stopped = true;
+            return Err(std::io::Error::other("rendering was stopped"));
+        }
         if self.buf.len() + b.len() > MAX_RENDERED_BYTES {
             self.over = true;
             return Err(std::io::Error::other("the rendering limit is reached"));
@@ -572,7 +609,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -768,6 +805,19 @@ mod tests {
         }
         let ok = render_text("{{ 'x' * 1000000 }}", &ctx).expect("under the cap");
         assert_eq!(ok.len(), 1_000_000);
+    }
+
+    /// The shell stops a slow render when the step's timeout passes (here: before it starts).
+    #[test]
+    fn a_render_can_be_stopped() {
+        let ctx = context(&json!({}));
+        let stop = Arc::new(AtomicBool::new(true));
+        let err = stoppable(stop, || {
+            render_str("{% for i in range(10) %}x{% endfor %}", &ctx)
+        })
+        .expect_err("stopped");
+        assert_eq!(err, "rendering was stopped");
+        assert!(render_str("{% for i in range(10) %}x{% endfor %}", &ctx).is_ok());
     }
 
     #[test]

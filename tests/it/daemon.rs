@@ -1798,3 +1798,135 @@ fn a_file_over_the_size_limit_is_refused_unread_and_reloads_never_stall_the_api(
          {worst_health:?}, while a reload's check took up to {slowest} ms"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Template bombs (issue 18, item 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Two bombs. `nested`: a `{% for %}` in a `{% for %}` over `range(100000)` (10 billion
+/// iterations) runs out of fuel. `slow`: 20,000 iterations, each joining 100,000 numbers, is
+/// within the fuel (~140,000 instructions) but takes over a minute: the step's 5 s timeout ends it.
+const BOMBS: &str = r#"name: bombs
+on: { webhook: true }
+inputs:
+  which: { type: string, required: true }
+steps:
+  - id: nested
+    if: "{{ input.which == 'nested' }}"
+    http:
+      url: "{B}/echo"
+      body: { text: "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}" }
+    timeout: 5s
+    retry: { limit: 0 }
+  - id: slow
+    if: "{{ input.which == 'slow' }}"
+    http:
+      url: "{B}/echo"
+      body: { text: "{% for i in range(20000) %}{{ range(100000) | join | length }}{% endfor %}" }
+    timeout: 5s
+    retry: { limit: 0 }
+"#;
+
+/// Polls `/healthz` until `until`; answers the slowest answer. Fails on one that is not 200.
+fn healthz_until(base: &str, until: Instant) -> Duration {
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = http_request("GET", &format!("{base}/healthz"), &[], None)
+            .unwrap_or_else(|e| panic!("/healthz did not answer: {e}"));
+        assert_eq!(r.status, 200, "/healthz: {}", r.body);
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    slowest
+}
+
+/// A template bomb used to run on a tokio worker before the step's timeout started: as many
+/// bombs as workers blocked `/healthz`, SIGTERM and every other run, for hours, and a restart
+/// rendered it again. Now a bomb fails its step with an error naming the step and the limit,
+/// within the step's timeout, `/healthz` answers throughout, and after a `kill -9` mid-render a
+/// restart answers at once and fails the re-sent attempt the same way.
+#[test]
+fn a_template_bomb_fails_its_step_within_its_timeout_and_never_stalls_the_daemon() {
+    let (dir, wf_dir) = setup();
+    put_file(&wf_dir, "bombs.yaml", &wf_text(BOMBS));
+    let db = dir.path().join("bombs.db");
+    let mut daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+
+    let nested = api.start_run("bombs", r#"{"which": "nested"}"#);
+    // More slow renders than the runtime has workers (one per core).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let slow: Vec<String> = (0..=workers)
+        .map(|_| api.start_run("bombs", r#"{"which": "slow"}"#))
+        .collect();
+    let started = Instant::now();
+    let slowest = healthz_until(&daemon.base, started + Duration::from_secs(6));
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/healthz took {slowest:?} while templates rendered\n{}",
+        daemon.logs()
+    );
+
+    let run = api.wait_run(&nested, RUN_LIMIT);
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = step(&run, "nested")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("step `nested`")
+            && error.contains("more than 1,000,000 template instructions"),
+        "{error}"
+    );
+    for id in &slow {
+        let run = api.wait_run(id, RUN_LIMIT);
+        assert_eq!(run["status"], "failed", "{run:#}");
+        let error = step(&run, "slow")["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            error.contains(
+                "step `slow`: rendering its templates took longer than its `timeout` (5s)"
+            ),
+            "{error}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the bombs took {:?} to fail; the step's timeout is 5 s",
+        started.elapsed()
+    );
+    let log = receiver_log(receiver());
+    for id in slow.iter().chain([&nested]) {
+        assert!(requests_of(&log, id, None).is_empty(), "a bomb was sent");
+    }
+
+    // `kill -9` while a bomb renders: the restart recovers it (its attempt is sent again), does
+    // not hang, and the re-sent attempt fails the same way.
+    let id = api.start_run("bombs", r#"{"which": "slow"}"#);
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.kill9();
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+    let slowest = healthz_until(&daemon.base, Instant::now() + Duration::from_secs(3));
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/healthz took {slowest:?} after the restart"
+    );
+    let run = api.wait_run(&id, RUN_LIMIT);
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let s = step(&run, "slow");
+    assert_eq!(
+        s["attempts"], 2,
+        "the interrupted attempt and the re-sent one: {run:#}"
+    );
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("took longer than its `timeout` (5s)"),
+        "{run:#}"
+    );
+}
