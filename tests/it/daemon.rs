@@ -1930,3 +1930,80 @@ fn a_template_bomb_fails_its_step_within_its_timeout_and_never_stalls_the_daemon
         "{run:#}"
     );
 }
+
+/// `runner cancel RUN_ID --db`: a run can be cancelled without the API (issue 18, item 2: a
+/// daemon hung on a run had to be killed, and its restart took the run up again). While a
+/// daemon holds the database it is refused and says to go through the daemon; once the daemon
+/// is gone it cancels in the database, and the next daemon does not send the run's call again.
+#[test]
+fn cancel_with_db_works_without_a_daemon_and_points_to_the_api_beside_one() {
+    let (dir, wf_dir) = setup();
+    put_file(
+        &wf_dir,
+        "stuck.yaml",
+        &wf_text(
+            r#"name: stuck
+on: { webhook: true }
+steps:
+  - id: wait
+    http: { url: "{B}/slow/20000" }
+    timeout: 30s
+  - id: after
+    http: { url: "{B}/ok" }
+"#,
+        ),
+    );
+    let db = dir.path().join("stuck.db");
+    let db_arg = db.to_str().expect("utf-8 path");
+    let mut daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let id = daemon.api().start_run("stuck", "{}");
+    wait_for(RUN_LIMIT, "the call to reach the receiver", || {
+        (!requests_of(&receiver_log(receiver()), &id, None).is_empty()).then_some(())
+    });
+
+    let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("in use by another runner process (runner serve, pid")
+            && err.contains(&format!("cancel through it: `runner cancel {id}` (its API")),
+        "{err}"
+    );
+    let (_, run) = daemon.api().get(&format!("/runs/{id}"));
+    assert_eq!(run["status"], "running", "{run:#}");
+
+    daemon.kill9();
+    let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), format!("run {id} cancelled\n")),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: run `{id}` is already cancelled\n")
+    );
+    let out = cli(&["cancel", "no-such-run", "--db", db_arg], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "error: no run `no-such-run`\n");
+
+    // The next daemon finds the run cancelled and sends nothing more for it.
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let (_, run) = daemon.api().get(&format!("/runs/{id}"));
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert_eq!(
+        step(&run, "wait")["error"],
+        "cancelled with `runner cancel --db`",
+        "{run:#}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let reqs = requests_of(&receiver_log(receiver()), &id, None);
+    assert_eq!(
+        reqs.len(),
+        1,
+        "the call was sent again after the cancel: {reqs:#?}"
+    );
+}
