@@ -339,6 +339,14 @@ pub fn render_mail(
         }
         None => String::new(),
     };
+    // An approval's subject and body are stored with the run and shown on its page to anyone
+    // with the link: `runner validate` refuses `secrets` there, and a secret's value that
+    // arrives another way (in an input, say) is redacted here.
+    let (subject, body) = if matches!(step.kind, StepKind::Approval(_)) {
+        (redact(&subject, secrets), redact(&body, secrets))
+    } else {
+        (subject, body)
+    };
     if subject.len() > MAX_SUBJECT_BYTES {
         return Err(over_limit("`subject`", subject.len(), MAX_SUBJECT_BYTES));
     }
@@ -485,6 +493,44 @@ steps:
             err.contains("`subject` renders to 999 bytes, over runner's limit of 998 bytes"),
             "{err}"
         );
+    }
+
+    /// An approval's text never holds a secret's value, however it got there (validate refuses
+    /// `secrets` in it; an input can still carry the value). An `email` step's text is the
+    /// author's to choose and is not stored: it is left as rendered.
+    #[test]
+    fn an_approvals_text_is_redacted() {
+        let wf = crate::workflow::check_file(
+            "workflows/ask.yaml",
+            r#"
+name: ask
+secrets: [TOKEN]
+inputs:
+  note: { type: string, required: true }
+steps:
+  - id: ask
+    approval: { to: [lead@example.com], subject: "Ship {{ input.note }}?", body: "{{ input.note }}" }
+  - id: tell
+    email: { to: [lead@example.com], subject: "{{ input.note }}", body: "{{ input.note }}" }
+"#,
+        )
+        .expect("checks");
+        let new = NewRun {
+            id: "run-1".into(),
+            version: "v1".into(),
+            trigger: Trigger::Api,
+            input: json!({ "note": "with tok-3141592" }),
+            scheduled_for: None,
+            schedule_id: None,
+        };
+        let run = Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH);
+        let mut secrets = serde_json::Map::new();
+        secrets.insert("TOKEN".into(), json!("tok-3141592"));
+        let ask = render_mail(&wf, &run, "ask", &secrets).expect("renders");
+        assert_eq!(ask.subject, "Ship with [redacted:TOKEN]?");
+        assert_eq!(ask.body, "with [redacted:TOKEN]");
+        let tell = render_mail(&wf, &run, "tell", &secrets).expect("renders");
+        assert_eq!(tell.body, "with tok-3141592");
     }
 
     /// Dedup ids are kept by endpoints across runner upgrades: the value for a given run and
