@@ -217,7 +217,10 @@ async fn send_one(
         html: Some(render("approval_email.html", page)),
         tag: format!("{}-{step}", run.id),
     };
-    let where_to = ctx.mailer.send(&out, APPROVAL_SEND_LIMIT).await?;
+    let where_to = ctx
+        .mailer
+        .send(&out, APPROVAL_SEND_LIMIT, APPROVAL_SEND_LIMIT)
+        .await?;
     store
         .mark_approval_mailed(&run.id, step, recipient)
         .await

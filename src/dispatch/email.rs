@@ -68,7 +68,7 @@ async fn send(
                 (wf.clone(), run.clone(), step.to_string(), secrets.clone());
             move || request::render_mail(&wf, &run, &step, &secrets)
         };
-        let (mail, limit) = super::render_within(wf, step, limit, render)
+        let (mail, left) = super::render_within(wf, step, limit, render)
             .await
             .map_err(MailError::Permanent)?;
         record.request = Some(request::redact_value(
@@ -82,7 +82,7 @@ async fn send(
             html: None,
             tag: format!("{}-{step}", run.id),
         };
-        let where_to = ctx.mailer.send(&out, limit).await?;
+        let where_to = ctx.mailer.send(&out, left, limit).await?;
         info!(run_id = %run.id, step, "e-mail {where_to}");
         Ok::<_, MailError>(mail.to)
     }
