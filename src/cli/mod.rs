@@ -141,9 +141,13 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Cancel a run through the daemon's API
+    /// Cancel a run through the daemon's API, or in the database with --db while no daemon runs
     Cancel {
         run_id: String,
+        /// Cancel in this database directly (a SQLite file or postgres://…), without the API: for
+        /// when no daemon runs, or it cannot answer. Refused while a daemon holds a SQLite file
+        #[arg(long)]
+        db: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -419,7 +423,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 headers,
             ))
         }
-        Command::Cancel { run_id, server } => runtime()?.block_on(call_daemon(
+        Command::Cancel {
+            run_id,
+            db: Some(db),
+            server: _,
+        } => runtime()?.block_on(cancel_in_db(&run_id, &db)),
+        Command::Cancel {
+            run_id,
+            db: None,
+            server,
+        } => runtime()?.block_on(call_daemon(
             &server,
             reqwest::Method::POST,
             &format!("/api/v1/runs/{run_id}/cancel"),
@@ -758,6 +771,49 @@ async fn resume(run_id: Option<String>, db: &str, fg: &ForegroundArgs) -> anyhow
     }
     pages.finish().await;
     Ok(exit_for(&statuses))
+}
+
+/// `runner cancel RUN_ID --db`: the cancel applied in the database by this process, for when no
+/// daemon can (none runs, or one hangs and was stopped). A SQLite file is taken as `resume` takes
+/// it, so that no other process is performing the run meanwhile; a daemon holding it is the one
+/// to ask. On PostgreSQL the daemons sharing the database absorb the outcome of a call in flight.
+async fn cancel_in_db(run_id: &str, db: &str) -> anyhow::Result<ExitCode> {
+    let _owner = if crate::store::is_postgres(db) {
+        None
+    } else {
+        if !Path::new(db).exists() {
+            anyhow::bail!("no database at `{db}`");
+        }
+        let advice = format!(
+            "cancel through it: `runner cancel {run_id}` (its API, at --server or RUNNER_URL), or \
+             stop it first"
+        );
+        Some(crate::store::sqlite::owner::take_alone(
+            Path::new(db),
+            "runner cancel",
+            &advice,
+        )?)
+    };
+    let store = crate::store::Store::connect(db).await?;
+    let exec = crate::runtime::Executor::new(
+        store,
+        crate::runtime::Performers::none(),
+        std::sync::Arc::new(crate::metrics::Metrics::default()),
+    );
+    match crate::ops::cancel::cancel(&exec, run_id, "cancelled with `runner cancel --db`").await {
+        Ok(run) => {
+            println!("run {} {}", run.id, run.status.as_str());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(
+            e @ (crate::ops::cancel::CancelError::NoSuchRun(_)
+            | crate::ops::cancel::CancelError::Finished { .. }),
+        ) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn open_store_readonly(db: &str) -> anyhow::Result<crate::store::Store> {

@@ -82,13 +82,18 @@ impl Perform for ApprovalPerformer {
 async fn request_approval(
     ctx: &MailContext,
     store: &Store,
-    wf: &Workflow,
-    run: &Run,
+    wf: &Arc<Workflow>,
+    run: &Arc<Run>,
     step: &str,
     deadline: DateTime<Utc>,
 ) -> Result<(), String> {
     let secrets = super::http::secrets_for_step(wf, step)?;
-    let mail = request::render_mail(wf, run, step, &secrets)?;
+    let limit = request::step_timeout(wf, step).unwrap_or(super::email::SEND_LIMIT);
+    let render = {
+        let (wf, run, step, secrets) = (wf.clone(), run.clone(), step.to_string(), secrets.clone());
+        move || request::render_mail(&wf, &run, &step, &secrets)
+    };
+    let (mail, _) = super::render_within(wf, step, limit, render).await?;
     let mut pending: Vec<&String> = mail.to.iter().collect();
     let mut delay = MAIL_RETRY_FIRST;
     let mut tries = 0u32;
@@ -212,7 +217,10 @@ async fn send_one(
         html: Some(render("approval_email.html", page)),
         tag: format!("{}-{step}", run.id),
     };
-    let where_to = ctx.mailer.send(&out, APPROVAL_SEND_LIMIT).await?;
+    let where_to = ctx
+        .mailer
+        .send(&out, APPROVAL_SEND_LIMIT, APPROVAL_SEND_LIMIT)
+        .await?;
     store
         .mark_approval_mailed(&run.id, step, recipient)
         .await

@@ -47,8 +47,8 @@ impl Perform for EmailPerformer {
 /// secrets redacted, the outcome and error; the body is not kept).
 async fn send(
     ctx: &MailContext,
-    wf: &Workflow,
-    run: &Run,
+    wf: &Arc<Workflow>,
+    run: &Arc<Run>,
     step: &str,
     attempt: u32,
 ) -> (Event, AttemptRecord) {
@@ -61,7 +61,16 @@ async fn send(
     let mut secrets = serde_json::Map::new();
     let result = async {
         secrets = super::http::secrets_for_step(wf, step).map_err(MailError::Permanent)?;
-        let mail = request::render_mail(wf, run, step, &secrets).map_err(MailError::Permanent)?;
+        // The step's `timeout` bounds the attempt, rendering included, as it does an HTTP call's.
+        let limit = request::step_timeout(wf, step).unwrap_or(SEND_LIMIT);
+        let render = {
+            let (wf, run, step, secrets) =
+                (wf.clone(), run.clone(), step.to_string(), secrets.clone());
+            move || request::render_mail(&wf, &run, &step, &secrets)
+        };
+        let (mail, left) = super::render_within(wf, step, limit, render)
+            .await
+            .map_err(MailError::Permanent)?;
         record.request = Some(request::redact_value(
             serde_json::json!({ "to": mail.to, "subject": mail.subject }),
             &secrets,
@@ -73,9 +82,7 @@ async fn send(
             html: None,
             tag: format!("{}-{step}", run.id),
         };
-        // The step's `timeout` bounds the attempt, as it does an HTTP call's.
-        let limit = request::step_timeout(wf, step).unwrap_or(SEND_LIMIT);
-        let where_to = ctx.mailer.send(&out, limit).await?;
+        let where_to = ctx.mailer.send(&out, left, limit).await?;
         info!(run_id = %run.id, step, "e-mail {where_to}");
         Ok::<_, MailError>(mail.to)
     }

@@ -13,6 +13,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Responses larger than this fail the step with a clear error (they are stored with the run).
@@ -193,8 +194,8 @@ fn truncate(bytes: &[u8], max: usize) -> String {
 pub async fn attempt(
     client: &reqwest::Client,
     keys: &Keys,
-    wf: &Workflow,
-    run: &Run,
+    wf: &Arc<Workflow>,
+    run: &Arc<Run>,
     step_id: &str,
     attempt: u32,
 ) -> (Event, AttemptRecord) {
@@ -230,9 +231,21 @@ pub async fn attempt(
             return (ev, record);
         }
     };
-    let req = match request::render_http(wf, run, step_id, &secrets) {
+    // Rendering counts in the step's timeout: what it leaves bounds the call.
+    let limit = request::step_timeout(wf, step_id).unwrap_or(Duration::from_secs(30));
+    let render = {
+        let (wf, run, step, secrets) = (
+            wf.clone(),
+            run.clone(),
+            step_id.to_string(),
+            secrets.clone(),
+        );
+        move || request::render_http(&wf, &run, &step, &secrets)
+    };
+    let (req, timeout) = match super::render_within(wf, step_id, limit, render).await {
         Ok(r) => r,
         Err(e) => {
+            let e = request::redact(&e, &secrets);
             let ev = fail(&mut record, e, None, None, Outcome::Permanent);
             return (ev, record);
         }
@@ -271,7 +284,6 @@ pub async fn attempt(
             return (ev, record);
         }
     };
-    let timeout = request::step_timeout(wf, step_id).unwrap_or(Duration::from_secs(30));
     let (dedup, retried) = request::message_id(run, step_id, attempt);
     let jti = crate::sign::jti_from_random(rand::random());
     let token = crate::sign::sign(
@@ -314,7 +326,7 @@ pub async fn attempt(
             let error = if e.is_timeout() {
                 format!(
                     "no answer within {}",
-                    crate::workflow::duration::format(timeout)
+                    crate::workflow::duration::format(limit)
                 )
             } else if e.is_connect() {
                 format!(
@@ -359,7 +371,7 @@ pub async fn attempt(
                 let error = if e.is_timeout() {
                     format!(
                         "the response body did not arrive within {}",
-                        crate::workflow::duration::format(timeout)
+                        crate::workflow::duration::format(limit)
                     )
                 } else {
                     format!("reading the response failed: {}", root_cause(&e))

@@ -123,10 +123,14 @@ impl Mailer {
     /// Sends one message, giving up after `limit` (a transient failure: a server that accepts
     /// the connection and never answers must not hold a step forever). Returns where it went
     /// (for logs and step output).
+    ///
+    /// `limit` bounds the sending; `said` is the limit an error names (the step's `timeout`,
+    /// of which rendering the mail took a part).
     pub async fn send(
         &self,
         mail: &Outgoing,
         limit: std::time::Duration,
+        said: std::time::Duration,
     ) -> Result<String, MailError> {
         match self {
             Mailer::Smtp {
@@ -138,7 +142,7 @@ impl Mailer {
                 match tokio::time::timeout(limit, transport.send(msg)).await {
                     Err(_) => Err(MailError::Transient(format!(
                         "the SMTP server {url_without_password} did not finish within {} s",
-                        limit.as_secs_f64()
+                        said.as_secs_f64()
                     ))),
                     Ok(Ok(_)) => Ok(format!("sent through {url_without_password}")),
                     Ok(Err(e)) if e.is_permanent() => Err(MailError::Permanent(format!(

@@ -1920,3 +1920,37 @@ fn an_interrupted_attempt_is_sent_again_and_uses_no_retry() {
     assert_eq!(run.status, RunStatus::Failed, "{run:?}");
     assert_eq!(run.failure.as_ref().map(|f| f.attempts), Some(2));
 }
+
+/// A condition is evaluated while the store's writer holds every other run's change: it runs
+/// within the engine's budget ([`crate::workflow::template::ENGINE_FUEL`]) and fails its step, naming the step
+/// and the limit, when it needs more.
+#[test]
+fn an_if_over_the_engines_budget_fails_its_step() {
+    let sum = vec!["steps.a.status"; 3000].join(" + ");
+    let wf = workflow(&format!(
+        r#"
+name: costly-if
+steps:
+  - id: a
+    http: {{ url: "https://example.com/a" }}
+  - id: b
+    if: "{{{{ {sum} > 0 }}}}"
+    http: {{ url: "https://example.com/b" }}
+"#
+    ));
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    let effects = apply(&wf, &mut run, ok("a", 1), t0());
+    assert_eq!(show(&effects, t0()), ["finished failed"]);
+    let failure = run.failure.as_ref().unwrap();
+    assert!(
+        failure
+            .error
+            .starts_with("the `if` condition of step `b` failed")
+            && failure
+                .error
+                .contains("more than 10,000 template instructions"),
+        "{}",
+        failure.error
+    );
+}

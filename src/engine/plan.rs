@@ -89,7 +89,7 @@ pub(super) fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects:
                 }
                 return;
             }
-            StepKind::SleepUntil(t) => match template::render_text(t.as_str(), &ctx())
+            StepKind::SleepUntil(t) => match template::render_engine_text(t.as_str(), &ctx())
                 .map_err(|e| e.to_string())
                 .and_then(|s| {
                     DateTime::parse_from_rfc3339(s.trim())

@@ -7,6 +7,27 @@ use crate::workflow::{StepKind, Template, Workflow, template};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// The largest request body runner sends (QStash's own message limit is 1 MB on its free plan).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The longest URL runner sends (common servers refuse longer ones with 414).
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// The longest value of one header (common servers limit a request's headers to 8–16 KiB).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The longest e-mail subject (RFC 5322 allows 998 characters on a line before folding).
+pub const MAX_SUBJECT_BYTES: usize = 998;
+/// The largest e-mail body (approval bodies are also stored and shown on the approval page).
+pub const MAX_MAIL_BODY_BYTES: usize = 1024 * 1024;
+
+/// `what` is over its limit: a step error that names both.
+fn over_limit(what: &str, len: usize, limit: usize) -> String {
+    let limit_text = if limit >= 1024 && limit.is_multiple_of(1024) {
+        format!("{} KiB", limit / 1024)
+    } else {
+        format!("{limit} bytes")
+    };
+    format!("{what} renders to {len} bytes, over runner's limit of {limit_text}")
+}
+
 /// A request ready to be signed and sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRequest {
@@ -57,11 +78,9 @@ fn find_step<'w>(wf: &'w Workflow, step_id: &str) -> Result<&'w crate::workflow:
         .ok_or_else(|| format!("step `{step_id}` is not in this workflow version"))
 }
 
-/// The secrets a step's templates name (`secrets.X`, `secrets['X']`).
-pub fn secrets_used(wf: &Workflow, step_id: &str) -> std::collections::BTreeSet<String> {
-    let Ok(step) = find_step(wf, step_id) else {
-        return Default::default();
-    };
+/// Every text of a step that is rendered when it is sent (URL, headers, body strings;
+/// recipients, subject, body).
+fn step_texts(step: &crate::workflow::Step) -> Vec<&str> {
     let mut texts: Vec<&str> = Vec::new();
     match &step.kind {
         StepKind::Http(h) => {
@@ -88,6 +107,19 @@ pub fn secrets_used(wf: &Workflow, step_id: &str) -> std::collections::BTreeSet<
         _ => {}
     }
     texts
+}
+
+/// Whether sending the step renders a template at all (a static request is only copied).
+pub fn has_templates(wf: &Workflow, step_id: &str) -> bool {
+    find_step(wf, step_id).is_ok_and(|step| step_texts(step).into_iter().any(template::is_template))
+}
+
+/// The secrets a step's templates name (`secrets.X`, `secrets['X']`).
+pub fn secrets_used(wf: &Workflow, step_id: &str) -> std::collections::BTreeSet<String> {
+    let Ok(step) = find_step(wf, step_id) else {
+        return Default::default();
+    };
+    step_texts(step)
         .into_iter()
         .filter(|t| template::is_template(t))
         .filter_map(|t| template::analyze(t).ok())
@@ -127,10 +159,20 @@ pub fn render_http(
     };
     let url = template::render_text(call.url.as_str(), &ctx)
         .map_err(|e| format!("rendering `url`: {e}"))?;
+    if url.len() > MAX_URL_BYTES {
+        return Err(over_limit("`url`", url.len(), MAX_URL_BYTES));
+    }
     let mut headers = Vec::new();
     for (name, value) in &call.headers {
         let v = template::render_text(value.as_str(), &ctx)
             .map_err(|e| format!("rendering header `{name}`: {e}"))?;
+        if v.len() > MAX_HEADER_BYTES {
+            return Err(over_limit(
+                &format!("header `{name}`"),
+                v.len(),
+                MAX_HEADER_BYTES,
+            ));
+        }
         headers.push((name.clone(), v));
     }
     let has_content_type = headers
@@ -155,6 +197,9 @@ pub fn render_http(
             }
         }
     };
+    if body.len() > MAX_BODY_BYTES {
+        return Err(over_limit("`body`", body.len(), MAX_BODY_BYTES));
+    }
     Ok(HttpRequest {
         method: call.method.clone(),
         url,
@@ -294,6 +339,20 @@ pub fn render_mail(
         }
         None => String::new(),
     };
+    // An approval's subject and body are stored with the run and shown on its page to anyone
+    // with the link: `runner validate` refuses `secrets` there, and a secret's value that
+    // arrives another way (in an input, say) is redacted here.
+    let (subject, body) = if matches!(step.kind, StepKind::Approval(_)) {
+        (redact(&subject, secrets), redact(&body, secrets))
+    } else {
+        (subject, body)
+    };
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return Err(over_limit("`subject`", subject.len(), MAX_SUBJECT_BYTES));
+    }
+    if body.len() > MAX_MAIL_BODY_BYTES {
+        return Err(over_limit("`body`", body.len(), MAX_MAIL_BODY_BYTES));
+    }
     Ok(Mail {
         to: recipients,
         subject: subject.replace(['\r', '\n'], " "),
@@ -373,6 +432,105 @@ steps:
         )
         .expect_err("a list item with two addresses");
         assert!(err.contains("rendered to 2 addresses"), "{err}");
+    }
+
+    /// What reaches the network is bounded: a body over 1 MiB (the issue's was 300 MB), a URL or
+    /// a header over 8 KiB, a subject over 998 bytes fail the step, naming what and the limit.
+    #[test]
+    fn rendered_requests_and_mails_are_capped() {
+        let wf = crate::workflow::check_file(
+            "workflows/big.yaml",
+            r#"
+name: big
+inputs:
+  n: { type: integer, required: true }
+steps:
+  - id: body
+    http:
+      url: https://example.com/
+      body: { a: "{{ 'x' * input.n }}", b: "{{ 'y' * input.n }}" }
+  - id: url
+    http: { url: "https://example.com/?q={{ 'x' * input.n }}" }
+  - id: header
+    http: { url: "https://example.com/", headers: { X-Big: "{{ 'x' * input.n }}" } }
+  - id: subject
+    email: { to: [ops@example.com], subject: "{{ 'x' * input.n }}" }
+"#,
+        )
+        .expect("checks");
+        let run = |n: u64| {
+            let new = NewRun {
+                id: "run-1".into(),
+                version: "v1".into(),
+                trigger: Trigger::Api,
+                input: json!({ "n": n }),
+                scheduled_for: None,
+                schedule_id: None,
+            };
+            Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH)
+        };
+        let none = serde_json::Map::new();
+        let http = |n, step| render_http(&wf, &run(n), step, &none).map(|r| r.body.len());
+        assert!(http(500_000, "body").is_ok());
+        let err = http(600_000, "body").expect_err("two halves over 1 MiB");
+        assert!(
+            err.contains("`body` renders to 1200015 bytes, over runner's limit of 1024 KiB"),
+            "{err}"
+        );
+        assert!(http(8000, "url").is_ok());
+        let err = http(9000, "url").expect_err("URL");
+        assert!(
+            err.contains("`url` renders to 9023 bytes, over runner's limit of 8 KiB"),
+            "{err}"
+        );
+        let err = http(9000, "header").expect_err("header");
+        assert!(
+            err.contains("header `X-Big` renders to 9000 bytes"),
+            "{err}"
+        );
+        let err = render_mail(&wf, &run(999), "subject", &none).expect_err("subject");
+        assert!(
+            err.contains("`subject` renders to 999 bytes, over runner's limit of 998 bytes"),
+            "{err}"
+        );
+    }
+
+    /// An approval's text never holds a secret's value, however it got there (validate refuses
+    /// `secrets` in it; an input can still carry the value). An `email` step's text is the
+    /// author's to choose and is not stored: it is left as rendered.
+    #[test]
+    fn an_approvals_text_is_redacted() {
+        let wf = crate::workflow::check_file(
+            "workflows/ask.yaml",
+            r#"
+name: ask
+secrets: [TOKEN]
+inputs:
+  note: { type: string, required: true }
+steps:
+  - id: ask
+    approval: { to: [lead@example.com], subject: "Ship {{ input.note }}?", body: "{{ input.note }}" }
+  - id: tell
+    email: { to: [lead@example.com], subject: "{{ input.note }}", body: "{{ input.note }}" }
+"#,
+        )
+        .expect("checks");
+        let new = NewRun {
+            id: "run-1".into(),
+            version: "v1".into(),
+            trigger: Trigger::Api,
+            input: json!({ "note": "with tok-3141592" }),
+            scheduled_for: None,
+            schedule_id: None,
+        };
+        let run = Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH);
+        let mut secrets = serde_json::Map::new();
+        secrets.insert("TOKEN".into(), json!("tok-3141592"));
+        let ask = render_mail(&wf, &run, "ask", &secrets).expect("renders");
+        assert_eq!(ask.subject, "Ship with [redacted:TOKEN]?");
+        assert_eq!(ask.body, "with [redacted:TOKEN]");
+        let tell = render_mail(&wf, &run, "tell", &secrets).expect("renders");
+        assert_eq!(tell.body, "with tok-3141592");
     }
 
     /// Dedup ids are kept by endpoints across runner upgrades: the value for a given run and

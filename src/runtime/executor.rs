@@ -50,6 +50,26 @@ pub struct Performers {
     pub approval: Arc<dyn Perform>,
 }
 
+impl Performers {
+    /// For a process that only applies changes which perform nothing outside (`runner cancel
+    /// --db`): an effect handed to these is never performed, and stays in the outbox for the
+    /// next daemon.
+    pub fn none() -> Performers {
+        struct Never;
+        impl Perform for Never {
+            fn perform(&self, _: Job) -> Pin<Box<dyn Future<Output = Performed> + Send + 'static>> {
+                Box::pin(std::future::pending())
+            }
+        }
+        let never: Arc<dyn Perform> = Arc::new(Never);
+        Performers {
+            http: never.clone(),
+            email: never.clone(),
+            approval: never,
+        }
+    }
+}
+
 /// A run reached a terminal status.
 #[derive(Debug, Clone)]
 pub struct Finished {

@@ -36,6 +36,8 @@ pub enum Code {
     UndeclaredInput,
     OptionalInputWithoutDefault,
     UndeclaredSecret,
+    /// A secret where it would be stored and shown: an approval's subject or body.
+    SecretInApproval,
     UnknownStep,
     LaterStep,
     UnknownField,
@@ -80,6 +82,7 @@ impl Code {
             Code::UndeclaredInput => "undeclared-input",
             Code::OptionalInputWithoutDefault => "optional-input-without-default",
             Code::UndeclaredSecret => "undeclared-secret",
+            Code::SecretInApproval => "secret-in-approval",
             Code::UnknownStep => "unknown-step",
             Code::LaterStep => "later-step",
             Code::UnknownField => "unknown-field",

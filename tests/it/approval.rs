@@ -213,6 +213,7 @@ struct Opts {
     public_url: Option<String>,
     smtp_url: Option<String>,
     outbox: Option<PathBuf>,
+    env: Vec<(&'static str, &'static str)>,
 }
 
 /// Starts `runner serve` with `root` as its working directory, `root/workflows` and
@@ -245,6 +246,9 @@ fn start_serve(root: &Path, opts: &Opts) -> Daemon {
     cmd.env_remove("RUNNER_OUTBOX")
         .env_remove("RUNNER_MAIL_FROM")
         .env("NO_COLOR", "1");
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
     Daemon::spawn(cmd, log, None)
 }
 
@@ -1259,6 +1263,79 @@ fn outbox_eml_links_work_and_are_logged() {
             .is_some_and(|a| a.contains("ed@example.com")),
         "{bodies:#?}"
     );
+}
+
+/// Issue 18, item 8: an approval's subject and body are stored with the run and shown on the
+/// approval page to anyone with the link. `validate` refuses `secrets` there; a secret's value
+/// that arrives in an input is redacted in the e-mail and in what is stored and shown on the page.
+#[test]
+fn a_secrets_value_never_reaches_the_approval_mail_or_page() {
+    const SECRET: &str = "approval-it-s3cr3t";
+    let tmp = temp_dir();
+    let receiver = QstashReceiver::start();
+    write(
+        &workflows(tmp.path()),
+        "ship.yaml",
+        &format!(
+            r#"name: ship
+on: {{ webhook: true }}
+secrets: [SHIP_TOKEN]
+inputs:
+  note: {{ type: string, required: true }}
+steps:
+  - id: ask
+    approval:
+      to: [lead@example.com]
+      subject: "Ship it? {{{{ input.note }}}}"
+      body: "Note: {{{{ input.note }}}}"
+  - id: ship
+    http: {{ url: "{echo}", headers: {{ Authorization: "Bearer {{{{ secrets.SHIP_TOKEN }}}}" }} }}
+"#,
+            echo = receiver.url("/echo"),
+        ),
+    );
+    let serve = start_serve(
+        tmp.path(),
+        &Opts {
+            env: vec![("SHIP_TOKEN", SECRET)],
+            ..Opts::default()
+        },
+    );
+    let api = serve.api();
+    let id = api.start_run("ship", &format!(r#"{{"note": "token is {SECRET}"}}"#));
+    let mails = wait_outbox(&tmp.path().join("outbox"), 1, Duration::from_secs(10));
+    let (path, mail) = &mails[0];
+    let raw = std::fs::read_to_string(path).expect("an .eml is text");
+    assert_eq!(
+        mail.subject, "Ship it? token is [redacted:SHIP_TOKEN]",
+        "{raw}"
+    );
+    assert!(
+        mail.text.contains("Note: token is [redacted:SHIP_TOKEN]"),
+        "{}",
+        mail.text
+    );
+    let page = get_page(&mail.approve());
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        visible_text(&page.body).contains("Note: token is [redacted:SHIP_TOKEN]"),
+        "{}",
+        page.body
+    );
+    // The page shows the subject and body as stored with the approval's links.
+    for (what, bytes) in [
+        ("the e-mail", raw.as_bytes()),
+        ("the page", page.body.as_bytes()),
+    ] {
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{what} holds the secret"
+        );
+    }
+    let page = post_page(&mail.approve(), "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let run = api.wait_run(&id, Duration::from_secs(20));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
 }
 
 #[test]

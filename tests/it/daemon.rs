@@ -1801,3 +1801,212 @@ fn a_file_over_the_size_limit_is_refused_unread_and_reloads_never_stall_the_api(
          {worst_health:?}, while a reload's check took up to {slowest} ms"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Template bombs (issue 18, item 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Two bombs. `nested`: a `{% for %}` in a `{% for %}` over `range(100000)` (10 billion
+/// iterations) runs out of fuel. `slow`: 20,000 iterations, each joining 100,000 numbers, is
+/// within the fuel (~140,000 instructions) but takes over a minute: the step's 5 s timeout ends it.
+const BOMBS: &str = r#"name: bombs
+on: { webhook: true }
+inputs:
+  which: { type: string, required: true }
+steps:
+  - id: nested
+    if: "{{ input.which == 'nested' }}"
+    http:
+      url: "{B}/echo"
+      body: { text: "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}" }
+    timeout: 5s
+    retry: { limit: 0 }
+  - id: slow
+    if: "{{ input.which == 'slow' }}"
+    http:
+      url: "{B}/echo"
+      body: { text: "{% for i in range(20000) %}{{ range(100000) | join | length }}{% endfor %}" }
+    timeout: 5s
+    retry: { limit: 0 }
+"#;
+
+/// Polls `/healthz` until `until`; answers the slowest answer. Fails on one that is not 200.
+fn healthz_until(base: &str, until: Instant) -> Duration {
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = http_request("GET", &format!("{base}/healthz"), &[], None)
+            .unwrap_or_else(|e| panic!("/healthz did not answer: {e}"));
+        assert_eq!(r.status, 200, "/healthz: {}", r.body);
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    slowest
+}
+
+/// A template bomb used to run on a tokio worker before the step's timeout started: as many
+/// bombs as workers blocked `/healthz`, SIGTERM and every other run, for hours, and a restart
+/// rendered it again. Now a bomb fails its step with an error naming the step and the limit,
+/// within the step's timeout, `/healthz` answers throughout, and after a `kill -9` mid-render a
+/// restart answers at once and fails the re-sent attempt the same way.
+#[test]
+fn a_template_bomb_fails_its_step_within_its_timeout_and_never_stalls_the_daemon() {
+    let (dir, wf_dir) = setup();
+    put_file(&wf_dir, "bombs.yaml", &wf_text(BOMBS));
+    let db = dir.path().join("bombs.db");
+    let mut daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+
+    let nested = api.start_run("bombs", r#"{"which": "nested"}"#);
+    // More slow renders than the runtime has workers (one per core).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let slow: Vec<String> = (0..=workers)
+        .map(|_| api.start_run("bombs", r#"{"which": "slow"}"#))
+        .collect();
+    let started = Instant::now();
+    let slowest = healthz_until(&daemon.base, started + Duration::from_secs(6));
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/healthz took {slowest:?} while templates rendered\n{}",
+        daemon.logs()
+    );
+
+    let run = api.wait_run(&nested, RUN_LIMIT);
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = step(&run, "nested")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("step `nested`")
+            && error.contains("more than 1,000,000 template instructions"),
+        "{error}"
+    );
+    for id in &slow {
+        let run = api.wait_run(id, RUN_LIMIT);
+        assert_eq!(run["status"], "failed", "{run:#}");
+        let error = step(&run, "slow")["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            error.contains(
+                "step `slow`: rendering its templates took longer than its `timeout` (5s)"
+            ),
+            "{error}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the bombs took {:?} to fail; the step's timeout is 5 s",
+        started.elapsed()
+    );
+    let log = receiver_log(receiver());
+    for id in slow.iter().chain([&nested]) {
+        assert!(requests_of(&log, id, None).is_empty(), "a bomb was sent");
+    }
+
+    // `kill -9` while a bomb renders: the restart recovers it (its attempt is sent again), does
+    // not hang, and the re-sent attempt fails the same way.
+    let id = api.start_run("bombs", r#"{"which": "slow"}"#);
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.kill9();
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let api = daemon.api();
+    let slowest = healthz_until(&daemon.base, Instant::now() + Duration::from_secs(3));
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/healthz took {slowest:?} after the restart"
+    );
+    let run = api.wait_run(&id, RUN_LIMIT);
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let s = step(&run, "slow");
+    assert_eq!(
+        s["attempts"], 2,
+        "the interrupted attempt and the re-sent one: {run:#}"
+    );
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("took longer than its `timeout` (5s)"),
+        "{run:#}"
+    );
+}
+
+/// `runner cancel RUN_ID --db`: a run can be cancelled without the API (issue 18, item 2: a
+/// daemon hung on a run had to be killed, and its restart took the run up again). While a
+/// daemon holds the database it is refused and says to go through the daemon; once the daemon
+/// is gone it cancels in the database, and the next daemon does not send the run's call again.
+#[test]
+fn cancel_with_db_works_without_a_daemon_and_points_to_the_api_beside_one() {
+    let (dir, wf_dir) = setup();
+    put_file(
+        &wf_dir,
+        "stuck.yaml",
+        &wf_text(
+            r#"name: stuck
+on: { webhook: true }
+steps:
+  - id: wait
+    http: { url: "{B}/slow/20000" }
+    timeout: 30s
+  - id: after
+    http: { url: "{B}/ok" }
+"#,
+        ),
+    );
+    let db = dir.path().join("stuck.db");
+    let db_arg = db.to_str().expect("utf-8 path");
+    let mut daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let id = daemon.api().start_run("stuck", "{}");
+    wait_for(RUN_LIMIT, "the call to reach the receiver", || {
+        (!requests_of(&receiver_log(receiver()), &id, None).is_empty()).then_some(())
+    });
+
+    let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("in use by another runner process (runner serve, pid")
+            && err.contains(&format!("cancel through it: `runner cancel {id}` (its API")),
+        "{err}"
+    );
+    let (_, run) = daemon.api().get(&format!("/runs/{id}"));
+    assert_eq!(run["status"], "running", "{run:#}");
+
+    daemon.kill9();
+    let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), format!("run {id} cancelled\n")),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: run `{id}` is already cancelled\n")
+    );
+    let out = cli(&["cancel", "no-such-run", "--db", db_arg], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "error: no run `no-such-run`\n");
+
+    // The next daemon finds the run cancelled and sends nothing more for it.
+    let daemon = Daemon::start(&wf_dir, &db, Some(TOKEN));
+    let (_, run) = daemon.api().get(&format!("/runs/{id}"));
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert_eq!(
+        step(&run, "wait")["error"],
+        "cancelled with `runner cancel --db`",
+        "{run:#}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let reqs = requests_of(&receiver_log(receiver()), &id, None);
+    assert_eq!(
+        reqs.len(),
+        1,
+        "the call was sent again after the cancel: {reqs:#?}"
+    );
+}

@@ -200,6 +200,13 @@ const ADVICE: &str = "start runs through the daemon (`runner trigger`, the API),
 
 /// For `runner serve` and `runner resume` (`what` names this process in another's error).
 pub fn take_for_recovery(db: &Path, what: &str) -> anyhow::Result<Owner> {
+    take_alone(db, what, ADVICE)
+}
+
+/// For a command that changes runs without performing them (`runner cancel --db`): the same
+/// locks as a recovering process, so that nobody is performing a run it changes; `advice` ends
+/// the error when another process holds the database.
+pub fn take_alone(db: &Path, what: &str, advice: &str) -> anyhow::Result<Owner> {
     let (path, mut recovery) = lock_file(db, ".lock")?;
     match recovery.try_lock() {
         Ok(()) => {}
@@ -212,7 +219,7 @@ pub fn take_for_recovery(db: &Path, what: &str) -> anyhow::Result<Owner> {
                 holder.trim()
             };
             anyhow::bail!(
-                "the database `{}` is in use by another runner process ({holder}); {ADVICE}",
+                "the database `{}` is in use by another runner process ({holder}); {advice}",
                 db.display()
             );
         }
@@ -222,7 +229,7 @@ pub fn take_for_recovery(db: &Path, what: &str) -> anyhow::Result<Owner> {
     match runs.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => anyhow::bail!(
-            "the database `{}` is in use by a `runner run` process; wait for it to end, or {ADVICE}",
+            "the database `{}` is in use by a `runner run` process; wait for it to end, or {advice}",
             db.display()
         ),
         Err(TryLockError::Error(e)) => anyhow::bail!("cannot lock `{}`: {e}", path.display()),

@@ -55,12 +55,22 @@ pub(super) struct Scope<'a> {
     /// The step being checked, if any.
     pub(super) current: Option<&'a str>,
     pub(super) in_hook: bool,
-    /// Set where the engine renders the template (`if`, `sleep_until`): it never holds secrets,
-    /// which only the dispatcher reads, for requests and e-mails. Names the place.
-    pub(super) no_secrets: Option<&'static str>,
+    /// Set where a template must not read secrets. Names the place.
+    pub(super) no_secrets: Option<NoSecrets>,
     /// Set in `if` conditions, which the engine evaluates with an undefined value as false
     /// (minijinja's chainable undefined) rather than as an error.
     pub(super) undefined_is_false: bool,
+}
+
+/// Why a place may not read `secrets`.
+#[derive(Clone, Copy)]
+pub(super) enum NoSecrets {
+    /// The engine renders it (`if`, `sleep_until`): it never holds secrets, which only the
+    /// dispatcher reads, for requests and e-mails.
+    Engine(&'static str),
+    /// What it renders is stored with the run and shown to anyone with the link: an approval's
+    /// `subject` and `body`, on the approval page and in the e-mail.
+    Shown(&'static str),
 }
 
 /// What one template's references have in common.
@@ -153,7 +163,7 @@ impl Checker<'_> {
             return;
         }
         let scope = Scope {
-            no_secrets: Some("an `if` condition"),
+            no_secrets: Some(NoSecrets::Engine("an `if` condition")),
             undefined_is_false: true,
             ..*scope
         };
@@ -365,15 +375,28 @@ impl Checker<'_> {
                 }
             }
             "secrets" => {
-                if let Some(place) = scope.no_secrets {
-                    self.error(
-                        pos,
-                        r.len,
-                        Code::UnknownVariable,
-                        format!("`secrets` cannot be read in {place}"),
-                        Some("secrets are read only when a request or an e-mail is sent, so that they never reach the database".into()),
-                    );
-                    return;
+                match scope.no_secrets {
+                    Some(NoSecrets::Engine(place)) => {
+                        self.error(
+                            pos,
+                            r.len,
+                            Code::UnknownVariable,
+                            format!("`secrets` cannot be read in {place}"),
+                            Some("secrets are read only when a request or an e-mail is sent, so that they never reach the database".into()),
+                        );
+                        return;
+                    }
+                    Some(NoSecrets::Shown(place)) => {
+                        self.error(
+                            pos,
+                            r.len,
+                            Code::SecretInApproval,
+                            format!("{place} would show `secrets` to anyone with the approval link"),
+                            Some("an approval's subject and body are stored with the run and shown on the approval page and in the e-mail; leave the secret out (say what it is for), or send it in an `http` step's header".into()),
+                        );
+                        return;
+                    }
+                    None => {}
                 }
                 if let Some(seg) = first
                     && !scope.secrets.contains(&seg.name)

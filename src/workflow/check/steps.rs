@@ -4,7 +4,7 @@
 //! Part of the pure core: no I/O.
 
 use super::names::valid_step_id;
-use super::refs::Scope;
+use super::refs::{NoSecrets, Scope};
 use super::{Checker, Fields};
 use crate::workflow::address::{check_address, split_addresses};
 use crate::workflow::diagnostic::Code;
@@ -210,7 +210,7 @@ impl Checker<'_> {
                 let s = self.nonempty_string(kind_node, "sleep_until")?;
                 if template::is_template(s) {
                     let scope = Scope {
-                        no_secrets: Some("`sleep_until`"),
+                        no_secrets: Some(NoSecrets::Engine("`sleep_until`")),
                         ..scope
                     };
                     self.template(kind_node, s, &scope);
@@ -445,8 +445,13 @@ impl Checker<'_> {
     fn approval(&mut self, node: &Node, scope: &Scope) -> Option<Approval> {
         let f = self.fields(node, "approval", APPROVAL_KEYS, &["to", "subject"])?;
         let to = f.get("to").and_then(|n| self.recipients(n, scope));
-        let subject = self.text_template(&f, "subject", scope);
-        let body = self.text_template(&f, "body", scope);
+        // Stored with the run and shown on the approval page (`store_approval_links`).
+        let shown = |place| Scope {
+            no_secrets: Some(NoSecrets::Shown(place)),
+            ..*scope
+        };
+        let subject = self.text_template(&f, "subject", &shown("an approval's `subject`"));
+        let body = self.text_template(&f, "body", &shown("an approval's `body`"));
         let timeout = match f.get("timeout") {
             Some(n) => self.positive_duration(n, "timeout"),
             None => Some(DEFAULT_APPROVAL_TIMEOUT),
