@@ -1964,6 +1964,26 @@ steps:
         (!requests_of(&receiver_log(receiver()), &id, None).is_empty()).then_some(())
     });
 
+    if crate::pg::enabled() {
+        // Daemons share a PostgreSQL database: the CLI changes the run as another node would, and
+        // the daemon absorbs the outcome of the call it has in flight.
+        let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+        assert_eq!(
+            (out.status.code(), text(&out.stdout)),
+            (Some(0), format!("run {id} cancelled\n")),
+            "{}",
+            text(&out.stderr)
+        );
+        let (_, run) = daemon.api().get(&format!("/runs/{id}"));
+        assert_eq!(run["status"], "cancelled", "{run:#}");
+        let out = cli(&["cancel", &id, "--db", db_arg], &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            text(&out.stderr),
+            format!("error: run `{id}` is already cancelled\n")
+        );
+        return;
+    }
     let out = cli(&["cancel", &id, "--db", db_arg], &[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
