@@ -9,6 +9,8 @@
 //! cargo run --release --example bench -- --runner-only # skip the floors (for profiling; does not count)
 //! cargo run --release --example bench -- --runner-only --sequential-only # also skip 16 in flight
 //! cargo run --release --example bench -- --workers 1    # runner's runtime with one worker (a one-core host)
+//! cargo run --release --example bench -- --postgres     # on PostgreSQL: a server of its own (see bench/pg.rs)
+//! cargo run --release --example bench -- --db postgres://postgres@127.0.0.1:5432  # on that server
 //! ```
 //!
 //! The endpoint is an axum server on 127.0.0.1 on its own tokio runtime (threads named
@@ -24,6 +26,8 @@
 //! the aims are reported as "not met"; only the correctness gates make the run not count.
 
 mod common;
+#[path = "bench/pg.rs"]
+mod pg;
 
 use anyhow::{Context, Result, anyhow, bail};
 use common::{fsync_probe, percentile};
@@ -108,6 +112,7 @@ fn main() -> Result<()> {
     let mut runner_only = false;
     let mut sequential_only = false;
     let mut workers: Option<usize> = None;
+    let mut postgres: Option<Option<String>> = None;
     let mut args = std::env::args().skip(1).peekable();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -119,6 +124,16 @@ fn main() -> Result<()> {
                         .context("--workers takes a number above 0")?,
                 );
             }
+            "--db" => {
+                let url = args.next().context("--db takes a postgres:// URL")?;
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                    bail!(
+                        "--db takes a postgres:// URL of a server (the SQLite bench needs no --db)"
+                    );
+                }
+                postgres = Some(Some(url));
+            }
+            "--postgres" => postgres = Some(None),
             "--quick" => quick = true,
             "--json" => json_out = true,
             "--keep-db" => keep_db = true,
@@ -129,12 +144,15 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N] [--keep-db]"
+                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N] [--keep-db] [--db postgres://USER@HOST:PORT | --postgres]"
                 );
                 return Ok(());
             }
             other => bail!("unknown argument `{other}` (see --help)"),
         }
+    }
+    if let Some(server) = postgres {
+        return pg::main(server, quick, json_out);
     }
     let sizes = Sizes::new(quick);
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
