@@ -317,7 +317,7 @@ async fn create_database(base: &str, name: &str) -> Result<String> {
         admin
             .batch_execute(&sql)
             .await
-            .with_context(|| format!("{sql}"))?;
+            .with_context(|| sql.clone())?;
     }
     Ok(format!("{base}/{name}"))
 }
