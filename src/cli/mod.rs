@@ -110,7 +110,7 @@ pub enum Command {
         #[arg(long, env = "RUNNER_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
         /// The URL users reach the daemon at (used in approval links)
-        #[arg(long, env = "RUNNER_PUBLIC_URL")]
+        #[arg(long, env = "RUNNER_PUBLIC_URL", value_parser = parse_public_url)]
         public_url: Option<String>,
         /// Bearer token required by the API and /metrics (16 characters or more beyond loopback)
         #[arg(long, env = "RUNNER_API_TOKEN", hide_env_values = true)]
@@ -252,7 +252,7 @@ pub struct ForegroundArgs {
     #[arg(long, env = "RUNNER_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
     /// The URL approval links use (default: the listen address)
-    #[arg(long, env = "RUNNER_PUBLIC_URL")]
+    #[arg(long, env = "RUNNER_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
     #[command(flatten)]
     pub mail: MailArgs,
@@ -830,6 +830,25 @@ fn parse_input(input: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// A duration such as `10s` or `500ms` (for flags).
+/// `--public-url`: an absolute http(s) URL with a host, which links can be built on (a value
+/// without a scheme would be mailed as a link no client opens).
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| {
+        format!("`{s}` is not an absolute URL ({e}): give the scheme, e.g. `https://{s}`")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "`{s}` is not an http(s) URL with a host, e.g. `https://runner.example.com`"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "`{s}` has a query or fragment: links are built by appending paths to it"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if !d.is_zero() => Ok(d),
@@ -946,6 +965,9 @@ async fn nodes(json: bool, db: &str) -> anyhow::Result<ExitCode> {
 }
 
 async fn keys(action: Option<KeysAction>, db: &str) -> anyhow::Result<ExitCode> {
+    // A mistyped path becomes a new database with new keys: say so, so that nobody gives
+    // receivers keys the daemon does not sign with.
+    let created = !crate::store::is_postgres(db) && !Path::new(db).exists();
     let store = crate::store::Store::connect(db).await?;
     let keys = match action {
         Some(KeysAction::Rotate) => crate::runtime::keys::rotate(&store)
@@ -955,6 +977,12 @@ async fn keys(action: Option<KeysAction>, db: &str) -> anyhow::Result<ExitCode> 
     };
     println!("QSTASH_CURRENT_SIGNING_KEY={}", keys.current);
     println!("QSTASH_NEXT_SIGNING_KEY={}", keys.next);
+    if created {
+        eprintln!(
+            "note: there was no database at `{db}`; a new one was created with the new keys above. \
+             If you meant the daemon's database, set --db (or RUNNER_DB) to it."
+        );
+    }
     if action == Some(KeysAction::Rotate) {
         eprintln!(
             "rotated: a running daemon on this database signs with the new current key within {} s \

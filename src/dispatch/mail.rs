@@ -96,8 +96,12 @@ impl Mailer {
     }
 
     fn build(from: &Mailbox, mail: &Outgoing) -> Result<Message, MailError> {
+        // A Message-ID of the sender's domain (RFC 5322 §3.6.4): mail servers and clients
+        // thread and deduplicate on it, and some spam filters score its absence.
+        let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), from.email.domain());
         let mut b = Message::builder()
             .from(from.clone())
+            .message_id(Some(message_id))
             .subject(mail.subject.clone());
         for to in &mail.to {
             let mb: Mailbox = to.parse().map_err(|e| {

@@ -313,6 +313,12 @@ impl Mail {
         use mailparse::MailHeaderMap;
         let parsed = mailparse::parse_mail(raw).expect("a parsable e-mail");
         let header = |name: &str| parsed.headers.get_first_value(name).unwrap_or_default();
+        // Every message has a Message-ID of the sender's domain.
+        let id = header("Message-ID");
+        assert!(
+            id.starts_with('<') && id.ends_with('>') && id.contains('@') && id.len() > 10,
+            "Message-ID `{id}`"
+        );
         let mut text = String::new();
         let mut html = None;
         let mut parts = vec![&parsed];

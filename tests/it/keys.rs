@@ -138,3 +138,62 @@ fn rotating_keys_while_the_daemon_runs_follows_the_readme_procedure() {
     let (c, n, _) = keys(&db, false);
     assert_eq!((c, n), (k2, k3), "`runner keys` shows the pair in use");
 }
+
+#[test]
+fn keys_of_a_database_that_is_not_there_say_that_a_new_one_was_made() {
+    if crate::pg::sqlite_only("a mistyped database path") {
+        return;
+    }
+    let tmp = temp_dir();
+    let db = tmp.path().join("wrong.db");
+    let out = runner_cmd()
+        .arg("keys")
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .expect("runner keys");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("there was no database at")
+            && err.contains("wrong.db")
+            && err.contains("a new one was created"),
+        "{err}"
+    );
+    // Asked again, the database is there: no note.
+    let again = runner_cmd()
+        .arg("keys")
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .expect("runner keys");
+    assert_eq!(again.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("no database"));
+    assert_eq!(again.stdout, out.stdout, "the same keys the second time");
+}
+
+#[test]
+fn a_public_url_without_a_scheme_is_refused_before_anything_starts() {
+    let tmp = temp_dir();
+    for bad in [
+        "runner.example.com",
+        "localhost:8080",
+        "ftp://runner.example.com",
+        "https://x.example/?a=1",
+    ] {
+        let out = runner_cmd()
+            .args(["serve", "--dir"])
+            .arg(tmp.path())
+            .arg("--db")
+            .arg(tmp.path().join("r.db"))
+            .args(["--listen", "127.0.0.1:0", "--public-url", bad])
+            .output()
+            .expect("runner serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("--public-url") && err.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+}
