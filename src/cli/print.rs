@@ -88,6 +88,21 @@ fn step(out: &mut String, s: &StepView) {
             let _ = writeln!(out, "    e-mail to {}: {sent}", e.to);
         }
     }
+    // An approval's decision: what, by whom, when, and the comment.
+    if s.kind == crate::workflow::model::StepKindName::Approval
+        && let Some(o) = &s.output
+        && let Some(decision) = o["decision"].as_str()
+    {
+        let mut l = format!(
+            "    {decision} by {} at {}",
+            o["approver"].as_str().unwrap_or("?"),
+            o["decided_at"].as_str().unwrap_or("?")
+        );
+        if let Some(c) = o["comment"].as_str().filter(|c| !c.is_empty()) {
+            let _ = write!(l, ": {c:?}");
+        }
+        let _ = writeln!(out, "{l}");
+    }
     if let (Some(e), true) = (&s.error, s.attempt_log.is_empty()) {
         let _ = writeln!(out, "    {e}");
     }

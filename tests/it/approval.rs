@@ -1380,6 +1380,16 @@ fn cli_approve_and_reject_are_recorded_as_api_decisions() {
             serde_json::json!({"decision": "approved", "approver": "dana (api)", "comment": "from the terminal"})
         ]
     );
+    // `runner show` prints the decision, who made it, when, and the comment.
+    let mut show = runner_cmd();
+    show.args(["show", &yes, "--db"])
+        .arg(tmp.path().join("runner.db"));
+    let (ok, out, err) = run_bounded(show, Duration::from_secs(20));
+    assert!(ok, "runner show failed: {err}");
+    assert!(
+        out.contains("approved by dana (api) at ") && out.contains("\"from the terminal\""),
+        "{out}"
+    );
     let run = api.wait_run(&no, Duration::from_secs(10));
     assert_eq!(run["status"], "rejected", "{run:#}");
     assert_eq!(step(&run, "review")["output"]["approver"], "dana (api)");
