@@ -502,7 +502,8 @@ fn whoami() -> String {
         .unwrap_or_else(|_| "cli".into())
 }
 
-/// Calls the daemon's API and prints its JSON answer; exit 0 on 2xx, 1 otherwise.
+/// Calls the daemon's API and prints its JSON answer; exit 0 on 2xx, 2 when the daemon refused
+/// the request itself (400, 422: a bad input, as `runner run` exits for one), 1 otherwise.
 async fn call_daemon(
     server: &ServerArgs,
     method: reqwest::Method,
@@ -541,7 +542,8 @@ async fn call_daemon(
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("error: the daemon answered {status}:\n{pretty}");
-        Ok(ExitCode::from(1))
+        let refused = matches!(status.as_u16(), 400 | 422);
+        Ok(ExitCode::from(if refused { 2 } else { 1 }))
     }
 }
 

@@ -1007,12 +1007,13 @@ steps:
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    // A bad input exits 2, as `runner run` does for one (a usage error, not a failed run).
     let out = trigger("{}", &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("422") && err.contains("who"), "{err}");
     let out = trigger("not json", &[]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("--input is not valid JSON"),
         "{}",
