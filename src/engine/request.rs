@@ -217,21 +217,73 @@ fn json_has_template(v: &Value) -> bool {
     }
 }
 
-/// Replaces every secret value in `text` by `[redacted:NAME]`, for what is stored and logged.
+/// Secrets shorter than this are not redacted: replacing every `42` of a response would redact
+/// numbers, not secrets (and say which digits the secret is). The README says so.
+pub const MIN_REDACTED_LEN: usize = 3;
+
+/// Replaces every secret value in `text` by `[redacted:NAME]`, for what is stored and logged:
+/// the value as it is, and the forms runner's own rendering makes of it — JSON-escaped (a body,
+/// `| tojson`), percent-encoded (`| urlencode`, a URL), upper- and lower-case (`| upper`,
+/// `| lower`).
 pub fn redact(text: &str, secrets: &serde_json::Map<String, Value>) -> String {
     let mut out = text.to_string();
-    let mut values: Vec<(&String, &str)> = secrets
-        .iter()
-        .filter_map(|(k, v)| v.as_str().map(|s| (k, s)))
-        .filter(|(_, s)| s.len() >= 3)
-        .collect();
-    values.sort_by_key(|(_, s)| std::cmp::Reverse(s.len()));
-    for (name, value) in values {
-        if out.contains(value) {
-            out = out.replace(value, &format!("[redacted:{name}]"));
+    let mut forms: Vec<(&String, String)> = Vec::new();
+    for (name, v) in secrets {
+        let Some(value) = v.as_str().filter(|s| s.len() >= MIN_REDACTED_LEN) else {
+            continue;
+        };
+        let base = [
+            value.to_string(),
+            value.to_uppercase(),
+            value.to_lowercase(),
+            percent_encoded(value, "/"),
+            percent_encoded(value, ""),
+            percent_encoded(value, " ").replace(' ', "+"),
+        ];
+        // Each also JSON-escaped once (a string in a body) and twice (`| tojson` in a body).
+        for form in base {
+            let once = json_escaped(&form);
+            let twice = json_escaped(&once);
+            for f in [form, once, twice] {
+                if f.len() >= MIN_REDACTED_LEN && !forms.iter().any(|(_, g)| *g == f) {
+                    forms.push((name, f));
+                }
+            }
+        }
+    }
+    forms.sort_by_key(|(_, f)| std::cmp::Reverse(f.len()));
+    for (name, form) in forms {
+        if out.contains(&form) {
+            out = out.replace(&form, &format!("[redacted:{name}]"));
         }
     }
     out
+}
+
+/// Every byte but the unreserved ones (RFC 3986 §2.3) and those in `keep` as `%XX`, upper-case
+/// as minijinja's `urlencode` writes it (which keeps `/`).
+fn percent_encoded(value: &str, keep: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ if keep.as_bytes().contains(&b) => out.push(char::from(b)),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `value` as it is inside a JSON string (without the quotes).
+fn json_escaped(value: &str) -> String {
+    let quoted = serde_json::to_string(value).unwrap_or_default();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(&quoted)
+        .to_string()
 }
 
 /// `redact` applied to every string (and key) of a JSON value.
@@ -362,6 +414,34 @@ pub fn render_mail(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redaction_covers_the_forms_rendering_makes_of_a_secret() {
+        let secrets: serde_json::Map<String, Value> = serde_json::from_value(
+            serde_json::json!({ "TOKEN": "s3cr\"et/ v\\al", "PIN": "42", "KEY": "abc-Def" }),
+        )
+        .expect("a map");
+        let cases = [
+            (
+                r#"{"auth":"s3cr\"et/ v\\al"}"#,
+                r#"{"auth":"[redacted:TOKEN]"}"#,
+            ),
+            (
+                "https://x.example/?t=s3cr%22et%2F%20v%5Cal",
+                "https://x.example/?t=[redacted:TOKEN]",
+            ),
+            ("t=s3cr%22et%2F+v%5Cal", "t=[redacted:TOKEN]"),
+            ("raw s3cr\"et/ v\\al here", "raw [redacted:TOKEN] here"),
+            (
+                "ABC-DEF and abc-def and abc-Def",
+                "[redacted:KEY] and [redacted:KEY] and [redacted:KEY]",
+            ),
+            ("PIN=42", "PIN=42"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact(text, &secrets), want, "{text}");
+        }
+    }
+
     use super::*;
     use crate::engine::{NewRun, Trigger};
     use serde_json::json;

@@ -828,6 +828,79 @@ steps:
 }
 
 #[test]
+fn escaped_encoded_and_filtered_forms_of_a_secret_are_never_stored() {
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db");
+    let receiver = QstashReceiver::start();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    // A quote, a slash, a backslash and a space: each has an escaped or encoded form.
+    let secret = format!("Tk\"q/ \\{nanos:x}zz");
+    let file = workflow(
+        dir.path(),
+        "forms",
+        &receiver,
+        r#"
+secrets: [ENGINE_IT_FORMS]
+steps:
+  - id: call
+    http:
+      url: "BASE/ok?key={{ secrets.ENGINE_IT_FORMS | urlencode }}"
+      body: { token: "{{ secrets.ENGINE_IT_FORMS }}", up: "{{ secrets.ENGINE_IT_FORMS | upper }}", j: "{{ secrets.ENGINE_IT_FORMS | tojson }}" }
+"#,
+    );
+    let mut env = signing(&receiver).to_vec();
+    env.push(("ENGINE_IT_FORMS", &secret));
+    let (out, id) = run(&db, &file, &[], &env);
+    assert_ended(&out, &id, "succeeded");
+    let records = records_of(&receiver, &id);
+    assert_eq!(body_json(&records[0])["token"], secret.as_str());
+
+    let json_escaped = serde_json::to_string(&secret).unwrap();
+    let json_escaped = &json_escaped[1..json_escaped.len() - 1];
+    let forms = [
+        secret.clone(),
+        json_escaped.to_string(),
+        secret.to_uppercase(),
+        format!("{nanos:x}zz"), // the tail every form shares, in any case
+        format!("{nanos:X}ZZ"),
+    ];
+    let shown = show(&db, &id).to_string();
+    for form in &forms {
+        assert!(
+            !shown.contains(form.as_str()),
+            "runner show has `{form}`: {shown}"
+        );
+    }
+    let view = show(&db, &id);
+    let request = &step(&view, "call")["attempt_log"][0]["request"];
+    assert!(
+        request["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("?key=[redacted:ENGINE_IT_FORMS]"),
+        "{request:#}"
+    );
+    let needle = format!("{nanos:x}zz");
+    let stored: Vec<u8> = if crate::pg::enabled() {
+        crate::pg::dump(&crate::pg::db_arg(&db))
+    } else {
+        let mut all = std::fs::read(&db).unwrap();
+        if let Ok(wal) = std::fs::read(dir.path().join("runner.db-wal")) {
+            all.extend(wal);
+        }
+        all
+    };
+    let lower = String::from_utf8_lossy(&stored).to_lowercase();
+    assert!(
+        !lower.contains(&needle),
+        "a form of the secret is stored in the database"
+    );
+}
+
+#[test]
 fn a_missing_secret_fails_the_step_naming_it() {
     let dir = temp_dir();
     let db = dir.path().join("runner.db");
