@@ -222,7 +222,13 @@ fn main() -> Result<()> {
         progress("runner: 16 in flight");
         let cpu0 = cpu_now();
         let par_runs = if sequential_only { 0 } else { sizes.par_runs };
-        let par = run_parallel(&engine, &version, par_runs, sizes.par_time).await?;
+        let par = run_parallel(
+            std::slice::from_ref(&engine),
+            &version,
+            par_runs,
+            sizes.par_time,
+        )
+        .await?;
         let cpu1 = cpu_now();
         total += par.runs;
         report.par = Some(PhaseReport::new(&par, cpu1.since(&cpu0)));
@@ -805,8 +811,9 @@ async fn run_sequential(
     })
 }
 
+/// `IN_FLIGHT` runs at a time, spread over `engines` (one task in two on each of two nodes).
 async fn run_parallel(
-    engine: &Engine,
+    engines: &[Engine],
     version: &Version,
     n: usize,
     limit: Duration,
@@ -815,8 +822,9 @@ async fn run_parallel(
     let deadline = Instant::now() + limit;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..IN_FLIGHT {
-        let (engine, version, next) = (engine.clone(), version.clone(), next.clone());
+    for i in 0..IN_FLIGHT {
+        let engine = engines[i % engines.len()].clone();
+        let (version, next) = (version.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut failed = 0usize;

@@ -15,18 +15,19 @@
 //! Gates (the program exits 1 when one fails): the endpoint counted 3N requests; each database
 //! holds N succeeded runs with 3N succeeded attempts; every run succeeded.
 
-use super::{Endpoint, IN_FLIGHT, Phase, Sizes, bench_version, http_sequential, one_run};
+use super::{
+    Endpoint, IN_FLIGHT, Phase, Sizes, bench_version, http_sequential, run_parallel as parallel,
+    run_sequential,
+};
 use crate::common::percentile;
 use anyhow::{Context, Result, anyhow, bail};
 use runner::runtime::Executor as Engine;
 use runner::sign::Keys;
-use runner::store::{Store, Version};
+use runner::store::Store;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The aims of issue 13 on a 2-core machine with the database on the same machine.
 const AIM_STEPS_PER_S: f64 = 3000.0;
@@ -75,7 +76,7 @@ pub(crate) fn main(server: Option<String>, quick: bool, json_out: bool) -> Resul
         // One node.
         let a = node(&one, "bench-a").await?;
         progress("runner, one node: warm-up");
-        let warm = sequential(&a, &version, 20).await?;
+        let warm = run_sequential(&a, &version, 20, Duration::from_secs(10)).await?;
         total_runs += warm.runs;
         r.failed += warm.failed;
         let rows = row_sizes(&one).await?;
@@ -91,7 +92,7 @@ pub(crate) fn main(server: Option<String>, quick: bool, json_out: bool) -> Resul
         r.floor_lat_1_ms = lat1;
 
         progress("runner, one node: one run at a time");
-        let p = timed_sequential(&a, &version, sizes.seq_runs, sizes.seq_time).await?;
+        let p = run_sequential(&a, &version, sizes.seq_runs, sizes.seq_time).await?;
         total_runs += p.runs;
         r.failed += p.failed;
         r.seq = Some(Figures::new(&p));
@@ -472,69 +473,6 @@ fn pgbench(db: &str, script: &Path, clients: usize, secs: u64) -> Result<(f64, f
 
 // ---------------------------------------------------------------------------------------------
 // runner
-
-async fn sequential(engine: &Engine, version: &Version, n: usize) -> Result<Phase> {
-    timed_sequential(engine, version, n, Duration::from_secs(10)).await
-}
-
-async fn timed_sequential(
-    engine: &Engine,
-    version: &Version,
-    n: usize,
-    limit: Duration,
-) -> Result<Phase> {
-    let start = Instant::now();
-    let (mut lat, mut failed) = (Vec::with_capacity(n), 0);
-    while lat.len() < n && start.elapsed() < limit {
-        let (ok, l) = one_run(engine, version).await?;
-        failed += usize::from(!ok);
-        lat.push(l);
-    }
-    Ok(Phase {
-        runs: lat.len(),
-        failed,
-        secs: start.elapsed().as_secs_f64(),
-        lat_ms: lat,
-    })
-}
-
-/// 16 runs in flight, spread over `engines` (one task in two on each of two nodes).
-async fn parallel(
-    engines: &[Engine],
-    version: &Version,
-    n: usize,
-    limit: Duration,
-) -> Result<Phase> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + limit;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..IN_FLIGHT {
-        let engine = engines[i % engines.len()].clone();
-        let (version, next) = (version.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut lat, mut failed) = (Vec::new(), 0usize);
-            while next.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
-                let (ok, l) = one_run(&engine, &version).await?;
-                failed += usize::from(!ok);
-                lat.push(l);
-            }
-            anyhow::Ok((lat, failed))
-        }));
-    }
-    let (mut lat, mut failed) = (Vec::with_capacity(n), 0);
-    for t in tasks {
-        let (l, f) = t.await??;
-        lat.extend(l);
-        failed += f;
-    }
-    Ok(Phase {
-        runs: lat.len(),
-        failed,
-        secs: start.elapsed().as_secs_f64(),
-        lat_ms: lat,
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // Report
