@@ -701,15 +701,20 @@ steps:
     );
 }
 
+/// A number no earlier test run used (nanoseconds since the epoch): secrets that occur nowhere else.
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
 #[test]
 fn a_secret_reaches_the_endpoint_but_is_never_stored() {
     let dir = temp_dir();
     let db = dir.path().join("runner.db");
     let receiver = QstashReceiver::start();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = unique();
     let secret = format!("S3cr3t{nanos:x}");
     // Attempt records keep the first 16 KiB of a body: the `echo` step's body is padded so that its
     // cut falls 8 bytes into the secret (`{"pad":"` + pad + `","echo":"` = 16384 - 8 bytes).
@@ -832,10 +837,7 @@ fn escaped_encoded_and_filtered_forms_of_a_secret_are_never_stored() {
     let dir = temp_dir();
     let db = dir.path().join("runner.db");
     let receiver = QstashReceiver::start();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = unique();
     // A quote, a slash, a backslash and a space: each has an escaped or encoded form.
     let secret = format!("Tk\"q/ \\{nanos:x}zz");
     let file = workflow(
