@@ -231,6 +231,7 @@ pub async fn attempt(
             return (ev, record);
         }
     };
+    let redactor = request::Redactor::new(&secrets);
     // Rendering counts in the step's timeout: what it leaves bounds the call.
     let limit = request::step_timeout(wf, step_id).unwrap_or(Duration::from_secs(30));
     let render = {
@@ -245,7 +246,7 @@ pub async fn attempt(
     let (req, timeout) = match super::render_within(wf, step_id, limit, render).await {
         Ok(r) => r,
         Err(e) => {
-            let e = request::redact(&e, &secrets);
+            let e = redactor.redact(&e);
             let ev = fail(&mut record, e, None, None, Outcome::Permanent);
             return (ev, record);
         }
@@ -260,10 +261,7 @@ pub async fn attempt(
         Ok(u) => {
             let ev = fail(
                 &mut record,
-                format!(
-                    "`{}` is not an http(s) URL",
-                    request::redact(u.as_str(), &secrets)
-                ),
+                format!("`{}` is not an http(s) URL", redactor.redact(u.as_str())),
                 None,
                 None,
                 Outcome::Permanent,
@@ -275,7 +273,7 @@ pub async fn attempt(
                 &mut record,
                 format!(
                     "the rendered URL `{}` is not valid: {e}",
-                    request::redact(&req.url, &secrets)
+                    redactor.redact(&req.url)
                 ),
                 None,
                 None,
@@ -293,7 +291,7 @@ pub async fn attempt(
         Utc::now().timestamp(),
         &jti,
     );
-    record.request = Some(request_record(&req, &url, &secrets));
+    record.request = Some(request_record(&req, &url, &redactor));
 
     let method =
         reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
@@ -389,20 +387,17 @@ pub async fn attempt(
     }
     // An endpoint may send a secret back (an echo, an error quoting the request): what is stored
     // and what later steps see has it redacted, like the request.
-    let body_value: Value = request::redact_value(
-        if is_json {
-            serde_json::from_slice(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-        } else {
-            Value::String(String::from_utf8_lossy(&body).into_owned())
-        },
-        &secrets,
-    );
+    let body_value: Value = redactor.redact_value(if is_json {
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+    } else {
+        Value::String(String::from_utf8_lossy(&body).into_owned())
+    });
     let header_map: serde_json::Map<String, Value> = headers
         .iter()
         .filter_map(|(k, v)| {
             v.to_str().ok().map(|v| {
-                let v = request::redact(v, &secrets);
+                let v = redactor.redact(v);
                 (k.as_str().to_string(), Value::String(v))
             })
         })
@@ -410,7 +405,7 @@ pub async fn attempt(
     record.response = Some(json!({
         "status": status.as_u16(),
         "headers": header_map,
-        "body": if too_large { Value::String(format!("(over {MAX_RESPONSE_BYTES} bytes)")) } else { Value::String(truncate(request::redact(&String::from_utf8_lossy(&body), &secrets).as_bytes(), KEPT_BODY_BYTES)) },
+        "body": if too_large { Value::String(format!("(over {MAX_RESPONSE_BYTES} bytes)")) } else { Value::String(truncate(redactor.redact(&String::from_utf8_lossy(&body)).as_bytes(), KEPT_BODY_BYTES)) },
     }));
     if status.is_success() {
         if too_large {
@@ -449,7 +444,7 @@ pub async fn attempt(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let snippet = truncate(
-        request::redact(&String::from_utf8_lossy(&body), &secrets).as_bytes(),
+        redactor.redact(&String::from_utf8_lossy(&body)).as_bytes(),
         300,
     );
     let error = if snippet.trim().is_empty() {
@@ -477,22 +472,18 @@ pub async fn attempt(
     (ev, record)
 }
 
-fn request_record(
-    req: &HttpRequest,
-    url: &reqwest::Url,
-    secrets: &serde_json::Map<String, Value>,
-) -> Value {
+fn request_record(req: &HttpRequest, url: &reqwest::Url, redactor: &request::Redactor) -> Value {
     let headers: serde_json::Map<String, Value> = req
         .headers
         .iter()
-        .map(|(k, v)| (k.clone(), Value::String(request::redact(v, secrets))))
+        .map(|(k, v)| (k.clone(), Value::String(redactor.redact(v))))
         .collect();
     json!({
         "method": req.method,
-        "url": request::redact(url.as_str(), secrets),
+        "url": redactor.redact(url.as_str()),
         "headers": headers,
         // Redact before cutting, so that no part of a secret is kept at the cut.
-        "body": truncate(request::redact(&String::from_utf8_lossy(&req.body), secrets).as_bytes(), KEPT_BODY_BYTES),
+        "body": truncate(redactor.redact(&String::from_utf8_lossy(&req.body)).as_bytes(), KEPT_BODY_BYTES),
     })
 }
 

@@ -221,43 +221,77 @@ fn json_has_template(v: &Value) -> bool {
 /// numbers, not secrets (and say which digits the secret is). The README says so.
 pub const MIN_REDACTED_LEN: usize = 3;
 
-/// Replaces every secret value in `text` by `[redacted:NAME]`, for what is stored and logged:
-/// the value as it is, and the forms runner's own rendering makes of it — JSON-escaped (a body,
-/// `| tojson`), percent-encoded (`| urlencode`, a URL), upper- and lower-case (`| upper`,
-/// `| lower`).
+/// Replaces every secret value in `text` by `[redacted:NAME]`, for what is stored and logged
+/// (see [`Redactor`]; build one when redacting several texts of a step).
 pub fn redact(text: &str, secrets: &serde_json::Map<String, Value>) -> String {
-    let mut out = text.to_string();
-    let mut forms: Vec<(&String, String)> = Vec::new();
-    for (name, v) in secrets {
-        let Some(value) = v.as_str().filter(|s| s.len() >= MIN_REDACTED_LEN) else {
-            continue;
-        };
-        let base = [
-            value.to_string(),
-            value.to_uppercase(),
-            value.to_lowercase(),
-            percent_encoded(value, "/"),
-            percent_encoded(value, ""),
-            percent_encoded(value, " ").replace(' ', "+"),
-        ];
-        // Each also JSON-escaped once (a string in a body) and twice (`| tojson` in a body).
-        for form in base {
-            let once = json_escaped(&form);
-            let twice = json_escaped(&once);
-            for f in [form, once, twice] {
-                if f.len() >= MIN_REDACTED_LEN && !forms.iter().any(|(_, g)| *g == f) {
-                    forms.push((name, f));
+    Redactor::new(secrets).redact(text)
+}
+
+/// The forms of a step's secrets to redact, worked out once: the value as it is, and the forms
+/// runner's own rendering makes of it — upper- and lower-case (`| upper`, `| lower`),
+/// percent-encoded (`| urlencode`, a URL), each also JSON-escaped once (a string in a body) and
+/// twice (`| tojson` inside a body). Longest first, so a longer form is not cut by a shorter one.
+pub struct Redactor {
+    forms: Vec<(String, String)>,
+}
+
+impl Redactor {
+    pub fn new(secrets: &serde_json::Map<String, Value>) -> Redactor {
+        let mut forms: Vec<(String, String)> = Vec::new();
+        for (name, v) in secrets {
+            let Some(value) = v.as_str().filter(|s| s.len() >= MIN_REDACTED_LEN) else {
+                continue;
+            };
+            let base = [
+                value.to_string(),
+                value.to_uppercase(),
+                value.to_lowercase(),
+                percent_encoded(value, "/"),
+                percent_encoded(value, ""),
+                percent_encoded(value, " ").replace(' ', "+"),
+            ];
+            for form in base {
+                let once = json_escaped(&form);
+                let twice = json_escaped(&once);
+                for f in [form, once, twice] {
+                    if f.len() >= MIN_REDACTED_LEN && !forms.iter().any(|(_, g)| *g == f) {
+                        forms.push((format!("[redacted:{name}]"), f));
+                    }
                 }
             }
         }
+        forms.sort_by_key(|(_, f)| std::cmp::Reverse(f.len()));
+        Redactor { forms }
     }
-    forms.sort_by_key(|(_, f)| std::cmp::Reverse(f.len()));
-    for (name, form) in forms {
-        if out.contains(&form) {
-            out = out.replace(&form, &format!("[redacted:{name}]"));
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (mark, form) in &self.forms {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), mark);
+            }
+        }
+        out
+    }
+
+    /// [`Redactor::redact`] applied to every string (and key) of a JSON value.
+    pub fn redact_value(&self, value: Value) -> Value {
+        if self.forms.is_empty() {
+            return value;
+        }
+        match value {
+            Value::String(s) => Value::String(self.redact(&s)),
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|v| self.redact_value(v)).collect())
+            }
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (self.redact(&k), self.redact_value(v)))
+                    .collect(),
+            ),
+            other => other,
         }
     }
-    out
 }
 
 /// Every byte but the unreserved ones (RFC 3986 §2.3) and those in `keep` as `%XX`, upper-case
@@ -288,24 +322,7 @@ fn json_escaped(value: &str) -> String {
 
 /// `redact` applied to every string (and key) of a JSON value.
 pub fn redact_value(value: Value, secrets: &serde_json::Map<String, Value>) -> Value {
-    if secrets.is_empty() {
-        return value;
-    }
-    match value {
-        Value::String(s) => Value::String(redact(&s, secrets)),
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|v| redact_value(v, secrets))
-                .collect(),
-        ),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (redact(&k, secrets), redact_value(v, secrets)))
-                .collect(),
-        ),
-        other => other,
-    }
+    Redactor::new(secrets).redact_value(value)
 }
 
 /// A templated `to` entry's value as one address: refused when it holds several (commas
