@@ -1,4 +1,5 @@
-//! The cron tests: parsing, DST tables, never-firing expressions, slots.
+//! The cron tests (test code, so the purity check skips it: a few cases time the search): parsing,
+//! DST tables, never-firing expressions, slots.
 
 use super::*;
 use std::collections::HashSet;
