@@ -9,7 +9,7 @@ use crate::engine::request;
 use crate::engine::{Failure, Run, RunStatus, StepState, StepStatus, Trigger};
 use crate::store::{ApprovalEmail, AttemptRecord, AttemptResult, Store, StoreError};
 use crate::time::rfc3339;
-use crate::workflow::StepKindName;
+use crate::workflow::{Join, StepKindName, Workflow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -58,6 +58,13 @@ pub(crate) struct StepView {
     pub output: Option<Value>,
     /// The `Upstash-Message-Id` its attempts carry.
     pub dedup_id: String,
+    /// The steps it waits for (`needs`) and its join; hooks run in order and have none.
+    pub needs: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<Join>,
+    /// A pending step: the steps it needs that have not finished yet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
     pub attempt_log: Vec<AttemptView>,
     /// An approval step: whom it asked, and whether each e-mail got out.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,10 +127,18 @@ impl RunView {
         } else {
             Vec::new()
         };
-        Ok(RunView::new(run, &attempts, &emails))
+        // Without its version (a database from elsewhere) the view still shows the run.
+        let wf = store.workflow_for(run).await.ok();
+        Ok(RunView::new(run, wf.as_deref(), &attempts, &emails))
     }
 
-    pub(crate) fn new(run: &Run, attempts: &[AttemptRecord], emails: &[ApprovalEmail]) -> RunView {
+    pub(crate) fn new(
+        run: &Run,
+        wf: Option<&Workflow>,
+        attempts: &[AttemptRecord],
+        emails: &[ApprovalEmail],
+    ) -> RunView {
+        let def = |id: &str| wf.and_then(|w| w.steps.iter().find(|d| d.id == id));
         let step = |s: &StepState| StepView {
             id: s.id.clone(),
             kind: s.kind,
@@ -135,6 +150,17 @@ impl RunView {
             error: s.error.clone(),
             output: s.output.clone(),
             dedup_id: request::message_id(run, &s.id, s.attempts.max(1)).0,
+            needs: def(&s.id).map(|d| d.needs.clone()).unwrap_or_default(),
+            when: def(&s.id).map(|d| d.when),
+            waiting_for: match (s.status, def(&s.id)) {
+                (StepStatus::Pending, Some(d)) if !run.status.is_terminal() => d
+                    .needs
+                    .iter()
+                    .filter(|n| run.step(n).is_some_and(|n| !n.status.is_done()))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            },
             attempt_log: attempts
                 .iter()
                 .filter(|a| a.step == s.id)

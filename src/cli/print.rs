@@ -39,14 +39,17 @@ pub(super) fn run(v: &RunView) -> String {
             continue;
         }
         let _ = writeln!(out, "{title}:");
-        for s in list {
-            step(&mut out, s);
+        for (i, s) in list.iter().enumerate() {
+            let before = i.checked_sub(1).map(|p| list[p].id.as_str());
+            step(&mut out, s, before);
         }
     }
     out
 }
 
-fn step(out: &mut String, s: &StepView) {
+/// One step's lines; `before` is the step written before it (a step without `needs` waits for
+/// it, which goes without saying).
+fn step(out: &mut String, s: &StepView, before: Option<&str>) {
     let mut line = format!(
         "  {:<20} {:<12} {:<17}",
         s.id,
@@ -58,6 +61,22 @@ fn step(out: &mut String, s: &StepView) {
     }
     if let Some(w) = s.wake_at {
         let _ = write!(line, "  until {}", time(Some(w)));
+    }
+    // A chain goes without saying: the first step needs nothing, the others the one before.
+    let implied = match before {
+        Some(b) => s.needs.len() == 1 && s.needs[0] == b,
+        None => s.needs.is_empty(),
+    };
+    if let Some(when) = s.when {
+        if !implied {
+            let _ = write!(line, "  needs [{}]", s.needs.join(", "));
+        }
+        if when != crate::workflow::Join::AllSuccess {
+            let _ = write!(line, " when {}", when.as_str());
+        }
+    }
+    if !s.waiting_for.is_empty() {
+        let _ = write!(line, "  waits for {}", s.waiting_for.join(", "));
     }
     let _ = writeln!(out, "{}", line.trim_end());
     for a in &s.attempt_log {

@@ -273,13 +273,12 @@ fn decided(
     if decision == Decision::Rejected {
         s.error = Some(format!("rejected by {approver}"));
         run.status = RunStatus::Rejected;
-        for later in run
-            .steps
-            .iter_mut()
-            .filter(|s| s.status == StepStatus::Pending)
-        {
-            later.status = StepStatus::Skipped;
-        }
+        abandon(
+            run,
+            &format!("abandoned: step `{step}` was rejected"),
+            now,
+            effects,
+        );
         skip_pending_hooks(run);
     } else {
         advance(wf, run, now, effects);
@@ -298,7 +297,8 @@ pub(super) fn skip_pending_hooks(run: &mut Run) {
     }
 }
 
-/// A step failed for good: remember why and start the `on_failure` hooks, or end the run.
+/// A step failed for good: remember why, then start what follows (the steps that accept it,
+/// or the `on_failure` hooks).
 pub(super) fn step_failed(
     wf: &Workflow,
     run: &mut Run,
@@ -306,21 +306,53 @@ pub(super) fn step_failed(
     now: DateTime<Utc>,
     effects: &mut Vec<Effect>,
 ) {
-    let in_hook = run.hooks.iter().any(|h| h.id == failure.step);
-    if in_hook {
-        // A failing hook does not stop the other hooks.
-        advance(wf, run, now, effects);
+    fail_for_good(wf, run, failure, now, effects);
+    advance(wf, run, now, effects);
+}
+
+/// A step failed for good. Unless it has `continue_on_error` or a step downstream runs on its
+/// failure (`when: all_done | any_failed`), the run fails: no new step starts, the steps in
+/// flight are abandoned (as on cancel) and the hooks start next. A failing hook changes nothing
+/// here: the other hooks still run.
+pub(super) fn fail_for_good(
+    wf: &Workflow,
+    run: &mut Run,
+    failure: Failure,
+    now: DateTime<Utc>,
+    effects: &mut Vec<Effect>,
+) {
+    if run.hooks.iter().any(|h| h.id == failure.step) || run.failure.is_some() {
         return;
     }
-    for later in run
-        .steps
-        .iter_mut()
-        .filter(|s| s.status == StepStatus::Pending)
-    {
-        later.status = StepStatus::Skipped;
+    let def = wf.find_step(&failure.step);
+    if def.is_some_and(|d| d.continue_on_error) || wf.failure_accepted(&failure.step) {
+        return;
     }
+    let why = format!("abandoned: step `{}` failed", failure.step);
+    abandon(run, &why, now, effects);
     run.failure = Some(failure);
-    advance(wf, run, now, effects);
+}
+
+/// The run ends (it failed or was rejected): steps not started are skipped, steps in flight are
+/// cancelled (their late outcomes are absorbed) and their calls abandoned.
+fn abandon(run: &mut Run, why: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+    let mut in_flight = false;
+    for s in run.steps.iter_mut() {
+        if s.status == StepStatus::Pending {
+            s.status = StepStatus::Skipped;
+            s.upstream_failed = true;
+        } else if !s.status.is_done() {
+            s.status = StepStatus::Cancelled;
+            s.finished_at = Some(now);
+            s.wake_at = None;
+            s.error = Some(why.to_string());
+            in_flight = true;
+        }
+    }
+    if in_flight {
+        // Before any effect of the hooks, which must not be abandoned with them.
+        effects.push(Effect::AbandonInFlight);
+    }
 }
 
 /// Recomputes the derived fields once an event has been applied.
@@ -348,25 +380,53 @@ fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
     if run.status == RunStatus::Pending {
         return;
     }
-    run.status = match run.current().map(|s| s.status) {
-        Some(StepStatus::Sleeping) => RunStatus::Sleeping,
-        Some(StepStatus::WaitingApproval) => RunStatus::WaitingApproval,
-        _ => RunStatus::Running,
+    // Running while any step is (or is about to be) called; else what the rest wait for.
+    let has = |st: StepStatus| run.active().iter().any(|s| s.status == st);
+    run.status = if has(StepStatus::Running) || has(StepStatus::Retrying) {
+        RunStatus::Running
+    } else if has(StepStatus::WaitingApproval) {
+        RunStatus::WaitingApproval
+    } else if has(StepStatus::Sleeping) {
+        RunStatus::Sleeping
+    } else {
+        RunStatus::Running
     };
 }
 
-/// Retry a failed run from its failed step: that step starts again, with the same dedup id and
-/// the next attempt number.
+/// Retry a failed run: what failed or did not run starts again (a step with the same dedup id
+/// and the next attempt number), and so does everything downstream of it; steps that succeeded
+/// upstream stay done.
 fn retry_failed(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
-    let Some(failed) = run
+    let mut again: Vec<bool> = run
         .steps
         .iter()
-        .position(|s| s.status == StepStatus::Failed)
-    else {
+        .map(|s| match s.status {
+            StepStatus::Succeeded => false,
+            StepStatus::Skipped => s.upstream_failed,
+            _ => true,
+        })
+        .collect();
+    if !again.iter().any(|a| *a) {
         return;
-    };
-    for s in run.steps[failed..].iter_mut() {
-        *s = StepState::new_from(s);
+    }
+    // Downstream of a step that runs again: needs are earlier steps, so one pass in order.
+    for i in 0..run.steps.len() {
+        if again[i] {
+            continue;
+        }
+        if let Some(def) = wf.steps.iter().find(|d| d.id == run.steps[i].id) {
+            again[i] = def.needs.iter().any(|n| {
+                run.steps[..i]
+                    .iter()
+                    .position(|s| s.id == *n)
+                    .is_some_and(|j| again[j])
+            });
+        }
+    }
+    for (s, again) in run.steps.iter_mut().zip(again) {
+        if again {
+            *s = StepState::new_from(s);
+        }
     }
     for h in run.hooks.iter_mut() {
         *h = StepState::new_from(h);

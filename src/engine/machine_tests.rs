@@ -15,20 +15,20 @@ use std::time::Duration;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn workflow(yaml: &str) -> Workflow {
+pub(super) fn workflow(yaml: &str) -> Workflow {
     check_file("workflows/test.yaml", yaml)
         .unwrap_or_else(|d| panic!("the test workflow does not check: {d:#?}\n{yaml}"))
 }
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     "2026-01-05T09:00:00Z".parse().unwrap()
 }
 
-fn secs(n: i64) -> chrono::Duration {
+pub(super) fn secs(n: i64) -> chrono::Duration {
     chrono::Duration::seconds(n)
 }
 
-fn new_run(wf: &Workflow, input: Value) -> Run {
+pub(super) fn new_run(wf: &Workflow, input: Value) -> Run {
     Run::new(
         wf,
         NewRun {
@@ -45,7 +45,7 @@ fn new_run(wf: &Workflow, input: Value) -> Run {
 
 /// Applies an event, checks that `decide` is deterministic and that the run's derived fields
 /// hold, and keeps the new run.
-fn apply(wf: &Workflow, run: &mut Run, event: Event, now: DateTime<Utc>) -> Vec<Effect> {
+pub(super) fn apply(wf: &Workflow, run: &mut Run, event: Event, now: DateTime<Utc>) -> Vec<Effect> {
     let (next, effects) = decide(wf, run, &event, now);
     let again = decide(wf, run, &event, now);
     assert_eq!(
@@ -53,16 +53,16 @@ fn apply(wf: &Workflow, run: &mut Run, event: Event, now: DateTime<Utc>) -> Vec<
         (&again.0, &again.1),
         "decide is not deterministic"
     );
-    check_invariants(&next);
+    check_invariants(wf, &next);
     *run = next;
     effects
 }
 
-fn started() -> Event {
+pub(super) fn started() -> Event {
     Event::Started
 }
 
-fn ok(step: &str, attempt: u32) -> Event {
+pub(super) fn ok(step: &str, attempt: u32) -> Event {
     ok_with(
         step,
         attempt,
@@ -70,7 +70,7 @@ fn ok(step: &str, attempt: u32) -> Event {
     )
 }
 
-fn ok_with(step: &str, attempt: u32, output: Value) -> Event {
+pub(super) fn ok_with(step: &str, attempt: u32, output: Value) -> Event {
     Event::AttemptSucceeded {
         step: step.into(),
         attempt,
@@ -78,7 +78,7 @@ fn ok_with(step: &str, attempt: u32, output: Value) -> Event {
     }
 }
 
-fn fail(step: &str, attempt: u32, outcome: Outcome) -> Event {
+pub(super) fn fail(step: &str, attempt: u32, outcome: Outcome) -> Event {
     Event::AttemptFailed {
         step: step.into(),
         attempt,
@@ -89,21 +89,21 @@ fn fail(step: &str, attempt: u32, outcome: Outcome) -> Event {
     }
 }
 
-fn retryable() -> Outcome {
+pub(super) fn retryable() -> Outcome {
     Outcome::Retryable { after: None }
 }
 
-fn retry_after(secs: u64) -> Outcome {
+pub(super) fn retry_after(secs: u64) -> Outcome {
     Outcome::Retryable {
         after: Some(Duration::from_secs(secs)),
     }
 }
 
-fn timer(step: &str) -> Event {
+pub(super) fn timer(step: &str) -> Event {
     Event::TimerFired { step: step.into() }
 }
 
-fn decision(step: &str, decision: Decision) -> Event {
+pub(super) fn decision(step: &str, decision: Decision) -> Event {
     Event::ApprovalDecided {
         step: step.into(),
         decision,
@@ -112,7 +112,7 @@ fn decision(step: &str, decision: Decision) -> Event {
     }
 }
 
-fn cancel() -> Event {
+pub(super) fn cancel() -> Event {
     Event::CancelRequested {
         reason: Some("stop".into()),
     }
@@ -157,7 +157,7 @@ fn is_timer(status: StepStatus) -> bool {
 }
 
 /// What must hold of every run `decide` returns.
-fn check_invariants(run: &Run) {
+pub(super) fn check_invariants(wf: &Workflow, run: &Run) {
     assert_eq!(
         run.finished_at.is_some(),
         run.status.is_terminal(),
@@ -184,10 +184,26 @@ fn check_invariants(run: &Run) {
             run.wake_at, earliest,
             "run.wake_at is the earliest step timer"
         );
-        let active = all_steps(run)
-            .filter(|s| s.status != StepStatus::Pending && !s.status.is_done())
-            .count();
-        assert!(active <= 1, "more than one step is active: {run:#?}");
+        let active = |s: &&StepState| s.status != StepStatus::Pending && !s.status.is_done();
+        let hooks = run.hooks.iter().filter(active).count();
+        assert!(hooks <= 1, "more than one hook is active: {run:#?}");
+        if run.failure.is_some() {
+            assert!(
+                !run.steps.iter().any(|s| active(&s)),
+                "a step is active in a failed run: {run:#?}"
+            );
+        }
+        for s in run.steps.iter().filter(active) {
+            let def = wf.find_step(&s.id).expect("a step of the workflow");
+            for need in &def.needs {
+                let n = run.step(need).expect("a need is a step");
+                assert!(
+                    n.status.is_done(),
+                    "step `{}` is active before `{need}` it needs is done: {run:#?}",
+                    s.id
+                );
+            }
+        }
     }
 }
 
@@ -1862,7 +1878,12 @@ proptest! {
                         prop_assert_eq!(s.wake_at, Some(*deadline));
                     }
                     Effect::AbandonInFlight => {
-                        prop_assert_eq!(run.status, RunStatus::Cancelled);
+                        prop_assert!(
+                            matches!(run.status, RunStatus::Cancelled | RunStatus::Rejected)
+                                || run.failure.is_some(),
+                            "{:?}",
+                            run
+                        );
                     }
                     Effect::Finished { .. } => {}
                 }

@@ -10,6 +10,8 @@ mod decide;
 mod effect;
 mod event;
 #[cfg(test)]
+mod graph_tests;
+#[cfg(test)]
 mod machine_tests;
 mod plan;
 pub mod request;

@@ -1,138 +1,199 @@
-//! Which steps start next: the order of a workflow's steps, one at a time, and what starting a
-//! step does (an attempt, a sleep, an approval). The one place that knows the run's shape.
+//! Which steps start next: a run's steps form a graph (`needs`), a step starts once every step
+//! it needs is done and its join (`when`) holds; `on_failure` hooks run one at a time. Also what
+//! starting a step does (an attempt, a sleep, an approval). The one place that knows the run's
+//! shape.
 //!
 //! Part of the pure core: no I/O.
 
 use super::context::context;
-use super::decide::{attempt_effect, later, skip_pending_hooks, step_failed, woke};
+use super::decide::{attempt_effect, fail_for_good, later, skip_pending_hooks, woke};
 use super::effect::Effect;
 use super::run::{Failure, Run, RunStatus, StepState, StepStatus};
-use crate::workflow::{StepKind, Workflow, template};
+use crate::workflow::{Join, Step, StepKind, Workflow, template};
 use chrono::{DateTime, Utc};
 
-/// Starts steps until one has to wait, or the run (or its hooks) is done.
+/// Starts every step that can start (or the next hook once the run failed), until the rest
+/// have to wait, or the run is done.
 pub(super) fn advance(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
-    loop {
-        let hooks = run.failure.is_some();
-        let defs = if hooks { &wf.on_failure } else { &wf.steps };
-        let list = if hooks { &run.hooks } else { &run.steps };
-        let Some(index) = list.iter().position(|s| !s.status.is_done()) else {
-            run.status = if hooks {
-                RunStatus::Failed
-            } else {
-                skip_pending_hooks(run);
-                RunStatus::Succeeded
-            };
-            return;
-        };
-        if list[index].status != StepStatus::Pending {
-            return; // already in flight or waiting
+    if run.failure.is_none() {
+        advance_steps(wf, run, now, effects);
+    }
+    if run.failure.is_some() {
+        advance_hooks(wf, run, now, effects);
+    }
+}
+
+/// Whether a finished step counts as failed for the joins of the steps that need it.
+fn counts_as_failed(wf: &Workflow, s: &StepState) -> bool {
+    match s.status {
+        StepStatus::Failed => !wf.find_step(&s.id).is_some_and(|d| d.continue_on_error),
+        StepStatus::Skipped => s.upstream_failed,
+        StepStatus::Cancelled => true,
+        _ => false,
+    }
+}
+
+/// Whether a pending step may start: None while a step it needs is unfinished, else whether its
+/// join holds, and whether a need failed.
+fn join(wf: &Workflow, run: &Run, def: &Step) -> Option<(bool, bool)> {
+    let mut failed = false;
+    for need in &def.needs {
+        match run.steps.iter().find(|s| s.id == *need) {
+            Some(s) if s.status.is_done() => failed |= counts_as_failed(wf, s),
+            Some(_) => return None,
+            None => {} // not in this version's run (never happens for a checked workflow)
         }
-        let Some(def) = defs.iter().find(|d| d.id == list[index].id) else {
-            // The stored run and its workflow version disagree: fail loudly, never loop.
-            let id = list[index].id.clone();
-            let failure = Failure {
-                step: id.clone(),
-                error: format!("step `{id}` is not in workflow version {}", run.version),
-                status: None,
-                body: None,
-                attempts: 0,
-            };
-            mark(run, hooks, index, |s| {
-                s.status = StepStatus::Failed;
-                s.error = Some(failure.error.clone());
-            });
-            if hooks {
+    }
+    let holds = match def.when {
+        Join::AllSuccess => !failed,
+        Join::AllDone => true,
+        Join::AnyFailed => failed,
+    };
+    Some((holds, failed))
+}
+
+fn advance_steps(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+    // A pass starts what can start; another is needed only when a step finished on the spot
+    // (skipped, a sleep already due, a step that could not start), which may free others.
+    loop {
+        let mut finished_one = false;
+        for index in 0..run.steps.len() {
+            if run.failure.is_some() || run.status.is_terminal() {
+                return;
+            }
+            if run.steps[index].status != StepStatus::Pending {
                 continue;
             }
-            step_failed(wf, run, failure, now, effects);
-            return;
-        };
-        // The template context is built only for steps that need one (it copies every output).
-        let ctx = || template::context(&context(wf, run, None));
-        if let Some(cond) = &def.condition {
-            match template::eval_condition(cond.as_str(), &ctx()) {
-                Ok(true) => {}
-                Ok(false) => {
-                    mark(run, hooks, index, |s| {
-                        s.status = StepStatus::Skipped;
-                        s.finished_at = Some(now);
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    let error = format!("the `if` condition of step `{}` failed: {e}", def.id);
-                    if start_failed(wf, run, hooks, index, error, now, effects) {
-                        continue;
-                    }
-                    return;
-                }
+            let Some(def) = wf.steps.iter().find(|d| d.id == run.steps[index].id) else {
+                // The stored run and its workflow version disagree: fail loudly, never loop.
+                let id = run.steps[index].id.clone();
+                let error = format!("step `{id}` is not in workflow version {}", run.version);
+                start_failed(wf, run, false, index, error, now, effects);
+                finished_one = true;
+                continue;
+            };
+            let Some((holds, need_failed)) = join(wf, run, def) else {
+                continue;
+            };
+            if !holds {
+                let s = &mut run.steps[index];
+                s.status = StepStatus::Skipped;
+                s.finished_at = Some(now);
+                s.upstream_failed = need_failed;
+                finished_one = true;
+                continue;
+            }
+            if start(wf, run, false, index, def, now, effects) {
+                finished_one = true;
             }
         }
-        match &def.kind {
-            StepKind::Http(_) | StepKind::Email(_) => {
-                let mut attempt = 1;
-                mark(run, hooks, index, |s| {
-                    s.status = StepStatus::Running;
-                    s.attempts += 1;
-                    attempt = s.attempts;
-                    s.started_at = Some(now);
-                });
-                effects.push(attempt_effect(def, attempt));
-                return;
-            }
-            StepKind::Sleep(d) => {
-                let until = later(now, *d);
-                sleep_until(run, hooks, index, until, now);
-                if run_step(run, hooks, index).status.is_done() {
-                    continue;
-                }
-                return;
-            }
-            StepKind::SleepUntil(t) => match template::render_engine_text(t.as_str(), &ctx())
-                .map_err(|e| e.to_string())
-                .and_then(|s| {
-                    DateTime::parse_from_rfc3339(s.trim())
-                        .map(|d| d.with_timezone(&Utc))
-                        .map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
-                }) {
-                Ok(until) => {
-                    sleep_until(run, hooks, index, until, now);
-                    if run_step(run, hooks, index).status.is_done() {
-                        continue;
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let error = format!("`sleep_until` of step `{}`: {e}", def.id);
-                    if start_failed(wf, run, hooks, index, error, now, effects) {
-                        continue;
-                    }
-                    return;
-                }
-            },
-            StepKind::Approval(a) => {
-                let deadline = later(now, a.timeout);
-                mark(run, hooks, index, |s| {
-                    s.status = StepStatus::WaitingApproval;
-                    s.started_at = Some(now);
-                    s.wake_at = Some(deadline);
-                });
-                effects.push(Effect::RequestApproval {
-                    step: def.id.clone(),
-                    deadline,
-                });
-                return;
-            }
+        if !finished_one {
+            break;
+        }
+    }
+    if run.failure.is_none()
+        && !run.status.is_terminal()
+        && run.steps.iter().all(|s| s.status.is_done())
+    {
+        skip_pending_hooks(run);
+        run.status = RunStatus::Succeeded;
+    }
+}
+
+fn advance_hooks(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+    loop {
+        let Some(index) = run.hooks.iter().position(|s| !s.status.is_done()) else {
+            run.status = RunStatus::Failed;
+            return;
+        };
+        if run.hooks[index].status != StepStatus::Pending {
+            return; // already in flight
+        }
+        let Some(def) = wf.on_failure.iter().find(|d| d.id == run.hooks[index].id) else {
+            let id = run.hooks[index].id.clone();
+            let error = format!("hook `{id}` is not in workflow version {}", run.version);
+            start_failed(wf, run, true, index, error, now, effects);
+            continue;
+        };
+        if !start(wf, run, true, index, def, now, effects) {
+            return;
         }
     }
 }
 
-fn run_step(run: &Run, hooks: bool, index: usize) -> &StepState {
-    if hooks {
-        &run.hooks[index]
-    } else {
-        &run.steps[index]
+/// Starts a step whose turn it is. Returns true when it finished on the spot (skipped by its
+/// `if`, a sleep already due, a step that could not start).
+fn start(
+    wf: &Workflow,
+    run: &mut Run,
+    hooks: bool,
+    index: usize,
+    def: &Step,
+    now: DateTime<Utc>,
+    effects: &mut Vec<Effect>,
+) -> bool {
+    // The template context is built only for steps that need one (it copies every output).
+    let ctx = |run: &Run| template::context(&context(wf, run, None));
+    if let Some(cond) = &def.condition {
+        match template::eval_condition(cond.as_str(), &ctx(run)) {
+            Ok(true) => {}
+            Ok(false) => {
+                mark(run, hooks, index, |s| {
+                    s.status = StepStatus::Skipped;
+                    s.finished_at = Some(now);
+                });
+                return true;
+            }
+            Err(e) => {
+                let error = format!("the `if` condition of step `{}` failed: {e}", def.id);
+                start_failed(wf, run, hooks, index, error, now, effects);
+                return true;
+            }
+        }
+    }
+    match &def.kind {
+        StepKind::Http(_) | StepKind::Email(_) => {
+            let mut attempt = 1;
+            mark(run, hooks, index, |s| {
+                s.status = StepStatus::Running;
+                s.attempts += 1;
+                attempt = s.attempts;
+                s.started_at = Some(now);
+            });
+            effects.push(attempt_effect(def, attempt));
+            false
+        }
+        StepKind::Sleep(d) => {
+            let until = later(now, *d);
+            sleep_until(run, hooks, index, until, now)
+        }
+        StepKind::SleepUntil(t) => match template::render_engine_text(t.as_str(), &ctx(run))
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                DateTime::parse_from_rfc3339(s.trim())
+                    .map(|d| d.with_timezone(&Utc))
+                    .map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
+            }) {
+            Ok(until) => sleep_until(run, hooks, index, until, now),
+            Err(e) => {
+                let error = format!("`sleep_until` of step `{}`: {e}", def.id);
+                start_failed(wf, run, hooks, index, error, now, effects);
+                true
+            }
+        },
+        StepKind::Approval(a) => {
+            let deadline = later(now, a.timeout);
+            mark(run, hooks, index, |s| {
+                s.status = StepStatus::WaitingApproval;
+                s.started_at = Some(now);
+                s.wake_at = Some(deadline);
+            });
+            effects.push(Effect::RequestApproval {
+                step: def.id.clone(),
+                deadline,
+            });
+            false
+        }
     }
 }
 
@@ -145,7 +206,14 @@ fn mark(run: &mut Run, hooks: bool, index: usize, f: impl FnOnce(&mut StepState)
     f(&mut list[index]);
 }
 
-fn sleep_until(run: &mut Run, hooks: bool, index: usize, until: DateTime<Utc>, now: DateTime<Utc>) {
+/// Returns true when the sleep was already due (the step is done).
+fn sleep_until(
+    run: &mut Run,
+    hooks: bool,
+    index: usize,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
     mark(run, hooks, index, |s| {
         s.started_at = Some(now);
         if until <= now {
@@ -157,10 +225,10 @@ fn sleep_until(run: &mut Run, hooks: bool, index: usize, until: DateTime<Utc>, n
             s.wake_at = Some(until);
         }
     });
+    until <= now
 }
 
-/// A step could not even start (bad condition or template). Returns true when advancing may go on.
-#[allow(clippy::too_many_arguments)]
+/// A step could not even start (bad condition or template): it failed for good.
 fn start_failed(
     wf: &Workflow,
     run: &mut Run,
@@ -169,7 +237,7 @@ fn start_failed(
     error: String,
     now: DateTime<Utc>,
     effects: &mut Vec<Effect>,
-) -> bool {
+) {
     mark(run, hooks, index, |s| {
         s.status = StepStatus::Failed;
         s.started_at = Some(now);
@@ -177,10 +245,10 @@ fn start_failed(
         s.error = Some(error.clone());
     });
     if hooks {
-        return true;
+        return;
     }
     let step = run.steps[index].id.clone();
-    step_failed(
+    fail_for_good(
         wf,
         run,
         Failure {
@@ -193,5 +261,4 @@ fn start_failed(
         now,
         effects,
     );
-    false
 }

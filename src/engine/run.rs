@@ -161,10 +161,18 @@ pub struct StepState {
     /// against the retry limit.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub interrupted: u32,
+    /// Skipped because its join did not hold after a step it needs failed: for the steps that
+    /// need it, a failure (a skip by `if` counts as done instead).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub upstream_failed: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl StepState {
@@ -182,6 +190,7 @@ impl StepState {
             last_status: None,
             round_start: 0,
             interrupted: 0,
+            upstream_failed: false,
         }
     }
 }
@@ -274,39 +283,58 @@ impl Run {
 
     /// The step the run is at: the first unfinished one of the active phase.
     pub fn current(&self) -> Option<&StepState> {
-        let list = if self.failure.is_some() {
+        self.active().iter().find(|s| !s.status.is_done())
+    }
+
+    /// The steps of the active phase (the steps, or the hooks once the run failed).
+    pub fn active(&self) -> &[StepState] {
+        if self.failure.is_some() {
             &self.hooks
         } else {
             &self.steps
-        };
-        list.iter().find(|s| !s.status.is_done())
+        }
     }
 
-    /// A sentence for `runner show`: what the run is waiting for now.
+    /// A sentence for `runner show`: what the run is waiting for now (each step in flight,
+    /// or the next step to start).
     pub fn waiting_for(&self) -> Option<String> {
         if self.status.is_terminal() {
             return None;
         }
-        let s = self.current()?;
         let at = |t: Option<DateTime<Utc>>| {
             t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_default()
         };
-        Some(match s.status {
-            StepStatus::Pending => format!("step `{}` to start", s.id),
-            StepStatus::Running => format!("attempt {} of step `{}` to answer", s.attempts, s.id),
-            StepStatus::Retrying => format!(
-                "attempt {} of step `{}` at {}",
-                s.attempts + 1,
-                s.id,
-                at(s.wake_at)
-            ),
-            StepStatus::Sleeping => format!("step `{}` to wake at {}", s.id, at(s.wake_at)),
-            StepStatus::WaitingApproval => {
-                format!("a decision on step `{}` (deadline {})", s.id, at(s.wake_at))
-            }
-            _ => return None,
-        })
+        let what = |s: &StepState| -> Option<String> {
+            Some(match s.status {
+                StepStatus::Pending => format!("step `{}` to start", s.id),
+                StepStatus::Running => {
+                    format!("attempt {} of step `{}` to answer", s.attempts, s.id)
+                }
+                StepStatus::Retrying => format!(
+                    "attempt {} of step `{}` at {}",
+                    s.attempts + 1,
+                    s.id,
+                    at(s.wake_at)
+                ),
+                StepStatus::Sleeping => format!("step `{}` to wake at {}", s.id, at(s.wake_at)),
+                StepStatus::WaitingApproval => {
+                    format!("a decision on step `{}` (deadline {})", s.id, at(s.wake_at))
+                }
+                _ => return None,
+            })
+        };
+        let busy: Vec<String> = self
+            .active()
+            .iter()
+            .filter(|s| !s.status.is_done() && s.status != StepStatus::Pending)
+            .filter_map(what)
+            .collect();
+        if busy.is_empty() {
+            self.current().and_then(what)
+        } else {
+            Some(busy.join("; "))
+        }
     }
 }
 
@@ -341,6 +369,7 @@ impl StepState {
             output: None,
             error: None,
             last_status: None,
+            upstream_failed: false,
         }
     }
 }

@@ -513,8 +513,13 @@ impl Executor {
                 let handles = locked(&self.inner.inflight)
                     .remove(&run.id)
                     .unwrap_or_default();
+                // A branch's failure abandons its siblings from the task that recorded it:
+                // that task finishes on its own.
+                let me = tokio::task::try_id();
                 for h in handles {
-                    h.abort();
+                    if Some(h.id()) != me {
+                        h.abort();
+                    }
                 }
                 return;
             }

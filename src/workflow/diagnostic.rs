@@ -40,6 +40,11 @@ pub enum Code {
     SecretInApproval,
     UnknownStep,
     LaterStep,
+    /// A template reads an earlier step that is not upstream of it (a sibling that may still be
+    /// running when this step starts).
+    NotUpstream,
+    /// `needs` names an unknown, later or the same step.
+    BadNeeds,
     UnknownField,
     HyphenatedStepId,
     UnknownVariable,
@@ -85,6 +90,8 @@ impl Code {
             Code::SecretInApproval => "secret-in-approval",
             Code::UnknownStep => "unknown-step",
             Code::LaterStep => "later-step",
+            Code::NotUpstream => "not-upstream",
+            Code::BadNeeds => "bad-needs",
             Code::UnknownField => "unknown-field",
             Code::HyphenatedStepId => "hyphenated-step-id",
             Code::UnknownVariable => "unknown-variable",

@@ -21,6 +21,29 @@ pub struct Workflow {
 }
 
 impl Workflow {
+    /// Whether a failure of step `id` is taken up downstream: some step that needs it (directly,
+    /// or through steps its failure would skip) runs on a failure (`all_done`, `any_failed`).
+    pub fn failure_accepted(&self, id: &str) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![id];
+        while let Some(cur) = todo.pop() {
+            if !seen.insert(cur) {
+                continue;
+            }
+            for s in self
+                .steps
+                .iter()
+                .filter(|s| s.needs.iter().any(|n| n == cur))
+            {
+                match s.when {
+                    Join::AllSuccess => todo.push(&s.id),
+                    Join::AllDone | Join::AnyFailed => return true,
+                }
+            }
+        }
+        false
+    }
+
     /// A step or `on_failure` hook by id (ids are unique across both).
     pub fn find_step(&self, id: &str) -> Option<&Step> {
         self.steps
@@ -204,6 +227,49 @@ pub struct Step {
     pub kind: StepKind,
     pub timeout: Duration,
     pub retry: Retry,
+    /// The steps this one waits for (earlier ones only). Without `needs:` in the file it is the
+    /// step before it, so a list of steps is a chain; `on_failure` hooks run in order and have none.
+    pub needs: Vec<String>,
+    /// When the step runs once its needs are done.
+    pub when: Join,
+    /// A failure of this step is recorded and the run goes on (joins see it as done, not failed).
+    pub continue_on_error: bool,
+}
+
+/// A step's join: whether it runs once every step it needs has finished. A need that was
+/// skipped by its `if` counts as done; one skipped because its own join did not hold (an
+/// upstream step failed) counts as failed, so a failure propagates down an `all_success` chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Join {
+    /// Every need succeeded (or was skipped by its `if`).
+    #[default]
+    AllSuccess,
+    /// Every need finished, however.
+    AllDone,
+    /// At least one need failed (or was skipped because of a failure upstream).
+    AnyFailed,
+}
+
+impl Join {
+    pub const NAMES: [&'static str; 3] = ["all_success", "all_done", "any_failed"];
+
+    pub fn parse(s: &str) -> Option<Join> {
+        Some(match s {
+            "all_success" => Join::AllSuccess,
+            "all_done" => Join::AllDone,
+            "any_failed" => Join::AnyFailed,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Join::AllSuccess => "all_success",
+            Join::AllDone => "all_done",
+            Join::AnyFailed => "any_failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

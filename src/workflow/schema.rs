@@ -49,7 +49,7 @@ shape! {
         "concurrency" => concurrency: Option<ConcurrencyDecl>,
         /// Apply to every step unless the step overrides them.
         "defaults" => defaults: Option<DefaultsDecl>,
-        /// Run in order; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`.
+        /// Each waits for the one before it unless it says what it `needs`; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`.
         #[schemars(length(min = 1))]
         "steps" => steps: Vec<StepDecl>,
         /// Run once when a run fails; each has `http` or `email`.
@@ -175,7 +175,23 @@ shape! {
         "email" => email: Option<EmailDecl>,
         "timeout" => timeout: Option<DurationText>,
         "retry" => retry: Option<RetryDecl>,
+        /// The steps this one waits for (earlier ones only). Without it, the step before it;
+        /// `[]` starts with the run.
+        "needs" => needs: Option<Vec<String>>,
+        /// When the step runs once its needs are done (default `all_success`; a need skipped
+        /// by its `if` counts as done).
+        "when" => when: Option<JoinDecl>,
+        /// A failure of this step is recorded and the run goes on.
+        "continue_on_error" => continue_on_error: Option<bool>,
     }
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum JoinDecl {
+    AllSuccess,
+    AllDone,
+    AnyFailed,
 }
 
 shape! {

@@ -7,6 +7,7 @@ mod crash;
 mod daemon;
 mod engine;
 mod files;
+mod graph;
 mod http_edges;
 mod keys;
 mod outage;

@@ -126,7 +126,33 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.schedules.len(), 4);
     assert_eq!(wf.schedules[1].cron.timezone().name(), "Europe/Berlin");
     assert!(wf.webhook);
-    assert_eq!(wf.steps.len(), 9);
+    assert_eq!(wf.steps.len(), 13);
+    let needs = |id: &str| wf.find_step(id).expect("step").needs.clone();
+    assert_eq!(
+        needs("fetch-user"),
+        Vec::<String>::new(),
+        "the first step starts with the run"
+    );
+    assert_eq!(
+        needs("nested_body"),
+        ["fetch-user"],
+        "no `needs`: the step before"
+    );
+    assert_eq!(needs("audit"), Vec::<String>::new());
+    assert_eq!(needs("crm"), ["fetch-user", "audit"]);
+    assert!(wf.find_step("audit").expect("audit").continue_on_error);
+    assert_eq!(
+        wf.find_step("report").expect("report").when,
+        workflow::Join::AllDone
+    );
+    assert_eq!(
+        wf.find_step("cleanup").expect("cleanup").when,
+        workflow::Join::AnyFailed
+    );
+    assert_eq!(
+        wf.find_step("crm").expect("crm").when,
+        workflow::Join::AllSuccess
+    );
     assert_eq!(wf.on_failure.len(), 2);
     assert_eq!(wf.on_failure[0].id, "on_failure-1");
     assert_eq!(wf.on_failure[1].id, "mail-ops");
@@ -597,8 +623,14 @@ fn schema_and_checker_agree_on_keys() {
     assert_eq!(props(&defs["RetryDecl"]), sorted(RETRY_KEYS));
     assert_eq!(props(&defs["StepDecl"]), sorted(STEP_KEYS));
     assert_eq!(props(&defs["HookDecl"]), sorted(HOOK_KEYS));
-    // A hook is a step without a required `id`: the same keys.
-    assert_eq!(sorted(HOOK_KEYS), sorted(STEP_KEYS));
+    // A hook is a step without a required `id` and without the graph's keys (hooks run in order).
+    let graph = ["needs", "when", "continue_on_error"];
+    let step_keys: Vec<&str> = STEP_KEYS
+        .iter()
+        .copied()
+        .filter(|k| !graph.contains(k))
+        .collect();
+    assert_eq!(sorted(HOOK_KEYS), sorted(&step_keys));
     assert_eq!(props(&defs["HttpDecl"]), sorted(HTTP_KEYS));
     assert_eq!(props(&defs["ApprovalDecl"]), sorted(APPROVAL_KEYS));
     assert_eq!(props(&defs["EmailDecl"]), sorted(EMAIL_KEYS));

@@ -22,8 +22,9 @@
 //   anything else        200 {}
 //
 //   GET  /__log    the records, oldest first: [{method, url, path, headers (lower-case names), body, valid,
-//                  error, status, time (ms since the epoch, on arrival), aborted (the client closed the
-//                  connection before the answer was sent)}]
+//                  error, status, time (ms since the epoch, on arrival), answered (ms, when the answer
+//                  was sent), in_flight (requests arrived and not yet answered, this one included, on
+//                  its arrival), aborted (the client closed the connection before the answer was sent)}]
 //   POST /__reset  forgets the records and all counters
 
 import http from "node:http";
@@ -51,8 +52,15 @@ function bump(key) {
   return n;
 }
 
+// Requests arrived and not yet answered, over all paths (a record's `in_flight` is this count on
+// its arrival, itself included).
+let inFlight = 0;
+
 function send(res, record, status, body, headers = {}) {
-  if (record) record.status = status;
+  if (record) {
+    record.status = status;
+    record.answered = Date.now();
+  }
   res.writeHead(status, { "content-type": "application/json", ...headers });
   res.end(JSON.stringify(body));
 }
@@ -87,9 +95,14 @@ async function handle(req, res, port) {
     error: null,
     status: null,
     time: Date.now(),
+    answered: null,
+    in_flight: ++inFlight,
     aborted: false,
   };
   records.push(record);
+  res.on("close", () => {
+    inFlight -= 1;
+  });
   // The client gave up (closed the connection) before the answer was sent: a cancelled call.
   res.on("close", () => {
     if (!res.writableFinished) record.aborted = true;
@@ -135,6 +148,7 @@ async function handle(req, res, port) {
   if ((match = path.match(/^\/big\/(\d+)$/))) {
     const text = JSON.stringify({ data: "x".repeat(Math.max(0, Number(match[1]) - 11)) });
     record.status = 200;
+    record.answered = Date.now();
     res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
     return res.end(text);
   }

@@ -462,14 +462,28 @@ impl<'s> Checker<'s> {
         };
         let all: Vec<(String, &'static str)> =
             step_nodes.iter().filter_map(|n| step_identity(n)).collect();
+        let upstream = upstream_of(&step_nodes);
         let mut seen_ids: BTreeMap<String, Pos> = BTreeMap::new();
         let mut steps = Vec::new();
         let mut before: Vec<(String, &'static str)> = Vec::new();
-        for node in &step_nodes {
+        for (i, node) in step_nodes.iter().enumerate() {
+            let up: Vec<(String, &'static str)> = before
+                .iter()
+                .filter(|(id, _)| upstream[i].contains(id))
+                .cloned()
+                .collect();
+            let needs = steps::raw_needs(node).unwrap_or_else(|| {
+                before
+                    .last()
+                    .map(|(p, _)| vec![p.clone()])
+                    .unwrap_or_default()
+            });
             let scope = Scope {
                 inputs: &inputs.declared,
                 secrets: &secrets,
-                before: &before,
+                before: &up,
+                earlier: &before,
+                needs: &needs,
                 all: &all,
                 current: None,
                 in_hook: false,
@@ -501,6 +515,8 @@ impl<'s> Checker<'s> {
                             inputs: &inputs.declared,
                             secrets: &secrets,
                             before: &all,
+                            earlier: &all,
+                            needs: &[],
                             all: &all,
                             current: None,
                             in_hook: true,
@@ -552,4 +568,35 @@ impl<'s> Checker<'s> {
         }
         Some(d)
     }
+}
+
+/// For each step node, the ids of every step upstream of it: what it needs, and what those
+/// need, transitively (a step without `needs` needs the one before it). Names that are not
+/// earlier steps are left out (the checker reports them).
+fn upstream_of(nodes: &[&Node]) -> Vec<std::collections::HashSet<String>> {
+    let ids: Vec<Option<String>> = nodes
+        .iter()
+        .map(|n| step_identity(n).map(|(id, _)| id))
+        .collect();
+    let mut up: Vec<std::collections::HashSet<String>> = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let needs = steps::raw_needs(node).unwrap_or_else(|| {
+            i.checked_sub(1)
+                .and_then(|p| ids[p].clone())
+                .into_iter()
+                .collect()
+        });
+        let mut set = std::collections::HashSet::new();
+        for n in needs {
+            if let Some(j) = ids[..i]
+                .iter()
+                .position(|id| id.as_deref() == Some(n.as_str()))
+            {
+                set.extend(up[j].iter().cloned());
+                set.insert(n);
+            }
+        }
+        up.push(set);
+    }
+    up
 }

@@ -48,8 +48,12 @@ const GLOBALS: &[&str] = &[
 pub(super) struct Scope<'a> {
     pub(super) inputs: &'a [DeclaredInput],
     pub(super) secrets: &'a [String],
-    /// (id, kind) of steps that run before this point.
+    /// (id, kind) of steps that have finished before this point: upstream of the step.
     pub(super) before: &'a [(String, &'static str)],
+    /// (id, kind) of the steps written before this one (upstream or not).
+    pub(super) earlier: &'a [(String, &'static str)],
+    /// What the step being checked needs (as written, or the step before it).
+    pub(super) needs: &'a [String],
     /// (id, kind) of every step in the workflow.
     pub(super) all: &'a [(String, &'static str)],
     /// The step being checked, if any.
@@ -430,6 +434,16 @@ impl Checker<'_> {
                             Code::LaterStep,
                             format!("step `{}` refers to its own result", seg.name),
                             Some("a step can read only the steps before it".into()),
+                        );
+                    } else if scope.earlier.iter().any(|(id, _)| *id == seg.name) {
+                        let mut needs: Vec<&str> = scope.needs.iter().map(String::as_str).collect();
+                        needs.push(&seg.name);
+                        self.error(
+                            p,
+                            seg.name.len(),
+                            Code::NotUpstream,
+                            format!("step `{}` may still be running when this step starts: it is not upstream of it", seg.name),
+                            Some(format!("wait for it: `needs: [{}]`", needs.join(", "))),
                         );
                     } else if scope.all.iter().any(|(id, _)| *id == seg.name) {
                         self.error(p, seg.name.len(), Code::LaterStep, format!("step `{}` runs after this point, so its result is not available yet", seg.name), Some("a step can read only the steps before it; move this step after it".into()));

@@ -201,6 +201,20 @@ impl Checker<'_> {
             Some(n) => self.retry(n, default_retry),
             None => default_retry.clone(),
         };
+        let needs = if in_hook {
+            Vec::new()
+        } else {
+            self.needs(f.get("needs"), &id, &scope)
+        };
+        let when = f
+            .get("when")
+            .and_then(|n| self.one_of(n, "when", &Join::NAMES))
+            .and_then(Join::parse)
+            .unwrap_or_default();
+        let continue_on_error = f
+            .get("continue_on_error")
+            .and_then(|n| self.boolean(n, "continue_on_error"))
+            .unwrap_or(false);
         let kind = match kind_key.name.as_str() {
             "http" => StepKind::Http(self.http(kind_node, &scope)?),
             "approval" => StepKind::Approval(self.approval(kind_node, &scope)?),
@@ -229,7 +243,82 @@ impl Checker<'_> {
             kind,
             timeout,
             retry,
+            needs,
+            when,
+            continue_on_error,
         })
+    }
+
+    /// A step's `needs`: earlier steps only (so the graph has no cycles). Without the key, the
+    /// step before it.
+    fn needs(&mut self, node: Option<&Node>, id: &str, scope: &Scope) -> Vec<String> {
+        let Some(node) = node else {
+            return scope
+                .earlier
+                .last()
+                .map(|(p, _)| vec![p.clone()])
+                .unwrap_or_default();
+        };
+        let Value::Seq(items) = &node.value else {
+            self.wrong_type(
+                node,
+                "needs",
+                "a list of step ids (`[fetch, sync]`, or `[]`)",
+            );
+            return Vec::new();
+        };
+        let mut needs: Vec<String> = Vec::new();
+        for item in items {
+            let Some(name) = self.nonempty_string(item, "needs") else {
+                continue;
+            };
+            let w = self.width(item);
+            if name == id {
+                self.error(
+                    item.pos,
+                    w,
+                    Code::BadNeeds,
+                    format!("step `{id}` needs itself"),
+                    Some("a step can wait only for steps before it".into()),
+                );
+            } else if scope.earlier.iter().any(|(e, _)| e == name) {
+                if !needs.iter().any(|n| n == name) {
+                    needs.push(name.to_string());
+                }
+            } else if scope.all.iter().any(|(e, _)| e == name) {
+                self.error(
+                    item.pos,
+                    w,
+                    Code::BadNeeds,
+                    format!("step `{name}` comes after `{id}`, so `{id}` cannot wait for it"),
+                    Some(format!(
+                        "a step can wait only for steps before it; move `{id}` after `{name}`"
+                    )),
+                );
+            } else {
+                let hint = match did_you_mean(name, scope.all.iter().map(|(e, _)| e.as_str())) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!(
+                        "steps before this one: {}",
+                        list(
+                            &scope
+                                .earlier
+                                .iter()
+                                .map(|(e, _)| e.as_str())
+                                .collect::<Vec<_>>()
+                        )
+                    ),
+                };
+                self.error(
+                    item.pos,
+                    w,
+                    Code::BadNeeds,
+                    format!("there is no step `{name}`"),
+                    Some(hint),
+                );
+            }
+        }
+        needs
     }
 
     fn http(&mut self, node: &Node, scope: &Scope) -> Option<HttpCall> {
@@ -487,6 +576,22 @@ impl Checker<'_> {
 }
 
 /// The id and kind of a step node, if it has them (used before the step itself is checked).
+/// The step ids a step's `needs` names, read before the steps are checked (so templates can
+/// tell an upstream step from a sibling); None without the key. Mistakes are reported later.
+pub(super) fn raw_needs(node: &Node) -> Option<Vec<String>> {
+    let entries = node.as_map()?;
+    let (_, n) = entries.iter().find(|(k, _)| k.name == "needs")?;
+    match &n.value {
+        Value::Seq(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+        ),
+        _ => Some(Vec::new()),
+    }
+}
+
 pub(super) fn step_identity(node: &Node) -> Option<(String, &'static str)> {
     let entries = node.as_map()?;
     let id = entries

@@ -1,0 +1,456 @@
+//! Tests of the graph rules: `needs`, joins (`when`) × every outcome of a need, skip
+//! propagation, `continue_on_error`, a failure with branches in flight, cancel and rejection with
+//! branches in flight, the run's status with several steps active, and retrying a failed graph.
+//!
+//! Part of the pure core's tests: no I/O.
+
+use super::machine_tests::{
+    apply, cancel, decision, fail, new_run, ok, retry_after, started, t0, timer, workflow,
+};
+use super::*;
+use crate::workflow::{Decision, Workflow};
+use serde_json::json;
+
+fn calls(effects: &[Effect]) -> Vec<&str> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CallHttp { step, .. } | Effect::SendEmail { step, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn status(run: &Run, step: &str) -> StepStatus {
+    run.step(step).expect("a step").status
+}
+
+fn permanent(step: &str, attempt: u32) -> Event {
+    fail(step, attempt, Outcome::Permanent)
+}
+
+const DIAMOND: &str = r#"
+name: diamond
+steps:
+  - id: a
+    http: { url: "https://example.com/a" }
+  - id: b
+    needs: [a]
+    http: { url: "https://example.com/b" }
+  - id: c
+    needs: [a]
+    http: { url: "https://example.com/c" }
+  - id: d
+    needs: [b, c]
+    http: { url: "https://example.com/d", body: { b: "{{ steps.b.body }}", c: "{{ steps.c.body }}" } }
+"#;
+
+#[test]
+fn a_diamond_runs_its_branches_side_by_side_and_joins_them() {
+    let wf = workflow(DIAMOND);
+    let mut run = new_run(&wf, json!({}));
+    assert_eq!(calls(&apply(&wf, &mut run, started(), t0())), ["a"]);
+    let effects = apply(&wf, &mut run, ok("a", 1), t0());
+    assert_eq!(calls(&effects), ["b", "c"], "both branches start at once");
+    assert_eq!(run.status, RunStatus::Running);
+    assert!(calls(&apply(&wf, &mut run, ok("c", 1), t0())).is_empty());
+    assert_eq!(status(&run, "d"), StepStatus::Pending, "d waits for b too");
+    // A duplicate of c's outcome changes nothing.
+    let before = run.clone();
+    assert!(apply(&wf, &mut run, ok("c", 1), t0()).is_empty());
+    assert_eq!(run, before);
+    assert_eq!(calls(&apply(&wf, &mut run, ok("b", 1), t0())), ["d"]);
+    apply(&wf, &mut run, ok("d", 1), t0());
+    assert_eq!(run.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn steps_with_empty_needs_start_with_the_run_and_a_step_without_needs_waits_for_the_one_before() {
+    let wf = workflow(
+        r#"
+name: roots
+steps:
+  - id: a
+    http: { url: "https://example.com/a" }
+  - id: b
+    needs: []
+    http: { url: "https://example.com/b" }
+  - id: c
+    http: { url: "https://example.com/c" }
+"#,
+    );
+    assert_eq!(wf.steps[2].needs, ["b"], "no `needs`: the step before");
+    let mut run = new_run(&wf, json!({}));
+    assert_eq!(calls(&apply(&wf, &mut run, started(), t0())), ["a", "b"]);
+    assert_eq!(calls(&apply(&wf, &mut run, ok("b", 1), t0())), ["c"]);
+    apply(&wf, &mut run, ok("c", 1), t0());
+    assert_eq!(run.status, RunStatus::Running, "a is still running");
+    apply(&wf, &mut run, ok("a", 1), t0());
+    assert_eq!(run.status, RunStatus::Succeeded);
+}
+
+/// What a need came to, for the join table.
+#[derive(Debug, Clone, Copy)]
+enum NeedOutcome {
+    Succeeded,
+    Failed,
+    FailedContinuing,
+    SkippedByIf,
+    SkippedUpstream,
+}
+
+/// `x` (and, for an upstream skip, `pre` before it) comes to `outcome`; `j` needs `x` with
+/// `when`. Returns the run at its end.
+fn join_case(outcome: NeedOutcome, when: &str) -> (Workflow, Run) {
+    use NeedOutcome::*;
+    let x_extra = match outcome {
+        FailedContinuing => "\n    continue_on_error: true",
+        SkippedByIf => "\n    if: \"{{ false }}\"",
+        _ => "",
+    };
+    let pre = match outcome {
+        SkippedUpstream => {
+            // `pre` fails; `x` (all_success) is skipped for it; `keep` takes up the failure so
+            // the run goes on to `j`.
+            "  - id: pre\n    http: { url: \"https://example.com/pre\" }\n    retry: { limit: 0 }\n  - id: keep\n    needs: [pre]\n    when: any_failed\n    http: { url: \"https://example.com/keep\" }\n"
+        }
+        _ => "",
+    };
+    let x_needs = if matches!(outcome, SkippedUpstream) {
+        "[pre]"
+    } else {
+        "[]"
+    };
+    let yaml = format!(
+        "name: join\nsteps:\n{pre}  - id: x\n    needs: {x_needs}\n    http: {{ url: \"https://example.com/x\" }}\n    retry: {{ limit: 0 }}{x_extra}\n  - id: j\n    needs: [x]\n    when: {when}\n    http: {{ url: \"https://example.com/j\" }}\n"
+    );
+    let wf = workflow(&yaml);
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    match outcome {
+        Succeeded => {
+            apply(&wf, &mut run, ok("x", 1), t0());
+        }
+        Failed | FailedContinuing => {
+            apply(&wf, &mut run, permanent("x", 1), t0());
+        }
+        SkippedByIf => {}
+        SkippedUpstream => {
+            apply(&wf, &mut run, permanent("pre", 1), t0());
+            apply(&wf, &mut run, ok("keep", 1), t0());
+        }
+    }
+    if status(&run, "j") == StepStatus::Running {
+        apply(&wf, &mut run, ok("j", 1), t0());
+    }
+    (wf, run)
+}
+
+#[test]
+fn every_join_against_every_outcome_of_a_need() {
+    use NeedOutcome::*;
+    // (outcome, when, does j run, the run's end)
+    let table = [
+        (Succeeded, "all_success", true, RunStatus::Succeeded),
+        (Succeeded, "all_done", true, RunStatus::Succeeded),
+        (Succeeded, "any_failed", false, RunStatus::Succeeded),
+        (Failed, "all_success", false, RunStatus::Failed),
+        (Failed, "all_done", true, RunStatus::Succeeded),
+        (Failed, "any_failed", true, RunStatus::Succeeded),
+        (FailedContinuing, "all_success", true, RunStatus::Succeeded),
+        (FailedContinuing, "all_done", true, RunStatus::Succeeded),
+        (FailedContinuing, "any_failed", false, RunStatus::Succeeded),
+        (SkippedByIf, "all_success", true, RunStatus::Succeeded),
+        (SkippedByIf, "all_done", true, RunStatus::Succeeded),
+        (SkippedByIf, "any_failed", false, RunStatus::Succeeded),
+        (SkippedUpstream, "all_success", false, RunStatus::Succeeded),
+        (SkippedUpstream, "all_done", true, RunStatus::Succeeded),
+        (SkippedUpstream, "any_failed", true, RunStatus::Succeeded),
+    ];
+    for (outcome, when, runs, end) in table {
+        let (_, run) = join_case(outcome, when);
+        let j = run.step("j").expect("j");
+        assert_eq!(
+            j.status == StepStatus::Succeeded,
+            runs,
+            "{outcome:?} × {when}: j is {:?}",
+            j.status
+        );
+        if !runs {
+            assert_eq!(j.status, StepStatus::Skipped, "{outcome:?} × {when}");
+        }
+        assert_eq!(run.status, end, "{outcome:?} × {when}: {run:#?}");
+    }
+}
+
+#[test]
+fn a_failure_propagates_down_an_all_success_chain_until_a_step_takes_it_up() {
+    let wf = workflow(
+        r#"
+name: chain
+steps:
+  - id: a
+    http: { url: "https://example.com/a" }
+    retry: { limit: 0 }
+  - id: b
+    http: { url: "https://example.com/b" }
+  - id: c
+    http: { url: "https://example.com/c" }
+  - id: cleanup
+    needs: [c]
+    when: any_failed
+    http: { url: "https://example.com/cleanup" }
+"#,
+    );
+    assert!(
+        wf.failure_accepted("a"),
+        "cleanup takes up a's failure through b and c"
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    let effects = apply(&wf, &mut run, permanent("a", 1), t0());
+    assert_eq!(calls(&effects), ["cleanup"]);
+    for s in ["b", "c"] {
+        let st = run.step(s).expect("step");
+        assert_eq!(st.status, StepStatus::Skipped);
+        assert!(st.upstream_failed, "{s} was skipped for a's failure");
+    }
+    apply(&wf, &mut run, ok("cleanup", 1), t0());
+    assert_eq!(run.status, RunStatus::Succeeded, "the failure was handled");
+    assert!(run.failure.is_none());
+}
+
+#[test]
+fn a_step_skipped_by_its_if_counts_as_done_for_the_steps_after_it() {
+    let wf = workflow(
+        r#"
+name: skip
+steps:
+  - id: maybe
+    if: "{{ run.trigger == 'cli' }}"
+    http: { url: "https://example.com/maybe" }
+  - id: after
+    http: { url: "https://example.com/after" }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    assert_eq!(calls(&apply(&wf, &mut run, started(), t0())), ["after"]);
+    assert!(!run.step("maybe").expect("maybe").upstream_failed);
+}
+
+const FAN: &str = r#"
+name: fan
+steps:
+  - id: a
+    needs: []
+    http: { url: "https://example.com/a" }
+    retry: { limit: 0 }
+  - id: b
+    needs: []
+    http: { url: "https://example.com/b" }
+  - id: nap
+    needs: []
+    sleep: 1h
+  - id: last
+    needs: [a, b, nap]
+    http: { url: "https://example.com/last" }
+on_failure:
+  - http: { url: "https://example.com/hook", body: { step: "{{ failure.step }}" } }
+"#;
+
+#[test]
+fn a_failure_with_branches_in_flight_abandons_them_and_runs_the_hooks_once() {
+    let wf = workflow(FAN);
+    let mut run = new_run(&wf, json!({}));
+    assert_eq!(calls(&apply(&wf, &mut run, started(), t0())), ["a", "b"]);
+    assert_eq!(status(&run, "nap"), StepStatus::Sleeping);
+    let effects = apply(&wf, &mut run, permanent("a", 1), t0());
+    let abandon = effects
+        .iter()
+        .position(|e| *e == Effect::AbandonInFlight)
+        .expect("calls in flight are abandoned");
+    let hook = effects
+        .iter()
+        .position(|e| matches!(e, Effect::CallHttp { step, .. } if step == "on_failure-1"))
+        .expect("the hook starts");
+    assert!(
+        abandon < hook,
+        "the hook is not abandoned with the branches: {effects:?}"
+    );
+    assert_eq!(status(&run, "b"), StepStatus::Cancelled);
+    assert_eq!(status(&run, "nap"), StepStatus::Cancelled);
+    assert_eq!(status(&run, "last"), StepStatus::Skipped);
+    assert_eq!(run.wake_at, None, "the sleeping branch's timer is gone");
+    assert_eq!(run.failure.as_ref().map(|f| f.step.as_str()), Some("a"));
+    // The abandoned branch's late outcome and the cancelled sleep's timer are absorbed.
+    let before = run.clone();
+    assert!(apply(&wf, &mut run, ok("b", 1), t0()).is_empty());
+    assert!(
+        apply(
+            &wf,
+            &mut run,
+            timer("nap"),
+            t0() + chrono::Duration::hours(2)
+        )
+        .is_empty()
+    );
+    assert_eq!(run, before);
+    let effects = apply(&wf, &mut run, ok("on_failure-1", 1), t0());
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Finished { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn cancel_with_branches_in_flight_stops_them_all() {
+    let wf = workflow(FAN);
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    let effects = apply(&wf, &mut run, cancel(), t0());
+    assert!(effects.contains(&Effect::AbandonInFlight));
+    for s in ["a", "b", "nap", "last"] {
+        assert_eq!(status(&run, s), StepStatus::Cancelled, "{s}");
+    }
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert!(apply(&wf, &mut run, ok("b", 1), t0()).is_empty());
+}
+
+#[test]
+fn a_rejection_with_a_branch_in_flight_abandons_it() {
+    let wf = workflow(
+        r#"
+name: review
+steps:
+  - id: ask
+    needs: []
+    approval: { to: [boss@example.com], subject: "Go?", timeout: 1d }
+  - id: prepare
+    needs: []
+    http: { url: "https://example.com/prepare" }
+  - id: ship
+    needs: [ask, prepare]
+    http: { url: "https://example.com/ship" }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    assert_eq!(run.status, RunStatus::Running, "prepare is being called");
+    apply(&wf, &mut run, ok("prepare", 1), t0());
+    assert_eq!(
+        run.status,
+        RunStatus::WaitingApproval,
+        "only the approval is left"
+    );
+    let mut run2 = new_run(&wf, json!({}));
+    apply(&wf, &mut run2, started(), t0());
+    let effects = apply(&wf, &mut run2, decision("ask", Decision::Rejected), t0());
+    assert!(effects.contains(&Effect::AbandonInFlight));
+    assert_eq!(status(&run2, "prepare"), StepStatus::Cancelled);
+    assert_eq!(status(&run2, "ship"), StepStatus::Skipped);
+    assert_eq!(run2.status, RunStatus::Rejected);
+}
+
+#[test]
+fn a_branch_retrying_after_retry_after_does_not_hold_up_its_sibling() {
+    let wf = workflow(
+        r#"
+name: sides
+steps:
+  - id: slow
+    needs: []
+    http: { url: "https://example.com/slow" }
+  - id: quick
+    needs: []
+    http: { url: "https://example.com/quick" }
+  - id: after-quick
+    needs: [quick]
+    http: { url: "https://example.com/next" }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    apply(&wf, &mut run, fail("slow", 1, retry_after(30)), t0());
+    assert_eq!(status(&run, "slow"), StepStatus::Retrying);
+    assert_eq!(run.wake_at, Some(t0() + chrono::Duration::seconds(30)));
+    assert_eq!(
+        calls(&apply(&wf, &mut run, ok("quick", 1), t0())),
+        ["after-quick"]
+    );
+    apply(&wf, &mut run, ok("after-quick", 1), t0());
+    assert_eq!(run.status, RunStatus::Running, "slow will be tried again");
+    let at = t0() + chrono::Duration::seconds(30);
+    assert_eq!(calls(&apply(&wf, &mut run, timer("slow"), at)), ["slow"]);
+    apply(&wf, &mut run, ok("slow", 2), at);
+    assert_eq!(run.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn retrying_a_failed_graph_runs_again_only_what_failed_or_did_not_run() {
+    let wf = workflow(
+        r#"
+name: retry
+steps:
+  - id: a
+    http: { url: "https://example.com/a" }
+  - id: side
+    needs: []
+    http: { url: "https://example.com/side" }
+  - id: b
+    needs: [a]
+    http: { url: "https://example.com/b" }
+    retry: { limit: 0 }
+  - id: c
+    needs: [b, side]
+    http: { url: "https://example.com/c" }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    apply(&wf, &mut run, ok("a", 1), t0());
+    apply(&wf, &mut run, ok("side", 1), t0());
+    apply(&wf, &mut run, permanent("b", 1), t0());
+    assert_eq!(run.status, RunStatus::Failed);
+    let effects = apply(&wf, &mut run, Event::RetryRequested, t0());
+    assert_eq!(calls(&effects), ["b"], "a and side stay done");
+    assert_eq!(status(&run, "a"), StepStatus::Succeeded);
+    assert_eq!(status(&run, "side"), StepStatus::Succeeded);
+    assert_eq!(
+        run.step("b").expect("b").attempts,
+        2,
+        "attempt numbers go on"
+    );
+    assert_eq!(calls(&apply(&wf, &mut run, ok("b", 2), t0())), ["c"]);
+    apply(&wf, &mut run, ok("c", 1), t0());
+    assert_eq!(run.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn the_run_status_says_what_its_active_steps_wait_for() {
+    let wf = workflow(
+        r#"
+name: mixed
+steps:
+  - id: nap
+    needs: []
+    sleep: 1h
+  - id: call
+    needs: []
+    http: { url: "https://example.com/call" }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    assert_eq!(run.status, RunStatus::Running);
+    let waiting = run.waiting_for().expect("waiting");
+    assert!(
+        waiting.contains("`nap` to wake") && waiting.contains("`call` to answer"),
+        "{waiting}"
+    );
+    apply(&wf, &mut run, ok("call", 1), t0());
+    assert_eq!(run.status, RunStatus::Sleeping);
+}
