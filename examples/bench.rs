@@ -62,6 +62,8 @@ struct Sizes {
     wf3_many: usize,
     seq_runs: usize,
     par_runs: usize,
+    /// Items of the fan-out phase's one run.
+    fan_items: usize,
     floor_time: Duration,
     seq_time: Duration,
     par_time: Duration,
@@ -81,6 +83,7 @@ impl Sizes {
                 wf3_many: 3_000,
                 seq_runs: 100,
                 par_runs: 500,
+                fan_items: 500,
                 floor_time: Duration::from_secs(2),
                 seq_time: Duration::from_secs(20),
                 par_time: Duration::from_secs(10),
@@ -97,6 +100,7 @@ impl Sizes {
                 wf3_many: 12_000,
                 seq_runs: 500,
                 par_runs: 2_000,
+                fan_items: 2_000,
                 floor_time: Duration::from_secs(4),
                 seq_time: Duration::from_secs(120),
                 par_time: Duration::from_secs(30),
@@ -222,6 +226,7 @@ fn main() -> Result<()> {
         progress("runner: 16 in flight");
         let cpu0 = cpu_now();
         let par_runs = if sequential_only { 0 } else { sizes.par_runs };
+        let written = io_write_bytes();
         let par = run_parallel(
             std::slice::from_ref(&engine),
             &version,
@@ -230,8 +235,15 @@ fn main() -> Result<()> {
         )
         .await?;
         let cpu1 = cpu_now();
+        let par_bytes = io_write_bytes().saturating_sub(written);
         total += par.runs;
         report.par = Some(PhaseReport::new(&par, cpu1.since(&cpu0)));
+        report.par_written_per_step = par_bytes as f64 / (3 * par.runs.max(1)) as f64;
+
+        if !sequential_only {
+            progress("runner: one run fanning out");
+            report.fan = Some(fan_out(&engine, &endpoint.base, sizes.fan_items).await?);
+        }
         report.failed_runs = warm.failed + seq.failed + par.failed;
         // Let any step still in flight land before counting (none should be).
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -260,11 +272,23 @@ fn main() -> Result<()> {
         total_runs = 1; // avoids a vacuous pass: 0 runs would satisfy every count.
     }
     let n = total_runs as u64;
+    let fan_items = report.fan.as_ref().map_or(0, |f| f.items as u64);
     let mut gates = vec![
         Gate::new(
-            "endpoint counted exactly 3N requests",
-            report.runner_requests == 3 * n,
-            format!("N = {n} runs, {} requests", report.runner_requests),
+            "endpoint counted exactly 3N requests (and one per item of the fan-out)",
+            report.runner_requests == 3 * n + fan_items,
+            format!(
+                "N = {n} runs, {fan_items} items, {} requests",
+                report.runner_requests
+            ),
+        ),
+        Gate::new(
+            "the fan-out's run succeeded with every item",
+            report.fan.as_ref().is_none_or(|f| f.succeeded),
+            report.fan.as_ref().map_or_else(
+                || "no fan-out phase".to_string(),
+                |f| format!("{} items in {:.1} s", f.items, f.secs),
+            ),
         ),
         Gate::new(
             "the database holds 3N succeeded steps",
@@ -993,9 +1017,84 @@ struct Report {
     wf3_group_one_ms_per_step: f64,
     seq: Option<PhaseReport>,
     par: Option<PhaseReport>,
+    /// Bytes this process wrote to storage per step in the 16-in-flight phase (WAL, checkpoints).
+    par_written_per_step: f64,
+    fan: Option<FanReport>,
     failed_runs: usize,
     runner_requests: u64,
     gates: Vec<Gate>,
+}
+
+/// One run whose `foreach` step calls the endpoint once per item, 16 at a time.
+struct FanReport {
+    items: usize,
+    secs: f64,
+    succeeded: bool,
+    /// Bytes this process wrote to storage per item (WAL, checkpoints).
+    written_per_item: f64,
+}
+
+impl FanReport {
+    fn items_per_s(&self) -> f64 {
+        self.items as f64 / self.secs
+    }
+}
+
+/// Bytes this process has caused to be written to storage (`write_bytes` of /proc/self/io).
+fn io_write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn fan_version(base: &str, items: usize) -> Result<Version> {
+    let yaml = format!(
+        "name: bench-fan\ndescription: one signed POST of about 100 bytes per item\ninputs:\n  n: {{ type: integer, required: true }}\nsteps:\n  - id: fan\n    foreach: \"{{{{ range(input.n) | list }}}}\"\n    max_parallel: {IN_FLIGHT}\n    http:\n      url: {base}/runner/fan\n      body: {{ item: \"{{{{ item }}}}\", payload: \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\" }}\n"
+    );
+    let _ = items;
+    let path = "bench-fan.yaml";
+    let wf = runner::workflow::check_file(path, &yaml).map_err(|diags| {
+        anyhow!(
+            "the fan-out workflow does not check: {}",
+            diags
+                .iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    Ok(Version::new(path, &yaml, wf))
+}
+
+/// The fan-out phase: one run of `items` items at `max_parallel: 16`.
+async fn fan_out(engine: &Engine, base: &str, items: usize) -> Result<FanReport> {
+    let version = fan_version(base, items)?;
+    let written = io_write_bytes();
+    let t = Instant::now();
+    let run = runner::ops::start::start(
+        engine,
+        version,
+        json!({ "n": items }),
+        runner::engine::machine::Trigger::Api,
+        None,
+    )
+    .await?
+    .run;
+    let status = tokio::time::timeout(Duration::from_secs(300), engine.wait(&run.id))
+        .await
+        .map_err(|_| anyhow!("the fan-out run {} did not finish within 300 s", run.id))??;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(FanReport {
+        items,
+        secs,
+        succeeded: status == RunStatus::Succeeded,
+        written_per_item: io_write_bytes().saturating_sub(written) as f64 / items.max(1) as f64,
+    })
 }
 
 struct PhaseReport {
@@ -1349,6 +1448,23 @@ impl Report {
             }
         }
 
+        if let Some(f) = &self.fan {
+            let par = self.par.as_ref().map_or(0.0, |p| p.steps_per_s);
+            let _ = writeln!(
+                s,
+                "   one run fanning out  {:>5} items in {:>5.1} s   {:>6.0} items/s = {:.2} of the 16-in-flight steps/s (aim ≥ 0.8)",
+                f.items,
+                f.secs,
+                f.items_per_s(),
+                f.items_per_s() / par
+            );
+            let _ = writeln!(
+                s,
+                "       written to storage {:.0} bytes/item (16 in flight: {:.0} bytes/step), WAL and checkpoints",
+                f.written_per_item, self.par_written_per_step
+            );
+        }
+
         let _ = writeln!(s, "\n4. Correctness gates");
         for g in &self.gates {
             let _ = writeln!(
@@ -1448,6 +1564,14 @@ impl Report {
             "runner": {
                 "sequential": self.seq.as_ref().map(PhaseReport::json),
                 "in_flight_16": self.par.as_ref().map(PhaseReport::json),
+                "in_flight_16_written_bytes_per_step": self.par_written_per_step,
+                "fan_out": self.fan.as_ref().map(|f| json!({
+                    "items": f.items,
+                    "seconds": f.secs,
+                    "items_per_s": f.items_per_s(),
+                    "of_in_flight_16_steps_per_s": self.par.as_ref().map(|p| f.items_per_s() / p.steps_per_s),
+                    "written_bytes_per_item": f.written_per_item,
+                })),
                 "cpu_source": "/proc/self/task/*/schedstat, every thread except the endpoint's",
             },
             "gates": self.gates.iter().map(|g| json!({"name": g.name, "ok": g.ok, "detail": g.detail})).collect::<Vec<_>>(),

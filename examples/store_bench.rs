@@ -67,6 +67,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
         let record = AttemptRecord {
             step: step.into(),
             attempt: 1,
+            item: None,
             started_at: Some(now),
             finished_at: Some(now),
             status: Some(200),
@@ -83,6 +84,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
             step: step.into(),
             attempt: 1,
             output: json!({"status": 200, "body": {"ok": true}}),
+            item: None,
         };
         let applied = store
             .apply(&run_id, event, Utc::now(), Some(record), effect)

@@ -7,12 +7,13 @@
 
 use crate::engine::request;
 use crate::engine::{Failure, Run, RunStatus, StepState, StepStatus, Trigger};
-use crate::store::{ApprovalEmail, AttemptRecord, AttemptResult, Store, StoreError};
+use crate::store::{ApprovalEmail, AttemptRecord, AttemptResult, ItemRow, Store, StoreError};
 use crate::time::rfc3339;
 use crate::workflow::{Join, StepKindName, Workflow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RunView {
@@ -66,9 +67,39 @@ pub(crate) struct StepView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
     pub attempt_log: Vec<AttemptView>,
+    /// A `foreach` step: its items done, in flight, waiting and failed, and each item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<FanView>,
     /// An approval step: whom it asked, and whether each e-mail got out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emails: Option<Vec<EmailView>>,
+}
+
+/// A `foreach` step's items.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FanView {
+    pub total: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub in_flight: u32,
+    pub waiting: u32,
+    pub list: Vec<ItemView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ItemView {
+    pub index: u32,
+    pub key: String,
+    /// `pending` (waiting, or in flight: see `attempts`), `running`, `retrying`, `succeeded`,
+    /// `failed`, `cancelled`.
+    pub status: String,
+    pub attempts: u32,
+    /// The `Upstash-Message-Id` its attempts carry.
+    pub dedup_id: String,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub wake_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub attempt_log: Vec<AttemptView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,7 +160,11 @@ impl RunView {
         };
         // Without its version (a database from elsewhere) the view still shows the run.
         let wf = store.workflow_for(run).await.ok();
-        Ok(RunView::new(run, wf.as_deref(), &attempts, &emails))
+        let mut items = HashMap::new();
+        for s in run.steps.iter().filter(|s| s.fan.is_some()) {
+            items.insert(s.id.clone(), store.items(&run.id, &s.id).await?);
+        }
+        Ok(RunView::new(run, wf.as_deref(), &attempts, &emails, &items))
     }
 
     pub(crate) fn new(
@@ -137,7 +172,43 @@ impl RunView {
         wf: Option<&Workflow>,
         attempts: &[AttemptRecord],
         emails: &[ApprovalEmail],
+        items: &HashMap<String, Vec<ItemRow>>,
     ) -> RunView {
+        let fan = |s: &StepState| -> Option<FanView> {
+            let f = s.fan.as_ref()?;
+            let rows = items.get(&s.id).map(Vec::as_slice).unwrap_or(&[]);
+            let list = rows
+                .iter()
+                .map(|r| {
+                    let active = f.active.iter().find(|a| a.index == r.index);
+                    ItemView {
+                        index: r.index,
+                        key: r.key.clone(),
+                        status: match active {
+                            Some(a) => a.status.as_str().to_string(),
+                            None => r.status.clone(),
+                        },
+                        attempts: active.map_or(r.attempts, |a| a.attempts),
+                        dedup_id: request::item_message_id(run, &s.id, &r.key, 1).0,
+                        wake_at: active.and_then(|a| a.wake_at),
+                        error: active.and_then(|a| a.error.clone()).or(r.error.clone()),
+                        attempt_log: attempts
+                            .iter()
+                            .filter(|a| a.step == s.id && a.item == Some(r.index))
+                            .map(AttemptView::new)
+                            .collect(),
+                    }
+                })
+                .collect();
+            Some(FanView {
+                total: f.total,
+                succeeded: f.succeeded,
+                failed: f.failed,
+                in_flight: u32::try_from(f.active.len()).unwrap_or(u32::MAX),
+                waiting: if s.status.is_done() { 0 } else { f.waiting() },
+                list,
+            })
+        };
         let def = |id: &str| wf.and_then(|w| w.steps.iter().find(|d| d.id == id));
         let step = |s: &StepState| StepView {
             id: s.id.clone(),
@@ -163,9 +234,10 @@ impl RunView {
             },
             attempt_log: attempts
                 .iter()
-                .filter(|a| a.step == s.id)
+                .filter(|a| a.step == s.id && a.item.is_none())
                 .map(AttemptView::new)
                 .collect(),
+            items: fan(s),
             emails: (s.kind == StepKindName::Approval).then(|| {
                 emails
                     .iter()

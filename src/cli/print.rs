@@ -78,7 +78,43 @@ fn step(out: &mut String, s: &StepView, before: Option<&str>) {
     if !s.waiting_for.is_empty() {
         let _ = write!(line, "  waits for {}", s.waiting_for.join(", "));
     }
+    if let Some(f) = &s.items {
+        let _ = write!(
+            line,
+            "  items {}: {} succeeded, {} failed, {} in flight, {} waiting",
+            f.total, f.succeeded, f.failed, f.in_flight, f.waiting
+        );
+    }
     let _ = writeln!(out, "{}", line.trim_end());
+    if let Some(f) = &s.items {
+        // Those that need a look (failed, in flight, retrying), at most 20; `--json` has all.
+        const SHOWN: usize = 20;
+        let notable: Vec<_> = f
+            .list
+            .iter()
+            .filter(|i| !matches!(i.status.as_str(), "succeeded" | "pending") || i.attempts > 1)
+            .collect();
+        for i in notable.iter().take(SHOWN) {
+            let mut l = format!(
+                "    [{}] {:<20} {:<10} attempts {}",
+                i.index, i.key, i.status, i.attempts
+            );
+            if let Some(w) = i.wake_at {
+                let _ = write!(l, "  until {}", time(Some(w)));
+            }
+            if let Some(e) = &i.error {
+                let _ = write!(l, "  {e}");
+            }
+            let _ = writeln!(out, "{l}");
+        }
+        if notable.len() > SHOWN {
+            let _ = writeln!(
+                out,
+                "    … {} more (runner show --json lists every item)",
+                notable.len() - SHOWN
+            );
+        }
+    }
     for a in &s.attempt_log {
         let status = a
             .status

@@ -91,7 +91,7 @@ async fn request_approval(
     let limit = request::step_timeout(wf, step).unwrap_or(super::email::SEND_LIMIT);
     let render = {
         let (wf, run, step, secrets) = (wf.clone(), run.clone(), step.to_string(), secrets.clone());
-        move || request::render_mail(&wf, &run, &step, &secrets)
+        move || request::render_mail(&wf, &run, &step, &secrets, None)
     };
     let (mail, _) = super::render_within(wf, step, limit, render).await?;
     let mut pending: Vec<&String> = mail.to.iter().collect();

@@ -31,10 +31,18 @@ impl Perform for EmailPerformer {
     fn perform(&self, job: Job) -> Pin<Box<dyn Future<Output = Performed> + Send + 'static>> {
         let ctx = self.0.clone();
         Box::pin(async move {
-            let Effect::SendEmail { step, attempt } = &job.effect else {
+            let Effect::SendEmail { step, attempt, .. } = &job.effect else {
                 unreachable!("the executor hands the e-mail performer only SendEmail effects")
             };
-            let (event, record) = send(&ctx, &job.workflow, &job.run, step, *attempt).await;
+            let (event, record) = send(
+                &ctx,
+                &job.workflow,
+                &job.run,
+                step,
+                *attempt,
+                job.item.as_ref(),
+            )
+            .await;
             Performed::Outcome {
                 event,
                 record: Some(Box::new(record)),
@@ -51,10 +59,13 @@ async fn send(
     run: &Arc<Run>,
     step: &str,
     attempt: u32,
+    item: Option<&request::ItemInput>,
 ) -> (Event, AttemptRecord) {
+    let index = item.map(|i| i.index);
     let mut record = AttemptRecord {
         step: step.to_string(),
         attempt,
+        item: index,
         started_at: Some(Utc::now()),
         ..AttemptRecord::default()
     };
@@ -64,9 +75,14 @@ async fn send(
         // The step's `timeout` bounds the attempt, rendering included, as it does an HTTP call's.
         let limit = request::step_timeout(wf, step).unwrap_or(SEND_LIMIT);
         let render = {
-            let (wf, run, step, secrets) =
-                (wf.clone(), run.clone(), step.to_string(), secrets.clone());
-            move || request::render_mail(&wf, &run, &step, &secrets)
+            let (wf, run, step, secrets, item) = (
+                wf.clone(),
+                run.clone(),
+                step.to_string(),
+                secrets.clone(),
+                item.cloned(),
+            );
+            move || request::render_mail(&wf, &run, &step, &secrets, item.as_ref())
         };
         let (mail, left) = super::render_within(wf, step, limit, render)
             .await
@@ -80,7 +96,10 @@ async fn send(
             subject: mail.subject.clone(),
             text: mail.body.clone(),
             html: None,
-            tag: format!("{}-{step}", run.id),
+            tag: match item {
+                Some(i) => format!("{}-{step}-{}", run.id, i.index),
+                None => format!("{}-{step}", run.id),
+            },
         };
         let where_to = ctx.mailer.send(&out, left, limit).await?;
         info!(run_id = %run.id, step, "e-mail {where_to}");
@@ -97,6 +116,7 @@ async fn send(
                 output: crate::workflow::output::to_value(&crate::workflow::output::EmailOutput {
                     sent_to: to,
                 }),
+                item: index,
             };
             return (event, record);
         }
@@ -104,7 +124,7 @@ async fn send(
         Err(MailError::Transient(e)) => (e, Outcome::Retryable { after: None }),
     };
     let error = request::redact(&error, &secrets);
-    record.outcome = outcome.attempt_result(wf, run, step);
+    record.outcome = outcome.attempt_result(wf, run, step, index);
     record.error = Some(error.clone());
     let event = Event::AttemptFailed {
         step: step.to_string(),
@@ -113,6 +133,7 @@ async fn send(
         status: None,
         body: None,
         outcome,
+        item: index,
     };
     (event, record)
 }

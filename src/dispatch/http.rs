@@ -41,10 +41,22 @@ impl Perform for HttpPerformer {
         let client = self.client.clone();
         let keys = self.keys.get();
         Box::pin(async move {
-            let Effect::CallHttp { step, attempt: n } = &job.effect else {
+            let Effect::CallHttp {
+                step, attempt: n, ..
+            } = &job.effect
+            else {
                 unreachable!("the executor hands the HTTP performer only CallHttp effects")
             };
-            let (event, record) = attempt(&client, &keys, &job.workflow, &job.run, step, *n).await;
+            let (event, record) = attempt(
+                &client,
+                &keys,
+                &job.workflow,
+                &job.run,
+                step,
+                *n,
+                job.item.as_ref(),
+            )
+            .await;
             Performed::Outcome {
                 event,
                 record: Some(Box::new(record)),
@@ -198,11 +210,14 @@ pub async fn attempt(
     run: &Arc<Run>,
     step_id: &str,
     attempt: u32,
+    item: Option<&request::ItemInput>,
 ) -> (Event, AttemptRecord) {
     let started = Utc::now();
+    let index = item.map(|i| i.index);
     let mut record = AttemptRecord {
         step: step_id.to_string(),
         attempt,
+        item: index,
         started_at: Some(started),
         ..AttemptRecord::default()
     };
@@ -214,7 +229,7 @@ pub async fn attempt(
         record.finished_at = Some(Utc::now());
         record.status = status;
         record.error = Some(error.clone());
-        record.outcome = outcome.attempt_result(wf, run, step_id);
+        record.outcome = outcome.attempt_result(wf, run, step_id, index);
         Event::AttemptFailed {
             step: step_id.to_string(),
             attempt,
@@ -222,6 +237,7 @@ pub async fn attempt(
             status,
             body,
             outcome,
+            item: index,
         }
     };
     let secrets = match secrets_for_step(wf, step_id) {
@@ -235,13 +251,14 @@ pub async fn attempt(
     // Rendering counts in the step's timeout: what it leaves bounds the call.
     let limit = request::step_timeout(wf, step_id).unwrap_or(Duration::from_secs(30));
     let render = {
-        let (wf, run, step, secrets) = (
+        let (wf, run, step, secrets, item) = (
             wf.clone(),
             run.clone(),
             step_id.to_string(),
             secrets.clone(),
+            item.cloned(),
         );
-        move || request::render_http(&wf, &run, &step, &secrets)
+        move || request::render_http(&wf, &run, &step, &secrets, item.as_ref())
     };
     let (req, timeout) = match super::render_within(wf, step_id, limit, render).await {
         Ok(r) => r,
@@ -282,7 +299,10 @@ pub async fn attempt(
             return (ev, record);
         }
     };
-    let (dedup, retried) = request::message_id(run, step_id, attempt);
+    let (dedup, retried) = match item {
+        Some(i) => request::item_message_id(run, step_id, &i.key, attempt),
+        None => request::message_id(run, step_id, attempt),
+    };
     let jti = crate::sign::jti_from_random(rand::random());
     let token = crate::sign::sign(
         &keys.current,
@@ -308,6 +328,9 @@ pub async fn attempt(
         .header("Runner-Run-Id", &run.id)
         .header("Runner-Step", step_id)
         .header("Runner-Attempt", attempt.to_string());
+    if let Some(i) = item {
+        builder = builder.header("Runner-Item", i.key.as_str());
+    }
     // The schedule's own id, the same at every fire (as QStash sends it). A scheduled run
     // stored before runs kept it has none, and is sent without.
     if let Some(id) = &run.schedule_id {
@@ -434,6 +457,7 @@ pub async fn attempt(
                 step: step_id.to_string(),
                 attempt,
                 output,
+                item: index,
             },
             record,
         );

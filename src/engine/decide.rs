@@ -6,6 +6,7 @@
 
 use super::effect::Effect;
 use super::event::{Event, Outcome};
+use super::fan;
 use super::plan::advance;
 use super::run::{Failure, Run, RunStatus, StepState, StepStatus, retries_left};
 use crate::workflow::output::{self, ApprovalOutput, SleepOutput};
@@ -37,6 +38,41 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             step,
             attempt,
             output,
+            item: Some(item),
+        } => fan::succeeded(wf, &mut run, step, *item, *attempt, output, &mut effects),
+        Event::AttemptFailed {
+            step,
+            attempt,
+            error,
+            status,
+            outcome,
+            item: Some(item),
+            ..
+        } => fan::failed(
+            wf,
+            &mut run,
+            step,
+            *item,
+            *attempt,
+            error,
+            *status,
+            outcome,
+            now,
+            &mut effects,
+        ),
+        Event::AttemptInterrupted {
+            step,
+            attempt,
+            item: Some(item),
+        } => fan::interrupted(wf, &mut run, step, *item, *attempt, &mut effects),
+        Event::ItemsCollected { step, items } => {
+            fan::collected(wf, &mut run, step, items, now, &mut effects)
+        }
+        Event::AttemptSucceeded {
+            step,
+            attempt,
+            output,
+            item: None,
         } => {
             let Some(s) = run.step_mut(step) else {
                 return (run, effects);
@@ -61,6 +97,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             status,
             body,
             outcome,
+            item: None,
         } => {
             let Some(def) = wf.find_step(step) else {
                 return (run, effects);
@@ -104,6 +141,17 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             let Some(def) = wf.find_step(step) else {
                 return (run, effects);
             };
+            if def.foreach.is_some() {
+                if let Some(i) = run
+                    .steps
+                    .iter()
+                    .position(|s| s.id == *step && s.status == StepStatus::Running)
+                {
+                    fan::timer(wf, &mut run, i, now, &mut effects);
+                }
+                finish(&mut run, now, &mut effects);
+                return (run, effects);
+            }
             let Some(s) = run.step_mut(step) else {
                 return (run, effects);
             };
@@ -174,13 +222,18 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                     s.finished_at = Some(now);
                     s.wake_at = None;
                     s.error = Some(reason.clone());
+                    cancel_items(s, &reason, &mut effects);
                 }
             }
             run.status = RunStatus::Cancelled;
             effects.push(Effect::AbandonInFlight);
         }
         Event::RetryRequested => {}
-        Event::AttemptInterrupted { step, attempt } => {
+        Event::AttemptInterrupted {
+            step,
+            attempt,
+            item: None,
+        } => {
             let Some(def) = wf.find_step(step) else {
                 return (run, effects);
             };
@@ -216,6 +269,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             }
         }
     }
+    fan::top_up(wf, &mut run, &mut effects);
     finish(&mut run, now, &mut effects);
     (run, effects)
 }
@@ -241,10 +295,12 @@ pub(super) fn attempt_effect(def: &Step, attempt: u32) -> Effect {
         StepKind::Email(_) => Effect::SendEmail {
             step: def.id.clone(),
             attempt,
+            item: None,
         },
         _ => Effect::CallHttp {
             step: def.id.clone(),
             attempt,
+            item: None,
         },
     }
 }
@@ -347,12 +403,31 @@ fn abandon(run: &mut Run, why: &str, now: DateTime<Utc>, effects: &mut Vec<Effec
             s.wake_at = None;
             s.error = Some(why.to_string());
             in_flight = true;
+            cancel_items(s, why, effects);
         }
     }
     if in_flight {
         // Before any effect of the hooks, which must not be abandoned with them.
         effects.push(Effect::AbandonInFlight);
     }
+}
+
+/// A `foreach` step that stops: the store records its items in flight as cancelled.
+fn cancel_items(s: &mut StepState, why: &str, effects: &mut Vec<Effect>) {
+    let Some(fan) = s.fan.as_mut() else { return };
+    for a in fan.active.drain(..) {
+        effects.push(Effect::ItemDone {
+            step: s.id.clone(),
+            item: super::effect::ItemResult {
+                index: a.index,
+                status: "cancelled".into(),
+                attempts: a.attempts,
+                output: None,
+                error: Some(why.to_string()),
+            },
+        });
+    }
+    fan.collecting = false;
 }
 
 /// Recomputes the derived fields once an event has been applied.
@@ -365,7 +440,7 @@ fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
             matches!(
                 s.status,
                 StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
-            )
+            ) || (s.status == StepStatus::Running && s.fan.is_some())
         })
         .filter_map(|s| s.wake_at)
         .min();
@@ -423,9 +498,25 @@ fn retry_failed(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut 
             });
         }
     }
-    for (s, again) in run.steps.iter_mut().zip(again) {
-        if again {
-            *s = StepState::new_from(s);
+    let reruns: Vec<bool> = again.clone();
+    for (i, again) in again.into_iter().enumerate() {
+        if !again {
+            continue;
+        }
+        let def = wf.steps.iter().find(|d| d.id == run.steps[i].id);
+        if def.is_some_and(|d| d.foreach.is_some()) {
+            // Its list is rendered anew only when something upstream of it runs again.
+            let fresh = def.is_some_and(|d| {
+                d.needs.iter().any(|n| {
+                    run.steps[..i]
+                        .iter()
+                        .position(|s| s.id == *n)
+                        .is_some_and(|j| reruns[j])
+                })
+            });
+            fan::retry(run, i, fresh);
+        } else {
+            run.steps[i] = StepState::new_from(&run.steps[i]);
         }
     }
     for h in run.hooks.iter_mut() {

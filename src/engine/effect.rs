@@ -10,10 +10,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Effect {
-    /// Send attempt `attempt` of an `http` step.
-    CallHttp { step: String, attempt: u32 },
-    /// Send attempt `attempt` of an `email` step.
-    SendEmail { step: String, attempt: u32 },
+    /// Send attempt `attempt` of an `http` step (of one of its items, for a `foreach` step).
+    CallHttp {
+        step: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
+    },
+    /// Send attempt `attempt` of an `email` step (of one of its items).
+    SendEmail {
+        step: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
+    },
     /// Mail the approval links of an `approval` step; they expire at `deadline`.
     RequestApproval {
         step: String,
@@ -23,10 +33,44 @@ pub enum Effect {
     AbandonInFlight,
     /// The run reached a terminal status (wake whoever waits for it).
     Finished { status: RunStatus },
+    /// Store orders, written by the store in the change's own transaction and never performed:
+    /// a `foreach` step's items as its list rendered (each with its key and value),
+    SaveItems { step: String, items: Vec<NewItem> },
+    /// one item that ended, with its result,
+    ItemDone { step: String, item: ItemResult },
+    /// and, once every item ended, their results read back as `Event::ItemsCollected`.
+    CollectItems { step: String },
+}
+
+/// An item of a `foreach` step, as its list rendered when the step started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewItem {
+    pub index: u32,
+    pub key: String,
+    pub value: serde_json::Value,
+}
+
+/// How one item of a `foreach` step ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    pub index: u32,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
 }
 
 impl Effect {
     /// Effects that touch the outside world are kept in the outbox until done.
+    /// Orders the store carries out inside the change's transaction.
+    pub fn is_store(&self) -> bool {
+        matches!(
+            self,
+            Effect::SaveItems { .. } | Effect::ItemDone { .. } | Effect::CollectItems { .. }
+        )
+    }
+
     pub fn is_external(&self) -> bool {
         matches!(
             self,

@@ -23,12 +23,25 @@ impl Outcome {
     /// The outcome of a failed attempt of `step_id` (its current attempt in `run`) as the
     /// attempt's record names it: `retry` when the step will be tried again, else `failed` (a
     /// retryable failure of the last attempt the retry limit allows is a failure).
-    pub fn attempt_result(&self, wf: &Workflow, run: &Run, step_id: &str) -> AttemptResult {
+    pub fn attempt_result(
+        &self,
+        wf: &Workflow,
+        run: &Run,
+        step_id: &str,
+        item: Option<u32>,
+    ) -> AttemptResult {
         let retried = matches!(self, Outcome::Retryable { .. })
             && wf
                 .find_step(step_id)
                 .zip(run.step(step_id))
-                .is_none_or(|(def, s)| retries_left(def, s));
+                .is_none_or(|(def, s)| match item {
+                    None => retries_left(def, s),
+                    Some(i) => s
+                        .fan
+                        .as_ref()
+                        .and_then(|f| f.active.iter().find(|a| a.index == i))
+                        .is_none_or(|a| a.round_attempts() <= def.retry.limit),
+                });
         if retried {
             AttemptResult::Retry
         } else {
@@ -66,10 +79,13 @@ impl AttemptResult {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Started,
+    /// An attempt of a step (or, with `item`, of one item of a `foreach` step) succeeded.
     AttemptSucceeded {
         step: String,
         attempt: u32,
         output: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
     },
     AttemptFailed {
         step: String,
@@ -78,7 +94,11 @@ pub enum Event {
         status: Option<u16>,
         body: Option<Value>,
         outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
     },
+    /// A step's timer is due (a retry, a sleep, an approval's deadline; for a `foreach` step,
+    /// the retries of its items that are due).
     TimerFired {
         step: String,
     },
@@ -98,6 +118,14 @@ pub enum Event {
     AttemptInterrupted {
         step: String,
         attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
+    },
+    /// A `foreach` step's items all ended: their results, read back by the store in the same
+    /// transaction (the machine asked for them with `Effect::CollectItems`).
+    ItemsCollected {
+        step: String,
+        items: Vec<crate::workflow::output::ItemOutput>,
     },
     /// The approval e-mails of a waiting step could not be delivered (a permanent error).
     ApprovalDeliveryFailed {
@@ -117,6 +145,7 @@ impl Event {
             Event::CancelRequested { .. } => "cancel_requested",
             Event::RetryRequested => "retry_requested",
             Event::AttemptInterrupted { .. } => "attempt_interrupted",
+            Event::ItemsCollected { .. } => "items_collected",
             Event::ApprovalDeliveryFailed { .. } => "approval_delivery_failed",
         }
     }

@@ -454,3 +454,356 @@ steps:
     apply(&wf, &mut run, ok("call", 1), t0());
     assert_eq!(run.status, RunStatus::Sleeping);
 }
+
+// ---------------------------------------------------------------------------------------------
+// foreach: the machine with the store's part played by a map (as `store::apply` plays it)
+
+use crate::workflow::output::ItemOutput;
+use std::collections::BTreeMap;
+
+/// A row of the items table: key, status, attempts, error.
+type Row = (String, String, u32, Option<String>);
+
+/// The items table: (step, index) → row.
+#[derive(Default)]
+struct Items(BTreeMap<(String, u32), Row>);
+
+impl Items {
+    /// Applies an event as a change does: the store's orders carried out, items read back.
+    fn apply(&mut self, wf: &Workflow, run: &mut Run, event: Event) -> Vec<Effect> {
+        let mut queue: std::collections::VecDeque<Effect> = apply(wf, run, event, t0()).into();
+        let mut out = Vec::new();
+        while let Some(e) = queue.pop_front() {
+            match e {
+                Effect::SaveItems { step, items } => {
+                    self.0.retain(|(s, _), _| *s != step);
+                    for it in items {
+                        self.0.insert(
+                            (step.clone(), it.index),
+                            (it.key, "pending".into(), 0, None),
+                        );
+                    }
+                }
+                Effect::ItemDone { step, item } => {
+                    let row = self.0.get_mut(&(step, item.index)).expect("a saved item");
+                    row.1 = item.status;
+                    row.2 = item.attempts;
+                    row.3 = item.error;
+                }
+                Effect::CollectItems { step } => {
+                    let items: Vec<ItemOutput> = self
+                        .0
+                        .iter()
+                        .filter(|((s, _), _)| *s == step)
+                        .map(|(_, (key, status, attempts, error))| ItemOutput {
+                            key: key.clone(),
+                            status: if status == "pending" {
+                                "skipped".into()
+                            } else {
+                                status.clone()
+                            },
+                            body: json!(null),
+                            headers: json!(null),
+                            error: error.clone(),
+                            attempts: Some(*attempts),
+                        })
+                        .collect();
+                    queue.extend(apply(wf, run, Event::ItemsCollected { step, items }, t0()));
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    fn status(&self, step: &str, i: u32) -> &str {
+        &self.0[&(step.to_string(), i)].1
+    }
+}
+
+fn item_calls(effects: &[Effect]) -> Vec<(u32, u32)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CallHttp {
+                item: Some(i),
+                attempt,
+                ..
+            } => Some((*i, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn item_ok(step: &str, item: u32, attempt: u32) -> Event {
+    Event::AttemptSucceeded {
+        step: step.into(),
+        attempt,
+        output: json!({ "status": 200, "headers": {}, "body": { "item": item } }),
+        item: Some(item),
+    }
+}
+
+fn item_fail(step: &str, item: u32, attempt: u32, outcome: Outcome) -> Event {
+    Event::AttemptFailed {
+        step: step.into(),
+        attempt,
+        error: "HTTP 500".into(),
+        status: Some(500),
+        body: None,
+        outcome,
+        item: Some(item),
+    }
+}
+
+fn fan_workflow(extra: &str) -> Workflow {
+    workflow(&format!(
+        r#"
+name: fan
+steps:
+  - id: send
+    foreach: [a, b, c, d, e]
+    max_parallel: 2
+    http: {{ url: "https://example.com/{{{{ item }}}}" }}
+    retry: {{ limit: 1, backoff: fixed, initial: 10s }}{extra}
+  - id: after
+    http: {{ url: "https://example.com/after", body: {{ n: "{{{{ steps.send.succeeded }}}}" }} }}
+on_failure:
+  - http: {{ url: "https://example.com/hook" }}
+"#
+    ))
+}
+
+#[test]
+fn a_fan_out_keeps_max_parallel_items_in_flight_and_ends_with_every_item() {
+    let wf = fan_workflow("");
+    let mut run = new_run(&wf, json!({}));
+    let mut items = Items::default();
+    let effects = items.apply(&wf, &mut run, started());
+    assert_eq!(item_calls(&effects), [(0, 1), (1, 1)]);
+    assert_eq!(items.0.len(), 5, "every item is saved when the step starts");
+    assert_eq!(
+        item_calls(&items.apply(&wf, &mut run, item_ok("send", 1, 1))),
+        [(2, 1)]
+    );
+    // A duplicate of item 1's outcome, and one for an item not started, change nothing.
+    let before = run.clone();
+    assert!(items.apply(&wf, &mut run, item_ok("send", 1, 1)).is_empty());
+    assert!(items.apply(&wf, &mut run, item_ok("send", 4, 1)).is_empty());
+    assert_eq!(run, before);
+    // A retryable failure keeps the item's slot: nothing new starts while it waits.
+    assert!(
+        item_calls(&items.apply(&wf, &mut run, item_fail("send", 0, 1, retry_after(5)))).is_empty()
+    );
+    assert_eq!(run.wake_at, Some(t0() + chrono::Duration::seconds(5)));
+    assert_eq!(
+        item_calls(&items.apply(&wf, &mut run, item_ok("send", 2, 1))),
+        [(3, 1)]
+    );
+    let due = t0() + chrono::Duration::seconds(5);
+    let effects = apply(&wf, &mut run, timer("send"), due);
+    assert_eq!(
+        item_calls(&effects),
+        [(0, 2)],
+        "the item is sent again with the next attempt"
+    );
+    assert_eq!(
+        item_calls(&items.apply(&wf, &mut run, item_ok("send", 0, 2))),
+        [(4, 1)]
+    );
+    items.apply(&wf, &mut run, item_ok("send", 3, 1));
+    let effects = items.apply(&wf, &mut run, item_ok("send", 4, 1));
+    assert_eq!(
+        calls(&effects),
+        ["after"],
+        "the next step starts once every item ended"
+    );
+    let s = run.step("send").expect("send");
+    assert_eq!(s.status, StepStatus::Succeeded);
+    assert_eq!(s.output.as_ref().expect("output")["succeeded"], 5);
+    assert_eq!(
+        s.output.as_ref().expect("output")["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    let fan = s.fan.as_ref().expect("fan");
+    assert!(fan.active.is_empty());
+    assert_eq!((fan.succeeded, fan.failed), (5, 0));
+}
+
+#[test]
+fn fail_fast_with_items_in_flight_lets_them_finish_and_starts_no_other() {
+    let wf = fan_workflow("");
+    let mut run = new_run(&wf, json!({}));
+    let mut items = Items::default();
+    items.apply(&wf, &mut run, started());
+    let effects = items.apply(&wf, &mut run, item_fail("send", 0, 1, Outcome::Permanent));
+    assert!(
+        item_calls(&effects).is_empty(),
+        "no new item after a failure for good"
+    );
+    assert_eq!(
+        status(&run, "send"),
+        StepStatus::Running,
+        "item 1 is still in flight"
+    );
+    let effects = items.apply(&wf, &mut run, item_ok("send", 1, 1));
+    assert_eq!(status(&run, "send"), StepStatus::Failed);
+    assert_eq!(calls(&effects), ["on_failure-1"]);
+    assert_eq!(status(&run, "after"), StepStatus::Skipped);
+    let error = run
+        .step("send")
+        .and_then(|s| s.error.clone())
+        .expect("error");
+    assert_eq!(
+        error,
+        "1 of 5 items failed (3 not started: `fail_fast`); item `0`: HTTP 500"
+    );
+    assert_eq!(items.status("send", 2), "pending");
+    // Retrying the run goes through the items that did not succeed; item 1 stays done.
+    items.apply(&wf, &mut run, ok("on_failure-1", 1));
+    assert_eq!(run.status, RunStatus::Failed);
+    let effects = items.apply(&wf, &mut run, Event::RetryRequested);
+    assert_eq!(
+        item_calls(&effects),
+        [(0, 2), (2, 1)],
+        "attempt numbers go on"
+    );
+    for i in [0, 2, 3] {
+        let effects = items.apply(
+            &wf,
+            &mut run,
+            item_ok("send", i, if i == 0 { 2 } else { 1 }),
+        );
+        if i == 0 {
+            assert_eq!(item_calls(&effects), [(3, 1)]);
+        }
+    }
+    let effects = items.apply(&wf, &mut run, item_ok("send", 4, 1));
+    assert!(item_calls(&effects).is_empty() || item_calls(&effects) == [(4, 1)]);
+    if status(&run, "send") == StepStatus::Running {
+        items.apply(&wf, &mut run, item_ok("send", 4, 1));
+    }
+    assert_eq!(status(&run, "send"), StepStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        run.step("send")
+            .and_then(|s| s.fan.as_ref())
+            .map(|f| f.succeeded),
+        Some(5)
+    );
+}
+
+#[test]
+fn without_fail_fast_every_item_runs_and_the_step_fails_at_the_end() {
+    let wf = fan_workflow("\n    fail_fast: false");
+    let mut run = new_run(&wf, json!({}));
+    let mut items = Items::default();
+    items.apply(&wf, &mut run, started());
+    let effects = items.apply(&wf, &mut run, item_fail("send", 0, 1, Outcome::Permanent));
+    assert_eq!(item_calls(&effects), [(2, 1)]);
+    for i in 1..5 {
+        items.apply(&wf, &mut run, item_ok("send", i, 1));
+    }
+    assert_eq!(status(&run, "send"), StepStatus::Failed);
+    assert_eq!(
+        run.step("send").and_then(|s| s.error.clone()).as_deref(),
+        Some("1 of 5 items failed; item `0`: HTTP 500")
+    );
+}
+
+#[test]
+fn cancel_with_items_in_flight_records_them_cancelled() {
+    let wf = fan_workflow("");
+    let mut run = new_run(&wf, json!({}));
+    let mut items = Items::default();
+    items.apply(&wf, &mut run, started());
+    let effects = items.apply(&wf, &mut run, cancel());
+    assert!(effects.contains(&Effect::AbandonInFlight));
+    assert_eq!(items.status("send", 0), "cancelled");
+    assert_eq!(items.status("send", 1), "cancelled");
+    assert_eq!(items.status("send", 2), "pending");
+    assert!(items.apply(&wf, &mut run, item_ok("send", 0, 1)).is_empty());
+}
+
+#[test]
+fn a_foreach_that_is_not_a_list_or_too_long_or_with_duplicate_keys_fails_the_step_clearly() {
+    let cases = [
+        ("\"{{ input }}\"", "", "rendered an object, not a list"),
+        (
+            "\"{{ range(10001) | list }}\"",
+            "",
+            "has 10001 items, over the limit of 10000",
+        ),
+        (
+            "[x, y, x]",
+            "\n    key: \"{{ item }}\"",
+            "items 0 and 2 of step `send` have the same key `x`",
+        ),
+    ];
+    for (list, key, expected) in cases {
+        let wf = workflow(&format!(
+            "name: bad\nsteps:\n  - id: send\n    foreach: {list}{key}\n    http: {{ url: \"https://example.com/\" }}\n"
+        ));
+        let mut run = new_run(&wf, json!({}));
+        let mut items = Items::default();
+        items.apply(&wf, &mut run, started());
+        assert_eq!(run.status, RunStatus::Failed, "{list}");
+        let error = run
+            .step("send")
+            .and_then(|s| s.error.clone())
+            .unwrap_or_default();
+        assert!(error.contains(expected), "{list}: {error}");
+    }
+}
+
+#[test]
+fn an_empty_list_succeeds_at_once() {
+    let wf = workflow(
+        "name: empty\nsteps:\n  - id: send\n    foreach: []\n    http: { url: \"https://example.com/\" }\n",
+    );
+    let mut run = new_run(&wf, json!({}));
+    let mut items = Items::default();
+    items.apply(&wf, &mut run, started());
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(
+        run.step("send")
+            .and_then(|s| s.output.clone())
+            .expect("output")["total"],
+        0
+    );
+}
+
+#[test]
+fn one_change_starts_at_most_1000_calls_and_the_rest_start_with_later_changes() {
+    let wf = workflow(
+        r#"
+name: wide
+steps:
+  - id: a
+    needs: []
+    foreach: "{{ range(1000) | list }}"
+    max_parallel: 1000
+    http: { url: "https://example.com/a" }
+  - id: b
+    needs: []
+    foreach: "{{ range(5) | list }}"
+    max_parallel: 5
+    http: { url: "https://example.com/b" }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    let mut items = Items::default();
+    let effects = items.apply(&wf, &mut run, started());
+    assert_eq!(effects.iter().filter(|e| e.is_external()).count(), 1000);
+    let b = run.step("b").and_then(|s| s.fan.as_ref()).expect("b");
+    assert_eq!(b.active.len(), 0, "b waits for room in a later change");
+    let effects = items.apply(&wf, &mut run, item_ok("a", 0, 1));
+    assert_eq!(
+        effects.iter().filter(|e| e.is_external()).count(),
+        5,
+        "b's items start"
+    );
+    let b = run.step("b").and_then(|s| s.fan.as_ref()).expect("b");
+    assert_eq!(b.active.len(), 5);
+}

@@ -75,6 +75,7 @@ pub(super) fn ok_with(step: &str, attempt: u32, output: Value) -> Event {
         step: step.into(),
         attempt,
         output,
+        item: None,
     }
 }
 
@@ -86,6 +87,7 @@ pub(super) fn fail(step: &str, attempt: u32, outcome: Outcome) -> Event {
         status: Some(503),
         body: Some(json!({ "error": "busy" })),
         outcome,
+        item: None,
     }
 }
 
@@ -134,13 +136,14 @@ fn show(effects: &[Effect], now: DateTime<Utc>) -> Vec<String> {
     effects
         .iter()
         .map(|e| match e {
-            Effect::CallHttp { step, attempt } => format!("http {step} {attempt}"),
-            Effect::SendEmail { step, attempt } => format!("email {step} {attempt}"),
+            Effect::CallHttp { step, attempt, .. } => format!("http {step} {attempt}"),
+            Effect::SendEmail { step, attempt, .. } => format!("email {step} {attempt}"),
             Effect::RequestApproval { step, deadline } => {
                 format!("approval {step} in {}s", (*deadline - now).num_seconds())
             }
             Effect::AbandonInFlight => "abandon".into(),
             Effect::Finished { status } => format!("finished {}", status.as_str()),
+            other => format!("{other:?}"),
         })
         .collect()
 }
@@ -164,6 +167,14 @@ pub(super) fn check_invariants(wf: &Workflow, run: &Run) {
         "finished_at is set exactly when the run is terminal: {run:#?}"
     );
     for s in all_steps(run) {
+        if let Some(fan) = &s.fan {
+            // A `foreach` step's timer is its earliest item retry.
+            let earliest = fan.active.iter().filter_map(|a| a.wake_at).min();
+            if !s.status.is_done() {
+                assert_eq!(s.wake_at, earliest, "step `{}`: {run:#?}", s.id);
+            }
+            continue;
+        }
         assert_eq!(
             s.wake_at.is_some(),
             is_timer(s.status),
@@ -174,7 +185,7 @@ pub(super) fn check_invariants(wf: &Workflow, run: &Run) {
         );
     }
     let earliest = all_steps(run)
-        .filter(|s| is_timer(s.status))
+        .filter(|s| is_timer(s.status) || (s.status == StepStatus::Running && s.fan.is_some()))
         .filter_map(|s| s.wake_at)
         .min();
     if run.status.is_terminal() {
@@ -407,6 +418,7 @@ fn resolve(run: &Run, focus: &str, ev: Ev, at: DateTime<Utc>) -> (Event, DateTim
             Event::AttemptInterrupted {
                 step: focus.into(),
                 attempt: current,
+                item: None,
             },
             soon,
         ),
@@ -1866,7 +1878,7 @@ proptest! {
             // Every order names a step in the state the order implies.
             for e in &effects {
                 match e {
-                    Effect::CallHttp { step, attempt } | Effect::SendEmail { step, attempt } => {
+                    Effect::CallHttp { step, attempt, .. } | Effect::SendEmail { step, attempt, .. } => {
                         let s = run.step(step).expect("an effect names a known step");
                         prop_assert_eq!(s.status, StepStatus::Running);
                         prop_assert_eq!(s.attempts, *attempt);
@@ -1886,6 +1898,7 @@ proptest! {
                         );
                     }
                     Effect::Finished { .. } => {}
+                    other => prop_assert!(false, "no fan-out here: {other:?}"),
                 }
             }
             // A step never makes more attempts than its retry limit allows.
@@ -1916,13 +1929,15 @@ fn an_interrupted_attempt_is_sent_again_and_uses_no_retry() {
     let interrupted = Event::AttemptInterrupted {
         step: "call".into(),
         attempt: 1,
+        item: None,
     };
     let effects = apply(&wf, &mut run, interrupted.clone(), t0() + secs(1));
     assert_eq!(
         effects,
         [Effect::CallHttp {
             step: "call".into(),
-            attempt: 2
+            attempt: 2,
+            item: None,
         }]
     );
     // A late copy of the same interruption changes nothing.
@@ -1934,7 +1949,8 @@ fn an_interrupted_attempt_is_sent_again_and_uses_no_retry() {
         effects,
         [Effect::CallHttp {
             step: "call".into(),
-            attempt: 3
+            attempt: 3,
+            item: None,
         }]
     );
     apply(&wf, &mut run, fail("call", 3, retryable()), t0() + secs(6));

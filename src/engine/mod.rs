@@ -9,6 +9,7 @@ mod context;
 mod decide;
 mod effect;
 mod event;
+mod fan;
 #[cfg(test)]
 mod graph_tests;
 #[cfg(test)]
@@ -19,9 +20,9 @@ mod run;
 
 pub use context::context;
 pub use decide::decide;
-pub use effect::Effect;
+pub use effect::{Effect, ItemResult, NewItem};
 pub use event::{AttemptResult, Event, Outcome};
-pub use run::{Failure, NewRun, Run, RunStatus, StepState, StepStatus, Trigger};
+pub use run::{Failure, Fan, Item, NewRun, Run, RunStatus, StepState, StepStatus, Trigger};
 
 /// The run state machine's names in one place (`use crate::engine::*`).
 pub mod machine {

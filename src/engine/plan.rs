@@ -8,6 +8,7 @@
 use super::context::context;
 use super::decide::{attempt_effect, fail_for_good, later, skip_pending_hooks, woke};
 use super::effect::Effect;
+use super::fan;
 use super::run::{Failure, Run, RunStatus, StepState, StepStatus};
 use crate::workflow::{Join, Step, StepKind, Workflow, template};
 use chrono::{DateTime, Utc};
@@ -152,6 +153,20 @@ fn start(
         }
     }
     match &def.kind {
+        StepKind::Http(_) | StepKind::Email(_) if def.foreach.is_some() => {
+            let fe = def.foreach.as_ref().expect("checked");
+            if run.steps[index].fan.as_ref().is_some_and(|f| f.resume) {
+                fan::resume(run, index, now, effects);
+                return false;
+            }
+            match fan::start(wf, run, index, def, fe, now, effects) {
+                Ok(()) => false,
+                Err(error) => {
+                    start_failed(wf, run, hooks, index, error, now, effects);
+                    true
+                }
+            }
+        }
         StepKind::Http(_) | StepKind::Email(_) => {
             let mut attempt = 1;
             mark(run, hooks, index, |s| {

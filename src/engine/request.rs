@@ -53,6 +53,38 @@ pub fn message_id(run: &Run, step_id: &str, attempt: u32) -> (String, u32) {
     }
 }
 
+/// One item of a `foreach` step, as its attempts render it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemInput {
+    pub index: u32,
+    pub key: String,
+    pub value: Value,
+}
+
+/// The message id and `Upstash-Retried` of an attempt of one item of a `foreach` step: the
+/// item's own dedup id (run, step and the item's key), the same for all its attempts.
+pub fn item_message_id(run: &Run, step_id: &str, key: &str, attempt: u32) -> (String, u32) {
+    (
+        dedup_id(&run.id, &format!("{step_id}\u{0}item:{key}")),
+        attempt.saturating_sub(1),
+    )
+}
+
+/// The template context of a step's request: the run's, with the item of a `foreach` step.
+fn step_context(
+    wf: &Workflow,
+    run: &Run,
+    step: &crate::workflow::Step,
+    secrets: &serde_json::Map<String, Value>,
+    item: Option<&ItemInput>,
+) -> minijinja::Value {
+    let ctx = template::context(&context(wf, run, Some(secrets)));
+    match (item, &step.foreach) {
+        (Some(i), Some(fe)) => template::with_item(&ctx, &fe.as_name, &i.value, i.index),
+        _ => ctx,
+    }
+}
+
 /// The deduplication id of one step of one run: the same for every attempt and after restarts,
 /// different for every other run and step.
 pub fn dedup_id(run_id: &str, step_id: &str) -> String {
@@ -140,6 +172,7 @@ pub fn render_http(
     run: &Run,
     step_id: &str,
     secrets: &serde_json::Map<String, Value>,
+    item: Option<&ItemInput>,
 ) -> Result<HttpRequest, String> {
     let step = find_step(wf, step_id)?;
     let StepKind::Http(call) = &step.kind else {
@@ -153,7 +186,7 @@ pub fn render_http(
             .any(|(_, v)| template::is_template(v.as_str()))
         || call.body.as_ref().is_some_and(json_has_template);
     let ctx = if templated {
-        template::context(&context(wf, run, Some(secrets)))
+        step_context(wf, run, step, secrets, item)
     } else {
         minijinja::Value::UNDEFINED
     };
@@ -354,6 +387,7 @@ pub fn render_mail(
     run: &Run,
     step_id: &str,
     secrets: &serde_json::Map<String, Value>,
+    item: Option<&ItemInput>,
 ) -> Result<Mail, String> {
     let step = find_step(wf, step_id)?;
     let (to, subject, body) = match &step.kind {
@@ -361,7 +395,7 @@ pub fn render_mail(
         StepKind::Approval(a) => (&a.to, &a.subject, &a.body),
         _ => return Err(format!("step `{step_id}` does not send e-mail")),
     };
-    let ctx = template::context(&context(wf, run, Some(secrets)));
+    let ctx = step_context(wf, run, step, secrets, item);
     let mut recipients = Vec::new();
     for t in to {
         let rendered =
@@ -488,7 +522,7 @@ steps:
             schedule_id: None,
         };
         let run = Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH);
-        render_mail(&wf, &run, step, &serde_json::Map::new()).map(|m| m.to)
+        render_mail(&wf, &run, step, &serde_json::Map::new(), None).map(|m| m.to)
     }
 
     /// A templated entry is one recipient: a value with a comma list in it (from an input, say)
@@ -567,7 +601,7 @@ steps:
             Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH)
         };
         let none = serde_json::Map::new();
-        let http = |n, step| render_http(&wf, &run(n), step, &none).map(|r| r.body.len());
+        let http = |n, step| render_http(&wf, &run(n), step, &none, None).map(|r| r.body.len());
         assert!(http(500_000, "body").is_ok());
         let err = http(600_000, "body").expect_err("two halves over 1 MiB");
         assert!(
@@ -585,7 +619,7 @@ steps:
             err.contains("header `X-Big` renders to 9000 bytes"),
             "{err}"
         );
-        let err = render_mail(&wf, &run(999), "subject", &none).expect_err("subject");
+        let err = render_mail(&wf, &run(999), "subject", &none, None).expect_err("subject");
         assert!(
             err.contains("`subject` renders to 999 bytes, over runner's limit of 998 bytes"),
             "{err}"
@@ -623,10 +657,10 @@ steps:
         let run = Run::new(&wf, new, chrono::DateTime::UNIX_EPOCH);
         let mut secrets = serde_json::Map::new();
         secrets.insert("TOKEN".into(), json!("tok-3141592"));
-        let ask = render_mail(&wf, &run, "ask", &secrets).expect("renders");
+        let ask = render_mail(&wf, &run, "ask", &secrets, None).expect("renders");
         assert_eq!(ask.subject, "Ship with [redacted:TOKEN]?");
         assert_eq!(ask.body, "with [redacted:TOKEN]");
-        let tell = render_mail(&wf, &run, "tell", &secrets).expect("renders");
+        let tell = render_mail(&wf, &run, "tell", &secrets, None).expect("renders");
         assert_eq!(tell.body, "with tok-3141592");
     }
 

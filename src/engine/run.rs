@@ -165,6 +165,92 @@ pub struct StepState {
     /// need it, a failure (a skip by `if` counts as done instead).
     #[serde(default, skip_serializing_if = "is_false")]
     pub upstream_failed: bool,
+    /// A `foreach` step: its items' progress. The items themselves (key, value, result) are
+    /// rows of their own, so an item's outcome rewrites only these counters and the items in
+    /// flight, never the whole list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan: Option<Fan>,
+}
+
+/// The progress of a `foreach` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fan {
+    /// Items in the list.
+    pub total: u32,
+    /// The items this round goes through, in order, as index ranges `[start, end)`: every
+    /// item at first; after the run was retried, those that had not succeeded.
+    pub todo: Vec<(u32, u32)>,
+    /// How many of `todo` have started.
+    pub started: u32,
+    /// Items that succeeded (earlier rounds' included) / failed for good in this round.
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Items started and not ended: at most `max_parallel`.
+    pub active: Vec<Item>,
+    /// `fail_fast`: an item failed for good, so no new item starts.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub halted: bool,
+    /// Every item ended; their results are being read back (`ItemsCollected`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub collecting: bool,
+    /// A retried run: the items are read back before this round starts (see `fan::retry`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resume: bool,
+    /// Attempts items made in earlier rounds (by index), so their attempt numbers go on.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub prior: std::collections::BTreeMap<u32, u32>,
+}
+
+impl Fan {
+    pub fn todo_len(&self) -> u32 {
+        self.todo.iter().map(|(a, b)| b - a).sum()
+    }
+
+    /// The `n`-th item of `todo`.
+    pub fn nth(&self, mut n: u32) -> Option<u32> {
+        for (a, b) in &self.todo {
+            if n < b - a {
+                return Some(a + n);
+            }
+            n -= b - a;
+        }
+        None
+    }
+
+    /// Items not started yet (that will start, unless `halted`).
+    pub fn waiting(&self) -> u32 {
+        if self.halted {
+            0
+        } else {
+            self.todo_len() - self.started
+        }
+    }
+}
+
+/// One item of a `foreach` step in flight: an attempt out, or waiting for its retry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub index: u32,
+    /// `running` or `retrying`.
+    pub status: StepStatus,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round_start: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interrupted: u32,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub wake_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub last_status: Option<u16>,
+}
+
+impl Item {
+    /// The attempts of this round that count against the retry limit.
+    pub fn round_attempts(&self) -> u32 {
+        self.attempts
+            .saturating_sub(self.round_start)
+            .saturating_sub(self.interrupted)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -191,6 +277,7 @@ impl StepState {
             round_start: 0,
             interrupted: 0,
             upstream_failed: false,
+            fan: None,
         }
     }
 }
@@ -370,6 +457,7 @@ impl StepState {
             error: None,
             last_status: None,
             upstream_failed: false,
+            fan: None,
         }
     }
 }

@@ -24,6 +24,17 @@ pub struct Job {
     pub run: Arc<Run>,
     pub workflow: Arc<Workflow>,
     pub effect: Effect,
+    /// The item of a `foreach` step the effect is for, read from the store.
+    pub item: Option<crate::engine::request::ItemInput>,
+}
+
+/// Whether a step's `wake_at` is a timer to fire: a retry, a sleep, an approval's deadline, or
+/// a retry of an item of a `foreach` step.
+fn has_timer(s: &crate::engine::StepState) -> bool {
+    matches!(
+        s.status,
+        StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
+    ) || (s.status == StepStatus::Running && s.fan.is_some())
 }
 
 /// What performing an effect produced.
@@ -308,11 +319,21 @@ impl Executor {
             return;
         }
         match &p.effect {
-            Effect::CallHttp { step, attempt } | Effect::SendEmail { step, attempt } => {
-                info!(run_id = %run.id, step, attempt, "an attempt was interrupted (its process stopped); sending it again as the next attempt");
+            Effect::CallHttp {
+                step,
+                attempt,
+                item,
+            }
+            | Effect::SendEmail {
+                step,
+                attempt,
+                item,
+            } => {
+                info!(run_id = %run.id, step, attempt, item, "an attempt was interrupted (its process stopped); sending it again as the next attempt");
                 let record = AttemptRecord {
                     step: step.clone(),
                     attempt: *attempt,
+                    item: *item,
                     finished_at: Some(Utc::now()),
                     outcome: AttemptResult::Interrupted,
                     error: Some(format!(
@@ -324,6 +345,7 @@ impl Executor {
                 let event = Event::AttemptInterrupted {
                     step: step.clone(),
                     attempt: *attempt,
+                    item: *item,
                 };
                 let exec = self.clone();
                 tokio::spawn(async move {
@@ -377,11 +399,7 @@ impl Executor {
                 }
             };
             for s in run.steps.iter().chain(run.hooks.iter()) {
-                if matches!(
-                    s.status,
-                    StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
-                ) && s.wake_at.is_some_and(|w| w <= now)
-                {
+                if has_timer(s) && s.wake_at.is_some_and(|w| w <= now) {
                     let event = Event::TimerFired { step: s.id.clone() };
                     if let Err(e) = self.record_durably(&id, event, None, None).await {
                         warn!(run_id = id, step = %s.id, error = %e, "a timer could not be applied");
@@ -461,10 +479,8 @@ impl Executor {
         {
             let mut timers = locked(&self.inner.timers);
             for s in run.steps.iter().chain(run.hooks.iter()) {
-                if matches!(
-                    s.status,
-                    StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
-                ) && let Some(at) = s.wake_at
+                if has_timer(s)
+                    && let Some(at) = s.wake_at
                 {
                     added |= timers.insert((at, run.id.clone(), s.id.clone()));
                 }
@@ -527,6 +543,10 @@ impl Executor {
                 self.run_finished(&run, status);
                 return;
             }
+            // The store carried these out inside the change's transaction.
+            Effect::SaveItems { .. } | Effect::ItemDone { .. } | Effect::CollectItems { .. } => {
+                return;
+            }
         };
         let exec = self.clone();
         let run_id = run.id.clone();
@@ -582,6 +602,33 @@ impl Executor {
                 return;
             }
         };
+        let item = match &effect {
+            Effect::CallHttp {
+                step,
+                item: Some(i),
+                ..
+            }
+            | Effect::SendEmail {
+                step,
+                item: Some(i),
+                ..
+            } => match self.inner.store.item(&run.id, step, *i).await {
+                Ok(Some((key, value))) => Some(crate::engine::request::ItemInput {
+                    index: *i,
+                    key,
+                    value,
+                }),
+                Ok(None) => {
+                    warn!(run_id = %run.id, step, item = i, "an item of a `foreach` step is not in the database");
+                    return;
+                }
+                Err(e) => {
+                    warn!(run_id = %run.id, step, item = i, error = %e, "cannot read an item of a `foreach` step");
+                    return;
+                }
+            },
+            _ => None,
+        };
         debug!(run_id = %run.id, workflow = %run.workflow, effect = ?effect, "performing");
         // While the call is out, other changes are left to the writer thread to batch with its
         // outcome (see `Store::outcome_pending`).
@@ -591,6 +638,7 @@ impl Executor {
                 run: run.clone(),
                 workflow,
                 effect,
+                item,
             })
             .await;
         drop(pending);

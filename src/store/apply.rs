@@ -11,6 +11,7 @@ use super::StoreError;
 use super::types::{Applied, AttemptRecord, NewRunRequest, SlotClaim, Version};
 use crate::engine::{self, Effect, Event, Run, StepStatus};
 use crate::workflow::Workflow;
+use crate::workflow::output::ItemOutput;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
@@ -93,6 +94,24 @@ pub(crate) trait RunTx {
         effect: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// A `foreach` step's items as its list rendered (any rows of an earlier list go).
+    async fn save_items(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        items: &[engine::NewItem],
+    ) -> Result<(), StoreError>;
+    /// One item ended.
+    async fn finish_item(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        item: &engine::ItemResult,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Every item of a `foreach` step with its result, in order (this change's writes included).
+    async fn load_items(&mut self, run_id: &str, step: &str)
+    -> Result<Vec<ItemOutput>, StoreError>;
     /// The run's state after this change, for the backend's cache (kept only if it commits).
     fn remember(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64);
     fn forget(&mut self, id: &str);
@@ -114,6 +133,8 @@ pub(crate) struct ApplyEvent {
 pub(crate) struct RecordedAttempt {
     pub step: String,
     pub attempt: u32,
+    /// The item of a `foreach` step.
+    pub item: Option<u32>,
     pub json: String,
 }
 
@@ -122,9 +143,78 @@ impl RecordedAttempt {
         RecordedAttempt {
             step: record.step.clone(),
             attempt: record.attempt,
+            item: record.item,
             json: serde_json::to_string(record).expect("an attempt record serializes"),
         }
     }
+
+    /// Whether the run is waiting for this attempt's outcome (so the record is taken).
+    fn current(&self, run: &Run) -> bool {
+        let Some(s) = run.step(&self.step) else {
+            return false;
+        };
+        if s.status != StepStatus::Running {
+            return false;
+        }
+        match self.item {
+            None => s.attempts == self.attempt,
+            Some(i) => s.fan.as_ref().is_some_and(|f| {
+                f.active.iter().any(|a| {
+                    a.index == i && a.status == StepStatus::Running && a.attempts == self.attempt
+                })
+            }),
+        }
+    }
+}
+
+/// The most item collections one change may run (each ends a `foreach` step or resumes one).
+const MAX_COLLECTIONS: usize = 1024;
+
+/// Carries out the store's orders among a change's effects in its transaction (items saved,
+/// an item's end, items read back and handed to the machine as `ItemsCollected`), and returns
+/// the run as they leave it with the effects left to perform.
+async fn store_orders<T: RunTx>(
+    tx: &mut T,
+    wf: &Workflow,
+    mut run: Run,
+    effects: Vec<Effect>,
+    now: DateTime<Utc>,
+) -> Result<(Run, Vec<Effect>), StoreError> {
+    if !effects.iter().any(Effect::is_store) {
+        return Ok((run, effects));
+    }
+    let mut queue: std::collections::VecDeque<Effect> = effects.into();
+    let mut out = Vec::new();
+    let mut collections = 0;
+    while let Some(effect) = queue.pop_front() {
+        match effect {
+            Effect::SaveItems { step, items } => tx.save_items(&run.id, &step, &items).await?,
+            Effect::ItemDone { step, item } => tx.finish_item(&run.id, &step, &item, now).await?,
+            Effect::CollectItems { step } => {
+                collections += 1;
+                if collections > MAX_COLLECTIONS {
+                    return Err(StoreError::Corrupt {
+                        id: run.id.clone(),
+                        message:
+                            "a change collected the items of `foreach` steps more than 1024 times"
+                                .into(),
+                    });
+                }
+                let items = tx.load_items(&run.id, &step).await?;
+                let (next, more) =
+                    engine::decide(wf, &run, &Event::ItemsCollected { step, items }, now);
+                run = next;
+                queue.extend(more);
+            }
+            other => out.push(other),
+        }
+    }
+    // Several decisions in one change: the run finished at most once.
+    let mut finished = false;
+    out.retain(|e| {
+        !matches!(e, Effect::Finished { .. }) || !std::mem::replace(&mut finished, true)
+    });
+    Ok((run, out))
 }
 
 fn state_json(run: &Run) -> String {
@@ -167,6 +257,7 @@ pub(crate) async fn start<T: RunTx>(
     let run = Run::new(&wf, req.new.clone(), now);
     let (run, started) = if req.start {
         let (next, effects) = engine::decide(&wf, &run, &Event::Started, now);
+        let (next, effects) = store_orders(tx, &wf, next, effects, now).await?;
         (next, Some(effects))
     } else {
         (run, None)
@@ -231,12 +322,7 @@ pub(crate) async fn apply<T: RunTx>(
     // attempt. A stale result (a duplicate of an attempt already decided, one that ends after a
     // cancel) leaves the record alone; after a manual retry the step runs attempt 1 again, and
     // its result replaces the previous round's (which the run's `failure` no longer shows either).
-    let attempt = cmd.attempt.as_ref().filter(|a| {
-        loaded
-            .run
-            .step(&a.step)
-            .is_some_and(|s| s.status == StepStatus::Running && s.attempts == a.attempt)
-    });
+    let attempt = cmd.attempt.as_ref().filter(|a| a.current(&loaded.run));
     if let Some(id) = cmd.done_effect {
         tx.delete_effect(&cmd.run_id, id).await?;
     }
@@ -246,6 +332,7 @@ pub(crate) async fn apply<T: RunTx>(
         None => tx.next_seq(&run.id).await?,
     };
     let (next, effects) = engine::decide(&wf, &run, &cmd.event, now);
+    let (next, effects) = store_orders(tx, &wf, next, effects, now).await?;
     let attempt = attempt.map(|a| a.json.as_str());
     if effects.is_empty() && next == *run {
         // Absorbed (late, duplicate or not applicable): nothing changes, but keep the event for

@@ -334,6 +334,27 @@ impl Store {
         }
     }
 
+    /// The items of a `foreach` step, in order, with their results so far.
+    pub async fn items(&self, run_id: &str, step: &str) -> Result<Vec<ItemRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.items(run_id, step),
+            Backend::Postgres(p) => p.items(run_id, step).await,
+        }
+    }
+
+    /// One item's key and value, for its attempts.
+    pub async fn item(
+        &self,
+        run_id: &str,
+        step: &str,
+        index: u32,
+    ) -> Result<Option<(String, serde_json::Value)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.item(run_id, step, index),
+            Backend::Postgres(p) => p.item(run_id, step, index).await,
+        }
+    }
+
     pub async fn events(&self, run_id: &str) -> Result<Vec<EventRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.events(run_id),

@@ -15,6 +15,9 @@ use std::sync::{Arc, RwLock};
 pub struct AttemptRecord {
     pub step: String,
     pub attempt: u32,
+    /// The item of a `foreach` step this attempt was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
     #[serde(serialize_with = "rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "rfc3339::option")]
@@ -236,3 +239,47 @@ impl ApiSchedule {
 
 /// A workflow file's version in force, to remember (or, `None`, to forget: the file is gone).
 pub type ActiveFile = (String, Option<Version>);
+
+/// One item of a `foreach` step as stored: its key and value, and its result once it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemRow {
+    pub index: u32,
+    pub key: String,
+    #[serde(skip)]
+    pub value: serde_json::Value,
+    /// `pending` (not ended), `succeeded`, `failed`, `cancelled`.
+    pub status: String,
+    pub attempts: u32,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    #[serde(serialize_with = "rfc3339::option")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ItemRow {
+    /// What later templates see of it (`steps.<id>.items[i]`): an item that did not end was
+    /// not started (`skipped`).
+    pub fn into_output(self) -> crate::workflow::output::ItemOutput {
+        let (body, headers) = match &self.output {
+            Some(o) if o.get("status").is_some() && o.get("body").is_some() => (
+                o.get("body").cloned().unwrap_or_default(),
+                o.get("headers").cloned().unwrap_or_default(),
+            ),
+            Some(o) => (o.clone(), serde_json::Value::Null),
+            None => (serde_json::Value::Null, serde_json::Value::Null),
+        };
+        let status = if self.status == "pending" {
+            "skipped".to_string()
+        } else {
+            self.status
+        };
+        crate::workflow::output::ItemOutput {
+            key: self.key,
+            status,
+            body,
+            headers,
+            error: self.error,
+            attempts: Some(self.attempts),
+        }
+    }
+}

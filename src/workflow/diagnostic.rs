@@ -45,6 +45,9 @@ pub enum Code {
     NotUpstream,
     /// `needs` names an unknown, later or the same step.
     BadNeeds,
+    /// `foreach` where it cannot be (a kind other than `http` and `email`), or its keys
+    /// (`as`, `key`, `max_parallel`, `fail_fast`) without it.
+    BadForeach,
     UnknownField,
     HyphenatedStepId,
     UnknownVariable,
@@ -92,6 +95,7 @@ impl Code {
             Code::LaterStep => "later-step",
             Code::NotUpstream => "not-upstream",
             Code::BadNeeds => "bad-needs",
+            Code::BadForeach => "bad-foreach",
             Code::UnknownField => "unknown-field",
             Code::HyphenatedStepId => "hyphenated-step-id",
             Code::UnknownVariable => "unknown-variable",

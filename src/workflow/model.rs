@@ -234,7 +234,29 @@ pub struct Step {
     pub when: Join,
     /// A failure of this step is recorded and the run goes on (joins see it as done, not failed).
     pub continue_on_error: bool,
+    /// One call (or e-mail) per item of a list (`http` and `email` steps only).
+    pub foreach: Option<Foreach>,
 }
+
+/// A step's fan-out: its templates see the item as `as` (default `item`) and `loop.index`.
+#[derive(Debug, Clone)]
+pub struct Foreach {
+    /// The list: a template that renders one (a single `{{ expression }}` keeps its type), or a
+    /// list written in the file (its strings are templates).
+    pub items: serde_json::Value,
+    pub as_name: String,
+    /// The item's identity (its dedup id is run/step/key); default its index.
+    pub key: Option<Template>,
+    pub max_parallel: u32,
+    /// No new items after one failed for good (those in flight finish).
+    pub fail_fast: bool,
+}
+
+/// The most items one `foreach` step may have.
+pub const MAX_FOREACH_ITEMS: usize = 10_000;
+/// The largest `max_parallel`.
+pub const MAX_PARALLEL: u32 = 1_000;
+pub const DEFAULT_MAX_PARALLEL: u32 = 10;
 
 /// A step's join: whether it runs once every step it needs has finished. A need that was
 /// skipped by its `if` counts as done; one skipped because its own join did not hold (an
@@ -385,6 +407,7 @@ pub fn produced_fields(kind: &str) -> &'static [&'static str] {
         "approval" => ApprovalOutput::FIELDS,
         "sleep" | "sleep_until" => SleepOutput::FIELDS,
         "email" => EmailOutput::FIELDS,
+        "foreach" => FanOutput::FIELDS,
         _ => &[],
     }
 }

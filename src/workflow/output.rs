@@ -75,3 +75,31 @@ impl EmailOutput {
 pub fn to_value<T: Serialize>(output: &T) -> Value {
     serde_json::to_value(output).expect("a step output serializes")
 }
+
+/// A `foreach` step: every item's result, in item order, and the counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FanOutput {
+    pub items: Vec<ItemOutput>,
+    pub total: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+impl FanOutput {
+    pub const FIELDS: &'static [&'static str] = &["items", "total", "succeeded", "failed"];
+}
+
+/// One item of a `foreach` step, as `steps.<id>.items[i]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemOutput {
+    pub key: String,
+    /// `succeeded`, `failed`, `cancelled` (in flight when the run ended), or `skipped` (not
+    /// started: an earlier item failed with `fail_fast`, or the run ended first).
+    pub status: String,
+    pub body: Value,
+    pub headers: Value,
+    pub error: Option<String>,
+    /// Attempts made (0 for an item not started).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+}

@@ -183,7 +183,26 @@ shape! {
         "when" => when: Option<JoinDecl>,
         /// A failure of this step is recorded and the run goes on.
         "continue_on_error" => continue_on_error: Option<bool>,
+        /// `http` and `email` steps: one call per item of this list (a template that renders
+        /// one, or a list), at most 10,000.
+        "foreach" => foreach: Option<ForeachItems>,
+        /// The item's name in templates (default `item`); `loop.index` counts from 0.
+        "as" => as_name: Option<String>,
+        /// The item's identity in its dedup id (run/step/key); default its index.
+        "key" => key: Option<String>,
+        /// Items in flight at once (default 10).
+        #[schemars(range(min = 1, max = 1000))]
+        "max_parallel" => max_parallel: Option<u32>,
+        /// Default true: after an item fails for good no new item starts (in-flight ones finish).
+        "fail_fast" => fail_fast: Option<bool>,
     }
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum ForeachItems {
+    Template(String),
+    List(Vec<serde_json::Value>),
 }
 
 #[derive(JsonSchema)]

@@ -571,6 +571,57 @@ pub fn render_json(
     })
 }
 
+/// [`render_json`] for what the engine renders itself (a `foreach` list), each string within
+/// [`ENGINE_FUEL`].
+pub fn render_engine_json(
+    value: &serde_json::Value,
+    ctx: &minijinja::Value,
+) -> Result<serde_json::Value, String> {
+    Ok(match value {
+        serde_json::Value::String(s) => render_in(engine_env(), ENGINE_FUEL, s, ctx)?,
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|v| render_engine_json(v, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_engine_json(v, ctx)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// A context that also has a `foreach` item as `name` and `loop.index` (from 0), over `base`
+/// (merged lazily: `base` is not copied).
+pub fn with_item(
+    base: &minijinja::Value,
+    name: &str,
+    value: &serde_json::Value,
+    index: u32,
+) -> minijinja::Value {
+    let mut loop_ = std::collections::BTreeMap::new();
+    loop_.insert("index".to_string(), minijinja::Value::from(index));
+    let mut item = std::collections::BTreeMap::new();
+    item.insert(
+        name.to_string(),
+        minijinja::Value::from(minijinja::value::Serde(value)),
+    );
+    item.insert("loop".to_string(), minijinja::Value::from(loop_));
+    minijinja::value::merge_maps([minijinja::Value::from(item), base.clone()])
+}
+
+#[cfg(test)]
+#[test]
+fn an_item_is_seen_beside_the_run_context() {
+    let base = context(&serde_json::json!({ "input": { "a": 1 } }));
+    let ctx = with_item(&base, "user", &serde_json::json!({ "id": "u7" }), 3);
+    let out = render_text("{{ user.id }} {{ loop.index }} {{ input.a }}", &ctx).expect("renders");
+    assert_eq!(out, "u7 3 1");
+}
+
 /// Evaluates an `if:` condition. A bare expression (`steps.a.status == 200`) is accepted too.
 pub fn eval_condition(text: &str, ctx: &minijinja::Value) -> Result<bool, String> {
     let expr = condition_expression(text);

@@ -328,3 +328,266 @@ steps:
         "the join ran once"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// foreach
+
+/// `[{id: 0}, {id: 1}, …]` as a YAML flow list.
+fn ids(n: usize) -> String {
+    let items: Vec<String> = (0..n).map(|i| format!("{{id: u{i}}}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+#[test]
+fn a_1000_item_fan_out_keeps_max_parallel_reaches_it_and_each_item_has_its_own_dedup_id() {
+    let receiver = QstashReceiver::start();
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db").display().to_string();
+    let yaml = format!(
+        r#"
+inputs:
+  users: {{ type: array, default: {} }}
+steps:
+  - id: notify
+    foreach: "{{{{ input.users }}}}"
+    as: user
+    key: "{{{{ user.id }}}}"
+    max_parallel: 8
+    http: {{ url: "BASE/slow/15", body: {{ id: "{{{{ user.id }}}}", n: "{{{{ loop.index }}}}" }} }}
+  - id: report
+    http: {{ url: BASE/echo, body: {{ sent: "{{{{ steps.notify.items | length }}}}", ok: "{{{{ steps.notify.succeeded }}}}", first: "{{{{ steps.notify.items[0].key }}}}" }} }}
+"#,
+        ids(1000)
+    );
+    let wf = file(dir.path(), "fan", &receiver, &yaml);
+    let out = runner(&["run", &wf, "--db", &db], &receiver);
+    assert!(out.status.success(), "{out:?}");
+    let id = run_id(&out.stdout);
+    let calls = calls_to(&receiver, &id, "/slow/15");
+    assert_eq!(calls.len(), 1000, "one call per item");
+    let most = calls.iter().map(|r| ms(r, "in_flight")).max().unwrap_or(0);
+    assert_eq!(
+        most, 8,
+        "never more than max_parallel in flight, and it reaches it"
+    );
+    let dedup: std::collections::HashSet<&str> = calls
+        .iter()
+        .map(|r| r["headers"]["upstash-message-id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(dedup.len(), 1000, "each item has its own dedup id");
+    // Items start in order: the first eight to arrive are u0..u7 (in any order among them).
+    let mut first: Vec<&str> = calls[..8]
+        .iter()
+        .map(|r| r["headers"]["runner-item"].as_str().expect("Runner-Item"))
+        .collect();
+    first.sort_unstable();
+    assert_eq!(first, ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"]);
+    let u3 = calls
+        .iter()
+        .find(|r| r["headers"]["runner-item"] == "u3")
+        .expect("u3");
+    let body: Value = serde_json::from_str(u3["body"].as_str().expect("body")).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({ "id": "u3", "n": 3 }),
+        "the item and loop.index"
+    );
+    let report = calls_to(&receiver, &id, "/echo");
+    let body: Value =
+        serde_json::from_str(report[0]["body"].as_str().expect("body")).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({ "sent": 1000, "ok": 1000, "first": "u0" })
+    );
+
+    let view = show_json(&db, &id, &receiver);
+    let items = &step(&view, "notify")["items"];
+    assert_eq!(items["total"], 1000);
+    assert_eq!(items["succeeded"], 1000);
+    assert_eq!(items["list"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(items["list"][7]["key"], "u7");
+    assert_eq!(
+        items["list"][7]["attempt_log"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let text = runner(&["show", &id, "--db", &db], &receiver);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("items 1000: 1000 succeeded, 0 failed, 0 in flight, 0 waiting"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_item_answered_429_with_retry_after_is_retried_alone_with_its_dedup_id() {
+    let receiver = QstashReceiver::start();
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db").display().to_string();
+    let wf = file(
+        dir.path(),
+        "items-retry",
+        &receiver,
+        r#"
+steps:
+  - id: send
+    foreach: ["/ok", "/retry-after/1", "/echo"]
+    as: path
+    http: { url: "BASE{{ path }}" }
+    retry: { limit: 2, backoff: fixed, initial: 30s }
+"#,
+    );
+    let out = runner(&["run", &wf, "--db", &db], &receiver);
+    assert!(out.status.success(), "{out:?}");
+    let id = run_id(&out.stdout);
+    let retried = calls_to(&receiver, &id, "/retry-after/1");
+    assert_eq!(
+        retried.len(),
+        2,
+        "429, then 200 after Retry-After (not the 30 s backoff)"
+    );
+    assert_eq!(
+        retried[0]["headers"]["upstash-message-id"],
+        retried[1]["headers"]["upstash-message-id"]
+    );
+    assert_eq!(retried[0]["headers"]["upstash-retried"], "0");
+    assert_eq!(retried[1]["headers"]["upstash-retried"], "1");
+    let gap = ms(&retried[1], "time") - ms(&retried[0], "time");
+    assert!(
+        (900..20_000).contains(&gap),
+        "Retry-After: 1 was honoured ({gap} ms)"
+    );
+    assert_eq!(calls_to(&receiver, &id, "/ok").len(), 1);
+    assert_eq!(calls_to(&receiver, &id, "/echo").len(), 1);
+    let view = show_json(&db, &id, &receiver);
+    let item = &step(&view, "send")["items"]["list"][1];
+    assert_eq!(item["attempts"], 2);
+    assert_eq!(item["attempt_log"][0]["outcome"], "retry");
+    assert_eq!(item["attempt_log"][1]["outcome"], "succeeded");
+}
+
+#[test]
+fn fail_fast_starts_no_new_item_after_one_fails_and_the_run_fails_once() {
+    let receiver = QstashReceiver::start();
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db").display().to_string();
+    let wf = file(
+        dir.path(),
+        "items-fail",
+        &receiver,
+        r#"
+steps:
+  - id: send
+    foreach: ["/ok", "/nonretryable", "/ok", "/ok"]
+    as: path
+    max_parallel: 1
+    http: { url: "BASE{{ path }}" }
+on_failure:
+  - http: { url: BASE/echo, body: { error: "{{ failure.error }}" } }
+"#,
+    );
+    let out = runner(&["run", &wf, "--db", &db], &receiver);
+    assert!(!out.status.success(), "{out:?}");
+    let id = run_id(&out.stdout);
+    assert_eq!(
+        calls_to(&receiver, &id, "/ok").len(),
+        1,
+        "items after the failure never start"
+    );
+    let view = show_json(&db, &id, &receiver);
+    assert_eq!(view["status"], "failed");
+    let send = step(&view, "send");
+    assert_eq!(send["status"], "failed");
+    let error = send["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("1 of 4 items failed (2 not started: `fail_fast`); item `1`"),
+        "{error}"
+    );
+    let hooks = calls_to(&receiver, &id, "/echo");
+    assert_eq!(hooks.len(), 1, "on_failure ran once");
+    let statuses: Vec<&str> = send["items"]["list"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|i| i["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["succeeded", "failed", "pending", "pending"]);
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_fan_out_then_resume_does_every_item_once() {
+    let receiver = QstashReceiver::start();
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db").display().to_string();
+    let yaml = format!(
+        r#"
+steps:
+  - id: notify
+    foreach: {}
+    key: "{{{{ item.id }}}}"
+    max_parallel: 4
+    http: {{ url: "BASE/slow/150", body: {{ id: "{{{{ item.id }}}}" }} }}
+  - id: after
+    http: {{ url: BASE/echo }}
+"#,
+        ids(40)
+    );
+    let wf = file(dir.path(), "fan-crash", &receiver, &yaml);
+    let mut cmd = runner_cmd();
+    cmd.args(["run", &wf, "--db", &db])
+        .env("RUNNER_SIGNING_KEY", &receiver.current_key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = KillOnDrop(cmd.spawn().expect("spawn runner run"));
+    wait_for(Duration::from_secs(30), "a dozen items answered", || {
+        let n = receiver_log(&receiver)
+            .iter()
+            .filter(|r| r["path"] == "/slow/150" && r["status"] == 200)
+            .count();
+        (n >= 12).then_some(())
+    });
+    child.0.kill().expect("kill -9");
+    let _ = child.0.wait();
+    let id = receiver_log(&receiver)[0]["headers"]["runner-run-id"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    let out = runner(&["resume", "--db", &db], &receiver);
+    assert!(out.status.success(), "{out:?}");
+    let view = show_json(&db, &id, &receiver);
+    assert_eq!(view["status"], "succeeded", "{view:#}");
+    let calls = calls_to(&receiver, &id, "/slow/150");
+    let list = step(&view, "notify")["items"]["list"]
+        .as_array()
+        .expect("items")
+        .clone();
+    assert_eq!(list.len(), 40);
+    let mut resent = 0;
+    for item in &list {
+        let key = item["key"].as_str().expect("key");
+        let mine: Vec<&Value> = calls
+            .iter()
+            .filter(|r| r["headers"]["runner-item"] == key)
+            .collect();
+        assert_eq!(item["status"], "succeeded", "{item:#}");
+        // Sent once, or (in flight at the kill) sent again as the next attempt, recorded so.
+        assert_eq!(
+            mine.len() as u64,
+            item["attempts"].as_u64().expect("attempts"),
+            "{item:#}"
+        );
+        if mine.len() > 1 {
+            resent += 1;
+            assert_eq!(item["attempt_log"][0]["outcome"], "interrupted", "{item:#}");
+            assert_eq!(
+                mine[0]["headers"]["upstash-message-id"],
+                mine[1]["headers"]["upstash-message-id"]
+            );
+        }
+    }
+    assert!(
+        resent <= 4,
+        "only the items in flight at the kill were sent again ({resent})"
+    );
+    assert_eq!(calls_to(&receiver, &id, "/echo").len(), 1);
+}

@@ -126,7 +126,7 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.schedules.len(), 4);
     assert_eq!(wf.schedules[1].cron.timezone().name(), "Europe/Berlin");
     assert!(wf.webhook);
-    assert_eq!(wf.steps.len(), 13);
+    assert_eq!(wf.steps.len(), 16);
     let needs = |id: &str| wf.find_step(id).expect("step").needs.clone();
     assert_eq!(
         needs("fetch-user"),
@@ -152,6 +152,22 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(
         wf.find_step("crm").expect("crm").when,
         workflow::Join::AllSuccess
+    );
+    let fe = wf
+        .find_step("per-tag")
+        .and_then(|s| s.foreach.clone())
+        .expect("foreach");
+    assert_eq!(
+        (fe.as_name.as_str(), fe.max_parallel, fe.fail_fast),
+        ("tag", 3, false)
+    );
+    let fe = wf
+        .find_step("mail-each")
+        .and_then(|s| s.foreach.clone())
+        .expect("foreach");
+    assert_eq!(
+        (fe.as_name.as_str(), fe.max_parallel, fe.fail_fast),
+        ("item", 10, true)
     );
     assert_eq!(wf.on_failure.len(), 2);
     assert_eq!(wf.on_failure[0].id, "on_failure-1");
@@ -624,7 +640,16 @@ fn schema_and_checker_agree_on_keys() {
     assert_eq!(props(&defs["StepDecl"]), sorted(STEP_KEYS));
     assert_eq!(props(&defs["HookDecl"]), sorted(HOOK_KEYS));
     // A hook is a step without a required `id` and without the graph's keys (hooks run in order).
-    let graph = ["needs", "when", "continue_on_error"];
+    let graph = [
+        "needs",
+        "when",
+        "continue_on_error",
+        "foreach",
+        "as",
+        "key",
+        "max_parallel",
+        "fail_fast",
+    ];
     let step_keys: Vec<&str> = STEP_KEYS
         .iter()
         .copied()

@@ -20,6 +20,23 @@ fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
     }
 }
 
+pub(super) const ITEMS_QUERY: &str = "SELECT idx, key, value, status, attempts, output, error, finished_at FROM items WHERE run_id = $1 AND step = $2 ORDER BY idx";
+
+/// A row of [`ITEMS_QUERY`].
+pub(super) fn item_row(r: &Row) -> ItemRow {
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    ItemRow {
+        index: u32::try_from(r.get::<_, i32>(0)).unwrap_or(0),
+        key: r.get(1),
+        value: json(r.get(2)).unwrap_or_default(),
+        status: r.get(3),
+        attempts: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+        output: json(r.get(5)),
+        error: r.get(6),
+        finished_at: r.get::<_, Option<i64>>(7).map(from_ms),
+    }
+}
+
 fn parse_run(id: &str, state: &str) -> Result<Run, StoreError> {
     serde_json::from_str(state).map_err(|e| corrupt(id, e))
 }
@@ -286,18 +303,54 @@ impl PgStore {
                 &[&run_id],
             )
             .await?;
-        let mut by_key: HashMap<(String, u32), AttemptRecord> = HashMap::new();
+        let mut by_key: HashMap<(String, Option<u32>, u32), AttemptRecord> = HashMap::new();
         for r in rows {
             let (seq, json): (i64, String) = (r.get(0), r.get(1));
             let a: AttemptRecord = serde_json::from_str(&json)
                 .map_err(|e| corrupt(run_id, format!("the attempt record of event {seq}: {e}")))?;
-            by_key.insert((a.step.clone(), a.attempt), a);
+            by_key.insert((a.step.clone(), a.item, a.attempt), a);
         }
         let mut out: Vec<AttemptRecord> = by_key.into_values().collect();
         out.sort_by(|x, y| {
-            (x.started_at, &x.step, x.attempt).cmp(&(y.started_at, &y.step, y.attempt))
+            (x.started_at, &x.step, x.item, x.attempt).cmp(&(
+                y.started_at,
+                &y.step,
+                y.item,
+                y.attempt,
+            ))
         });
         Ok(out)
+    }
+
+    pub async fn items(&self, run_id: &str, step: &str) -> Result<Vec<ItemRow>, StoreError> {
+        let rows = self
+            .rows(
+                "reading the items of a `foreach` step",
+                ITEMS_QUERY,
+                &[&run_id, &step],
+            )
+            .await?;
+        Ok(rows.iter().map(item_row).collect())
+    }
+
+    pub async fn item(
+        &self,
+        run_id: &str,
+        step: &str,
+        index: u32,
+    ) -> Result<Option<(String, serde_json::Value)>, StoreError> {
+        let idx = i32::try_from(index).unwrap_or(i32::MAX);
+        let row = self
+            .row(
+                "reading an item of a `foreach` step",
+                "SELECT key, value FROM items WHERE run_id = $1 AND step = $2 AND idx = $3",
+                &[&run_id, &step, &idx],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            let value: String = r.get(1);
+            (r.get(0), serde_json::from_str(&value).unwrap_or_default())
+        }))
     }
 
     pub async fn events(&self, run_id: &str) -> Result<Vec<EventRow>, StoreError> {

@@ -32,6 +32,9 @@ pub(super) struct Statements {
     delete_effect: tokio_postgres::Statement,
     close_outbox: tokio_postgres::Statement,
     enqueue: tokio_postgres::Statement,
+    delete_items: tokio_postgres::Statement,
+    insert_items: tokio_postgres::Statement,
+    finish_item: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -42,9 +45,13 @@ impl Statements {
                 .map_err(sql("preparing statements"))
         };
         Ok(Statements {
-            // The state only when the cache does not hold this revision.
-            load: p("SELECT rev, CASE WHEN rev = $2 THEN NULL ELSE state END, CASE WHEN rev = $2 THEN NULL ELSE (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE run_id = $1) END FROM runs WHERE id = $1 FOR UPDATE").await?,
-            load_full: p("SELECT rev, state, (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE run_id = $1) FROM runs WHERE id = $1 FOR UPDATE").await?,
+            // The state only when the cache does not hold this revision. The number of the
+            // run's next event is not read here: when this statement waited for another
+            // node's change to the run, a subquery would still see the events from before it
+            // (the statement's snapshot), and the event would be numbered twice. The change
+            // then reads it with a statement of its own, after the lock (`next_seq`).
+            load: p("SELECT rev, CASE WHEN rev = $2 THEN NULL ELSE state END FROM runs WHERE id = $1 FOR UPDATE").await?,
+            load_full: p("SELECT rev, state FROM runs WHERE id = $1 FOR UPDATE").await?,
             version: p("SELECT path, source FROM workflow_versions WHERE hash = $1").await?,
             insert_version: p("INSERT INTO workflow_versions(hash, name, path, source, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING").await?,
             claim_slot: p("INSERT INTO slots(schedule, slot, at, run_id, outcome, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING").await?,
@@ -57,6 +64,9 @@ impl Statements {
             delete_effect: p("DELETE FROM outbox WHERE run_id = $1 AND id = $2").await?,
             close_outbox: p("DELETE FROM outbox WHERE run_id = $1").await?,
             enqueue: p("INSERT INTO outbox(run_id, id, effect, created_at, owner) VALUES ($1, $2, $3, $4, $5)").await?,
+            delete_items: p("DELETE FROM items WHERE run_id = $1 AND step = $2").await?,
+            insert_items: p("INSERT INTO items(run_id, step, idx, key, value) SELECT $1, $2, i, k, v FROM unnest($3::int[], $4::text[], $5::text[]) AS t(i, k, v)").await?,
+            finish_item: p("UPDATE items SET status = $4, attempts = $5, output = $6, error = $7, finished_at = $8 WHERE run_id = $1 AND step = $2 AND idx = $3").await?,
         })
     }
 }
@@ -211,15 +221,14 @@ impl RunTx for PgTx<'_> {
         };
         let rev: i64 = row.get(0);
         let state: Option<String> = row.get(1);
-        let next: Option<i64> = row.get(2);
-        let (run, next_seq) = match (state, next, cached) {
-            (None, _, Some((_, run, next))) => (run.clone(), *next),
-            (Some(state), Some(next), _) => {
+        let (run, next_seq) = match (state, cached) {
+            (None, Some((_, run, next))) => (run.clone(), Some(*next)),
+            (Some(state), _) => {
                 let run: Run = serde_json::from_str(&state).map_err(|e| StoreError::Corrupt {
                     id: id.to_string(),
                     message: e.to_string(),
                 })?;
-                (Arc::new(run), next)
+                (Arc::new(run), None)
             }
             _ => {
                 return Err(StoreError::Corrupt {
@@ -228,11 +237,7 @@ impl RunTx for PgTx<'_> {
                 });
             }
         };
-        Ok(Some(Loaded {
-            run,
-            rev,
-            next_seq: Some(next_seq),
-        }))
+        Ok(Some(Loaded { run, rev, next_seq }))
     }
 
     async fn next_seq(&mut self, id: &str) -> Result<i64, StoreError> {
@@ -438,6 +443,86 @@ impl RunTx for PgTx<'_> {
             Check::Any,
         );
         Ok(())
+    }
+
+    async fn save_items(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        items: &[crate::engine::NewItem],
+    ) -> Result<(), StoreError> {
+        let idx: Vec<i32> = items
+            .iter()
+            .map(|i| i32::try_from(i.index).unwrap_or(i32::MAX))
+            .collect();
+        let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+        let values: Vec<String> = items
+            .iter()
+            .map(|i| serde_json::to_string(&i.value).expect("JSON serializes"))
+            .collect();
+        self.queue(
+            &self.stmts.delete_items,
+            vec![p(run_id.to_string()), p(step.to_string())],
+            Check::Any,
+        );
+        self.queue(
+            &self.stmts.insert_items,
+            vec![
+                p(run_id.to_string()),
+                p(step.to_string()),
+                p(idx),
+                p(keys),
+                p(values),
+            ],
+            Check::Any,
+        );
+        Ok(())
+    }
+
+    async fn finish_item(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        item: &crate::engine::ItemResult,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let output = item
+            .output
+            .as_ref()
+            .map(|o| serde_json::to_string(o).expect("JSON serializes"));
+        self.queue(
+            &self.stmts.finish_item,
+            vec![
+                p(run_id.to_string()),
+                p(step.to_string()),
+                p(i32::try_from(item.index).unwrap_or(i32::MAX)),
+                p(item.status.clone()),
+                p(i32::try_from(item.attempts).unwrap_or(i32::MAX)),
+                p(output),
+                p(item.error.clone()),
+                p(ms(now)),
+            ],
+            Check::Any,
+        );
+        Ok(())
+    }
+
+    async fn load_items(
+        &mut self,
+        run_id: &str,
+        step: &str,
+    ) -> Result<Vec<crate::workflow::output::ItemOutput>, StoreError> {
+        // This change's own writes (the item that just ended) first.
+        self.flush().await?;
+        let rows = self
+            .tx
+            .query(super::queries::ITEMS_QUERY, &[&run_id, &step])
+            .await
+            .map_err(sql("reading the items of a `foreach` step"))?;
+        Ok(rows
+            .iter()
+            .map(|r| super::queries::item_row(r).into_output())
+            .collect())
     }
 
     fn remember(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64) {

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/007_events_in_global_order.sql"),
     include_str!("../migrations/sqlite/008_integer_times.sql"),
     include_str!("../migrations/sqlite/009_outbox_fresh.sql"),
+    include_str!("../migrations/sqlite/010_items.sql"),
 ];
 
 /// Every time is stored as milliseconds since the epoch.

@@ -25,6 +25,37 @@ fn strings<P: rusqlite::Params>(
     rows.collect::<Result<Vec<String>, _>>().map_err(sql(doing))
 }
 
+/// The items of a `foreach` step, in order.
+pub(super) fn items_of(
+    c: &Connection,
+    run_id: &str,
+    step: &str,
+) -> Result<Vec<ItemRow>, StoreError> {
+    let doing = "reading the items of a `foreach` step";
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT idx, key, value, status, attempts, output, error, finished_at FROM items
+             WHERE run_id = ?1 AND step = ?2 ORDER BY idx",
+        )
+        .map_err(sql(doing))?;
+    let rows = stmt
+        .query_map(params![run_id, step], |r| {
+            let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+            Ok(ItemRow {
+                index: r.get(0)?,
+                key: r.get(1)?,
+                value: json(r.get(2)?).unwrap_or_default(),
+                status: r.get(3)?,
+                attempts: r.get(4)?,
+                output: json(r.get(5)?),
+                error: r.get(6)?,
+                finished_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
+            })
+        })
+        .map_err(sql(doing))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql(doing))
+}
+
 fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         id: id.to_string(),
@@ -265,7 +296,7 @@ impl SqliteStore {
     pub fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         self.read(|c| {
             let doing = "reading attempts";
-            let mut by_key: HashMap<(String, u32), AttemptRecord> = HashMap::new();
+            let mut by_key: HashMap<(String, Option<u32>, u32), AttemptRecord> = HashMap::new();
             let mut stmt = c
                 .prepare_cached(
                     "SELECT step, attempt, started_at, finished_at, status, outcome, error, request, response
@@ -280,6 +311,7 @@ impl SqliteStore {
                     Ok(AttemptRecord {
                         step: r.get(0)?,
                         attempt: r.get(1)?,
+                        item: None,
                         started_at: r.get::<_, Option<i64>>(2)?.map(from_ms),
                         finished_at: r.get::<_, Option<i64>>(3)?.map(from_ms),
                         status: r.get(4)?,
@@ -293,7 +325,7 @@ impl SqliteStore {
                 .map_err(sql(doing))?;
             for a in rows {
                 let a = a.map_err(sql(doing))?;
-                by_key.insert((a.step.clone(), a.attempt), a);
+                by_key.insert((a.step.clone(), a.item, a.attempt), a);
             }
             let mut stmt = c
                 .prepare_cached(
@@ -307,13 +339,36 @@ impl SqliteStore {
                 let (seq, json) = row.map_err(sql(doing))?;
                 let a: AttemptRecord = serde_json::from_str(&json)
                     .map_err(|e| corrupt(run_id, format!("the attempt record of event {seq}: {e}")))?;
-                by_key.insert((a.step.clone(), a.attempt), a);
+                by_key.insert((a.step.clone(), a.item, a.attempt), a);
             }
             let mut out: Vec<AttemptRecord> = by_key.into_values().collect();
             out.sort_by(|x, y| {
-                (x.started_at, &x.step, x.attempt).cmp(&(y.started_at, &y.step, y.attempt))
+                (x.started_at, &x.step, x.item, x.attempt).cmp(&(y.started_at, &y.step, y.item, y.attempt))
             });
             Ok(out)
+        })
+    }
+
+    pub fn items(&self, run_id: &str, step: &str) -> Result<Vec<ItemRow>, StoreError> {
+        self.read(|c| items_of(c, run_id, step))
+    }
+
+    /// One item's key and value (what its attempts render).
+    pub fn item(
+        &self,
+        run_id: &str,
+        step: &str,
+        index: u32,
+    ) -> Result<Option<(String, serde_json::Value)>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT key, value FROM items WHERE run_id = ?1 AND step = ?2 AND idx = ?3",
+                params![run_id, step, index],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(sql("reading an item of a `foreach` step"))
+            .map(|o| o.map(|(k, v)| (k, serde_json::from_str(&v).unwrap_or_default())))
         })
     }
 

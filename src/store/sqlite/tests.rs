@@ -129,6 +129,7 @@ async fn a_version_4_database_migrates_and_its_pending_work_and_records_go_on() 
         step: "one".into(),
         attempt: 1,
         output: serde_json::json!({"status": 200}),
+        item: None,
     };
     let record = AttemptRecord {
         step: "one".into(),
@@ -355,6 +356,7 @@ async fn a_writer_never_uses_a_state_another_process_has_changed() {
         step: step.into(),
         attempt: 1,
         output: serde_json::json!({"status": 200}),
+        item: None,
     };
     let after_b = b
         .apply("shared", ok("one"), Utc::now(), None, None)

@@ -341,6 +341,65 @@ impl RunTx for SqliteTx<'_> {
             .map_err(sql("queueing an effect"))
     }
 
+    async fn save_items(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        items: &[crate::engine::NewItem],
+    ) -> Result<(), StoreError> {
+        let doing = "saving the items of a `foreach` step";
+        self.conn
+            .exec(
+                "DELETE FROM items WHERE run_id = ?1 AND step = ?2",
+                params![run_id, step],
+            )
+            .map_err(sql(doing))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO items(run_id, step, idx, key, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(sql(doing))?;
+        for it in items {
+            let value = serde_json::to_string(&it.value).expect("JSON serializes");
+            stmt.execute(params![run_id, step, it.index, it.key, value])
+                .map_err(sql(doing))?;
+        }
+        Ok(())
+    }
+
+    async fn finish_item(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        item: &crate::engine::ItemResult,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let output = item
+            .output
+            .as_ref()
+            .map(|o| serde_json::to_string(o).expect("JSON serializes"));
+        self.conn
+            .exec(
+                "UPDATE items SET status = ?4, attempts = ?5, output = ?6, error = ?7, finished_at = ?8 WHERE run_id = ?1 AND step = ?2 AND idx = ?3",
+                params![run_id, step, item.index, item.status, item.attempts, output, item.error, ms(now)],
+            )
+            .map(drop)
+            .map_err(sql("recording an item of a `foreach` step"))
+    }
+
+    async fn load_items(
+        &mut self,
+        run_id: &str,
+        step: &str,
+    ) -> Result<Vec<crate::workflow::output::ItemOutput>, StoreError> {
+        super::queries::items_of(self.conn, run_id, step).map(|rows| {
+            rows.into_iter()
+                .map(crate::store::types::ItemRow::into_output)
+                .collect()
+        })
+    }
+
     fn remember(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64) {
         if self.cache.runs.len() >= RunCache::CAPACITY {
             self.cache.runs.clear();

@@ -14,7 +14,7 @@ use crate::workflow::template::{self, Analysis, Then};
 use crate::workflow::yaml::{Node, Pos, Value};
 use std::collections::HashSet;
 
-const ROOTS: &[&str] = &["input", "steps", "secrets", "run", "workflow", "failure"];
+pub(super) const ROOTS: &[&str] = &["input", "steps", "secrets", "run", "workflow", "failure"];
 
 /// Suggestions for a misspelt filter or test (minijinja's built-ins; the check itself asks
 /// minijinja, so a name missing here is still accepted). A hint lists the first six.
@@ -58,6 +58,8 @@ pub(super) struct Scope<'a> {
     pub(super) all: &'a [(String, &'static str)],
     /// The step being checked, if any.
     pub(super) current: Option<&'a str>,
+    /// In a `foreach` step's templates: the item's name (`as`).
+    pub(super) item: Option<&'a str>,
     pub(super) in_hook: bool,
     /// Set where a template must not read secrets. Names the place.
     pub(super) no_secrets: Option<NoSecrets>,
@@ -309,6 +311,7 @@ impl Checker<'_> {
             for free in &analysis.free {
                 if !ROOTS.contains(&free.as_str())
                     && !GLOBALS.contains(&free.as_str())
+                    && scope.item != Some(free.as_str())
                     && !referenced.contains(free.as_str())
                 {
                     let pos = locate(self, text.find(free.as_str()).unwrap_or(0), free.len());
@@ -320,6 +323,7 @@ impl Checker<'_> {
 
     fn unknown_root(&mut self, root: &str, pos: Pos, width: usize) {
         let hint = match did_you_mean(root, ROOTS.iter().copied()) {
+            _ if root == "item" => "`item` is the item of a `foreach` step, in that step's own templates; later steps read `steps.<id>.items`".to_string(),
             Some(m) => format!("did you mean `{m}`?"),
             None => format!("templates can read {}", list(ROOTS)),
         };
@@ -343,6 +347,9 @@ impl Checker<'_> {
             }
             .relocated(this)
         };
+        if scope.item == Some(r.root.as_str()) {
+            return; // the item: any shape
+        }
         match r.root.as_str() {
             "input" => {
                 let Some(seg) = first else { return };

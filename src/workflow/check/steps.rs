@@ -131,9 +131,22 @@ impl Checker<'_> {
             }
             None => hook_id?,
         };
-        let scope = Scope {
+        let item_name: Option<String> = if f.get("foreach").is_some() {
+            Some(
+                f.get("as")
+                    .and_then(|n| self.item_name(n))
+                    .unwrap_or_else(|| "item".to_string()),
+            )
+        } else {
+            None
+        };
+        let outer = Scope {
             current: Some(&id),
             ..*scope
+        };
+        let scope = Scope {
+            item: item_name.as_deref(),
+            ..outer
         };
         let kinds: Vec<(&Key, &Node)> = f
             .entries
@@ -215,6 +228,7 @@ impl Checker<'_> {
             .get("continue_on_error")
             .and_then(|n| self.boolean(n, "continue_on_error"))
             .unwrap_or(false);
+        let foreach = self.foreach(&f, kind_key, item_name.clone(), &outer, &scope);
         let kind = match kind_key.name.as_str() {
             "http" => StepKind::Http(self.http(kind_node, &scope)?),
             "approval" => StepKind::Approval(self.approval(kind_node, &scope)?),
@@ -246,6 +260,140 @@ impl Checker<'_> {
             needs,
             when,
             continue_on_error,
+            foreach,
+        })
+    }
+
+    /// `as`: a name templates can use for the item (not one of their roots).
+    fn item_name(&mut self, node: &Node) -> Option<String> {
+        let s = self.nonempty_string(node, "as")?;
+        let valid = s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let taken = super::refs::ROOTS.contains(&s) || s == "loop";
+        if !valid || taken {
+            let w = self.width(node);
+            let why = if taken {
+                format!("`{s}` is already a name templates use")
+            } else {
+                format!("`{s}` is not a name templates can use")
+            };
+            self.error(
+                node.pos,
+                w,
+                Code::BadForeach,
+                why,
+                Some("write a name of letters, digits and `_` such as `user`".into()),
+            );
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    /// `foreach` and its keys; they are refused on a kind that cannot fan out, and without
+    /// `foreach`.
+    fn foreach(
+        &mut self,
+        f: &Fields,
+        kind_key: &Key,
+        item_name: Option<String>,
+        outer: &Scope,
+        inner: &Scope,
+    ) -> Option<Foreach> {
+        let Some(list) = f.get("foreach") else {
+            for key in ["as", "key", "max_parallel", "fail_fast"] {
+                if let Some(k) = f.key(key) {
+                    self.error(
+                        k.pos,
+                        k.name.chars().count(),
+                        Code::BadForeach,
+                        format!("`{key}` belongs to a `foreach` step"),
+                        Some("add `foreach:` with the list to go through, or remove it".into()),
+                    );
+                }
+            }
+            return None;
+        };
+        if !matches!(kind_key.name.as_str(), "http" | "email") {
+            let k = f.key("foreach").expect("the key of a present value");
+            self.error(
+                k.pos,
+                k.name.chars().count(),
+                Code::BadForeach,
+                format!("a `{}` step cannot have `foreach`", kind_key.name),
+                Some("`foreach` works on `http` and `email` steps".into()),
+            );
+            return None;
+        }
+        let items = match &list.value {
+            Value::Str(s) if template::is_template(s) => {
+                self.template(list, s, outer);
+                list.to_json()
+            }
+            Value::Seq(entries) => {
+                if entries.len() > MAX_FOREACH_ITEMS {
+                    let w = self.width(list);
+                    self.error(
+                        list.pos,
+                        w,
+                        Code::BadForeach,
+                        format!(
+                            "`foreach` lists {} items, over the limit of {MAX_FOREACH_ITEMS}",
+                            entries.len()
+                        ),
+                        Some("split the work into several runs".into()),
+                    );
+                    return None;
+                }
+                self.templates_in(list, outer);
+                list.to_json()
+            }
+            _ => {
+                self.wrong_type(
+                    list,
+                    "foreach",
+                    "a list, or a template that renders one (`\"{{ steps.users.body.items }}\"`)",
+                );
+                return None;
+            }
+        };
+        let key = f.get("key").and_then(|n| {
+            let s = self.nonempty_string(n, "key")?;
+            self.template(n, s, inner);
+            Some(Template(s.to_string()))
+        });
+        let max_parallel = match f.get("max_parallel") {
+            None => DEFAULT_MAX_PARALLEL,
+            Some(n) => match n.value {
+                Value::Int(i) if (1..=i64::from(MAX_PARALLEL)).contains(&i) => {
+                    u32::try_from(i).expect("in range")
+                }
+                Value::Int(_) => {
+                    let w = self.width(n);
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidValue,
+                        format!("`max_parallel` must be between 1 and {MAX_PARALLEL}"),
+                        None,
+                    );
+                    DEFAULT_MAX_PARALLEL
+                }
+                _ => {
+                    self.wrong_type(n, "max_parallel", "an integer");
+                    DEFAULT_MAX_PARALLEL
+                }
+            },
+        };
+        let fail_fast = f
+            .get("fail_fast")
+            .and_then(|n| self.boolean(n, "fail_fast"))
+            .unwrap_or(true);
+        Some(Foreach {
+            items,
+            as_name: item_name.unwrap_or_else(|| "item".into()),
+            key,
+            max_parallel,
+            fail_fast,
         })
     }
 
@@ -603,5 +751,11 @@ pub(super) fn step_identity(node: &Node) -> Option<(String, &'static str)> {
     let kind = entries
         .iter()
         .find_map(|(k, _)| STEP_KINDS.iter().find(|s| **s == k.name))?;
+    // What later templates see of it: the items, when it fans out.
+    let kind = if entries.iter().any(|(k, _)| k.name == "foreach") {
+        "foreach"
+    } else {
+        kind
+    };
     Some((id, kind))
 }
