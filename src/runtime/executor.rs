@@ -37,6 +37,9 @@ fn has_timer(s: &crate::engine::StepState) -> bool {
     ) || (s.status == StepStatus::Running && s.fan.is_some())
 }
 
+/// The items of one `foreach` step, as it saved them.
+type ItemList = Arc<Vec<crate::engine::NewItem>>;
+
 /// What performing an effect produced.
 pub enum Performed {
     /// An event to apply (an attempt's outcome, with its record), closing the effect.
@@ -104,6 +107,10 @@ struct Inner {
     inflight: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
     /// The outbox rows (run, id) whose effects this process is performing now.
     performing: Mutex<HashSet<(String, i64)>>,
+    /// The items of `foreach` steps this process started, by (run, step): what their attempts
+    /// render, without reading each item back (dropped when the run finishes; after a restart
+    /// or on another node the items are read from the store).
+    items: Mutex<HashMap<(String, String), ItemList>>,
     /// Set on SIGTERM: new external effects stay in the outbox for the next start.
     stopping: AtomicBool,
     metrics: Arc<Metrics>,
@@ -125,6 +132,7 @@ impl Executor {
                 waiters: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 performing: Mutex::new(HashSet::new()),
+                items: Mutex::new(HashMap::new()),
                 stopping: AtomicBool::new(false),
                 metrics,
                 finished: broadcast::channel(1024).0,
@@ -543,10 +551,13 @@ impl Executor {
                 self.run_finished(&run, status);
                 return;
             }
-            // The store carried these out inside the change's transaction.
-            Effect::SaveItems { .. } | Effect::ItemDone { .. } | Effect::CollectItems { .. } => {
+            Effect::SaveItems { step, items } => {
+                // Stored in the change's transaction; kept here for the items' attempts.
+                locked(&self.inner.items).insert((run.id.clone(), step), Arc::new(items));
                 return;
             }
+            // The store carried these out inside the change's transaction.
+            Effect::ItemDone { .. } | Effect::CollectItems { .. } => return,
         };
         let exec = self.clone();
         let run_id = run.id.clone();
@@ -564,10 +575,29 @@ impl Executor {
         self.track(&run_id, task.abort_handle());
     }
 
+    /// An item of a `foreach` step this process started, from memory.
+    fn known_item(
+        &self,
+        run_id: &str,
+        step: &str,
+        index: u32,
+    ) -> Option<crate::engine::request::ItemInput> {
+        let items = locked(&self.inner.items)
+            .get(&(run_id.to_string(), step.to_string()))
+            .cloned()?;
+        let it = items.get(index as usize).filter(|it| it.index == index)?;
+        Some(crate::engine::request::ItemInput {
+            index,
+            key: it.key.clone(),
+            value: it.value.clone(),
+        })
+    }
+
     fn run_finished(&self, run: &Run, status: RunStatus) {
         self.inner.metrics.run_finished(status.as_str());
         info!(run_id = %run.id, workflow = %run.workflow, status = status.as_str(), "run finished");
         locked(&self.inner.inflight).remove(&run.id);
+        locked(&self.inner.items).retain(|(r, _), _| *r != run.id);
         let waiters = locked(&self.inner.waiters)
             .remove(&run.id)
             .unwrap_or_default();
@@ -612,20 +642,23 @@ impl Executor {
                 step,
                 item: Some(i),
                 ..
-            } => match self.inner.store.item(&run.id, step, *i).await {
-                Ok(Some((key, value))) => Some(crate::engine::request::ItemInput {
-                    index: *i,
-                    key,
-                    value,
-                }),
-                Ok(None) => {
-                    warn!(run_id = %run.id, step, item = i, "an item of a `foreach` step is not in the database");
-                    return;
-                }
-                Err(e) => {
-                    warn!(run_id = %run.id, step, item = i, error = %e, "cannot read an item of a `foreach` step");
-                    return;
-                }
+            } => match self.known_item(&run.id, step, *i) {
+                Some(item) => Some(item),
+                None => match self.inner.store.item(&run.id, step, *i).await {
+                    Ok(Some((key, value))) => Some(crate::engine::request::ItemInput {
+                        index: *i,
+                        key,
+                        value,
+                    }),
+                    Ok(None) => {
+                        warn!(run_id = %run.id, step, item = i, "an item of a `foreach` step is not in the database");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(run_id = %run.id, step, item = i, error = %e, "cannot read an item of a `foreach` step");
+                        return;
+                    }
+                },
             },
             _ => None,
         };

@@ -188,7 +188,11 @@ async fn store_orders<T: RunTx>(
     let mut collections = 0;
     while let Some(effect) = queue.pop_front() {
         match effect {
-            Effect::SaveItems { step, items } => tx.save_items(&run.id, &step, &items).await?,
+            Effect::SaveItems { step, items } => {
+                tx.save_items(&run.id, &step, &items).await?;
+                // The executor keeps them for the items' attempts.
+                out.push(Effect::SaveItems { step, items });
+            }
             Effect::ItemDone { step, item } => tx.finish_item(&run.id, &step, &item, now).await?,
             Effect::CollectItems { step } => {
                 collections += 1;
