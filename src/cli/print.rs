@@ -72,7 +72,8 @@ fn step(out: &mut String, s: &StepView, before: Option<&str>) {
             let _ = write!(line, "  needs [{}]", s.needs.join(", "));
         }
         if when != crate::workflow::Join::AllSuccess {
-            let _ = write!(line, " when {}", when.as_str());
+            let sep = if implied { "  " } else { " " };
+            let _ = write!(line, "{sep}when {}", when.as_str());
         }
     }
     if !s.waiting_for.is_empty() {

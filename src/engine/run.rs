@@ -393,6 +393,16 @@ impl Run {
                 .unwrap_or_default()
         };
         let what = |s: &StepState| -> Option<String> {
+            if let (StepStatus::Running, Some(f)) = (s.status, &s.fan) {
+                return Some(format!(
+                    "{} of the {} items of step `{}` ({} in flight, {} waiting)",
+                    f.total - f.succeeded - f.failed,
+                    f.total,
+                    s.id,
+                    f.active.len(),
+                    f.waiting()
+                ));
+            }
             Some(match s.status {
                 StepStatus::Pending => format!("step `{}` to start", s.id),
                 StepStatus::Running => {
