@@ -34,12 +34,17 @@ fn counts_as_failed(wf: &Workflow, s: &StepState) -> bool {
     }
 }
 
-/// Whether a pending step may start: None while a step it needs is unfinished, else whether its
-/// join holds, and whether a need failed.
-fn join(wf: &Workflow, run: &Run, def: &Step) -> Option<(bool, bool)> {
+/// Whether the pending step at `index` may start: None while a step it needs is unfinished,
+/// else whether its join holds, and whether a need failed.
+fn join(wf: &Workflow, run: &Run, index: usize, def: &Step) -> Option<(bool, bool)> {
     let mut failed = false;
     for need in &def.needs {
-        match run.steps.iter().find(|s| s.id == *need) {
+        let found = run.steps[..index]
+            .iter()
+            .rev()
+            .find(|s| s.id == *need)
+            .or_else(|| run.steps.iter().find(|s| s.id == *need));
+        match found {
             Some(s) if s.status.is_done() => failed |= counts_as_failed(wf, s),
             Some(_) => return None,
             None => {} // not in this version's run (never happens for a checked workflow)
@@ -54,6 +59,15 @@ fn join(wf: &Workflow, run: &Run, def: &Step) -> Option<(bool, bool)> {
 }
 
 fn advance_steps(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+    // Needs are earlier steps, most often the one just before: looked for backwards from the
+    // step, a pass over a chain costs the number of steps, not steps × steps. A run's steps are
+    // its version's, in order, so a step's definition is at its own index.
+    let def_of = |index: usize, id: &str| -> Option<&Step> {
+        wf.steps
+            .get(index)
+            .filter(|d| d.id == id)
+            .or_else(|| wf.steps.iter().find(|d| d.id == id))
+    };
     // A pass starts what can start; another is needed only when a step finished on the spot
     // (skipped, a sleep already due, a step that could not start), which may free others.
     loop {
@@ -65,7 +79,7 @@ fn advance_steps(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut
             if run.steps[index].status != StepStatus::Pending {
                 continue;
             }
-            let Some(def) = wf.steps.iter().find(|d| d.id == run.steps[index].id) else {
+            let Some(def) = def_of(index, &run.steps[index].id) else {
                 // The stored run and its workflow version disagree: fail loudly, never loop.
                 let id = run.steps[index].id.clone();
                 let error = format!("step `{id}` is not in workflow version {}", run.version);
@@ -73,7 +87,7 @@ fn advance_steps(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut
                 finished_one = true;
                 continue;
             };
-            let Some((holds, need_failed)) = join(wf, run, def) else {
+            let Some((holds, need_failed)) = join(wf, run, index, def) else {
                 continue;
             };
             if !holds {

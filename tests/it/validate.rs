@@ -361,7 +361,7 @@ fn cli_exit_codes() {
         .args(["validate", "workflows"])
         .assert()
         .code(0)
-        .stdout("checked 4 files: no problems\n");
+        .stdout("checked 5 files: no problems\n");
     runner()
         .args([
             "validate",
@@ -383,7 +383,7 @@ fn cli_exit_codes() {
         ])
         .assert()
         .code(0)
-        .stdout("checked 4 files: no problems\n");
+        .stdout("checked 5 files: no problems\n");
     runner()
         .args(["validate", "does/not/exist"])
         .assert()
