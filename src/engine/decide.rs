@@ -326,7 +326,8 @@ fn decided(
         comment: comment.map(str::to_string),
         decided_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }));
-    if decision == Decision::Rejected {
+    let go_on = matches!(wf.find_step(step).map(|d| &d.kind), Some(StepKind::Approval(a)) if a.on_reject_continue);
+    if decision == Decision::Rejected && !go_on {
         s.error = Some(format!("rejected by {approver}"));
         run.status = RunStatus::Rejected;
         abandon(

@@ -807,3 +807,55 @@ steps:
     let b = run.step("b").and_then(|s| s.fan.as_ref()).expect("b");
     assert_eq!(b.active.len(), 5);
 }
+
+#[test]
+fn on_reject_continue_lets_later_steps_read_the_rejection() {
+    let wf = workflow(
+        r#"
+name: review
+steps:
+  - id: ask
+    approval: { to: [boss@example.com], subject: "Ship?", timeout: 1d, on_reject: continue }
+  - id: ship
+    if: "{{ steps.ask.decision == 'approved' }}"
+    http: { url: "https://example.com/ship" }
+  - id: tell
+    needs: [ask]
+    http: { url: "https://example.com/tell", body: { d: "{{ steps.ask.decision }}" } }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    let effects = apply(&wf, &mut run, decision("ask", Decision::Rejected), t0());
+    assert_eq!(
+        calls(&effects),
+        ["tell"],
+        "the run goes on; `ship` is skipped by its if"
+    );
+    assert_eq!(status(&run, "ask"), StepStatus::Succeeded);
+    assert_eq!(status(&run, "ship"), StepStatus::Skipped);
+    assert_eq!(
+        run.step("ask")
+            .and_then(|s| s.output.clone())
+            .expect("output")["decision"],
+        "rejected"
+    );
+    apply(&wf, &mut run, ok("tell", 1), t0());
+    assert_eq!(run.status, RunStatus::Succeeded);
+    // A deadline that rejects goes on the same way.
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    let effects = apply(
+        &wf,
+        &mut run,
+        timer("ask"),
+        t0() + chrono::Duration::days(2),
+    );
+    assert_eq!(calls(&effects), ["tell"]);
+    assert_eq!(
+        run.step("ask")
+            .and_then(|s| s.output.clone())
+            .expect("output")["approver"],
+        "timeout"
+    );
+}

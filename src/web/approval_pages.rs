@@ -173,8 +173,23 @@ pub async fn submit_link(
             Ok(d) => d,
             Err(why) => return refused(why, StatusCode::CONFLICT),
         };
+    // A rejection ends the run unless its step says `on_reject: continue`.
+    let goes_on = state
+        .exec
+        .store()
+        .workflow_for(&decided.run)
+        .await
+        .ok()
+        .and_then(|wf| wf.find_step(&decided.link.step).map(|d| d.kind.clone()))
+        .is_some_and(
+            |k| matches!(k, crate::workflow::StepKind::Approval(a) if a.on_reject_continue),
+        );
     let (title, text) = match decided.link.decision {
         Decision::Approved => ("Approved", "Approved. The run continues."),
+        Decision::Rejected if goes_on => (
+            "Rejected",
+            "Rejected. The run continues with your decision.",
+        ),
         Decision::Rejected => ("Rejected", "Rejected. The run stops here."),
     };
     message(

@@ -388,6 +388,9 @@ pub struct Approval {
     pub body: Option<Template>,
     pub timeout: Duration,
     pub on_timeout: Decision,
+    /// `continue`: a rejection (or a timeout that rejects) is the step's result and the run goes
+    /// on, later steps reading `decision`; by default it ends the run, `rejected`.
+    pub on_reject_continue: bool,
 }
 
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);

@@ -278,6 +278,13 @@ enum OnTimeoutDecl {
     Reject,
 }
 
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum OnRejectDecl {
+    End,
+    Continue,
+}
+
 shape! {
     #[derive(JsonSchema)]
     #[serde(deny_unknown_fields)]
@@ -288,6 +295,9 @@ shape! {
         /// Default 7d; when it passes the decision is `rejected` unless `on_timeout: approve`.
         "timeout" => timeout: Option<DurationText>,
         "on_timeout" => on_timeout: Option<OnTimeoutDecl>,
+        /// `end` (default): a rejection ends the run, `rejected`. `continue`: the run goes on
+        /// and later steps see `decision == 'rejected'`.
+        "on_reject" => on_reject: Option<OnRejectDecl>,
     }
 }
 

@@ -1345,6 +1345,37 @@ steps:
 }
 
 #[test]
+fn on_reject_continue_runs_on_and_the_next_step_reads_the_rejection() {
+    let tmp = temp_dir();
+    let receiver = QstashReceiver::start();
+    let yaml = review_yaml(&receiver, "1h", None).replace(
+        "      timeout: 1h\n",
+        "      timeout: 1h\n      on_reject: continue\n",
+    );
+    assert!(yaml.contains("on_reject: continue"), "{yaml}");
+    write(&workflows(tmp.path()), "review.yaml", &yaml);
+    let serve = start_serve(tmp.path(), &Opts::default());
+    let api = serve.api();
+    let id = api.start_run("review", r#"{"title": "maybe"}"#);
+    wait_status(&api, &id, "waiting_approval", Duration::from_secs(10));
+    let mut c = runner_cmd();
+    c.args(["reject", &id, "review", "--comment", "not this week"])
+        .args(["--server", &serve.base])
+        .env("USER", "dana")
+        .env_remove("USERNAME");
+    let (ok, out, err) = run_bounded(c, Duration::from_secs(20));
+    assert!(ok, "runner reject failed: {err}{out}");
+    let run = api.wait_run(&id, Duration::from_secs(20));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(
+        received(&receiver, "/echo"),
+        [
+            serde_json::json!({"decision": "rejected", "approver": "dana (api)", "comment": "not this week"})
+        ]
+    );
+}
+
+#[test]
 fn cli_approve_and_reject_are_recorded_as_api_decisions() {
     let tmp = temp_dir();
     let receiver = QstashReceiver::start();

@@ -701,12 +701,17 @@ impl Checker<'_> {
             },
             None => Some(Decision::Rejected),
         };
+        let on_reject_continue = match f.get("on_reject") {
+            Some(n) => self.one_of(n, "on_reject", &["end", "continue"])? == "continue",
+            None => false,
+        };
         Some(Approval {
             to: to?,
             subject: subject??,
             body: body?,
             timeout: timeout?,
             on_timeout: on_timeout?,
+            on_reject_continue,
         })
     }
 
