@@ -68,6 +68,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
             step: step.into(),
             attempt: 1,
             item: None,
+            dedup_id: None,
             started_at: Some(now),
             finished_at: Some(now),
             status: Some(200),

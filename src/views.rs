@@ -189,7 +189,12 @@ impl RunView {
                             None => r.status.clone(),
                         },
                         attempts: active.map_or(r.attempts, |a| a.attempts),
-                        dedup_id: request::item_message_id(run, &s.id, &r.key, 1).0,
+                        dedup_id: attempts
+                            .iter()
+                            .rev()
+                            .find(|a| a.step == s.id && a.item == Some(r.index))
+                            .and_then(|a| a.dedup_id.clone())
+                            .unwrap_or_else(|| request::item_message_id(run, &s.id, &r.key, 1).0),
                         wake_at: active.and_then(|a| a.wake_at),
                         error: active.and_then(|a| a.error.clone()).or(r.error.clone()),
                         attempt_log: attempts
@@ -220,7 +225,13 @@ impl RunView {
             wake_at: s.wake_at,
             error: s.error.clone(),
             output: s.output.clone(),
-            dedup_id: request::message_id(run, &s.id, s.attempts.max(1)).0,
+            // The step's own `dedup_id` as its last attempt rendered it, else runner's.
+            dedup_id: attempts
+                .iter()
+                .rev()
+                .find(|a| a.step == s.id && a.item.is_none() && a.dedup_id.is_some())
+                .and_then(|a| a.dedup_id.clone())
+                .unwrap_or_else(|| request::message_id(run, &s.id, s.attempts.max(1)).0),
             needs: def(&s.id).map(|d| d.needs.clone()).unwrap_or_default(),
             when: def(&s.id).map(|d| d.when),
             waiting_for: match (s.status, def(&s.id)) {

@@ -299,10 +299,12 @@ pub async fn attempt(
             return (ev, record);
         }
     };
-    let (dedup, retried) = match item {
-        Some(i) => request::item_message_id(run, step_id, &i.key, attempt),
-        None => request::message_id(run, step_id, attempt),
+    let (dedup, retried) = match (&req.dedup_id, item) {
+        (Some(own), _) => (own.clone(), attempt.saturating_sub(1)),
+        (None, Some(i)) => request::item_message_id(run, step_id, &i.key, attempt),
+        (None, None) => request::message_id(run, step_id, attempt),
     };
+    record.dedup_id = req.dedup_id.clone();
     let jti = crate::sign::jti_from_random(rand::random());
     let token = crate::sign::sign(
         &keys.current,

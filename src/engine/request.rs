@@ -13,6 +13,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// The longest value of one header (common servers limit a request's headers to 8–16 KiB).
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The longest `dedup_id` (it is sent in two headers).
+pub const MAX_DEDUP_ID_BYTES: usize = 1024;
 /// The longest e-mail subject (RFC 5322 allows 998 characters on a line before folding).
 pub const MAX_SUBJECT_BYTES: usize = 998;
 /// The largest e-mail body (approval bodies are also stored and shown on the approval page).
@@ -35,6 +37,8 @@ pub struct HttpRequest {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The step's own `dedup_id`, rendered.
+    pub dedup_id: Option<String>,
 }
 
 /// The message id and `Upstash-Retried` of an attempt: the step's [`dedup_id`], and the
@@ -117,6 +121,7 @@ fn step_texts(step: &crate::workflow::Step) -> Vec<&str> {
     match &step.kind {
         StepKind::Http(h) => {
             texts.push(h.url.as_str());
+            texts.extend(h.dedup_id.iter().map(Template::as_str));
             texts.extend(h.headers.iter().map(|(_, v)| v.as_str()));
             let mut stack: Vec<&Value> = h.body.iter().collect();
             while let Some(v) = stack.pop() {
@@ -184,7 +189,11 @@ pub fn render_http(
             .headers
             .iter()
             .any(|(_, v)| template::is_template(v.as_str()))
-        || call.body.as_ref().is_some_and(json_has_template);
+        || call.body.as_ref().is_some_and(json_has_template)
+        || call
+            .dedup_id
+            .as_ref()
+            .is_some_and(|d| template::is_template(d.as_str()));
     let ctx = if templated {
         step_context(wf, run, step, secrets, item)
     } else {
@@ -233,11 +242,31 @@ pub fn render_http(
     if body.len() > MAX_BODY_BYTES {
         return Err(over_limit("`body`", body.len(), MAX_BODY_BYTES));
     }
+    let dedup_id = match &call.dedup_id {
+        None => None,
+        Some(t) => {
+            let d = template::render_text(t.as_str(), &ctx)
+                .map_err(|e| format!("rendering `dedup_id`: {e}"))?;
+            if d.trim().is_empty() {
+                return Err("`dedup_id` rendered to nothing".into());
+            }
+            if d.len() > MAX_DEDUP_ID_BYTES {
+                return Err(over_limit("`dedup_id`", d.len(), MAX_DEDUP_ID_BYTES));
+            }
+            if d.chars().any(|c| c.is_control()) {
+                return Err(format!(
+                    "`dedup_id` rendered to {d:?}, which has a control character (it is sent in a header)"
+                ));
+            }
+            Some(d)
+        }
+    };
     Ok(HttpRequest {
         method: call.method.clone(),
         url,
         headers,
         body,
+        dedup_id,
     })
 }
 

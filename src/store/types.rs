@@ -18,6 +18,9 @@ pub struct AttemptRecord {
     /// The item of a `foreach` step this attempt was for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<u32>,
+    /// The deduplication id the attempt carried, when the step chose its own (`dedup_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_id: Option<String>,
     #[serde(serialize_with = "rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "rfc3339::option")]

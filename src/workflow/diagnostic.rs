@@ -45,6 +45,8 @@ pub enum Code {
     NotUpstream,
     /// `needs` names an unknown, later or the same step.
     BadNeeds,
+    /// A header runner sets itself (`Upstash-*`, `Idempotency-Key`, `Runner-*`).
+    ReservedHeader,
     /// `foreach` where it cannot be (a kind other than `http` and `email`), or its keys
     /// (`as`, `key`, `max_parallel`, `fail_fast`) without it.
     BadForeach,
@@ -96,6 +98,7 @@ impl Code {
             Code::NotUpstream => "not-upstream",
             Code::BadNeeds => "bad-needs",
             Code::BadForeach => "bad-foreach",
+            Code::ReservedHeader => "reserved-header",
             Code::UnknownField => "unknown-field",
             Code::HyphenatedStepId => "hyphenated-step-id",
             Code::UnknownVariable => "unknown-variable",

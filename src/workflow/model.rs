@@ -355,6 +355,9 @@ pub struct HttpCall {
     pub headers: Vec<(String, Template)>,
     /// A JSON value whose strings are templates; None sends an empty body.
     pub body: Option<serde_json::Value>,
+    /// The user's own deduplication id (a template), sent as `Upstash-Message-Id` and
+    /// `Idempotency-Key` on every attempt instead of runner's.
+    pub dedup_id: Option<Template>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -252,6 +252,9 @@ shape! {
         "headers" => headers: Option<BTreeMap<String, HeaderValue>>,
         /// Any JSON value; strings inside are templates.
         "body" => body: Option<serde_json::Value>,
+        /// Your own deduplication id (a template, such as `weekly-{{ input.user }}-2026-W12`),
+        /// sent as `Upstash-Message-Id` and `Idempotency-Key` on every attempt.
+        "dedup_id" => dedup_id: Option<String>,
     }
 }
 

@@ -464,6 +464,54 @@ steps:
 // 3. Retries
 
 #[test]
+fn a_steps_own_dedup_id_is_sent_on_every_attempt_and_shown() {
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db");
+    let receiver = QstashReceiver::start();
+    let file = workflow(
+        dir.path(),
+        "weekly-report",
+        &receiver,
+        r#"
+inputs:
+  user: { type: string, required: true }
+steps:
+  - id: report
+    retry: { limit: 3, backoff: fixed, initial: 1s }
+    http:
+      url: "BASE/flaky/1"
+      dedup_id: "weekly-report-{{ input.user }}-2026-W12"
+"#,
+    );
+    let (out, id) = run(
+        &db,
+        &file,
+        &["--input", r#"{"user": "user_123"}"#],
+        &signing(&receiver),
+    );
+    assert_ended(&out, &id, "succeeded");
+    let records = records_of(&receiver, &id);
+    assert_eq!(records.len(), 2, "500, then 200: {records:#?}");
+    assert_all_valid(&records);
+    for (n, r) in records.iter().enumerate() {
+        assert_eq!(
+            header(r, "upstash-message-id"),
+            "weekly-report-user_123-2026-W12"
+        );
+        assert_eq!(
+            header(r, "idempotency-key"),
+            "weekly-report-user_123-2026-W12"
+        );
+        assert_eq!(header(r, "upstash-retried"), n.to_string());
+    }
+    let shown = show(&db, &id);
+    assert_eq!(
+        step(&shown, "report")["dedup_id"],
+        "weekly-report-user_123-2026-W12"
+    );
+}
+
+#[test]
 fn retry_after_is_honoured_over_the_steps_own_backoff() {
     let dir = temp_dir();
     let db = dir.path().join("runner.db");

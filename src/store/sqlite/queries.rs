@@ -312,6 +312,7 @@ impl SqliteStore {
                         step: r.get(0)?,
                         attempt: r.get(1)?,
                         item: None,
+                        dedup_id: None,
                         started_at: r.get::<_, Option<i64>>(2)?.map(from_ms),
                         finished_at: r.get::<_, Option<i64>>(3)?.map(from_ms),
                         status: r.get(4)?,

@@ -519,6 +519,30 @@ impl Checker<'_> {
                             );
                             continue;
                         }
+                        let lower = k.name.to_ascii_lowercase();
+                        if lower.starts_with("upstash-")
+                            || lower.starts_with("runner-")
+                            || lower == "idempotency-key"
+                        {
+                            let hint = if matches!(
+                                lower.as_str(),
+                                "upstash-message-id"
+                                    | "idempotency-key"
+                                    | "upstash-deduplication-id"
+                            ) {
+                                "runner sends its own deduplication id in `Upstash-Message-Id` and `Idempotency-Key`; to choose it, write `dedup_id:` in `http:` (a template)".to_string()
+                            } else {
+                                "runner sets `Upstash-*`, `Idempotency-Key` and `Runner-*` headers on every call (the signature, the dedup id, the attempt); use another name".to_string()
+                            };
+                            self.error(
+                                k.pos,
+                                k.name.chars().count(),
+                                Code::ReservedHeader,
+                                format!("`{}` is a header runner sets itself", k.name),
+                                Some(hint),
+                            );
+                            continue;
+                        }
                         let text = match &v.value {
                             Value::Str(s) => s.clone(),
                             Value::Int(i) => i.to_string(),
@@ -539,11 +563,17 @@ impl Checker<'_> {
             self.templates_in(n, scope);
             n.to_json()
         });
+        let dedup_id = f.get("dedup_id").and_then(|n| {
+            let s = self.nonempty_string(n, "dedup_id")?;
+            self.template(n, s, scope);
+            Some(Template(s.to_string()))
+        });
         Some(HttpCall {
             url: url?,
             method: method?,
             headers,
             body,
+            dedup_id,
         })
     }
 
