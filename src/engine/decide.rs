@@ -31,6 +31,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             if run.status == RunStatus::Pending {
                 run.status = RunStatus::Running;
                 run.started_at = Some(now);
+                run.deadline = wf.timeout.map(|t| later(now, t));
                 advance(wf, &mut run, now, &mut effects);
             }
         }
@@ -65,6 +66,37 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             attempt,
             item: Some(item),
         } => fan::interrupted(wf, &mut run, step, *item, *attempt, &mut effects),
+        Event::DeadlinePassed => {
+            if run.failure.is_none() && run.deadline.is_some_and(|d| d <= now) {
+                run.deadline = None;
+                let timeout = wf.timeout.map_or_else(String::new, |t| {
+                    format!(" of {}", crate::workflow::duration::format(t))
+                });
+                let error = format!(
+                    "the run's timeout{timeout} passed (it started at {})",
+                    run.started_at
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default()
+                );
+                // The step it was at, for `failure.step`: the first one not finished.
+                let step = run
+                    .steps
+                    .iter()
+                    .find(|s| !s.status.is_done() && s.status != StepStatus::Pending)
+                    .or_else(|| run.steps.iter().find(|s| !s.status.is_done()))
+                    .map(|s| s.id.clone())
+                    .unwrap_or_default();
+                abandon(&mut run, &error, now, &mut effects);
+                run.failure = Some(Failure {
+                    step,
+                    error,
+                    status: None,
+                    body: None,
+                    attempts: 0,
+                });
+                advance(wf, &mut run, now, &mut effects);
+            }
+        }
         Event::ItemsCollected { step, items } => {
             fan::collected(wf, &mut run, step, items, now, &mut effects)
         }
@@ -444,6 +476,7 @@ fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
             ) || (s.status == StepStatus::Running && s.fan.is_some())
         })
         .filter_map(|s| s.wake_at)
+        .chain(run.deadline.filter(|_| run.failure.is_none()))
         .min();
     if run.status.is_terminal() {
         if run.finished_at.is_none() {
@@ -526,5 +559,7 @@ fn retry_failed(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut 
     run.failure = None;
     run.finished_at = None;
     run.status = RunStatus::Running;
+    // A retried run has its whole `timeout` again, from now.
+    run.deadline = wf.timeout.map(|t| later(now, t));
     advance(wf, run, now, effects);
 }

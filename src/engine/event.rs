@@ -121,6 +121,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<u32>,
     },
+    /// The run's deadline (the workflow's `timeout`) is due.
+    DeadlinePassed,
     /// A `foreach` step's items all ended: their results, read back by the store in the same
     /// transaction (the machine asked for them with `Effect::CollectItems`).
     ItemsCollected {
@@ -146,6 +148,7 @@ impl Event {
             Event::RetryRequested => "retry_requested",
             Event::AttemptInterrupted { .. } => "attempt_interrupted",
             Event::ItemsCollected { .. } => "items_collected",
+            Event::DeadlinePassed => "deadline_passed",
             Event::ApprovalDeliveryFailed { .. } => "approval_delivery_failed",
         }
     }

@@ -859,3 +859,59 @@ steps:
         "timeout"
     );
 }
+
+#[test]
+fn a_run_timeout_fails_the_run_during_a_sleep_and_runs_the_hooks() {
+    let wf = workflow(
+        r#"
+name: slow
+timeout: 2h
+steps:
+  - id: nap
+    sleep: 1d
+  - id: side
+    needs: []
+    http: { url: "https://example.com/side" }
+  - id: after
+    needs: [nap, side]
+    http: { url: "https://example.com/after" }
+on_failure:
+  - http: { url: "https://example.com/hook", body: { e: "{{ failure.error }}" } }
+"#,
+    );
+    let mut run = new_run(&wf, json!({}));
+    apply(&wf, &mut run, started(), t0());
+    let deadline = t0() + chrono::Duration::hours(2);
+    assert_eq!(run.deadline, Some(deadline));
+    assert_eq!(
+        run.wake_at,
+        Some(deadline),
+        "the deadline comes before the sleep's end"
+    );
+    // Too early: nothing.
+    assert!(
+        apply(
+            &wf,
+            &mut run,
+            Event::DeadlinePassed,
+            t0() + chrono::Duration::hours(1)
+        )
+        .is_empty()
+    );
+    let effects = apply(&wf, &mut run, Event::DeadlinePassed, deadline);
+    assert!(effects.contains(&Effect::AbandonInFlight));
+    assert_eq!(calls(&effects), ["on_failure-1"]);
+    assert_eq!(status(&run, "nap"), StepStatus::Cancelled);
+    assert_eq!(status(&run, "side"), StepStatus::Cancelled);
+    assert_eq!(status(&run, "after"), StepStatus::Skipped);
+    let failure = run.failure.clone().expect("failure");
+    assert_eq!(failure.step, "nap");
+    assert_eq!(
+        failure.error,
+        "the run's timeout of 2h passed (it started at 2026-01-05T09:00:00Z)"
+    );
+    // A second deadline event (a timer fired twice) changes nothing.
+    assert!(apply(&wf, &mut run, Event::DeadlinePassed, deadline).is_empty());
+    apply(&wf, &mut run, ok("on_failure-1", 1), deadline);
+    assert_eq!(run.status, RunStatus::Failed);
+}

@@ -187,6 +187,7 @@ pub(super) fn check_invariants(wf: &Workflow, run: &Run) {
     let earliest = all_steps(run)
         .filter(|s| is_timer(s.status) || (s.status == StepStatus::Running && s.fan.is_some()))
         .filter_map(|s| s.wake_at)
+        .chain(run.deadline.filter(|_| run.failure.is_none()))
         .min();
     if run.status.is_terminal() {
         assert_eq!(run.wake_at, None, "a terminal run has no timer");

@@ -316,9 +316,17 @@ pub struct Run {
     pub steps: Vec<StepState>,
     pub hooks: Vec<StepState>,
     pub failure: Option<Failure>,
-    /// The earliest pending timer of any step (denormalized for the timer index).
+    /// The earliest pending timer of any step, or the run's deadline (denormalized for the
+    /// timer index).
     #[serde(serialize_with = "rfc3339::option")]
     pub wake_at: Option<DateTime<Utc>>,
+    /// When the workflow's `timeout` ends the run, counted from its start.
+    #[serde(
+        default,
+        serialize_with = "rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// The parts of a new run that the shell chooses (ids and times come from outside the core).
@@ -351,6 +359,7 @@ impl Run {
             hooks: wf.on_failure.iter().map(StepState::new).collect(),
             failure: None,
             wake_at: None,
+            deadline: None,
         }
     }
 

@@ -28,6 +28,20 @@ pub struct Job {
     pub item: Option<crate::engine::request::ItemInput>,
 }
 
+/// The timer of a run's own deadline, among its steps' timers: no step can have this id.
+const RUN_DEADLINE: &str = "";
+
+/// The event a due timer applies.
+fn timer_event(step: &str) -> Event {
+    if step == RUN_DEADLINE {
+        Event::DeadlinePassed
+    } else {
+        Event::TimerFired {
+            step: step.to_string(),
+        }
+    }
+}
+
 /// Whether a step's `wake_at` is a timer to fire: a retry, a sleep, an approval's deadline, or
 /// a retry of an item of a `foreach` step.
 fn has_timer(s: &crate::engine::StepState) -> bool {
@@ -414,6 +428,12 @@ impl Executor {
                     }
                 }
             }
+            if run.failure.is_none() && run.deadline.is_some_and(|d| d <= now) {
+                let event = Event::DeadlinePassed;
+                if let Err(e) = self.record_durably(&id, event, None, None).await {
+                    warn!(run_id = id, error = %e, "the run's deadline could not be applied");
+                }
+            }
         }
     }
 
@@ -434,7 +454,7 @@ impl Executor {
                         locked(&self.inner.timers).remove(&(due, run_id.clone(), step.clone()));
                         let exec = self.clone();
                         tokio::spawn(async move {
-                            let event = Event::TimerFired { step: step.clone() };
+                            let event = timer_event(&step);
                             if let Err(e) = exec.record_durably(&run_id, event, None, None).await {
                                 warn!(run_id, step, error = %e, "a timer could not be applied");
                             }
@@ -492,6 +512,9 @@ impl Executor {
                 {
                     added |= timers.insert((at, run.id.clone(), s.id.clone()));
                 }
+            }
+            if let Some(at) = run.deadline.filter(|_| run.failure.is_none()) {
+                added |= timers.insert((at, run.id.clone(), RUN_DEADLINE.to_string()));
             }
         }
         if added {

@@ -18,6 +18,8 @@ pub struct Workflow {
     pub concurrency: Concurrency,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
+    /// How long a run may take from its start (sleeps and approvals included); then it fails.
+    pub timeout: Option<Duration>,
 }
 
 impl Workflow {

@@ -49,6 +49,9 @@ shape! {
         "concurrency" => concurrency: Option<ConcurrencyDecl>,
         /// Apply to every step unless the step overrides them.
         "defaults" => defaults: Option<DefaultsDecl>,
+        /// How long a run may take from its start, sleeps and approvals included (`2h`, `3d`);
+        /// then it fails, calls in flight are abandoned and `on_failure` runs.
+        "timeout" => timeout: Option<DurationText>,
         /// Each waits for the one before it unless it says what it `needs`; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`.
         #[schemars(length(min = 1))]
         "steps" => steps: Vec<StepDecl>,

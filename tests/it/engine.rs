@@ -464,6 +464,42 @@ steps:
 // 3. Retries
 
 #[test]
+fn a_run_that_times_out_during_a_sleep_fails_and_runs_on_failure() {
+    let dir = temp_dir();
+    let db = dir.path().join("runner.db");
+    let receiver = QstashReceiver::start();
+    let file = workflow(
+        dir.path(),
+        "deadline",
+        &receiver,
+        r#"
+timeout: 2s
+steps:
+  - id: nap
+    sleep: 1h
+  - id: never
+    http: { url: "BASE/ok" }
+on_failure:
+  - http: { url: "BASE/echo", body: { step: "{{ failure.step }}", error: "{{ failure.error }}" } }
+"#,
+    );
+    let (out, id) = run(&db, &file, &[], &signing(&receiver));
+    assert_ended(&out, &id, "failed");
+    let records = records_of(&receiver, &id);
+    assert_eq!(records.len(), 1, "only the hook was called: {records:#?}");
+    let body = body_json(&records[0]);
+    assert_eq!(body["step"], "nap");
+    let error = body["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("the run's timeout of 2s passed"),
+        "{error}"
+    );
+    let shown = show(&db, &id);
+    assert_eq!(step(&shown, "nap")["status"], "cancelled");
+    assert_eq!(step(&shown, "never")["status"], "skipped");
+}
+
+#[test]
 fn a_steps_own_dedup_id_is_sent_on_every_attempt_and_shown() {
     let dir = temp_dir();
     let db = dir.path().join("runner.db");

@@ -127,6 +127,7 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.schedules[1].cron.timezone().name(), "Europe/Berlin");
     assert!(wf.webhook);
     assert_eq!(wf.steps.len(), 16);
+    assert_eq!(wf.timeout, Some(std::time::Duration::from_secs(3 * 86_400)));
     let needs = |id: &str| wf.find_step(id).expect("step").needs.clone();
     assert_eq!(
         needs("fetch-user"),

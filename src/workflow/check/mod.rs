@@ -434,6 +434,9 @@ impl<'s> Checker<'s> {
             .get("concurrency")
             .map(|n| self.concurrency(n))
             .unwrap_or_default();
+        let run_timeout = f
+            .get("timeout")
+            .and_then(|n| self.positive_duration(n, "timeout"));
         let (default_timeout, default_retry) = match f.get("defaults") {
             Some(n) => self.defaults(n),
             None => (DEFAULT_TIMEOUT, Retry::default()),
@@ -552,6 +555,7 @@ impl<'s> Checker<'s> {
             concurrency,
             steps,
             on_failure,
+            timeout: run_timeout,
         })
     }
 

@@ -73,6 +73,7 @@ impl Checker<'_> {
                     concurrency: Concurrency::default(),
                     steps: vec![],
                     on_failure: vec![],
+                    timeout: None,
                 };
                 if let Err(errors) = resolve_input(&probe, &checkable) {
                     let Value::Map(entries) = &n.value else {
