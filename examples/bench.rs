@@ -117,6 +117,7 @@ fn main() -> Result<()> {
     let mut sequential_only = false;
     let mut workers: Option<usize> = None;
     let mut postgres: Option<Option<String>> = None;
+    let mut fan_items: Option<usize> = None;
     let mut args = std::env::args().skip(1).peekable();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -138,6 +139,14 @@ fn main() -> Result<()> {
                 postgres = Some(Some(url));
             }
             "--postgres" => postgres = Some(None),
+            "--fan-items" => {
+                fan_items = Some(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| (1..=10_000).contains(n))
+                        .context("--fan-items takes a number from 1 to 10000")?,
+                );
+            }
             "--quick" => quick = true,
             "--json" => json_out = true,
             "--keep-db" => keep_db = true,
@@ -148,7 +157,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N] [--keep-db] [--db postgres://USER@HOST:PORT | --postgres]"
+                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N] [--fan-items N] [--keep-db] [--db postgres://USER@HOST:PORT | --postgres]"
                 );
                 return Ok(());
             }
@@ -158,7 +167,10 @@ fn main() -> Result<()> {
     if let Some(server) = postgres {
         return pg::main(server, quick, json_out);
     }
-    let sizes = Sizes::new(quick);
+    let mut sizes = Sizes::new(quick);
+    if let Some(n) = fan_items {
+        sizes.fan_items = n;
+    }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let mut report = Report::default();
     let progress = |what: &str| {

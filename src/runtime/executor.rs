@@ -406,6 +406,7 @@ impl Executor {
         }
         locked(&self.inner.performing).clear();
         locked(&self.inner.timers).clear();
+        locked(&self.inner.items).clear();
     }
 
     /// Fires the due timers of runs this node claimed (a shared database).
