@@ -541,6 +541,16 @@ impl Checker<'_> {
                     );
                 }
             }
+            // Free (not bound by a `{% for %}`), `loop` is the item loop of a `foreach` step.
+            "loop" if scope.item.is_none() => {
+                self.error(
+                    pos,
+                    r.root.len(),
+                    Code::UnknownVariable,
+                    "`loop` is defined only inside `{% for %}` and in a `foreach` step",
+                    Some("`loop.index` counts the items of a `foreach` step; add `foreach:` to this step, or use it inside a `{% for %}` loop".into()),
+                );
+            }
             other => {
                 if !GLOBALS.contains(&other) && !had_hyphen {
                     self.unknown_root(other, pos, other.len());
