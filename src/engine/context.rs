@@ -13,9 +13,23 @@ pub fn context(
     run: &Run,
     secrets: Option<&serde_json::Map<String, Value>>,
 ) -> Value {
+    context_with(wf, run, secrets, |_| true)
+}
+
+/// [`context`] with only the outputs of the steps `wanted` names: a step's templates read few
+/// steps, and copying every earlier output (a fan-out's items, a large body) for each of a
+/// fan-out's items would cost their size each time.
+pub(super) fn context_with(
+    wf: &Workflow,
+    run: &Run,
+    secrets: Option<&serde_json::Map<String, Value>>,
+    wanted: impl Fn(&str) -> bool,
+) -> Value {
     let mut steps = serde_json::Map::new();
     for s in run.steps.iter().chain(run.hooks.iter()) {
-        if let Some(out) = &s.output {
+        if let Some(out) = &s.output
+            && wanted(&s.id)
+        {
             steps.insert(s.id.clone(), out.clone());
         }
     }

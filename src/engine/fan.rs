@@ -421,11 +421,33 @@ pub(super) fn collected(
         u32::try_from(items.iter().filter(|i| i.status == "failed").count()).unwrap_or(u32::MAX);
     s.finished_at = Some(now);
     s.wake_at = None;
+    // The bodies are kept up to a total size: this output is carried in the run's state.
+    let mut kept = 0usize;
+    let mut omitted = 0u32;
+    let kept_items: Vec<ItemOutput> = items
+        .iter()
+        .map(|it| {
+            let size = serde_json::to_vec(&it.body).map_or(0, |b| b.len())
+                + serde_json::to_vec(&it.headers).map_or(0, |b| b.len());
+            if kept + size <= output::MAX_ITEMS_OUTPUT_BYTES {
+                kept += size;
+                it.clone()
+            } else {
+                omitted += 1;
+                ItemOutput {
+                    body: Value::Null,
+                    headers: Value::Null,
+                    ..it.clone()
+                }
+            }
+        })
+        .collect();
     s.output = Some(output::to_value(&FanOutput {
-        items: items.to_vec(),
+        items: kept_items,
         total: fan.total,
         succeeded,
         failed,
+        bodies_omitted: omitted,
     }));
     if failed == 0 && succeeded == fan.total {
         s.status = StepStatus::Succeeded;

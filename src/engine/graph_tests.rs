@@ -9,7 +9,7 @@ use super::machine_tests::{
 };
 use super::*;
 use crate::workflow::{Decision, Workflow};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn calls(effects: &[Effect]) -> Vec<&str> {
     effects
@@ -461,8 +461,8 @@ steps:
 use crate::workflow::output::ItemOutput;
 use std::collections::BTreeMap;
 
-/// A row of the items table: key, status, attempts, error.
-type Row = (String, String, u32, Option<String>);
+/// A row of the items table: key, status, attempts, error, body.
+type Row = (String, String, u32, Option<String>, Value);
 
 /// The items table: (step, index) → row.
 #[derive(Default)]
@@ -480,7 +480,7 @@ impl Items {
                     for it in items {
                         self.0.insert(
                             (step.clone(), it.index),
-                            (it.key, "pending".into(), 0, None),
+                            (it.key, "pending".into(), 0, None, Value::Null),
                         );
                     }
                 }
@@ -489,20 +489,25 @@ impl Items {
                     row.1 = item.status;
                     row.2 = item.attempts;
                     row.3 = item.error;
+                    row.4 = item
+                        .output
+                        .as_ref()
+                        .and_then(|o| o.get("body").cloned())
+                        .unwrap_or_default();
                 }
                 Effect::CollectItems { step } => {
                     let items: Vec<ItemOutput> = self
                         .0
                         .iter()
                         .filter(|((s, _), _)| *s == step)
-                        .map(|(_, (key, status, attempts, error))| ItemOutput {
+                        .map(|(_, (key, status, attempts, error, body))| ItemOutput {
                             key: key.clone(),
                             status: if status == "pending" {
                                 "skipped".into()
                             } else {
                                 status.clone()
                             },
-                            body: json!(null),
+                            body: body.clone(),
                             headers: json!(null),
                             error: error.clone(),
                             attempts: Some(*attempts),
@@ -914,4 +919,39 @@ on_failure:
     assert!(apply(&wf, &mut run, Event::DeadlinePassed, deadline).is_empty());
     apply(&wf, &mut run, ok("on_failure-1", 1), deadline);
     assert_eq!(run.status, RunStatus::Failed);
+}
+
+#[test]
+fn a_fan_outs_output_keeps_item_bodies_up_to_8_mib() {
+    let wf = workflow(
+        "name: big\nsteps:\n  - id: send\n    foreach: [a, b, c]\n    http: { url: \"https://example.com/\" }\n",
+    );
+    let mut run = new_run(&wf, json!({}));
+    let mut items = Items::default();
+    items.apply(&wf, &mut run, started());
+    let big = "x".repeat(3 * 1024 * 1024);
+    for i in 0..3 {
+        let event = Event::AttemptSucceeded {
+            step: "send".into(),
+            attempt: 1,
+            output: json!({ "status": 200, "headers": {}, "body": big }),
+            item: Some(i),
+        };
+        items.apply(&wf, &mut run, event);
+    }
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let out = run
+        .step("send")
+        .and_then(|s| s.output.clone())
+        .expect("output");
+    assert_eq!(
+        out["bodies_omitted"], 1,
+        "two 3 MiB bodies fit in 8 MiB, the third does not"
+    );
+    assert_eq!(
+        out["items"][1]["body"].as_str().map(str::len),
+        Some(big.len())
+    );
+    assert_eq!(out["items"][2]["body"], Value::Null);
+    assert_eq!(out["items"][2]["status"], "succeeded");
 }

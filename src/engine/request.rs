@@ -2,7 +2,7 @@
 //!
 //! Part of the pure core: no I/O. Secrets are passed in by the shell, never stored.
 
-use super::{Run, context};
+use super::Run;
 use crate::workflow::{StepKind, Template, Workflow, template};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -82,11 +82,28 @@ fn step_context(
     secrets: &serde_json::Map<String, Value>,
     item: Option<&ItemInput>,
 ) -> minijinja::Value {
-    let ctx = template::context(&context(wf, run, Some(secrets)));
+    // Only the steps its texts name (a step id in them, as `steps.x` or `steps['x']`); all of
+    // them when a text reads `steps` otherwise (`steps | tojson`, `steps[input.which]`).
+    let texts = step_texts(step);
+    let dynamic = texts.iter().any(|t| reads_steps_dynamically(t));
+    let named = |id: &str| dynamic || texts.iter().any(|t| t.contains(id));
+    let ctx = template::context(&super::context::context_with(wf, run, Some(secrets), named));
     match (item, &step.foreach) {
         (Some(i), Some(fe)) => template::with_item(&ctx, &fe.as_name, &i.value, i.index),
         _ => ctx,
     }
+}
+
+/// Whether a text reads `steps` other than by a written name (`steps.x`, `steps['x']`).
+fn reads_steps_dynamically(text: &str) -> bool {
+    text.match_indices("steps").any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+            return false; // part of another name (`my_steps`, `x.steps`)
+        }
+        let rest = &text[i + "steps".len()..];
+        !(rest.starts_with('.') || rest.starts_with("['") || rest.starts_with("[\""))
+    })
 }
 
 /// The deduplication id of one step of one run: the same for every attempt and after restarts,
@@ -494,6 +511,18 @@ pub fn render_mail(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_text_that_reads_steps_by_name_is_told_from_one_that_reads_them_all() {
+        assert!(!reads_steps_dynamically(
+            "{{ steps.users.body }} {{ steps['fetch-user'].status }}"
+        ));
+        assert!(!reads_steps_dynamically("{{ my_steps }} {{ input.steps }}"));
+        // Conservative: a word `steps` in plain text reads them all (it only costs a copy).
+        assert!(reads_steps_dynamically("the next steps"));
+        assert!(reads_steps_dynamically("{{ steps | tojson }}"));
+        assert!(reads_steps_dynamically("{{ steps[input.which].body }}"));
+    }
+
     #[test]
     fn redaction_covers_the_forms_rendering_makes_of_a_secret() {
         let secrets: serde_json::Map<String, Value> = serde_json::from_value(

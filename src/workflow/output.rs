@@ -83,10 +83,17 @@ pub struct FanOutput {
     pub total: u32,
     pub succeeded: u32,
     pub failed: u32,
+    /// Items whose `body` and `headers` are left out (null) because the items' bodies came to
+    /// more than [`MAX_ITEMS_OUTPUT_BYTES`] (the run's state carries this output from then on).
+    pub bodies_omitted: u32,
 }
 
+/// How much of a fan-out's item bodies its output keeps (`steps.<id>.items[i].body`).
+pub const MAX_ITEMS_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
 impl FanOutput {
-    pub const FIELDS: &'static [&'static str] = &["items", "total", "succeeded", "failed"];
+    pub const FIELDS: &'static [&'static str] =
+        &["items", "total", "succeeded", "failed", "bodies_omitted"];
 }
 
 /// One item of a `foreach` step, as `steps.<id>.items[i]`.
