@@ -783,10 +783,21 @@ fn bench_version(base: &str) -> Result<Version> {
             "  - id: {id}\n    http:\n      url: {base}/runner/{id}\n      body: {{ step: {id}, payload: \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\" }}\n"
         ));
     }
-    let path = "bench.yaml";
-    let wf = runner::workflow::check_file(path, &yaml).map_err(|diags| {
+    let version = checked_version("bench.yaml", &yaml)?;
+    if version.workflow.steps.len() != 3 {
+        bail!(
+            "the bench workflow has {} steps, not 3",
+            version.workflow.steps.len()
+        );
+    }
+    Ok(version)
+}
+
+/// A workflow version of the bench's own, checked as `runner validate` would.
+fn checked_version(path: &str, yaml: &str) -> Result<Version> {
+    let wf = runner::workflow::check_file(path, yaml).map_err(|diags| {
         anyhow!(
-            "the bench workflow does not check: {}",
+            "the bench workflow {path} does not check: {}",
             diags
                 .iter()
                 .map(|d| d.message.clone())
@@ -794,10 +805,7 @@ fn bench_version(base: &str) -> Result<Version> {
                 .join("; ")
         )
     })?;
-    if wf.steps.len() != 3 {
-        bail!("the bench workflow has {} steps, not 3", wf.steps.len());
-    }
-    Ok(Version::new(path, &yaml, wf))
+    Ok(Version::new(path, yaml, wf))
 }
 
 struct Phase {
@@ -1066,28 +1074,16 @@ fn io_write_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-fn fan_version(base: &str, items: usize) -> Result<Version> {
+fn fan_version(base: &str) -> Result<Version> {
     let yaml = format!(
         "name: bench-fan\ndescription: one signed POST of about 100 bytes per item\ninputs:\n  n: {{ type: integer, required: true }}\nsteps:\n  - id: fan\n    foreach: \"{{{{ range(input.n) | list }}}}\"\n    max_parallel: {IN_FLIGHT}\n    http:\n      url: {base}/runner/fan\n      body: {{ item: \"{{{{ item }}}}\", payload: \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\" }}\n"
     );
-    let _ = items;
-    let path = "bench-fan.yaml";
-    let wf = runner::workflow::check_file(path, &yaml).map_err(|diags| {
-        anyhow!(
-            "the fan-out workflow does not check: {}",
-            diags
-                .iter()
-                .map(|d| d.message.clone())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
-    Ok(Version::new(path, &yaml, wf))
+    checked_version("bench-fan.yaml", &yaml)
 }
 
 /// The fan-out phase: one run of `items` items at `max_parallel: 16`.
 async fn fan_out(engine: &Engine, base: &str, items: usize) -> Result<FanReport> {
-    let version = fan_version(base, items)?;
+    let version = fan_version(base)?;
     let written = io_write_bytes();
     let t = Instant::now();
     let run = runner::ops::start::start(

@@ -8,7 +8,7 @@ use super::effect::Effect;
 use super::event::{Event, Outcome};
 use super::fan;
 use super::plan::advance;
-use super::run::{Failure, Run, RunStatus, StepState, StepStatus, retries_left};
+use super::run::{Failure, Run, RunStatus, StepState, StepStatus};
 use crate::workflow::output::{self, ApprovalOutput, SleepOutput};
 use crate::workflow::{Decision, Step, StepKind, Workflow};
 use chrono::{DateTime, Utc};
@@ -143,20 +143,14 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             s.error = Some(error.clone());
             s.last_status = *status;
             let round_attempts = s.round_attempts();
-            match outcome {
-                Outcome::Retryable { after } if retries_left(def, s) => {
-                    let delay = after.unwrap_or_else(|| def.retry.delay(s.attempts));
+            match after_failure(def, outcome, s.attempts, round_attempts, error) {
+                Ok(delay) => {
                     s.status = StepStatus::Retrying;
                     s.wake_at = Some(later(now, delay));
                 }
-                _ => {
+                Err(why) => {
                     s.status = StepStatus::Failed;
                     s.finished_at = Some(now);
-                    let why = if matches!(outcome, Outcome::Permanent) || def.retry.limit == 0 {
-                        error.clone()
-                    } else {
-                        format!("{error} (gave up after {round_attempts} attempts)")
-                    };
                     s.error = Some(why.clone());
                     let failure = Failure {
                         step: step.clone(),
@@ -193,7 +187,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                     s.wake_at = None;
                     s.status = StepStatus::Running;
                     s.attempts += 1;
-                    effects.push(attempt_effect(def, s.attempts));
+                    effects.push(attempt_effect(def, s.attempts, None));
                 }
                 StepStatus::Sleeping if due => {
                     s.wake_at = None;
@@ -279,7 +273,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                     "attempt {attempt} was interrupted (the process performing it stopped); sent again as attempt {}",
                     s.attempts
                 ));
-                effects.push(attempt_effect(def, s.attempts));
+                effects.push(attempt_effect(def, s.attempts, None));
             }
         }
         Event::ApprovalDeliveryFailed { step, error } => {
@@ -322,18 +316,38 @@ pub(super) fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-pub(super) fn attempt_effect(def: &Step, attempt: u32) -> Effect {
+/// An attempt of a step, or of one item of a `foreach` step.
+pub(super) fn attempt_effect(def: &Step, attempt: u32, item: Option<u32>) -> Effect {
     match def.kind {
         StepKind::Email(_) => Effect::SendEmail {
             step: def.id.clone(),
             attempt,
-            item: None,
+            item,
         },
         _ => Effect::CallHttp {
             step: def.id.clone(),
             attempt,
-            item: None,
+            item,
         },
+    }
+}
+
+/// What a failed attempt of a step (or of an item) leads to: the wait before the next attempt,
+/// or why it failed for good. `round_attempts` counts against the retry limit.
+pub(super) fn after_failure(
+    def: &Step,
+    outcome: &Outcome,
+    attempts: u32,
+    round_attempts: u32,
+    error: &str,
+) -> Result<Duration, String> {
+    match outcome {
+        Outcome::Retryable { after } if round_attempts <= def.retry.limit => {
+            Ok(after.unwrap_or_else(|| def.retry.delay(attempts)))
+        }
+        Outcome::Permanent => Err(error.to_string()),
+        _ if def.retry.limit == 0 => Err(error.to_string()),
+        _ => Err(format!("{error} (gave up after {round_attempts} attempts)")),
     }
 }
 

@@ -8,13 +8,13 @@
 //! Part of the pure core: no I/O.
 
 use super::context::context;
-use super::decide::{fail_for_good, later};
+use super::decide::{after_failure, attempt_effect, fail_for_good, later};
 use super::effect::{Effect, ItemResult, NewItem};
 use super::event::Outcome;
 use super::plan::advance;
 use super::run::{Failure, Fan, Item, Run, StepStatus};
 use crate::workflow::output::{self, FanOutput, ItemOutput};
-use crate::workflow::{Foreach, MAX_FOREACH_ITEMS, Step, StepKind, Workflow, template};
+use crate::workflow::{Foreach, MAX_FOREACH_ITEMS, Step, Workflow, template};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -144,7 +144,7 @@ fn fill(def: &Step, fe: &Foreach, run: &mut Run, index: usize, effects: &mut Vec
             error: None,
             last_status: None,
         });
-        effects.push(item_effect(def, before + 1, i));
+        effects.push(attempt_effect(def, before + 1, Some(i)));
     }
     let done = fan.active.is_empty() && (fan.halted || fan.started == fan.todo_len());
     if done && !fan.collecting {
@@ -183,21 +183,6 @@ pub(super) fn top_up(wf: &Workflow, run: &mut Run, effects: &mut Vec<Effect>) {
     }
 }
 
-fn item_effect(def: &Step, attempt: u32, item: u32) -> Effect {
-    match def.kind {
-        StepKind::Email(_) => Effect::SendEmail {
-            step: def.id.clone(),
-            attempt,
-            item: Some(item),
-        },
-        _ => Effect::CallHttp {
-            step: def.id.clone(),
-            attempt,
-            item: Some(item),
-        },
-    }
-}
-
 /// The step, its definition and `foreach`, and the active item `item` at attempt `attempt`,
 /// when the event is about one (else it is late or a duplicate, and absorbed).
 fn locate<'w>(
@@ -222,7 +207,6 @@ fn locate<'w>(
 }
 
 /// One item ended for good: the store records it, and the next items start.
-#[allow(clippy::too_many_arguments)]
 fn ended(
     run: &mut Run,
     index: usize,
@@ -292,9 +276,8 @@ pub(super) fn failed(
     a.error = Some(error.to_string());
     a.last_status = status;
     let round_attempts = a.round_attempts();
-    match outcome {
-        Outcome::Retryable { after } if round_attempts <= def.retry.limit => {
-            let delay = after.unwrap_or_else(|| def.retry.delay(a.attempts));
+    match after_failure(def, outcome, a.attempts, round_attempts, error) {
+        Ok(delay) => {
             a.status = StepStatus::Retrying;
             a.wake_at = Some(later(now, delay));
             let s = &mut run.steps[index];
@@ -303,12 +286,7 @@ pub(super) fn failed(
                 .as_ref()
                 .and_then(|f| f.active.iter().filter_map(|a| a.wake_at).min());
         }
-        _ => {
-            let why = if matches!(outcome, Outcome::Permanent) || def.retry.limit == 0 {
-                error.to_string()
-            } else {
-                format!("{error} (gave up after {round_attempts} attempts)")
-            };
+        Err(why) => {
             let result = ItemResult {
                 index: item,
                 status: "failed".into(),
@@ -340,7 +318,7 @@ pub(super) fn interrupted(
         "attempt {attempt} was interrupted (the process performing it stopped); sent again as attempt {}",
         a.attempts
     ));
-    effects.push(item_effect(def, a.attempts, item));
+    effects.push(attempt_effect(def, a.attempts, Some(item)));
 }
 
 /// The step's timer: every item whose retry is due is sent again.
@@ -361,7 +339,7 @@ pub(super) fn timer(
             a.status = StepStatus::Running;
             a.wake_at = None;
             a.attempts += 1;
-            effects.push(item_effect(def, a.attempts, a.index));
+            effects.push(attempt_effect(def, a.attempts, Some(a.index)));
         }
     }
     s.wake_at = fan.active.iter().filter_map(|a| a.wake_at).min();

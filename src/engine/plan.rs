@@ -189,7 +189,7 @@ fn start(
                 attempt = s.attempts;
                 s.started_at = Some(now);
             });
-            effects.push(attempt_effect(def, attempt));
+            effects.push(attempt_effect(def, attempt, None));
             false
         }
         StepKind::Sleep(d) => {

@@ -213,11 +213,7 @@ async fn store_orders<T: RunTx>(
             other => out.push(other),
         }
     }
-    // Several decisions in one change: the run finished at most once.
-    let mut finished = false;
-    out.retain(|e| {
-        !matches!(e, Effect::Finished { .. }) || !std::mem::replace(&mut finished, true)
-    });
+    // A run that finished absorbs a later `ItemsCollected`: `Finished` is among these once.
     Ok((run, out))
 }
 
