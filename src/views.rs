@@ -73,6 +73,9 @@ pub(crate) struct StepView {
     /// An approval step: whom it asked, and whether each e-mail got out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emails: Option<Vec<EmailView>>,
+    /// A `wait_for_event` step while it waits: the event's name and key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<crate::engine::Awaiting>,
 }
 
 /// A `foreach` step's items.
@@ -262,6 +265,7 @@ impl RunView {
                     })
                     .collect()
             }),
+            awaiting: s.awaiting.clone(),
         };
         RunView {
             id: run.id.clone(),

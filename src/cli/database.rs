@@ -64,7 +64,7 @@ pub(super) async fn runs(
     }
     let store = open_store_readonly(db).await?;
     filter.status = match status {
-        Some(s) => Some(crate::engine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, succeeded, failed, rejected, cancelled"))?),
+        Some(s) => Some(crate::engine::RunStatus::parse(&s).ok_or_else(|| anyhow::anyhow!("`{s}` is not a run status; use one of pending, running, sleeping, waiting_approval, waiting_event, succeeded, failed, rejected, cancelled"))?),
         None => None,
     };
     let list = store.list_runs(&filter).await?;

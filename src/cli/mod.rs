@@ -129,6 +129,10 @@ pub enum Command {
         /// How long a client may take to send a request head (and a connection may idle)
         #[arg(long, env = "RUNNER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
         header_read_timeout: std::time::Duration,
+        /// How long events sent to runner are kept, for runs that start waiting after an event
+        /// arrived (lookback)
+        #[arg(long, env = "RUNNER_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+        event_retention: std::time::Duration,
         #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "RUNNER_LOG_FORMAT")]
         log_format: LogFormat,
         #[command(flatten)]
@@ -143,6 +147,22 @@ pub enum Command {
         input: String,
         #[arg(long)]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Send an event through the daemon's API: delivered to the runs waiting for it
+    /// (`wait_for_event`, `cancel_on`) and starting the workflows that start on it
+    Notify {
+        event: String,
+        /// The correlation key (runs wait for an event with an equal key); none by default
+        #[arg(long)]
+        key: Option<String>,
+        /// The event's data, a JSON value
+        #[arg(long, default_value = "null")]
+        data: String,
+        /// An id of your own: a retried send with the same id is delivered once
+        #[arg(long)]
+        id: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -382,6 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics_public,
             max_connections,
             header_read_timeout,
+            event_retention,
             log_format,
             mail,
             tls,
@@ -405,6 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 smtp_url: mail.smtp_url,
                 mail_from: mail.mail_from,
                 outbox: mail.outbox,
+                event_retention,
             };
             runtime()?.block_on(crate::daemon::serve(cfg))?;
             Ok(ExitCode::SUCCESS)
@@ -426,6 +448,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &format!("/api/v1/workflows/{workflow}/runs"),
                 Some(body),
                 headers,
+            ))
+        }
+        Command::Notify {
+            event,
+            key,
+            data,
+            id,
+            server,
+        } => {
+            let data: serde_json::Value = serde_json::from_str(&data)
+                .map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
+            let mut body = serde_json::json!({ "data": data });
+            if let Some(k) = key {
+                body["key"] = k.into();
+            }
+            if let Some(i) = id {
+                body["id"] = i.into();
+            }
+            runtime()?.block_on(call_daemon(
+                &server,
+                reqwest::Method::POST,
+                &format!("/api/v1/events/{event}"),
+                Some(body),
+                vec![],
             ))
         }
         Command::Cancel {

@@ -159,6 +159,21 @@ fn step(out: &mut String, s: &StepView, before: Option<&str>) {
         }
         let _ = writeln!(out, "{l}");
     }
+    // An event wait: what it received, or that it timed out.
+    if s.kind == crate::workflow::model::StepKindName::WaitForEvent
+        && let Some(o) = &s.output
+    {
+        if o["timed_out"].as_bool() == Some(true) {
+            let _ = writeln!(out, "    timed out (on_timeout: continue)");
+        } else {
+            let _ = writeln!(
+                out,
+                "    received event {} at {}",
+                o["id"].as_str().unwrap_or("?"),
+                o["received_at"].as_str().unwrap_or("?")
+            );
+        }
+    }
     if let (Some(e), true) = (&s.error, s.attempt_log.is_empty()) {
         let _ = writeln!(out, "    {e}");
     }

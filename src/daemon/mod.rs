@@ -32,6 +32,8 @@ pub struct ServeConfig {
     pub smtp_url: Option<String>,
     pub mail_from: Option<String>,
     pub outbox: PathBuf,
+    /// How long events sent to runner are kept (`RUNNER_EVENT_RETENTION`).
+    pub event_retention: std::time::Duration,
 }
 
 impl crate::ops::Workflows for RwLock<Registry> {
@@ -40,6 +42,47 @@ impl crate::ops::Workflows for RwLock<Registry> {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    fn on_event(&self, event: &str) -> Vec<crate::store::Version> {
+        self.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .active()
+            .into_iter()
+            .filter(|v| v.workflow.events.iter().any(|e| e == event))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Events sent to runner: deliveries a crash cut short are done again (every node may do it:
+/// a delivery is idempotent), and events older than the retention are deleted.
+async fn event_upkeep(
+    exec: crate::runtime::Executor,
+    registry: Arc<RwLock<Registry>>,
+    retention: std::time::Duration,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    const PRUNE_EVERY: u32 = 60;
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for round in 0u32.. {
+        tick.tick().await;
+        match crate::ops::notify::redeliver(&exec, &*registry, EVERY).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                events = n,
+                "delivered events again whose delivery was cut short"
+            ),
+            Err(e) => warn!(error = %e, "delivering events again failed; will retry"),
+        }
+        if round % PRUNE_EVERY == 0 {
+            match crate::ops::notify::prune(&exec, retention).await {
+                Ok(0) => {}
+                Ok(n) => info!(events = n, "deleted events older than the retention"),
+                Err(e) => warn!(error = %e, "deleting old events failed; will retry"),
+            }
+        }
     }
 }
 
@@ -176,6 +219,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             }
         });
     }
+
+    tokio::spawn(event_upkeep(
+        engine.clone(),
+        registry.clone(),
+        cfg.event_retention,
+    ));
 
     let state = Arc::new(crate::web::AppState {
         exec: engine.clone(),

@@ -9,7 +9,7 @@ use super::event::{Event, Outcome};
 use super::fan;
 use super::plan::advance;
 use super::run::{Failure, Run, RunStatus, StepState, StepStatus};
-use crate::workflow::output::{self, ApprovalOutput, SleepOutput};
+use crate::workflow::output::{self, ApprovalOutput, EventOutput, SleepOutput};
 use crate::workflow::{Decision, Step, StepKind, Workflow};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -32,6 +32,56 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                 run.status = RunStatus::Running;
                 run.started_at = Some(now);
                 run.deadline = wf.timeout.map(|t| later(now, t));
+                if let Err(error) = await_cancel_events(wf, &run, &mut effects) {
+                    run.failure = Some(Failure {
+                        step: "cancel_on".into(),
+                        error,
+                        status: None,
+                        body: None,
+                        attempts: 0,
+                    });
+                    skip_steps(&mut run);
+                }
+                advance(wf, &mut run, now, &mut effects);
+            }
+        }
+        Event::EventReceived {
+            step,
+            event,
+            key,
+            id,
+            ..
+        } if super::event::is_cancel_wait(step) => {
+            let reason = if key.is_empty() {
+                format!("cancelled by event `{event}` (id {id})")
+            } else {
+                format!("cancelled by event `{event}` with key `{key}` (id {id})")
+            };
+            cancel(&mut run, &reason, now, &mut effects);
+        }
+        Event::EventReceived {
+            step,
+            id,
+            data,
+            received_at,
+            ..
+        } => {
+            if let Some(s) = run.step_mut(step)
+                && s.status == StepStatus::WaitingEvent
+            {
+                s.status = StepStatus::Succeeded;
+                s.finished_at = Some(now);
+                s.wake_at = None;
+                s.awaiting = None;
+                s.output = Some(output::to_value(&EventOutput {
+                    data: data.clone(),
+                    id: Some(id.clone()),
+                    received_at: Some(
+                        received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    ),
+                    timed_out: false,
+                }));
+                effects.push(Effect::EndAwait { step: step.clone() });
                 advance(wf, &mut run, now, &mut effects);
             }
         }
@@ -196,6 +246,49 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                     s.output = Some(woke(now));
                     advance(wf, &mut run, now, &mut effects);
                 }
+                StepStatus::WaitingEvent if due => {
+                    s.wake_at = None;
+                    s.finished_at = Some(now);
+                    let awaiting = s.awaiting.take();
+                    effects.push(Effect::EndAwait { step: step.clone() });
+                    let go_on =
+                        matches!(&def.kind, StepKind::WaitForEvent(w) if w.on_timeout_continue);
+                    if go_on {
+                        s.status = StepStatus::Succeeded;
+                        s.output = Some(output::to_value(&EventOutput {
+                            data: Value::Null,
+                            id: None,
+                            received_at: None,
+                            timed_out: true,
+                        }));
+                        advance(wf, &mut run, now, &mut effects);
+                    } else {
+                        let timeout = match &def.kind {
+                            StepKind::WaitForEvent(w) => {
+                                crate::workflow::duration::format(w.timeout)
+                            }
+                            _ => String::new(),
+                        };
+                        let what = match awaiting {
+                            Some(a) if !a.key.is_empty() => {
+                                format!("event `{}` with key `{}`", a.event, a.key)
+                            }
+                            Some(a) => format!("event `{}`", a.event),
+                            None => "the event".into(),
+                        };
+                        let error = format!("no {what} arrived within {timeout}");
+                        s.status = StepStatus::Failed;
+                        s.error = Some(error.clone());
+                        let failure = Failure {
+                            step: step.clone(),
+                            error,
+                            status: None,
+                            body: None,
+                            attempts: 0,
+                        };
+                        step_failed(wf, &mut run, failure, now, &mut effects);
+                    }
+                }
                 StepStatus::WaitingApproval if due => {
                     let decision = match &def.kind {
                         StepKind::Approval(a) => a.on_timeout,
@@ -239,20 +332,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
         }
         Event::CancelRequested { reason } => {
             let reason = reason.clone().unwrap_or_else(|| "cancelled".into());
-            for s in run.steps.iter_mut().chain(run.hooks.iter_mut()) {
-                if s.status == StepStatus::Pending {
-                    // Never started: it will not run.
-                    s.status = StepStatus::Cancelled;
-                } else if !s.status.is_done() {
-                    s.status = StepStatus::Cancelled;
-                    s.finished_at = Some(now);
-                    s.wake_at = None;
-                    s.error = Some(reason.clone());
-                    cancel_items(s, &reason, &mut effects);
-                }
-            }
-            run.status = RunStatus::Cancelled;
-            effects.push(Effect::AbandonInFlight);
+            cancel(&mut run, &reason, now, &mut effects);
         }
         Event::RetryRequested => {}
         Event::AttemptInterrupted {
@@ -298,6 +378,58 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
     fan::top_up(wf, &mut run, &mut effects);
     finish(&mut run, now, &mut effects);
     (run, effects)
+}
+
+/// The run is cancelled: steps not started will not run, steps in flight stop.
+fn cancel(run: &mut Run, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+    for s in run.steps.iter_mut().chain(run.hooks.iter_mut()) {
+        if s.status == StepStatus::Pending {
+            // Never started: it will not run.
+            s.status = StepStatus::Cancelled;
+        } else if !s.status.is_done() {
+            s.status = StepStatus::Cancelled;
+            s.finished_at = Some(now);
+            s.wake_at = None;
+            s.awaiting = None;
+            s.error = Some(reason.to_string());
+            cancel_items(s, reason, effects);
+        }
+    }
+    run.status = RunStatus::Cancelled;
+    effects.push(Effect::AbandonInFlight);
+}
+
+/// A started run waits for the events of its workflow's `cancel_on`, each with its key
+/// rendered over the run's input; Err when a key cannot be rendered.
+fn await_cancel_events(wf: &Workflow, run: &Run, effects: &mut Vec<Effect>) -> Result<(), String> {
+    if wf.cancel_on.is_empty() {
+        return Ok(());
+    }
+    let ctx = crate::workflow::template::context(&super::context::context(wf, run, None));
+    for (i, c) in wf.cancel_on.iter().enumerate() {
+        let key =
+            crate::workflow::template::render_engine_text(c.key.as_str(), &ctx).map_err(|e| {
+                format!(
+                    "the `key` of `cancel_on` entry {} (`{}`): {e}",
+                    i + 1,
+                    c.event
+                )
+            })?;
+        effects.push(Effect::AwaitEvent {
+            step: super::event::cancel_wait(i),
+            event: c.event.clone(),
+            key,
+        });
+    }
+    Ok(())
+}
+
+/// Every step of a run that failed before any started is skipped.
+fn skip_steps(run: &mut Run) {
+    for s in run.steps.iter_mut() {
+        s.status = StepStatus::Skipped;
+        s.upstream_failed = true;
+    }
 }
 
 /// What a sleep step shows when it woke: RFC 3339 in UTC with milliseconds (as every other
@@ -448,6 +580,7 @@ fn abandon(run: &mut Run, why: &str, now: DateTime<Utc>, effects: &mut Vec<Effec
             s.status = StepStatus::Cancelled;
             s.finished_at = Some(now);
             s.wake_at = None;
+            s.awaiting = None;
             s.error = Some(why.to_string());
             in_flight = true;
             cancel_items(s, why, effects);
@@ -486,7 +619,10 @@ fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         .filter(|s| {
             matches!(
                 s.status,
-                StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
+                StepStatus::Retrying
+                    | StepStatus::Sleeping
+                    | StepStatus::WaitingApproval
+                    | StepStatus::WaitingEvent
             ) || (s.status == StepStatus::Running && s.fan.is_some())
         })
         .filter_map(|s| s.wake_at)
@@ -509,6 +645,8 @@ fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         RunStatus::Running
     } else if has(StepStatus::WaitingApproval) {
         RunStatus::WaitingApproval
+    } else if has(StepStatus::WaitingEvent) {
+        RunStatus::WaitingEvent
     } else if has(StepStatus::Sleeping) {
         RunStatus::Sleeping
     } else {

@@ -38,8 +38,18 @@ pub enum Effect {
     SaveItems { step: String, items: Vec<NewItem> },
     /// one item that ended, with its result,
     ItemDone { step: String, item: ItemResult },
-    /// and, once every item ended, their results read back as `Event::ItemsCollected`.
+    /// and, once every item ended, their results read back as `Event::ItemsCollected`;
     CollectItems { step: String },
+    /// a wait for an event (a `wait_for_event` step, or a `cancel_on` entry): kept for `POST
+    /// /api/v1/events` to find, and answered at once, as `Event::EventReceived`, by an event
+    /// that arrived since the run was created (lookback);
+    AwaitEvent {
+        step: String,
+        event: String,
+        key: String,
+    },
+    /// and the end of one.
+    EndAwait { step: String },
 }
 
 /// An item of a `foreach` step, as its list rendered when the step started.
@@ -67,7 +77,11 @@ impl Effect {
     pub fn is_store(&self) -> bool {
         matches!(
             self,
-            Effect::SaveItems { .. } | Effect::ItemDone { .. } | Effect::CollectItems { .. }
+            Effect::SaveItems { .. }
+                | Effect::ItemDone { .. }
+                | Effect::CollectItems { .. }
+                | Effect::AwaitEvent { .. }
+                | Effect::EndAwait { .. }
         )
     }
 

@@ -129,6 +129,16 @@ pub enum Event {
         step: String,
         items: Vec<crate::workflow::output::ItemOutput>,
     },
+    /// An event a `wait_for_event` step (or the workflow's `cancel_on`, `step` then being a
+    /// [`cancel_wait`] name) waited for: sent while it waited, or before (lookback).
+    EventReceived {
+        step: String,
+        event: String,
+        key: String,
+        id: String,
+        data: Value,
+        received_at: chrono::DateTime<chrono::Utc>,
+    },
     /// The approval e-mails of a waiting step could not be delivered (a permanent error).
     ApprovalDeliveryFailed {
         step: String,
@@ -150,6 +160,18 @@ impl Event {
             Event::ItemsCollected { .. } => "items_collected",
             Event::DeadlinePassed => "deadline_passed",
             Event::ApprovalDeliveryFailed { .. } => "approval_delivery_failed",
+            Event::EventReceived { .. } => "event_received",
         }
     }
+}
+
+/// The name under which a run waits for the `index`-th event of its workflow's `cancel_on` (not a
+/// valid step id, so it never collides with one).
+pub fn cancel_wait(index: usize) -> String {
+    format!("#cancel_on.{index}")
+}
+
+/// Whether a wait's step name is a `cancel_on` entry's.
+pub fn is_cancel_wait(step: &str) -> bool {
+    step.starts_with("#cancel_on.")
 }

@@ -155,7 +155,10 @@ fn all_steps(run: &Run) -> impl Iterator<Item = &StepState> {
 fn is_timer(status: StepStatus) -> bool {
     matches!(
         status,
-        StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
+        StepStatus::Retrying
+            | StepStatus::Sleeping
+            | StepStatus::WaitingApproval
+            | StepStatus::WaitingEvent
     )
 }
 

@@ -9,6 +9,8 @@ mod context;
 mod decide;
 mod effect;
 mod event;
+#[cfg(test)]
+mod event_tests;
 mod fan;
 #[cfg(test)]
 mod graph_tests;
@@ -21,8 +23,10 @@ mod run;
 pub use context::context;
 pub use decide::decide;
 pub use effect::{Effect, ItemResult, NewItem};
-pub use event::{AttemptResult, Event, Outcome};
-pub use run::{Failure, Fan, Item, NewRun, Run, RunStatus, StepState, StepStatus, Trigger};
+pub use event::{AttemptResult, Event, Outcome, cancel_wait, is_cancel_wait};
+pub use run::{
+    Awaiting, Failure, Fan, Item, NewRun, Run, RunStatus, StepState, StepStatus, Trigger,
+};
 
 /// The run state machine's names in one place (`use crate::engine::*`).
 pub mod machine {

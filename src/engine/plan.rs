@@ -9,7 +9,7 @@ use super::context::context;
 use super::decide::{attempt_effect, fail_for_good, later, skip_pending_hooks, woke};
 use super::effect::Effect;
 use super::fan;
-use super::run::{Failure, Run, RunStatus, StepState, StepStatus};
+use super::run::{Awaiting, Failure, Run, RunStatus, StepState, StepStatus};
 use crate::workflow::{Join, Step, StepKind, Workflow, template};
 use chrono::{DateTime, Utc};
 
@@ -210,6 +210,39 @@ fn start(
                 true
             }
         },
+        StepKind::WaitForEvent(w) => {
+            let key = match &w.key {
+                None => Ok(String::new()),
+                Some(t) => {
+                    template::render_engine_text(t.as_str(), &ctx(run)).map_err(|e| e.to_string())
+                }
+            };
+            match key {
+                Ok(key) => {
+                    let until = later(now, w.timeout);
+                    mark(run, hooks, index, |s| {
+                        s.status = StepStatus::WaitingEvent;
+                        s.started_at = Some(now);
+                        s.wake_at = Some(until);
+                        s.awaiting = Some(Awaiting {
+                            event: w.event.clone(),
+                            key: key.clone(),
+                        });
+                    });
+                    effects.push(Effect::AwaitEvent {
+                        step: def.id.clone(),
+                        event: w.event.clone(),
+                        key,
+                    });
+                    false
+                }
+                Err(e) => {
+                    let error = format!("the `key` of step `{}`: {e}", def.id);
+                    start_failed(wf, run, hooks, index, error, now, effects);
+                    true
+                }
+            }
+        }
         StepKind::Approval(a) => {
             let deadline = later(now, a.timeout);
             mark(run, hooks, index, |s| {

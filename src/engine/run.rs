@@ -15,6 +15,7 @@ pub enum RunStatus {
     Running,
     Sleeping,
     WaitingApproval,
+    WaitingEvent,
     Succeeded,
     Failed,
     Rejected,
@@ -22,11 +23,12 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 8] = [
+    pub const ALL: [RunStatus; 9] = [
         RunStatus::Pending,
         RunStatus::Running,
         RunStatus::Sleeping,
         RunStatus::WaitingApproval,
+        RunStatus::WaitingEvent,
         RunStatus::Succeeded,
         RunStatus::Failed,
         RunStatus::Rejected,
@@ -46,6 +48,7 @@ impl RunStatus {
             RunStatus::Running => "running",
             RunStatus::Sleeping => "sleeping",
             RunStatus::WaitingApproval => "waiting_approval",
+            RunStatus::WaitingEvent => "waiting_event",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Rejected => "rejected",
@@ -68,6 +71,8 @@ pub enum StepStatus {
     Retrying,
     Sleeping,
     WaitingApproval,
+    /// A `wait_for_event` step waits for its event (or its timeout).
+    WaitingEvent,
     Succeeded,
     Failed,
     Skipped,
@@ -92,6 +97,7 @@ impl StepStatus {
             StepStatus::Retrying => "retrying",
             StepStatus::Sleeping => "sleeping",
             StepStatus::WaitingApproval => "waiting_approval",
+            StepStatus::WaitingEvent => "waiting_event",
             StepStatus::Succeeded => "succeeded",
             StepStatus::Failed => "failed",
             StepStatus::Skipped => "skipped",
@@ -110,16 +116,24 @@ pub enum Trigger {
     Api,
     /// A cron slot of a YAML or programmatic schedule.
     Schedule,
+    /// An event the workflow starts on (`on.event`).
+    Event,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 3] = [Trigger::Cli, Trigger::Api, Trigger::Schedule];
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Cli,
+        Trigger::Api,
+        Trigger::Schedule,
+        Trigger::Event,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Cli => "cli",
             Trigger::Api => "api",
             Trigger::Schedule => "schedule",
+            Trigger::Event => "event",
         }
     }
 
@@ -170,6 +184,16 @@ pub struct StepState {
     /// flight, never the whole list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fan: Option<Fan>,
+    /// A `wait_for_event` step while it waits: the event and the key, as rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<Awaiting>,
+}
+
+/// What a `wait_for_event` step waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Awaiting {
+    pub event: String,
+    pub key: String,
 }
 
 /// The progress of a `foreach` step.
@@ -278,6 +302,7 @@ impl StepState {
             interrupted: 0,
             upstream_failed: false,
             fan: None,
+            awaiting: None,
         }
     }
 }
@@ -427,6 +452,22 @@ impl Run {
                 StepStatus::WaitingApproval => {
                     format!("a decision on step `{}` (deadline {})", s.id, at(s.wake_at))
                 }
+                StepStatus::WaitingEvent => match &s.awaiting {
+                    Some(a) if a.key.is_empty() => format!(
+                        "event `{}` for step `{}` (until {})",
+                        a.event,
+                        s.id,
+                        at(s.wake_at)
+                    ),
+                    Some(a) => format!(
+                        "event `{}` with key `{}` for step `{}` (until {})",
+                        a.event,
+                        a.key,
+                        s.id,
+                        at(s.wake_at)
+                    ),
+                    None => format!("an event for step `{}` (until {})", s.id, at(s.wake_at)),
+                },
                 _ => return None,
             })
         };
@@ -477,6 +518,7 @@ impl StepState {
             last_status: None,
             upstream_failed: false,
             fan: None,
+            awaiting: None,
         }
     }
 }

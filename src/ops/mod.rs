@@ -8,6 +8,7 @@
 pub mod approval_link;
 pub mod cancel;
 pub mod decide_step;
+pub mod notify;
 pub mod retry;
 pub mod schedules;
 pub mod start;
@@ -18,4 +19,6 @@ use crate::store::Version;
 pub trait Workflows: Send + Sync {
     /// The active version of the workflow named `name`.
     fn active(&self, name: &str) -> Option<Version>;
+    /// The active versions of the workflows that start on events of this name (`on.event`).
+    fn on_event(&self, event: &str) -> Vec<Version>;
 }

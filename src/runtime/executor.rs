@@ -42,12 +42,15 @@ fn timer_event(step: &str) -> Event {
     }
 }
 
-/// Whether a step's `wake_at` is a timer to fire: a retry, a sleep, an approval's deadline, or
-/// a retry of an item of a `foreach` step.
+/// Whether a step's `wake_at` is a timer to fire: a retry, a sleep, an approval's or an event
+/// wait's deadline, or a retry of an item of a `foreach` step.
 fn has_timer(s: &crate::engine::StepState) -> bool {
     matches!(
         s.status,
-        StepStatus::Retrying | StepStatus::Sleeping | StepStatus::WaitingApproval
+        StepStatus::Retrying
+            | StepStatus::Sleeping
+            | StepStatus::WaitingApproval
+            | StepStatus::WaitingEvent
     ) || (s.status == StepStatus::Running && s.fan.is_some())
 }
 
@@ -581,7 +584,10 @@ impl Executor {
                 return;
             }
             // The store carried these out inside the change's transaction.
-            Effect::ItemDone { .. } | Effect::CollectItems { .. } => return,
+            Effect::ItemDone { .. }
+            | Effect::CollectItems { .. }
+            | Effect::AwaitEvent { .. }
+            | Effect::EndAwait { .. } => return,
         };
         let exec = self.clone();
         let run_id = run.id.clone();

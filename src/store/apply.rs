@@ -8,7 +8,7 @@
 //! before the commit. Each backend keeps its own SQL and its own way of batching transactions.
 
 use super::StoreError;
-use super::types::{Applied, AttemptRecord, NewRunRequest, SlotClaim, Version};
+use super::types::{Applied, AttemptRecord, InboundEvent, NewRunRequest, SlotClaim, Version};
 use crate::engine::{self, Effect, Event, Run, StepStatus};
 use crate::workflow::Workflow;
 use crate::workflow::output::ItemOutput;
@@ -112,6 +112,21 @@ pub(crate) trait RunTx {
     /// Every item of a `foreach` step with its result, in order (this change's writes included).
     async fn load_items(&mut self, run_id: &str, step: &str)
     -> Result<Vec<ItemOutput>, StoreError>;
+    /// Keeps a run's wait for an event (replacing the step's earlier one) and answers the
+    /// first event of that name and key received since `since`, if any (lookback). On a shared
+    /// database the wait and the recording of an event of the same name and key are
+    /// serialized, so that one of them always sees the other.
+    async fn await_event(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        event: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<InboundEvent>, StoreError>;
+    async fn end_await(&mut self, run_id: &str, step: &str) -> Result<(), StoreError>;
+    /// Deletes every wait of a run (it finished).
+    async fn close_waits(&mut self, run_id: &str) -> Result<(), StoreError>;
     /// The run's state after this change, for the backend's cache (kept only if it commits).
     fn remember(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64);
     fn forget(&mut self, id: &str);
@@ -210,11 +225,44 @@ async fn store_orders<T: RunTx>(
                 run = next;
                 queue.extend(more);
             }
+            Effect::AwaitEvent { step, event, key } => {
+                let Some(got) = tx
+                    .await_event(&run.id, &step, &event, &key, run.created_at)
+                    .await?
+                else {
+                    continue;
+                };
+                let (next, more) = engine::decide(wf, &run, &received(step, got), now);
+                run = next;
+                queue.extend(more);
+            }
+            Effect::EndAwait { step } => tx.end_await(&run.id, &step).await?,
             other => out.push(other),
         }
     }
     // A run that finished absorbs a later `ItemsCollected`: `Finished` is among these once.
     Ok((run, out))
+}
+
+/// The event a waiting step (or a `cancel_on` wait) receives for an event sent to runner.
+pub(crate) fn received(step: String, e: InboundEvent) -> Event {
+    Event::EventReceived {
+        step,
+        event: e.name,
+        key: e.key,
+        id: e.id,
+        data: e.data,
+        received_at: e.received_at,
+    }
+}
+
+/// Whether runs of this workflow ever wait for events (their waits are deleted when they end).
+fn waits(wf: &Workflow) -> bool {
+    !wf.cancel_on.is_empty()
+        || wf
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, crate::workflow::StepKind::WaitForEvent(_)))
 }
 
 fn state_json(run: &Run) -> String {
@@ -302,7 +350,7 @@ pub(crate) async fn start<T: RunTx>(
         data: &data,
         attempt: None,
     };
-    let mut applied = record_change(tx, run, change, effects, now).await?;
+    let mut applied = record_change(tx, run, change, effects, waits(&wf), now).await?;
     applied.created = true;
     Ok(applied)
 }
@@ -382,7 +430,7 @@ pub(crate) async fn apply<T: RunTx>(
         data: &cmd.data,
         attempt,
     };
-    record_change(tx, Arc::new(next), change, effects, now).await
+    record_change(tx, Arc::new(next), change, effects, waits(&wf), now).await
 }
 
 /// The event of a change whose new run state is already written, as stored.
@@ -403,6 +451,7 @@ async fn record_change<T: RunTx>(
     run: Arc<Run>,
     change: Change<'_>,
     effects: Vec<Effect>,
+    waits: bool,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
     tx.append_event(
@@ -419,6 +468,9 @@ async fn record_change<T: RunTx>(
     if run.status.is_terminal() {
         // Nothing that was queued for a finished run may run after a restart.
         tx.close_outbox(&run.id).await?;
+        if waits {
+            tx.close_waits(&run.id).await?;
+        }
     }
     let mut out = Vec::with_capacity(effects.len());
     for (k, effect) in (0..).zip(effects) {

@@ -19,6 +19,11 @@ pub use postgres::NodeRow;
 pub use sqlite::OutcomePending;
 pub use types::*;
 
+/// The event a run's wait receives for an event sent to runner.
+pub fn received_event(step: String, e: InboundEvent) -> Event {
+    apply::received(step, e)
+}
+
 use crate::engine::{Event, Run, RunStatus};
 use crate::workflow::Workflow;
 use chrono::{DateTime, Utc};
@@ -507,6 +512,79 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.delete_api_schedule(id).await,
             Backend::Postgres(p) => p.delete_api_schedule(id).await,
+        }
+    }
+
+    // --- events sent to runner ----------------------------------------------------------------
+
+    /// Records an event sent to runner, or answers the one recorded before with its name and
+    /// id (`duplicate`). On a shared database this is serialized with any wait for the same
+    /// name and key, so that either the wait sees the event or the delivery sees the wait.
+    pub async fn record_event(
+        &self,
+        e: NewInboundEvent,
+        now: DateTime<Utc>,
+    ) -> Result<RecordedEvent, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_event(e, now).await,
+            Backend::Postgres(p) => p.record_event(e, now).await,
+        }
+    }
+
+    /// The runs waiting for an event of this name and key that arrived at `at`.
+    pub async fn event_waits(
+        &self,
+        name: &str,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<EventWait>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.event_waits(name, key, at),
+            Backend::Postgres(p) => p.event_waits(name, key, at).await,
+        }
+    }
+
+    /// An event's delivery ended: it reached these runs.
+    pub async fn mark_event_delivered(
+        &self,
+        seq: i64,
+        runs: Vec<String>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.mark_event_delivered(seq, runs).await,
+            Backend::Postgres(p) => p.mark_event_delivered(seq, runs).await,
+        }
+    }
+
+    /// Events received before `before` whose delivery never ended (a crash cut it short).
+    pub async fn undelivered_events(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<InboundEvent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.undelivered_events(before, limit),
+            Backend::Postgres(p) => p.undelivered_events(before, limit).await,
+        }
+    }
+
+    /// Events, newest first, optionally of one name.
+    pub async fn list_events(
+        &self,
+        name: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<InboundEvent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.list_events(name, limit),
+            Backend::Postgres(p) => p.list_events(name, limit).await,
+        }
+    }
+
+    /// Deletes up to `limit` delivered events received before `before`; answers how many.
+    pub async fn prune_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune_events(before, limit).await,
+            Backend::Postgres(p) => p.prune_events(before, limit).await,
         }
     }
 

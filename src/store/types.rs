@@ -286,3 +286,42 @@ impl ItemRow {
         }
     }
 }
+
+/// An event sent to runner (`POST /api/v1/events/{event}`), to record.
+#[derive(Debug, Clone)]
+pub struct NewInboundEvent {
+    pub name: String,
+    /// The sender's id (a retried send carries the same), or one runner chose.
+    pub id: String,
+    pub key: String,
+    pub data: serde_json::Value,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundEvent {
+    #[serde(skip)]
+    pub seq: i64,
+    pub name: String,
+    pub id: String,
+    pub key: String,
+    pub data: serde_json::Value,
+    #[serde(serialize_with = "rfc3339::one")]
+    pub received_at: DateTime<Utc>,
+    /// The runs it reached, once its delivery ended.
+    pub delivered: Option<Vec<String>>,
+}
+
+/// A recorded event, and whether it had been recorded before (the same name and id).
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub event: InboundEvent,
+    pub duplicate: bool,
+}
+
+/// A run waiting for an event: a `wait_for_event` step, or a `cancel_on` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventWait {
+    pub run_id: String,
+    pub step: String,
+}

@@ -109,6 +109,8 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/runs/{id}/retry", post(retry_run))
         .route("/runs/{id}/steps/{step}/approve", post(approve))
         .route("/runs/{id}/steps/{step}/reject", post(reject))
+        .route("/events", get(list_events))
+        .route("/events/{event}", post(send_event))
         .route("/nodes", get(list_nodes))
         .route("/schedules", get(list_schedules))
         .route(
@@ -438,6 +440,71 @@ async fn start_run(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    key: Option<String>,
+    #[serde(default)]
+    data: Value,
+    id: Option<String>,
+}
+
+/// `POST /api/v1/events/{event}` with `{"key", "data", "id"}`: the runs it reached.
+async fn send_event(
+    State(state): State<Shared>,
+    Path(event): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let parts = daemon(&state, "sending an event")?;
+    let body: EventBody = if body.iter().all(u8::is_ascii_whitespace) {
+        EventBody {
+            key: None,
+            data: Value::Null,
+            id: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be a JSON object with `key`, `data` and `id` (each optional): {e}"),
+            )
+        })?
+    };
+    use crate::ops::notify::{NotifyError, notify};
+    match notify(
+        &state.exec,
+        &*parts.registry,
+        &event,
+        body.key,
+        body.data,
+        body.id,
+    )
+    .await
+    {
+        Ok(n) => json_ok(StatusCode::OK, json!(n)),
+        Err(NotifyError::Store(e)) => Err(ApiError::store(e)),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    name: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/events?name=&limit=`: events kept for lookback, newest first.
+async fn list_events(State(state): State<Shared>, Query(q): Query<EventQuery>) -> ApiResult {
+    let limit = limit(q.limit, 100)?;
+    let events = state
+        .exec
+        .store()
+        .list_events(q.name.as_deref(), i64::try_from(limit).unwrap_or(100))
+        .await
+        .map_err(ApiError::store)?;
+    json_ok(StatusCode::OK, json!(events))
+}
+
 /// The most items one list answers.
 const MAX_LIMIT: usize = 1000;
 
@@ -466,7 +533,7 @@ struct RunQuery {
 async fn list_runs(State(state): State<Shared>, Query(q): Query<RunQuery>) -> ApiResult {
     let status = match &q.status {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("`{s}` is not a run status; use pending, running, sleeping, waiting_approval, succeeded, failed, rejected or cancelled"))
+            ApiError::new(StatusCode::BAD_REQUEST, format!("`{s}` is not a run status; use pending, running, sleeping, waiting_approval, waiting_event, succeeded, failed, rejected or cancelled"))
         })?),
         None => None,
     };

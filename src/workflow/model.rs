@@ -20,6 +20,18 @@ pub struct Workflow {
     pub on_failure: Vec<Step>,
     /// How long a run may take from its start (sleeps and approvals included); then it fails.
     pub timeout: Option<Duration>,
+    /// `on: { event: [...] }`: a run starts for each event of these names, its data the input.
+    pub events: Vec<String>,
+    /// `cancel_on`: an event of this name whose key equals the rendered `key` cancels the run.
+    pub cancel_on: Vec<CancelOn>,
+}
+
+/// One entry of a workflow's `cancel_on`.
+#[derive(Debug, Clone)]
+pub struct CancelOn {
+    pub event: String,
+    /// A template over `input` and `run`, rendered when the run starts.
+    pub key: Template,
 }
 
 impl Workflow {
@@ -303,6 +315,7 @@ pub enum StepKind {
     Sleep(Duration),
     SleepUntil(Template),
     Email(Email),
+    WaitForEvent(WaitForEvent),
 }
 
 impl StepKind {
@@ -313,6 +326,7 @@ impl StepKind {
             StepKind::Sleep(_) => StepKindName::Sleep,
             StepKind::SleepUntil(_) => StepKindName::SleepUntil,
             StepKind::Email(_) => StepKindName::Email,
+            StepKind::WaitForEvent(_) => StepKindName::WaitForEvent,
         }
     }
 
@@ -330,6 +344,7 @@ pub enum StepKindName {
     Sleep,
     SleepUntil,
     Email,
+    WaitForEvent,
 }
 
 impl StepKindName {
@@ -340,6 +355,7 @@ impl StepKindName {
             StepKindName::Sleep => "sleep",
             StepKindName::SleepUntil => "sleep_until",
             StepKindName::Email => "email",
+            StepKindName::WaitForEvent => "wait_for_event",
         }
     }
 }
@@ -400,6 +416,30 @@ pub struct Approval {
 
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 
+/// A `wait_for_event` step: the run waits until an event of this name with this key arrives
+/// (`POST /api/v1/events/{event}`), or one did after the run was created (lookback).
+#[derive(Debug, Clone)]
+pub struct WaitForEvent {
+    pub event: String,
+    /// The correlation key, a template rendered when the step starts; equality only. Without
+    /// one the step takes an event sent without a key.
+    pub key: Option<Template>,
+    pub timeout: Duration,
+    /// `continue`: a timeout is the step's result (`timed_out` is true) and the run goes on;
+    /// by default the step fails.
+    pub on_timeout_continue: bool,
+}
+
+pub const DEFAULT_EVENT_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+
+/// Whether `s` may name an event: letters, digits and `.`, `_`, `-`, `:`, `/`, at most 200.
+pub fn valid_event_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
+}
+
 #[derive(Debug, Clone)]
 pub struct Email {
     pub to: Vec<Template>,
@@ -415,6 +455,7 @@ pub fn produced_fields(kind: &str) -> &'static [&'static str] {
         "approval" => ApprovalOutput::FIELDS,
         "sleep" | "sleep_until" => SleepOutput::FIELDS,
         "email" => EmailOutput::FIELDS,
+        "wait_for_event" => EventOutput::FIELDS,
         "foreach" => FanOutput::FIELDS,
         _ => &[],
     }

@@ -71,6 +71,22 @@ impl EmailOutput {
     pub const FIELDS: &'static [&'static str] = &["sent_to"];
 }
 
+/// A `wait_for_event` step: the event it received, or that it timed out (`on_timeout:
+/// continue`; then `data` and `received_at` are null).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventOutput {
+    pub data: Value,
+    /// The event's id (the sender's, or the one runner gave it).
+    pub id: Option<String>,
+    /// RFC 3339 with milliseconds.
+    pub received_at: Option<String>,
+    pub timed_out: bool,
+}
+
+impl EventOutput {
+    pub const FIELDS: &'static [&'static str] = &["data", "id", "received_at", "timed_out"];
+}
+
 /// Any output as the JSON value a run's state keeps.
 pub fn to_value<T: Serialize>(output: &T) -> Value {
     serde_json::to_value(output).expect("a step output serializes")

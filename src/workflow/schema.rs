@@ -52,7 +52,9 @@ shape! {
         /// How long a run may take from its start, sleeps and approvals included (`2h`, `3d`);
         /// then it fails, calls in flight are abandoned and `on_failure` runs.
         "timeout" => timeout: Option<DurationText>,
-        /// Each waits for the one before it unless it says what it `needs`; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`.
+        /// Running runs whose key matches an event of this name are cancelled.
+        "cancel_on" => cancel_on: Option<Vec<CancelOnDecl>>,
+        /// Each waits for the one before it unless it says what it `needs`; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`, `wait_for_event`.
         #[schemars(length(min = 1))]
         "steps" => steps: Vec<StepDecl>,
         /// Run once when a run fails; each has `http` or `email`.
@@ -67,6 +69,24 @@ shape! {
         "schedule" => schedule: Option<Vec<ScheduleDecl>>,
         /// Runs may be started over the HTTP API.
         "webhook" => webhook: Option<bool>,
+        /// A run starts for each event of these names (`POST /api/v1/events/{event}`); the
+        /// event's data is the input, its id the idempotency key.
+        "event" => event: Option<Vec<EventName>>,
+    }
+}
+
+/// An event name: letters, digits, `.`, `_`, `-`, `:`, `/`.
+#[derive(JsonSchema)]
+struct EventName(#[schemars(regex(pattern = r"^[A-Za-z0-9._:/-]{1,200}$"))] String);
+
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct CancelOnDecl, keys CANCEL_ON_KEYS {
+        "event" => event: EventName,
+        /// A template over `input` and `run`, rendered when the run starts; an event with an
+        /// equal key cancels the run.
+        "key" => key: String,
     }
 }
 
@@ -176,6 +196,9 @@ shape! {
         /// An RFC 3339 time or a template that renders one.
         "sleep_until" => sleep_until: Option<String>,
         "email" => email: Option<EmailDecl>,
+        /// Wait until an event of this name and key arrives (or arrived since the run was
+        /// created).
+        "wait_for_event" => wait_for_event: Option<WaitForEventDecl>,
         "timeout" => timeout: Option<DurationText>,
         "retry" => retry: Option<RetryDecl>,
         /// The steps this one waits for (earlier ones only). Without it, the step before it;
@@ -228,6 +251,7 @@ shape! {
         "sleep" => sleep: Option<DurationText>,
         "sleep_until" => sleep_until: Option<String>,
         "email" => email: Option<EmailDecl>,
+        "wait_for_event" => wait_for_event: Option<WaitForEventDecl>,
         "timeout" => timeout: Option<DurationText>,
         "retry" => retry: Option<RetryDecl>,
     }
@@ -304,6 +328,28 @@ shape! {
         /// `end` (default): a rejection ends the run, `rejected`. `continue`: the run goes on
         /// and later steps see `decision == 'rejected'`.
         "on_reject" => on_reject: Option<OnRejectDecl>,
+    }
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum OnEventTimeoutDecl {
+    Fail,
+    Continue,
+}
+
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct WaitForEventDecl, keys WAIT_FOR_EVENT_KEYS {
+        "event" => event: EventName,
+        /// The correlation key (a template); an event with an equal key is received. Without
+        /// it, an event sent without a key.
+        "key" => key: Option<String>,
+        /// Default 7d.
+        "timeout" => timeout: Option<DurationText>,
+        /// `fail` (default) or `continue` (then `steps.<id>.timed_out` is true).
+        "on_timeout" => on_timeout: Option<OnEventTimeoutDecl>,
     }
 }
 

@@ -6,6 +6,7 @@ mod cluster;
 mod crash;
 mod daemon;
 mod engine;
+mod events;
 mod files;
 mod graph;
 mod http_edges;

@@ -126,8 +126,23 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.schedules.len(), 4);
     assert_eq!(wf.schedules[1].cron.timezone().name(), "Europe/Berlin");
     assert!(wf.webhook);
-    assert_eq!(wf.steps.len(), 16);
+    assert_eq!(wf.steps.len(), 18);
     assert_eq!(wf.timeout, Some(std::time::Duration::from_secs(3 * 86_400)));
+    assert_eq!(wf.events, ["user.signed_up", "crm:contact/updated"]);
+    assert_eq!(wf.cancel_on.len(), 1);
+    assert_eq!(wf.cancel_on[0].key.as_str(), "{{ input.userId }}");
+    match &wf.find_step("verified").expect("step").kind {
+        workflow::StepKind::WaitForEvent(w) => {
+            assert_eq!(w.event, "email.verified");
+            assert_eq!(
+                w.key.as_ref().map(|k| k.as_str()),
+                Some("user-{{ input.userId }}")
+            );
+            assert_eq!(w.timeout, std::time::Duration::from_secs(2 * 86_400));
+            assert!(w.on_timeout_continue);
+        }
+        other => panic!("`verified` is {other:?}"),
+    }
     let needs = |id: &str| wf.find_step(id).expect("step").needs.clone();
     assert_eq!(
         needs("fetch-user"),
@@ -660,6 +675,11 @@ fn schema_and_checker_agree_on_keys() {
     assert_eq!(props(&defs["HttpDecl"]), sorted(HTTP_KEYS));
     assert_eq!(props(&defs["ApprovalDecl"]), sorted(APPROVAL_KEYS));
     assert_eq!(props(&defs["EmailDecl"]), sorted(EMAIL_KEYS));
+    assert_eq!(
+        props(&defs["WaitForEventDecl"]),
+        sorted(WAIT_FOR_EVENT_KEYS)
+    );
+    assert_eq!(props(&defs["CancelOnDecl"]), sorted(CANCEL_ON_KEYS));
 }
 
 /// `runner next` across both DST transitions in New York and Berlin (design §3: a fixed-time slot

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/001_initial.sql"),
     include_str!("../migrations/postgres/002_outbox_fresh.sql"),
     include_str!("../migrations/postgres/003_items.sql"),
+    include_str!("../migrations/postgres/004_events.sql"),
 ];
 
 /// The advisory lock held while migrating (daemons of one version may start together).

@@ -35,6 +35,8 @@ pub(super) struct Statements {
     delete_items: tokio_postgres::Statement,
     insert_items: tokio_postgres::Statement,
     finish_item: tokio_postgres::Statement,
+    end_await: tokio_postgres::Statement,
+    close_waits: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -66,6 +68,8 @@ impl Statements {
             enqueue: p("INSERT INTO outbox(run_id, id, effect, created_at, owner) VALUES ($1, $2, $3, $4, $5)").await?,
             delete_items: p("DELETE FROM items WHERE run_id = $1 AND step = $2").await?,
             insert_items: p("INSERT INTO items(run_id, step, idx, key, value) SELECT $1, $2, i, k, v FROM unnest($3::int[], $4::text[], $5::text[]) AS t(i, k, v)").await?,
+            end_await: p("DELETE FROM event_waits WHERE run_id = $1 AND step = $2").await?,
+            close_waits: p("DELETE FROM event_waits WHERE run_id = $1").await?,
             finish_item: p("UPDATE items SET status = $4, attempts = $5, output = $6, error = $7, finished_at = $8 WHERE run_id = $1 AND step = $2 AND idx = $3").await?,
         })
     }
@@ -523,6 +527,63 @@ impl RunTx for PgTx<'_> {
             .iter()
             .map(|r| super::queries::item_row(r).into_output())
             .collect())
+    }
+
+    async fn await_event(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        event: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<crate::store::types::InboundEvent>, StoreError> {
+        let doing = "keeping a wait for an event";
+        self.flush().await?;
+        // Held to the commit, as by the transaction that records an event of this name and
+        // key: whichever comes second sees the other (the look back below sees the event, or
+        // the event's delivery sees this wait).
+        self.tx
+            .execute(super::queries::EVENT_LOCK, &[&event, &key])
+            .await
+            .map_err(sql(doing))?;
+        self.tx
+            .execute(
+                "INSERT INTO event_waits(run_id, step, name, key, since) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (run_id, step) DO UPDATE SET name = excluded.name, key = excluded.key, since = excluded.since",
+                &[&run_id, &step, &event, &key, &ms(since)],
+            )
+            .await
+            .map_err(sql(doing))?;
+        let row = self
+            .tx
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM inbound_events WHERE name = $1 AND key = $2 AND received_at >= $3 ORDER BY received_at, seq LIMIT 1",
+                    super::queries::INBOUND_COLUMNS
+                ),
+                &[&event, &key, &ms(since)],
+            )
+            .await
+            .map_err(sql("looking back for an event"))?;
+        Ok(row.as_ref().map(super::queries::inbound_row))
+    }
+
+    async fn end_await(&mut self, run_id: &str, step: &str) -> Result<(), StoreError> {
+        self.queue(
+            &self.stmts.end_await,
+            vec![p(run_id.to_string()), p(step.to_string())],
+            Check::Any,
+        );
+        Ok(())
+    }
+
+    async fn close_waits(&mut self, run_id: &str) -> Result<(), StoreError> {
+        self.queue(
+            &self.stmts.close_waits,
+            vec![p(run_id.to_string())],
+            Check::Any,
+        );
+        Ok(())
     }
 
     fn remember(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64) {

@@ -400,6 +400,54 @@ impl RunTx for SqliteTx<'_> {
         })
     }
 
+    async fn await_event(
+        &mut self,
+        run_id: &str,
+        step: &str,
+        event: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<crate::store::types::InboundEvent>, StoreError> {
+        let doing = "keeping a wait for an event";
+        self.conn
+            .exec(
+                "INSERT INTO event_waits(run_id, step, name, key, since) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(run_id, step) DO UPDATE SET name = excluded.name, key = excluded.key, since = excluded.since",
+                params![run_id, step, event, key, ms(since)],
+            )
+            .map_err(sql(doing))?;
+        // The writer is the only one that records events: no event is recorded between the
+        // wait and this look back.
+        self.conn
+            .row(
+                &format!(
+                    "SELECT {} FROM inbound_events WHERE name = ?1 AND key = ?2 AND received_at >= ?3 ORDER BY received_at, seq LIMIT 1",
+                    super::queries::INBOUND_COLUMNS
+                ),
+                params![event, key, ms(since)],
+                super::queries::inbound_row,
+            )
+            .optional()
+            .map_err(sql("looking back for an event"))
+    }
+
+    async fn end_await(&mut self, run_id: &str, step: &str) -> Result<(), StoreError> {
+        self.conn
+            .exec(
+                "DELETE FROM event_waits WHERE run_id = ?1 AND step = ?2",
+                params![run_id, step],
+            )
+            .map(drop)
+            .map_err(sql("ending a wait for an event"))
+    }
+
+    async fn close_waits(&mut self, run_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .exec("DELETE FROM event_waits WHERE run_id = ?1", params![run_id])
+            .map(drop)
+            .map_err(sql("ending the waits of a finished run"))
+    }
+
     fn remember(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64) {
         if self.cache.runs.len() >= RunCache::CAPACITY {
             self.cache.runs.clear();

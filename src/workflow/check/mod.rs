@@ -426,9 +426,28 @@ impl<'s> Checker<'s> {
             .get("secrets")
             .map(|n| self.secrets(n))
             .unwrap_or_default();
-        let (schedules, webhook) = match f.get("on") {
+        let (schedules, webhook, events) = match f.get("on") {
             Some(n) => self.triggers(n, &inputs),
-            None => (Vec::new(), false),
+            None => (Vec::new(), false, Vec::new()),
+        };
+        let cancel_on = match f.get("cancel_on") {
+            Some(n) => {
+                let scope = Scope {
+                    inputs: &inputs.declared,
+                    secrets: &secrets,
+                    before: &[],
+                    earlier: &[],
+                    needs: &[],
+                    all: &[],
+                    current: None,
+                    item: None,
+                    in_hook: false,
+                    no_secrets: None,
+                    undefined_is_false: false,
+                };
+                self.cancel_on(n, &scope)
+            }
+            None => Vec::new(),
         };
         let concurrency = f
             .get("concurrency")
@@ -556,6 +575,8 @@ impl<'s> Checker<'s> {
             steps,
             on_failure,
             timeout: run_timeout,
+            events,
+            cancel_on,
         })
     }
 

@@ -5,19 +5,48 @@
 
 use super::Checker;
 use super::inputs::Inputs;
+use super::refs::{NoSecrets, Scope};
 use crate::cron::{CronError, CronSchedule};
 use crate::workflow::diagnostic::Code;
 use crate::workflow::input::resolve_input;
 use crate::workflow::model::*;
-use crate::workflow::schema::{CONCURRENCY_KEYS, ON_KEYS, SCHEDULE_KEYS};
+use crate::workflow::schema::{CANCEL_ON_KEYS, CONCURRENCY_KEYS, ON_KEYS, SCHEDULE_KEYS};
 use crate::workflow::suggest::list;
 use crate::workflow::yaml::{Node, Value};
 
 impl Checker<'_> {
-    pub(super) fn triggers(&mut self, node: &Node, inputs: &Inputs) -> (Vec<Schedule>, bool) {
+    pub(super) fn triggers(
+        &mut self,
+        node: &Node,
+        inputs: &Inputs,
+    ) -> (Vec<Schedule>, bool, Vec<String>) {
         let Some(f) = self.fields(node, "on", ON_KEYS, &[]) else {
-            return (Vec::new(), false);
+            return (Vec::new(), false, Vec::new());
         };
+        let mut events = Vec::new();
+        if let Some(n) = f.get("event") {
+            match &n.value {
+                Value::Seq(items) => {
+                    for item in items {
+                        if let Some(e) = self.event_name(item) {
+                            if events.contains(&e) {
+                                let w = self.width(item);
+                                self.error(
+                                    item.pos,
+                                    w,
+                                    Code::InvalidValue,
+                                    format!("event `{e}` is listed twice"),
+                                    Some("list each event once".into()),
+                                );
+                            } else {
+                                events.push(e);
+                            }
+                        }
+                    }
+                }
+                _ => self.wrong_type(n, "on.event", "a list of event names"),
+            }
+        }
         let webhook = f
             .get("webhook")
             .and_then(|n| self.boolean(n, "webhook"))
@@ -35,7 +64,41 @@ impl Checker<'_> {
                 _ => self.wrong_type(n, "on.schedule", "a list of `- cron: …` entries"),
             }
         }
-        (schedules, webhook)
+        (schedules, webhook, events)
+    }
+
+    /// `cancel_on: [{event, key}]`: keys are templates over `input` and `run`, rendered when
+    /// the run starts.
+    pub(super) fn cancel_on(&mut self, node: &Node, scope: &Scope) -> Vec<CancelOn> {
+        let Value::Seq(items) = &node.value else {
+            self.wrong_type(
+                node,
+                "cancel_on",
+                "a list of `- event: …` entries with a `key`",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Some(f) = self.fields(item, "cancel_on entry", CANCEL_ON_KEYS, &["event", "key"])
+            else {
+                continue;
+            };
+            let event = f.get("event").and_then(|n| self.event_name(n));
+            let key = f.get("key").and_then(|n| {
+                let s = self.string(n, "key")?;
+                let scope = Scope {
+                    no_secrets: Some(NoSecrets::Engine("a `cancel_on` key")),
+                    ..*scope
+                };
+                self.template(n, s, &scope);
+                Some(Template(s.to_string()))
+            });
+            if let (Some(event), Some(key)) = (event, key) {
+                out.push(CancelOn { event, key });
+            }
+        }
+        out
     }
 
     fn schedule(&mut self, node: &Node, inputs: &Inputs) -> Option<Schedule> {
@@ -74,6 +137,8 @@ impl Checker<'_> {
                     steps: vec![],
                     on_failure: vec![],
                     timeout: None,
+                    events: vec![],
+                    cancel_on: vec![],
                 };
                 if let Err(errors) = resolve_input(&probe, &checkable) {
                     let Value::Map(entries) = &n.value else {
