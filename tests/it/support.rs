@@ -138,6 +138,7 @@ pub(crate) fn clean_runner_env(c: &mut Command) {
         "RUNNER_METRICS_PUBLIC",
         "RUNNER_MAX_CONNECTIONS",
         "RUNNER_HEADER_READ_TIMEOUT",
+        "RUNNER_EVENT_RETENTION",
         "RUNNER_CA_FILE",
         "RUNNER_OUTBOX",
     ] {
