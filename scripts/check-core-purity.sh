@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s globstar nullglob
 # Whole folders: every file under src/workflow/, src/engine/, src/schedule/ and src/sign/ is core.
-core=(src/workflow/**/*.rs src/engine/**/*.rs src/schedule/**/*.rs src/sign/**/*.rs src/backoff.rs src/time.rs)
+core=(src/workflow/**/*.rs src/engine/**/*.rs src/schedule/**/*.rs src/sign/**/*.rs src/backoff.rs src/time.rs src/flow.rs)
 pattern='\b(tokio|reqwest|rusqlite|axum|tower_http|hyper|lettre|notify|notify_debouncer_full|std::fs|std::net|std::process|std::thread|std::io::stdin|tracing|rand|uuid)::|SystemTime::now|Utc::now|Instant::now|Local::now'
 status=0
 for f in "${core[@]}"; do

@@ -1,7 +1,7 @@
 //! runner: declarative, self-hosted durable workflows.
 //!
 //! The pure core (no I/O): [`workflow`], [`schedule`], [`sign`], [`backoff`], [`time`],
-//! [`engine`].
+//! [`flow`], [`engine`].
 //! The I/O shell: [`store`], [`runtime`], [`dispatch`], [`ops`], [`views`], [`web`],
 //! [`sources`], [`daemon`], [`cli`].
 
@@ -12,6 +12,7 @@ pub use schedule::cron;
 pub mod daemon;
 pub mod dispatch;
 pub mod engine;
+pub mod flow;
 pub(crate) mod metrics;
 pub mod ops;
 pub mod registry;

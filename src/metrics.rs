@@ -215,3 +215,48 @@ impl Metrics {
         out
     }
 }
+
+/// The gauges of flow-control keys, one series per key: calls in flight, waiting, started in
+/// the key's period, and whether a `Retry-After` holds it closed.
+pub(crate) fn flow_text(rows: &[crate::store::FlowKeyRow]) -> String {
+    let mut out = String::new();
+    type Series = (
+        &'static str,
+        &'static str,
+        fn(&crate::store::FlowKeyRow) -> i64,
+    );
+    let series: [Series; 4] = [
+        (
+            "runner_flow_in_flight",
+            "Calls in flight per flow-control key.",
+            |r| r.in_flight,
+        ),
+        (
+            "runner_flow_waiting",
+            "Calls waiting for their flow-control key.",
+            |r| r.waiting,
+        ),
+        (
+            "runner_flow_started_in_period",
+            "Calls of the key started within its period.",
+            |r| r.started_in_period,
+        ),
+        (
+            "runner_flow_closed",
+            "1 while a 429 or 503 with Retry-After holds the key closed.",
+            |r| i64::from(r.closed_until.is_some()),
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for r in rows {
+            let key = r
+                .key
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(out, "{name}{{key=\"{key}\"}} {}", value(r));
+        }
+    }
+    out
+}

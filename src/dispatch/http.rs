@@ -2,8 +2,9 @@
 //!
 //! I/O shell: the HTTP client. [`HttpPerformer`] performs `CallHttp` effects for the executor.
 
+use super::flow_gate::FlowGate;
 use crate::engine::request::{self, HttpRequest};
-use crate::engine::{AttemptResult, Effect, Event, Outcome, Run};
+use crate::engine::{AttemptResult, Effect, Event, Outcome};
 use crate::runtime::keys::KeyRing;
 use crate::runtime::{Job, Perform, Performed};
 use crate::sign::Keys;
@@ -25,13 +26,15 @@ const KEPT_BODY_BYTES: usize = 16 * 1024;
 pub struct HttpPerformer {
     client: reqwest::Client,
     keys: KeyRing,
+    flow: Arc<FlowGate>,
 }
 
 impl HttpPerformer {
-    pub fn new(keys: KeyRing) -> HttpPerformer {
+    pub fn new(keys: KeyRing, store: crate::store::Store) -> HttpPerformer {
         HttpPerformer {
             client: client(),
             keys,
+            flow: Arc::new(FlowGate::new(store)),
         }
     }
 }
@@ -40,28 +43,22 @@ impl Perform for HttpPerformer {
     fn perform(&self, job: Job) -> Pin<Box<dyn Future<Output = Performed> + Send + 'static>> {
         let client = self.client.clone();
         let keys = self.keys.get();
+        let flow = self.flow.clone();
         Box::pin(async move {
-            let Effect::CallHttp {
-                step, attempt: n, ..
-            } = &job.effect
-            else {
-                unreachable!("the executor hands the HTTP performer only CallHttp effects")
+            let outcome = attempt(&client, &keys, &job, &flow).await;
+            let Some((event, record)) = outcome else {
+                // Its run ended while the call waited for its flow-control key.
+                return Performed::Done;
             };
-            let (event, record) = attempt(
-                &client,
-                &keys,
-                &job.workflow,
-                &job.run,
-                step,
-                *n,
-                job.item.as_ref(),
-            )
-            .await;
             Performed::Outcome {
                 event,
                 record: Some(Box::new(record)),
             }
         })
+    }
+
+    fn settled(&self, run_id: &str, effect_id: i64) {
+        self.flow.ended(run_id, effect_id);
     }
 }
 
@@ -202,16 +199,24 @@ fn truncate(bytes: &[u8], max: usize) -> String {
     }
 }
 
-/// Performs one attempt and returns the event to apply and the record to store.
+/// Performs one attempt and returns the event to apply and the record to store; None when the
+/// call waited for its flow-control key and its run ended meanwhile (nothing was sent).
+/// A call with a flow-control key waits its turn at `gate`.
 pub async fn attempt(
     client: &reqwest::Client,
     keys: &Keys,
-    wf: &Arc<Workflow>,
-    run: &Arc<Run>,
-    step_id: &str,
-    attempt: u32,
-    item: Option<&request::ItemInput>,
-) -> (Event, AttemptRecord) {
+    job: &Job,
+    gate: &FlowGate,
+) -> Option<(Event, AttemptRecord)> {
+    let Effect::CallHttp {
+        step: step_id,
+        attempt,
+        ..
+    } = &job.effect
+    else {
+        unreachable!("the executor hands the HTTP performer only CallHttp effects")
+    };
+    let (wf, run, attempt, item) = (&job.workflow, &job.run, *attempt, job.item.as_ref());
     let started = Utc::now();
     let index = item.map(|i| i.index);
     let mut record = AttemptRecord {
@@ -244,7 +249,7 @@ pub async fn attempt(
         Ok(s) => s,
         Err(e) => {
             let ev = fail(&mut record, e, None, None, Outcome::Permanent);
-            return (ev, record);
+            return Some((ev, record));
         }
     };
     let redactor = request::Redactor::new(&secrets);
@@ -265,7 +270,7 @@ pub async fn attempt(
         Err(e) => {
             let e = redactor.redact(&e);
             let ev = fail(&mut record, e, None, None, Outcome::Permanent);
-            return (ev, record);
+            return Some((ev, record));
         }
     };
     let url = match reqwest::Url::parse(&req.url) {
@@ -283,7 +288,7 @@ pub async fn attempt(
                 None,
                 Outcome::Permanent,
             );
-            return (ev, record);
+            return Some((ev, record));
         }
         Err(e) => {
             let ev = fail(
@@ -296,7 +301,7 @@ pub async fn attempt(
                 None,
                 Outcome::Permanent,
             );
-            return (ev, record);
+            return Some((ev, record));
         }
     };
     let (dedup, retried) = match (&req.dedup_id, item) {
@@ -305,6 +310,14 @@ pub async fn attempt(
         (None, None) => request::message_id(run, step_id, attempt),
     };
     record.dedup_id = req.dedup_id.clone();
+    // A call with a flow-control key waits its turn here, for as long as it takes: the wait is
+    // not part of its `timeout`, and its attempt starts when it is let through.
+    if let (Some(ticket), Some(effect_id)) = (&req.flow, job.effect_id) {
+        if !gate.admit(ticket, &run.id, effect_id).await {
+            return None;
+        }
+        record.started_at = Some(Utc::now());
+    }
     let jti = crate::sign::jti_from_random(rand::random());
     let token = crate::sign::sign(
         &keys.current,
@@ -344,7 +357,7 @@ pub async fn attempt(
             if let Some(error) = tls_failure(&e, url.host_str().unwrap_or("")) {
                 // Sending again meets the same certificate: fail the step at once.
                 let ev = fail(&mut record, error, None, None, Outcome::Permanent);
-                return (ev, record);
+                return Some((ev, record));
             }
             let error = if e.is_timeout() {
                 format!(
@@ -367,7 +380,7 @@ pub async fn attempt(
                 None,
                 Outcome::Retryable { after: None },
             );
-            return (ev, record);
+            return Some((ev, record));
         }
     };
     let status = response.status();
@@ -406,7 +419,7 @@ pub async fn attempt(
                     None,
                     Outcome::Retryable { after: None },
                 );
-                return (ev, record);
+                return Some((ev, record));
             }
         }
     }
@@ -444,7 +457,7 @@ pub async fn attempt(
                 None,
                 Outcome::Permanent,
             );
-            return (ev, record);
+            return Some((ev, record));
         }
         record.finished_at = Some(Utc::now());
         record.status = Some(status.as_u16());
@@ -454,7 +467,7 @@ pub async fn attempt(
             headers: header_map,
             body: body_value,
         });
-        return (
+        return Some((
             Event::AttemptSucceeded {
                 step: step_id.to_string(),
                 attempt,
@@ -462,7 +475,7 @@ pub async fn attempt(
                 item: index,
             },
             record,
-        );
+        ));
     }
     let non_retryable = status.as_u16() == 489
         && headers
@@ -485,6 +498,11 @@ pub async fn attempt(
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| crate::backoff::parse_retry_after(v, Utc::now()));
+        // The endpoint says it is overloaded: every call of the key holds back until then.
+        if let (Some(after), Some(ticket), 429 | 503) = (after, &req.flow, status.as_u16()) {
+            let until = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            gate.close(&ticket.key, until).await;
+        }
         Outcome::Retryable { after }
     };
     let failure_body = if too_large { None } else { Some(body_value) };
@@ -495,7 +513,7 @@ pub async fn attempt(
         failure_body,
         outcome,
     );
-    (ev, record)
+    Some((ev, record))
 }
 
 fn request_record(req: &HttpRequest, url: &reqwest::Url, redactor: &request::Redactor) -> Value {

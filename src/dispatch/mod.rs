@@ -5,6 +5,7 @@
 
 pub mod approval_mail;
 pub mod email;
+pub mod flow_gate;
 pub mod http;
 pub mod mail;
 
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 pub fn performers(store: &Store, keys: KeyRing, mail: email::MailContext) -> Performers {
     let mail = Arc::new(mail);
     Performers {
-        http: Arc::new(http::HttpPerformer::new(keys)),
+        http: Arc::new(http::HttpPerformer::new(keys, store.clone())),
         email: Arc::new(email::EmailPerformer(mail.clone())),
         approval: Arc::new(approval_mail::ApprovalPerformer::new(mail, store.clone())),
     }

@@ -39,7 +39,19 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
     /// The step's own `dedup_id`, rendered.
     pub dedup_id: Option<String>,
+    /// The step's flow-control key, rendered, and its limits.
+    pub flow: Option<FlowTicket>,
 }
+
+/// A call's flow-control key and limits: it starts when the key has room for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowTicket {
+    pub key: String,
+    pub limits: crate::flow::Limits,
+}
+
+/// The most bytes of a rendered flow-control key.
+pub const MAX_FLOW_KEY_BYTES: usize = 256;
 
 /// The message id and `Upstash-Retried` of an attempt: the step's [`dedup_id`], and the
 /// attempts before this one. An `on_failure` hook that runs again after the run was retried and
@@ -139,6 +151,7 @@ fn step_texts(step: &crate::workflow::Step) -> Vec<&str> {
         StepKind::Http(h) => {
             texts.push(h.url.as_str());
             texts.extend(h.dedup_id.iter().map(Template::as_str));
+            texts.extend(step.flow_control.iter().map(|f| f.key.as_str()));
             texts.extend(h.headers.iter().map(|(_, v)| v.as_str()));
             let mut stack: Vec<&Value> = h.body.iter().collect();
             while let Some(v) = stack.pop() {
@@ -210,7 +223,11 @@ pub fn render_http(
         || call
             .dedup_id
             .as_ref()
-            .is_some_and(|d| template::is_template(d.as_str()));
+            .is_some_and(|d| template::is_template(d.as_str()))
+        || step
+            .flow_control
+            .as_ref()
+            .is_some_and(|f| template::is_template(f.key.as_str()));
     let ctx = if templated {
         step_context(wf, run, step, secrets, item)
     } else {
@@ -278,12 +295,34 @@ pub fn render_http(
             Some(d)
         }
     };
+    let flow = match &step.flow_control {
+        None => None,
+        Some(f) => {
+            let key = template::render_text(f.key.as_str(), &ctx)
+                .map_err(|e| format!("rendering the `flow_control` key: {e}"))?;
+            if key.trim().is_empty() {
+                return Err("the `flow_control` key rendered to nothing".into());
+            }
+            if key.len() > MAX_FLOW_KEY_BYTES {
+                return Err(over_limit(
+                    "the `flow_control` key",
+                    key.len(),
+                    MAX_FLOW_KEY_BYTES,
+                ));
+            }
+            Some(FlowTicket {
+                key,
+                limits: f.limits(),
+            })
+        }
+    };
     Ok(HttpRequest {
         method: call.method.clone(),
         url,
         headers,
         body,
         dedup_id,
+        flow,
     })
 }
 

@@ -26,6 +26,8 @@ pub struct Job {
     pub effect: Effect,
     /// The item of a `foreach` step the effect is for, read from the store.
     pub item: Option<crate::engine::request::ItemInput>,
+    /// The effect's outbox row (None for an effect performed without one).
+    pub effect_id: Option<i64>,
 }
 
 /// The timer of a run's own deadline, among its steps' timers: no step can have this id.
@@ -71,6 +73,9 @@ pub enum Performed {
 /// Performs one kind of external effect (an HTTP call, an e-mail, approval e-mails).
 pub trait Perform: Send + Sync + 'static {
     fn perform(&self, job: Job) -> Pin<Box<dyn Future<Output = Performed> + Send + 'static>>;
+
+    /// The outcome of an effect this performer performed is stored (its outbox row is gone).
+    fn settled(&self, _run_id: &str, _effect_id: i64) {}
 }
 
 /// The performers of the three external effects.
@@ -702,6 +707,7 @@ impl Executor {
                 workflow,
                 effect,
                 item,
+                effect_id,
             })
             .await;
         drop(pending);
@@ -720,6 +726,9 @@ impl Executor {
                     .await
                 {
                     warn!(run_id = %run.id, error = %e, "could not store the outcome of an effect");
+                }
+                if let Some(id) = effect_id {
+                    performer.settled(&run.id, id);
                 }
             }
         }

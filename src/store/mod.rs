@@ -588,6 +588,37 @@ impl Store {
         }
     }
 
+    // --- flow control ------------------------------------------------------------------------
+
+    /// Whether a call with a flow-control key may start now (its row then counts as in flight
+    /// until the effect's row goes), counted from the rows of every node.
+    pub async fn flow_admit(
+        &self,
+        ask: FlowAsk,
+        now: DateTime<Utc>,
+    ) -> Result<FlowAnswer, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.flow_admit(ask, now).await,
+            Backend::Postgres(p) => p.flow_admit(ask, now).await,
+        }
+    }
+
+    /// Closes a flow-control key until `until` (a 429 or 503 with `Retry-After`).
+    pub async fn flow_close(&self, key: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.flow_close(key, until).await,
+            Backend::Postgres(p) => p.flow_close(key, until).await,
+        }
+    }
+
+    /// Every flow-control key with its limits, calls in flight and waiting.
+    pub async fn flow_keys(&self, now: DateTime<Utc>) -> Result<Vec<FlowKeyRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.flow_keys(now),
+            Backend::Postgres(p) => p.flow_keys(now).await,
+        }
+    }
+
     // --- approval links ----------------------------------------------------------------------
 
     /// The link whose token has this hash.

@@ -325,3 +325,44 @@ pub struct EventWait {
     pub run_id: String,
     pub step: String,
 }
+
+/// A call with a flow-control key asking to start: its outbox row, key and limits.
+#[derive(Debug, Clone)]
+pub struct FlowAsk {
+    pub run_id: String,
+    pub effect_id: i64,
+    pub key: String,
+    pub limits: crate::flow::Limits,
+}
+
+/// The store's answer to a [`FlowAsk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowAnswer {
+    /// It may start (its row now counts as in flight until the effect's row goes).
+    Admitted,
+    /// Not yet: ask again then (`At`), or when a call of the key ends. `since` is when the call
+    /// first asked (milliseconds), its place in the key's line with its run and outbox id.
+    Wait {
+        admission: crate::flow::Admission,
+        since: i64,
+    },
+    /// The effect's row is gone (its run was cancelled or finished): do not send it.
+    Gone,
+}
+
+/// A flow-control key, as `GET /api/v1/flow-control` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowKeyRow {
+    pub key: String,
+    pub parallelism: Option<u32>,
+    pub rate: Option<u32>,
+    /// The period of `rate`, in milliseconds.
+    pub period_ms: i64,
+    pub in_flight: i64,
+    pub waiting: i64,
+    /// Calls started within the last period.
+    pub started_in_period: i64,
+    /// A 429 or 503 with `Retry-After` closed the key until then.
+    #[serde(serialize_with = "rfc3339::option")]
+    pub closed_until: Option<DateTime<Utc>>,
+}

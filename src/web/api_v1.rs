@@ -111,6 +111,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/runs/{id}/steps/{step}/reject", post(reject))
         .route("/events", get(list_events))
         .route("/events/{event}", post(send_event))
+        .route("/flow-control", get(list_flow_keys))
         .route("/nodes", get(list_nodes))
         .route("/schedules", get(list_schedules))
         .route(
@@ -268,7 +269,13 @@ pub async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Respons
         .await
         .map(|v| v.len() as f64)
         .unwrap_or(-1.0);
-    let text = state.metrics.render(&[
+    let flow = state
+        .exec
+        .store()
+        .flow_keys(chrono::Utc::now())
+        .await
+        .unwrap_or_default();
+    let mut text = state.metrics.render(&[
         (
             "runner_workflows_active",
             "Workflows loaded and active.",
@@ -285,6 +292,7 @@ pub async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Respons
             unfinished,
         ),
     ]);
+    text.push_str(&crate::metrics::flow_text(&flow));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -485,6 +493,17 @@ async fn send_event(
         Err(NotifyError::Store(e)) => Err(ApiError::store(e)),
         Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
     }
+}
+
+/// `GET /api/v1/flow-control`: every key with its limits, calls in flight and waiting.
+async fn list_flow_keys(State(state): State<Shared>) -> ApiResult {
+    let keys = state
+        .exec
+        .store()
+        .flow_keys(chrono::Utc::now())
+        .await
+        .map_err(ApiError::store)?;
+    json_ok(StatusCode::OK, json!(keys))
 }
 
 #[derive(Deserialize)]

@@ -250,7 +250,34 @@ pub struct Step {
     pub continue_on_error: bool,
     /// One call (or e-mail) per item of a list (`http` and `email` steps only).
     pub foreach: Option<Foreach>,
+    /// `http` steps: the calls' flow-control key and its limits (the step's, or `defaults`').
+    pub flow_control: Option<FlowControl>,
 }
+
+/// `flow_control`, with QStash's names: the calls of every run and workflow naming the same key
+/// share its limits.
+#[derive(Debug, Clone)]
+pub struct FlowControl {
+    /// A template, rendered with the call's request.
+    pub key: Template,
+    pub parallelism: Option<u32>,
+    pub rate: Option<u32>,
+    pub period: Duration,
+}
+
+impl FlowControl {
+    pub fn limits(&self) -> crate::flow::Limits {
+        crate::flow::Limits {
+            parallelism: self.parallelism,
+            rate: self.rate,
+            period: self.period,
+        }
+    }
+}
+
+/// The largest `parallelism` and `rate` of `flow_control`.
+pub const MAX_FLOW_PARALLELISM: u32 = 10_000;
+pub const MAX_FLOW_RATE: u32 = 1_000_000;
 
 /// A step's fan-out: its templates see the item as `as` (default `item`) and `loop.index`.
 #[derive(Debug, Clone)]

@@ -158,6 +158,27 @@ shape! {
     struct DefaultsDecl, keys DEFAULTS_KEYS {
         "timeout" => timeout: Option<DurationText>,
         "retry" => retry: Option<RetryDecl>,
+        /// For every `http` step without its own.
+        "flow_control" => flow_control: Option<FlowControlDecl>,
+    }
+}
+
+shape! {
+    /// Calls of every run and workflow naming the same `key` share these limits; calls over
+    /// them wait their turn (they never fail for it).
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct FlowControlDecl, keys FLOW_CONTROL_KEYS {
+        /// A template (`crm-{{ input.tenant }}`), rendered with the call.
+        "key" => key: String,
+        /// Calls of the key in flight at once.
+        #[schemars(range(min = 1, max = 10000))]
+        "parallelism" => parallelism: Option<u32>,
+        /// Calls of the key started per `period`.
+        #[schemars(range(min = 1, max = 1000000))]
+        "rate" => rate: Option<u32>,
+        /// Default 1s.
+        "period" => period: Option<DurationText>,
     }
 }
 
@@ -221,6 +242,8 @@ shape! {
         "max_parallel" => max_parallel: Option<u32>,
         /// Default true: after an item fails for good no new item starts (in-flight ones finish).
         "fail_fast" => fail_fast: Option<bool>,
+        /// `http` steps: a flow-control key shared with every call naming it, and its limits.
+        "flow_control" => flow_control: Option<FlowControlDecl>,
     }
 }
 

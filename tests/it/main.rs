@@ -8,6 +8,7 @@ mod daemon;
 mod engine;
 mod events;
 mod files;
+mod flow;
 mod graph;
 mod http_edges;
 mod keys;

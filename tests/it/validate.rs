@@ -129,6 +129,15 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.steps.len(), 18);
     assert_eq!(wf.timeout, Some(std::time::Duration::from_secs(3 * 86_400)));
     assert_eq!(wf.events, ["user.signed_up", "crm:contact/updated"]);
+    let flow = |id: &str| wf.find_step(id).expect("step").flow_control.clone();
+    let welcome = flow("welcome").expect("its own flow_control");
+    assert_eq!(welcome.key.as_str(), "welcome-{{ input.userId }}");
+    assert_eq!((welcome.parallelism, welcome.rate), (Some(2), Some(30)));
+    assert_eq!(welcome.period, std::time::Duration::from_secs(60));
+    let default = flow("fetch-user").expect("http steps take `defaults.flow_control`");
+    assert_eq!((default.parallelism, default.rate), (None, Some(100)));
+    assert_eq!(default.period, std::time::Duration::from_secs(1));
+    assert!(flow("wait").is_none(), "not a sleep step");
     assert_eq!(wf.cancel_on.len(), 1);
     assert_eq!(wf.cancel_on[0].key.as_str(), "{{ input.userId }}");
     match &wf.find_step("verified").expect("step").kind {
@@ -665,6 +674,7 @@ fn schema_and_checker_agree_on_keys() {
         "key",
         "max_parallel",
         "fail_fast",
+        "flow_control",
     ];
     let step_keys: Vec<&str> = STEP_KEYS
         .iter()
@@ -680,6 +690,7 @@ fn schema_and_checker_agree_on_keys() {
         sorted(WAIT_FOR_EVENT_KEYS)
     );
     assert_eq!(props(&defs["CancelOnDecl"]), sorted(CANCEL_ON_KEYS));
+    assert_eq!(props(&defs["FlowControlDecl"]), sorted(FLOW_CONTROL_KEYS));
 }
 
 /// `runner next` across both DST transitions in New York and Berlin (design §3: a fixed-time slot

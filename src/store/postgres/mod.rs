@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/002_outbox_fresh.sql"),
     include_str!("../migrations/postgres/003_items.sql"),
     include_str!("../migrations/postgres/004_events.sql"),
+    include_str!("../migrations/postgres/005_flow_control.sql"),
 ];
 
 /// The advisory lock held while migrating (daemons of one version may start together).

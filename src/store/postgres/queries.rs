@@ -44,6 +44,10 @@ pub(super) const INBOUND_COLUMNS: &str = "seq, name, id, key, data, received_at,
 pub(super) const EVENT_LOCK: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 7))";
 
+/// The transaction lock of a flow-control key, held while a call of it is admitted.
+const FLOW_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('flow' || chr(31) || $1, 7))";
+
 /// A row of [`INBOUND_COLUMNS`].
 pub(super) fn inbound_row(r: &Row) -> InboundEvent {
     let data: String = r.get(4);
@@ -600,6 +604,152 @@ impl PgStore {
     }
 
     // --- approval links ----------------------------------------------------------------------
+
+    // --- flow control ------------------------------------------------------------------------
+
+    /// Whether a call with a flow-control key may start now; if so its row counts as in flight.
+    /// One transaction per key at a time (an advisory lock), so nodes never admit past a limit.
+    pub async fn flow_admit(
+        &self,
+        ask: FlowAsk,
+        now: DateTime<Utc>,
+    ) -> Result<FlowAnswer, StoreError> {
+        let doing = "admitting a call with a flow-control key";
+        let mut c = self.client(doing).await?;
+        let tx = c.transaction().await.map_err(sql(doing))?;
+        tx.execute(FLOW_LOCK, &[&ask.key])
+            .await
+            .map_err(sql(doing))?;
+        let row = tx
+            .query_opt(
+                "SELECT flow_since, flow_admitted FROM outbox WHERE run_id = $1 AND id = $2",
+                &[&ask.run_id, &ask.effect_id],
+            )
+            .await
+            .map_err(sql(doing))?;
+        let Some(row) = row else {
+            return Ok(FlowAnswer::Gone);
+        };
+        let (since, admitted): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        if admitted.is_some() {
+            return Ok(FlowAnswer::Admitted);
+        }
+        let since = match since {
+            Some(s) => s,
+            None => {
+                tx.execute(
+                    "UPDATE outbox SET flow_key = $3, flow_since = $4 WHERE run_id = $1 AND id = $2",
+                    &[&ask.run_id, &ask.effect_id, &ask.key, &ms(now)],
+                )
+                .await
+                .map_err(sql(doing))?;
+                ms(now)
+            }
+        };
+        let period_ms = i64::try_from(ask.limits.period.as_millis()).unwrap_or(i64::MAX);
+        let as_i32 = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let closed: Option<i64> = tx
+            .query_one(
+                "INSERT INTO flow_keys(key, parallelism, rate, period_ms, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (key) DO UPDATE SET parallelism = excluded.parallelism, rate = excluded.rate,
+                   period_ms = excluded.period_ms, updated_at = excluded.updated_at
+                 RETURNING closed_until",
+                &[&ask.key, &as_i32(ask.limits.parallelism), &as_i32(ask.limits.rate), &period_ms, &ms(now)],
+            )
+            .await
+            .map_err(sql(doing))?
+            .get(0);
+        let counts = tx
+            .query_one(
+                "SELECT
+                   (SELECT COUNT(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NOT NULL),
+                   (SELECT COUNT(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NULL
+                      AND (flow_since, run_id, id) < ($2, $3, $4))",
+                &[&ask.key, &since, &ask.run_id, &ask.effect_id],
+            )
+            .await
+            .map_err(sql(doing))?;
+        let n = |i: usize| u32::try_from(counts.get::<_, i64>(i)).unwrap_or(u32::MAX);
+        let starts = tx
+            .query(
+                "SELECT at FROM flow_starts WHERE key = $1 AND at > $2 ORDER BY at",
+                &[&ask.key, &(ms(now) - period_ms)],
+            )
+            .await
+            .map_err(sql(doing))?
+            .iter()
+            .map(|r| from_ms(r.get(0)))
+            .collect();
+        let occ = crate::flow::Occupancy {
+            in_flight: n(0),
+            ahead: n(1),
+            starts,
+            closed_until: closed.map(from_ms),
+        };
+        let answer = match crate::flow::admit(&ask.limits, &occ, now) {
+            crate::flow::Admission::Now => {
+                tx.execute(
+                    "UPDATE outbox SET flow_admitted = $3 WHERE run_id = $1 AND id = $2",
+                    &[&ask.run_id, &ask.effect_id, &ms(now)],
+                )
+                .await
+                .map_err(sql(doing))?;
+                tx.execute(
+                    "DELETE FROM flow_starts WHERE key = $1 AND at <= $2",
+                    &[&ask.key, &(ms(now) - period_ms)],
+                )
+                .await
+                .map_err(sql(doing))?;
+                tx.execute(
+                    "INSERT INTO flow_starts(key, at) VALUES ($1, $2)",
+                    &[&ask.key, &ms(now)],
+                )
+                .await
+                .map_err(sql(doing))?;
+                FlowAnswer::Admitted
+            }
+            admission => FlowAnswer::Wait { admission, since },
+        };
+        tx.commit().await.map_err(sql(doing))?;
+        Ok(answer)
+    }
+
+    /// A 429 or 503 with `Retry-After` from a call of the key: no call of it starts before `until`.
+    pub async fn flow_close(&self, key: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        self.exec(
+            "closing a flow-control key",
+            "UPDATE flow_keys SET closed_until = greatest(coalesce(closed_until, 0), $2) WHERE key = $1",
+            &[&key, &ms(until)],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn flow_keys(&self, now: DateTime<Utc>) -> Result<Vec<FlowKeyRow>, StoreError> {
+        Ok(self
+            .rows(
+                "reading flow-control keys",
+                "SELECT k.key, k.parallelism, k.rate, k.period_ms, k.closed_until,
+                   (SELECT COUNT(*) FROM outbox o WHERE o.flow_key = k.key AND o.flow_admitted IS NOT NULL),
+                   (SELECT COUNT(*) FROM outbox o WHERE o.flow_key = k.key AND o.flow_admitted IS NULL),
+                   (SELECT COUNT(*) FROM flow_starts s WHERE s.key = k.key AND s.at > $1 - k.period_ms)
+                 FROM flow_keys k ORDER BY k.key",
+                &[&ms(now)],
+            )
+            .await?
+            .iter()
+            .map(|r| FlowKeyRow {
+                key: r.get(0),
+                parallelism: r.get::<_, Option<i32>>(1).and_then(|v| u32::try_from(v).ok()),
+                rate: r.get::<_, Option<i32>>(2).and_then(|v| u32::try_from(v).ok()),
+                period_ms: r.get(3),
+                closed_until: r.get::<_, Option<i64>>(4).map(from_ms).filter(|t| *t > now),
+                in_flight: r.get(5),
+                waiting: r.get(6),
+                started_in_period: r.get(7),
+            })
+            .collect())
+    }
 
     // --- events sent to runner ----------------------------------------------------------------
 

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/009_outbox_fresh.sql"),
     include_str!("../migrations/sqlite/010_items.sql"),
     include_str!("../migrations/sqlite/011_events.sql"),
+    include_str!("../migrations/sqlite/012_flow_control.sql"),
 ];
 
 /// Every time is stored as milliseconds since the epoch.

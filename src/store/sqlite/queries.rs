@@ -701,6 +701,144 @@ impl SqliteStore {
         .await
     }
 
+    // --- flow control ------------------------------------------------------------------------
+
+    /// Whether a call with a flow-control key may start now; if so its row counts as in flight.
+    pub async fn flow_admit(
+        &self,
+        ask: FlowAsk,
+        now: DateTime<Utc>,
+    ) -> Result<FlowAnswer, StoreError> {
+        self.write(move |c| {
+            let doing = "admitting a call with a flow-control key";
+            let row: Option<(Option<i64>, Option<i64>)> = c
+                .query_row(
+                    "SELECT flow_since, flow_admitted FROM outbox WHERE run_id = ?1 AND id = ?2",
+                    params![ask.run_id, ask.effect_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(sql(doing))?;
+            let Some((since, admitted)) = row else {
+                return Ok(FlowAnswer::Gone);
+            };
+            if admitted.is_some() {
+                return Ok(FlowAnswer::Admitted);
+            }
+            let since = match since {
+                Some(s) => s,
+                None => {
+                    c.execute(
+                        "UPDATE outbox SET flow_key = ?3, flow_since = ?4 WHERE run_id = ?1 AND id = ?2",
+                        params![ask.run_id, ask.effect_id, ask.key, ms(now)],
+                    )
+                    .map_err(sql(doing))?;
+                    ms(now)
+                }
+            };
+            let period_ms = i64::try_from(ask.limits.period.as_millis()).unwrap_or(i64::MAX);
+            let closed_until: Option<i64> = c
+                .query_row(
+                    "INSERT INTO flow_keys(key, parallelism, rate, period_ms, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(key) DO UPDATE SET parallelism = excluded.parallelism, rate = excluded.rate,
+                       period_ms = excluded.period_ms, updated_at = excluded.updated_at
+                     RETURNING closed_until",
+                    params![ask.key, ask.limits.parallelism, ask.limits.rate, period_ms, ms(now)],
+                    |r| r.get(0),
+                )
+                .map_err(sql(doing))?;
+            let count = |q: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u32, StoreError> {
+                c.query_row(q, p, |r| r.get::<_, i64>(0))
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                    .map_err(sql(doing))
+            };
+            let in_flight = count(
+                "SELECT COUNT(*) FROM outbox WHERE flow_key = ?1 AND flow_admitted IS NOT NULL",
+                &[&ask.key],
+            )?;
+            let ahead = count(
+                "SELECT COUNT(*) FROM outbox WHERE flow_key = ?1 AND flow_admitted IS NULL
+                   AND (flow_since < ?2 OR (flow_since = ?2 AND (run_id < ?3 OR (run_id = ?3 AND id < ?4))))",
+                &[&ask.key, &since, &ask.run_id, &ask.effect_id],
+            )?;
+            let mut stmt = c
+                .prepare_cached("SELECT at FROM flow_starts WHERE key = ?1 AND at > ?2 ORDER BY at")
+                .map_err(sql(doing))?;
+            let starts = stmt
+                .query_map(params![ask.key, ms(now) - period_ms], |r| r.get::<_, i64>(0))
+                .map_err(sql(doing))?
+                .map(|r| r.map(from_ms))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql(doing))?;
+            let occ = crate::flow::Occupancy {
+                in_flight,
+                ahead,
+                starts,
+                closed_until: closed_until.map(from_ms),
+            };
+            match crate::flow::admit(&ask.limits, &occ, now) {
+                crate::flow::Admission::Now => {
+                    c.execute(
+                        "UPDATE outbox SET flow_admitted = ?3 WHERE run_id = ?1 AND id = ?2",
+                        params![ask.run_id, ask.effect_id, ms(now)],
+                    )
+                    .map_err(sql(doing))?;
+                    c.execute("DELETE FROM flow_starts WHERE key = ?1 AND at <= ?2", params![ask.key, ms(now) - period_ms])
+                        .map_err(sql(doing))?;
+                    c.execute("INSERT INTO flow_starts(key, at) VALUES (?1, ?2)", params![ask.key, ms(now)])
+                        .map_err(sql(doing))?;
+                    Ok(FlowAnswer::Admitted)
+                }
+                admission => Ok(FlowAnswer::Wait { admission, since }),
+            }
+        })
+        .await
+    }
+
+    /// A 429 or 503 with `Retry-After` from a call of the key: no call of it starts before `until`.
+    pub async fn flow_close(&self, key: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE flow_keys SET closed_until = max(coalesce(closed_until, 0), ?2) WHERE key = ?1",
+                params![key, ms(until)],
+            )
+            .map(drop)
+            .map_err(sql("closing a flow-control key"))
+        })
+        .await
+    }
+
+    pub fn flow_keys(&self, now: DateTime<Utc>) -> Result<Vec<FlowKeyRow>, StoreError> {
+        self.read(|c| {
+            let doing = "reading flow-control keys";
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT k.key, k.parallelism, k.rate, k.period_ms, k.closed_until,
+                       (SELECT COUNT(*) FROM outbox o WHERE o.flow_key = k.key AND o.flow_admitted IS NOT NULL),
+                       (SELECT COUNT(*) FROM outbox o WHERE o.flow_key = k.key AND o.flow_admitted IS NULL),
+                       (SELECT COUNT(*) FROM flow_starts s WHERE s.key = k.key AND s.at > ?1 - k.period_ms)
+                     FROM flow_keys k ORDER BY k.key",
+                )
+                .map_err(sql(doing))?;
+            let rows = stmt
+                .query_map(params![ms(now)], |r| {
+                    Ok(FlowKeyRow {
+                        key: r.get(0)?,
+                        parallelism: r.get(1)?,
+                        rate: r.get(2)?,
+                        period_ms: r.get(3)?,
+                        closed_until: r.get::<_, Option<i64>>(4)?.map(from_ms).filter(|t| *t > now),
+                        in_flight: r.get(5)?,
+                        waiting: r.get(6)?,
+                        started_in_period: r.get(7)?,
+                    })
+                })
+                .map_err(sql(doing))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql(doing))
+        })
+    }
+
     // --- approval links ----------------------------------------------------------------------
 
     pub fn approval_link(&self, hash: &str) -> Result<Option<ApprovalLink>, StoreError> {

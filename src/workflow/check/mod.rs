@@ -430,23 +430,22 @@ impl<'s> Checker<'s> {
             Some(n) => self.triggers(n, &inputs),
             None => (Vec::new(), false, Vec::new()),
         };
+        // What `cancel_on` and `defaults` templates see: the input and the run, no steps.
+        let run_scope = Scope {
+            inputs: &inputs.declared,
+            secrets: &secrets,
+            before: &[],
+            earlier: &[],
+            needs: &[],
+            all: &[],
+            current: None,
+            item: None,
+            in_hook: false,
+            no_secrets: None,
+            undefined_is_false: false,
+        };
         let cancel_on = match f.get("cancel_on") {
-            Some(n) => {
-                let scope = Scope {
-                    inputs: &inputs.declared,
-                    secrets: &secrets,
-                    before: &[],
-                    earlier: &[],
-                    needs: &[],
-                    all: &[],
-                    current: None,
-                    item: None,
-                    in_hook: false,
-                    no_secrets: None,
-                    undefined_is_false: false,
-                };
-                self.cancel_on(n, &scope)
-            }
+            Some(n) => self.cancel_on(n, &run_scope),
             None => Vec::new(),
         };
         let concurrency = f
@@ -456,9 +455,9 @@ impl<'s> Checker<'s> {
         let run_timeout = f
             .get("timeout")
             .and_then(|n| self.positive_duration(n, "timeout"));
-        let (default_timeout, default_retry) = match f.get("defaults") {
-            Some(n) => self.defaults(n),
-            None => (DEFAULT_TIMEOUT, Retry::default()),
+        let defaults = match f.get("defaults") {
+            Some(n) => self.defaults(n, &run_scope),
+            None => steps::StepDefaults::default(),
         };
 
         // Step ids and kinds first, so templates can tell "later step" from "unknown step".
@@ -513,14 +512,7 @@ impl<'s> Checker<'s> {
                 no_secrets: None,
                 undefined_is_false: false,
             };
-            let step = self.step(
-                node,
-                &scope,
-                &default_timeout,
-                &default_retry,
-                None,
-                &mut seen_ids,
-            );
+            let step = self.step(node, &scope, &defaults, None, &mut seen_ids);
             if let Some(identity) = step_identity(node) {
                 before.push(identity);
             }
@@ -548,14 +540,9 @@ impl<'s> Checker<'s> {
                             undefined_is_false: false,
                         };
                         let default_id = format!("on_failure-{}", i + 1);
-                        if let Some(step) = self.step(
-                            item,
-                            &scope,
-                            &default_timeout,
-                            &default_retry,
-                            Some(default_id),
-                            &mut seen_ids,
-                        ) {
+                        if let Some(step) =
+                            self.step(item, &scope, &defaults, Some(default_id), &mut seen_ids)
+                        {
                             on_failure.push(step);
                         }
                     }

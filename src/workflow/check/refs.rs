@@ -77,6 +77,8 @@ pub(super) enum NoSecrets {
     /// What it renders is stored with the run and shown to anyone with the link: an approval's
     /// `subject` and `body`, on the approval page and in the e-mail.
     Shown(&'static str),
+    /// What it renders is stored and listed by the API: a `flow_control` key.
+    Stored(&'static str),
 }
 
 /// What one template's references have in common.
@@ -394,6 +396,16 @@ impl Checker<'_> {
                             Code::UnknownVariable,
                             format!("`secrets` cannot be read in {place}"),
                             Some("secrets are read only when a request or an e-mail is sent, so that they never reach the database".into()),
+                        );
+                        return;
+                    }
+                    Some(NoSecrets::Stored(place)) => {
+                        self.error(
+                            pos,
+                            r.len,
+                            Code::UnknownVariable,
+                            format!("`secrets` cannot be read in {place}"),
+                            Some("it is stored in the database and listed by the API (`GET /api/v1/flow-control`, `/metrics`); name the key after what it limits".into()),
                         );
                         return;
                     }

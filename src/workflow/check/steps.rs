@@ -10,8 +10,8 @@ use crate::workflow::address::{check_address, split_addresses};
 use crate::workflow::diagnostic::Code;
 use crate::workflow::model::*;
 use crate::workflow::schema::{
-    APPROVAL_KEYS, DEFAULTS_KEYS, EMAIL_KEYS, HOOK_KEYS, HTTP_KEYS, RETRY_KEYS, STEP_KEYS,
-    WAIT_FOR_EVENT_KEYS,
+    APPROVAL_KEYS, DEFAULTS_KEYS, EMAIL_KEYS, FLOW_CONTROL_KEYS, HOOK_KEYS, HTTP_KEYS, RETRY_KEYS,
+    STEP_KEYS, WAIT_FOR_EVENT_KEYS,
 };
 use crate::workflow::suggest::{did_you_mean, list};
 use crate::workflow::template;
@@ -31,10 +31,28 @@ pub(super) const HOOK_KINDS: &[&str] = &["http", "email"];
 pub(super) const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 pub(super) const BACKOFFS: &[&str] = &["exponential", "fixed", "linear"];
 
+/// What `defaults` gives every step that does not say otherwise.
+pub(super) struct StepDefaults {
+    pub(super) timeout: Duration,
+    pub(super) retry: Retry,
+    /// For `http` steps.
+    pub(super) flow: Option<FlowControl>,
+}
+
+impl Default for StepDefaults {
+    fn default() -> Self {
+        StepDefaults {
+            timeout: DEFAULT_TIMEOUT,
+            retry: Retry::default(),
+            flow: None,
+        }
+    }
+}
+
 impl Checker<'_> {
-    pub(super) fn defaults(&mut self, node: &Node) -> (Duration, Retry) {
+    pub(super) fn defaults(&mut self, node: &Node, scope: &Scope) -> StepDefaults {
         let Some(f) = self.fields(node, "defaults", DEFAULTS_KEYS, &[]) else {
-            return (DEFAULT_TIMEOUT, Retry::default());
+            return StepDefaults::default();
         };
         let timeout = f
             .get("timeout")
@@ -44,7 +62,90 @@ impl Checker<'_> {
             Some(n) => self.retry(n, &Retry::default()),
             None => Retry::default(),
         };
-        (timeout, retry)
+        let flow = f
+            .get("flow_control")
+            .and_then(|n| self.flow_control(n, scope));
+        StepDefaults {
+            timeout,
+            retry,
+            flow,
+        }
+    }
+
+    /// `flow_control: { key, parallelism, rate, period }`.
+    fn flow_control(&mut self, node: &Node, scope: &Scope) -> Option<FlowControl> {
+        let f = self.fields(node, "flow_control", FLOW_CONTROL_KEYS, &["key"])?;
+        let key = f.get("key").and_then(|n| {
+            let s = self.nonempty_string(n, "key")?;
+            // Stored with the call in the database and listed by the API.
+            let scope = Scope {
+                no_secrets: Some(NoSecrets::Stored("a `flow_control` key")),
+                ..*scope
+            };
+            self.template(n, s, &scope);
+            Some(Template(s.to_string()))
+        });
+        let count = |this: &mut Self, what: &str, max: u32| -> Option<Option<u32>> {
+            let Some(n) = f.get(what) else {
+                return Some(None);
+            };
+            match n.value {
+                Value::Int(i) if i >= 1 && i <= i64::from(max) => {
+                    Some(Some(u32::try_from(i).expect("checked to fit")))
+                }
+                Value::Int(_) => {
+                    let w = this.width(n);
+                    this.error(
+                        n.pos,
+                        w,
+                        Code::InvalidValue,
+                        format!("`{what}` must be between 1 and {max}"),
+                        Some(match what {
+                            "parallelism" => "the calls of the key in flight at once; leave it out for no limit".into(),
+                            _ => "the calls of the key started per `period`; leave it out for no limit".into(),
+                        }),
+                    );
+                    None
+                }
+                _ => {
+                    this.wrong_type(n, what, "a whole number");
+                    None
+                }
+            }
+        };
+        let parallelism = count(self, "parallelism", MAX_FLOW_PARALLELISM);
+        let rate = count(self, "rate", MAX_FLOW_RATE);
+        let period = match f.get("period") {
+            Some(n) => self.positive_duration(n, "period"),
+            None => Some(crate::flow::DEFAULT_PERIOD),
+        };
+        if f.get("period").is_some() && f.get("rate").is_none() {
+            let k = f.key("period").expect("the key of a present value");
+            self.error(
+                k.pos,
+                k.name.chars().count(),
+                Code::InvalidValue,
+                "`period` is the period of `rate`, which is not given",
+                Some("add `rate:` (calls started per period), or remove `period`".into()),
+            );
+        }
+        let (parallelism, rate) = (parallelism?, rate?);
+        if parallelism.is_none() && rate.is_none() {
+            self.error(
+                node.pos,
+                1,
+                Code::MissingKey,
+                "`flow_control` limits nothing without `parallelism` or `rate`",
+                Some("add `parallelism:` (calls in flight) or `rate:` (calls per `period`)".into()),
+            );
+            return None;
+        }
+        Some(FlowControl {
+            key: key?,
+            parallelism,
+            rate,
+            period: period?,
+        })
     }
 
     fn retry(&mut self, node: &Node, base: &Retry) -> Retry {
@@ -92,8 +193,7 @@ impl Checker<'_> {
         &mut self,
         node: &Node,
         scope: &Scope,
-        default_timeout: &Duration,
-        default_retry: &Retry,
+        defaults: &StepDefaults,
         hook_id: Option<String>,
         seen_ids: &mut BTreeMap<String, Pos>,
     ) -> Option<Step> {
@@ -217,10 +317,10 @@ impl Checker<'_> {
         let timeout = f
             .get("timeout")
             .and_then(|n| self.positive_duration(n, "timeout"))
-            .unwrap_or(*default_timeout);
+            .unwrap_or(defaults.timeout);
         let retry = match f.get("retry") {
-            Some(n) => self.retry(n, default_retry),
-            None => default_retry.clone(),
+            Some(n) => self.retry(n, &defaults.retry),
+            None => defaults.retry.clone(),
         };
         let needs = if in_hook {
             Vec::new()
@@ -237,6 +337,22 @@ impl Checker<'_> {
             .and_then(|n| self.boolean(n, "continue_on_error"))
             .unwrap_or(false);
         let foreach = self.foreach(&f, kind_key, item_name.clone(), &outer, &scope);
+        let flow_control = match f.get("flow_control") {
+            Some(_) if kind_key.name != "http" => {
+                let k = f.key("flow_control").expect("the key of a present value");
+                self.error(
+                    k.pos,
+                    k.name.chars().count(),
+                    Code::InvalidValue,
+                    format!("a `{}` step cannot have `flow_control`", kind_key.name),
+                    Some("`flow_control` limits the calls of `http` steps".into()),
+                );
+                None
+            }
+            Some(n) => self.flow_control(n, &scope),
+            None if kind_key.name == "http" && !in_hook => defaults.flow.clone(),
+            None => None,
+        };
         let kind = match kind_key.name.as_str() {
             "http" => StepKind::Http(self.http(kind_node, &scope)?),
             "approval" => StepKind::Approval(self.approval(kind_node, &scope)?),
@@ -270,6 +386,7 @@ impl Checker<'_> {
             when,
             continue_on_error,
             foreach,
+            flow_control,
         })
     }
 
