@@ -26,8 +26,11 @@ pub struct Occupancy {
     pub in_flight: u32,
     /// Calls of the key waiting that asked before this one (they go first).
     pub ahead: u32,
-    /// When the calls of the key started within the last period, oldest first.
-    pub starts: Vec<DateTime<Utc>>,
+    /// Calls of the key started within the last period.
+    pub started: u32,
+    /// When the oldest of those started, oldest first: at least the first
+    /// `started + ahead + 1 − rate` of them (what [`admit`] needs to say when this call fits).
+    pub oldest: Vec<DateTime<Utc>>,
     /// A `429` or `503` with `Retry-After` closed the key until then.
     pub closed_until: Option<DateTime<Utc>>,
 }
@@ -62,18 +65,15 @@ pub fn admit(limits: &Limits, occ: &Occupancy, now: DateTime<Utc>) -> Admission 
     // The rate first: a call that must wait for the period to move on waits for a time,
     // whatever ends meanwhile.
     if let Some(rate) = limits.rate {
-        let window_start = now - chrono::Duration::from_std(limits.period).unwrap_or_default();
-        let recent: Vec<&DateTime<Utc>> =
-            occ.starts.iter().filter(|s| **s > window_start).collect();
         // This call is number `ahead + 1` after the recent starts.
-        let needed = recent.len() as u64 + u64::from(occ.ahead) + 1;
+        let needed = u64::from(occ.started) + u64::from(occ.ahead) + 1;
         if needed > u64::from(rate) {
             // The start that has to leave the period before this call fits (those ahead of
             // it are counted as starting first). When they have not started yet, it is not
             // known when they will: ask again once a period has passed at the latest.
             let over = usize::try_from(needed - u64::from(rate)).unwrap_or(usize::MAX);
-            let at = match recent.get(over - 1) {
-                Some(s) => later(**s, limits.period),
+            let at = match occ.oldest.get(over - 1) {
+                Some(s) => later(*s, limits.period),
                 None => later(now, limits.period),
             };
             return Admission::At(at.max(now));
@@ -138,14 +138,16 @@ mod tests {
         let mut now = 0;
         while started.len() < calls {
             ending.retain(|e| *e > now);
+            let recent: Vec<DateTime<Utc>> = started
+                .iter()
+                .filter(|s| now - **s < l.period.as_millis() as i64)
+                .map(|s| t(*s))
+                .collect();
             let occ = Occupancy {
                 in_flight: ending.len() as u32,
                 ahead: 0,
-                starts: started
-                    .iter()
-                    .filter(|s| now - **s < l.period.as_millis() as i64)
-                    .map(|s| t(*s))
-                    .collect(),
+                started: recent.len() as u32,
+                oldest: recent,
                 closed_until: None,
             };
             match admit(l, &occ, t(now)) {
@@ -219,7 +221,8 @@ mod tests {
         assert_eq!(admit(&l, &occ, t(0)), Admission::At(t(1000)));
         let occ = Occupancy {
             ahead: 1,
-            starts: vec![t(-400)],
+            started: 1,
+            oldest: vec![t(-400)],
             ..Occupancy::default()
         };
         // One started 400 ms ago, one ahead: this one fits when that start leaves the period.

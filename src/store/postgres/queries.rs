@@ -614,95 +614,115 @@ impl PgStore {
         ask: FlowAsk,
         now: DateTime<Utc>,
     ) -> Result<FlowAnswer, StoreError> {
+        use futures_util::future::try_join4;
         let doing = "admitting a call with a flow-control key";
         let mut c = self.client(doing).await?;
-        let tx = c.transaction().await.map_err(sql(doing))?;
-        tx.execute(FLOW_LOCK, &[&ask.key])
-            .await
-            .map_err(sql(doing))?;
-        let row = tx
-            .query_opt(
-                "SELECT flow_since, flow_admitted FROM outbox WHERE run_id = $1 AND id = $2",
-                &[&ask.run_id, &ask.effect_id],
-            )
-            .await
-            .map_err(sql(doing))?;
-        let Some(row) = row else {
-            return Ok(FlowAnswer::Gone);
+        let prepare = |q: &'static str| {
+            let c = &c;
+            async move { c.prepare_cached(q).await.map_err(sql(doing)) }
         };
-        let (since, admitted): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-        if admitted.is_some() {
-            return Ok(FlowAnswer::Admitted);
-        }
-        let since = match since {
-            Some(s) => s,
-            None => {
-                tx.execute(
-                    "UPDATE outbox SET flow_key = $3, flow_since = $4 WHERE run_id = $1 AND id = $2",
-                    &[&ask.run_id, &ask.effect_id, &ask.key, &ms(now)],
-                )
-                .await
-                .map_err(sql(doing))?;
-                ms(now)
-            }
-        };
-        let period_ms = i64::try_from(ask.limits.period.as_millis()).unwrap_or(i64::MAX);
-        let as_i32 = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let closed: Option<i64> = tx
-            .query_one(
+        let (lock_st, (since_st, key_st, counts_st, admit_st)) = futures_util::future::try_join(
+            prepare(FLOW_LOCK),
+            try_join4(
+            prepare(
+                "UPDATE outbox SET flow_key = $3, flow_since = coalesce(flow_since, $4)
+                 WHERE run_id = $1 AND id = $2 RETURNING flow_since, flow_admitted",
+            ),
+            prepare(
                 "INSERT INTO flow_keys(key, parallelism, rate, period_ms, updated_at) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (key) DO UPDATE SET parallelism = excluded.parallelism, rate = excluded.rate,
                    period_ms = excluded.period_ms, updated_at = excluded.updated_at
                  RETURNING closed_until",
-                &[&ask.key, &as_i32(ask.limits.parallelism), &as_i32(ask.limits.rate), &period_ms, &ms(now)],
-            )
-            .await
-            .map_err(sql(doing))?
-            .get(0);
-        let counts = tx
-            .query_one(
+            ),
+            // Calls in flight, calls ahead of this one in line, and starts within the period.
+            prepare(
                 "SELECT
-                   (SELECT COUNT(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NOT NULL),
-                   (SELECT COUNT(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NULL
-                      AND (flow_since, run_id, id) < ($2, $3, $4))",
-                &[&ask.key, &since, &ask.run_id, &ask.effect_id],
-            )
-            .await
-            .map_err(sql(doing))?;
-        let n = |i: usize| u32::try_from(counts.get::<_, i64>(i)).unwrap_or(u32::MAX);
-        let starts = tx
-            .query(
-                "SELECT at FROM flow_starts WHERE key = $1 AND at > $2 ORDER BY at",
-                &[&ask.key, &(ms(now) - period_ms)],
-            )
-            .await
-            .map_err(sql(doing))?
-            .iter()
-            .map(|r| from_ms(r.get(0)))
-            .collect();
-        let occ = crate::flow::Occupancy {
-            in_flight: n(0),
-            ahead: n(1),
-            starts,
-            closed_until: closed.map(from_ms),
+                   (SELECT count(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NOT NULL),
+                   (SELECT count(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NULL
+                      AND (flow_since, run_id, id) <
+                          ((SELECT flow_since FROM outbox WHERE run_id = $2 AND id = $3), $2, $3)),
+                   CASE WHEN $5 THEN (SELECT count(*) FROM flow_starts WHERE key = $1 AND at > $4) ELSE 0 END",
+            ),
+            prepare(
+                "WITH admitted AS (UPDATE outbox SET flow_admitted = $4 WHERE run_id = $2 AND id = $3),
+                      gone AS (DELETE FROM flow_starts WHERE $6 AND key = $1 AND at <= $5)
+                 INSERT INTO flow_starts(key, at) SELECT $1, $4 WHERE $6",
+            ),
+            ),
+        )
+        .await?;
+        let tx = c.transaction().await.map_err(sql(doing))?;
+        let period_ms = i64::try_from(ask.limits.period.as_millis()).unwrap_or(i64::MAX);
+        let window = ms(now) - period_ms;
+        let as_i32 = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let (par, rate) = (as_i32(ask.limits.parallelism), as_i32(ask.limits.rate));
+        let has_rate = rate.is_some();
+        // One round trip: the lock first (the statements run in the order sent), then what the
+        // rule needs. A crash undoes nothing that matters here (every call in flight is sent
+        // again and asks again), so the commit does not wait for the disk.
+        let (_, _, row, key_row, counts) = futures_util::future::try_join5(
+            async {
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map(|()| 0)
+            },
+            tx.execute(&lock_st, &[&ask.key]),
+            tx.query_opt(
+                &since_st,
+                &[&ask.run_id, &ask.effect_id, &ask.key, &ms(now)],
+            ),
+            tx.query_one(&key_st, &[&ask.key, &par, &rate, &period_ms, &ms(now)]),
+            tx.query_one(
+                &counts_st,
+                &[&ask.key, &ask.run_id, &ask.effect_id, &window, &has_rate],
+            ),
+        )
+        .await
+        .map_err(sql(doing))?;
+        let Some(row) = row else {
+            return Ok(FlowAnswer::Gone);
         };
+        let (since, admitted): (i64, Option<i64>) = (row.get(0), row.get(1));
+        if admitted.is_some() {
+            return Ok(FlowAnswer::Admitted);
+        }
+        let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        let (in_flight, ahead, started): (i64, i64, i64) =
+            (counts.get(0), counts.get(1), counts.get(2));
+        let mut occ = crate::flow::Occupancy {
+            in_flight: n(in_flight),
+            ahead: n(ahead),
+            started: n(started),
+            oldest: Vec::new(),
+            closed_until: key_row.get::<_, Option<i64>>(0).map(from_ms),
+        };
+        if let Some(rate) = rate {
+            let over = (started + ahead + 1 - i64::from(rate)).max(0);
+            if over > 0 {
+                occ.oldest = tx
+                    .query(
+                        "SELECT at FROM flow_starts WHERE key = $1 AND at > $2 ORDER BY at LIMIT $3",
+                        &[&ask.key, &window, &over],
+                    )
+                    .await
+                    .map_err(sql(doing))?
+                    .iter()
+                    .map(|r| from_ms(r.get(0)))
+                    .collect();
+            }
+        }
         let answer = match crate::flow::admit(&ask.limits, &occ, now) {
             crate::flow::Admission::Now => {
                 tx.execute(
-                    "UPDATE outbox SET flow_admitted = $3 WHERE run_id = $1 AND id = $2",
-                    &[&ask.run_id, &ask.effect_id, &ms(now)],
-                )
-                .await
-                .map_err(sql(doing))?;
-                tx.execute(
-                    "DELETE FROM flow_starts WHERE key = $1 AND at <= $2",
-                    &[&ask.key, &(ms(now) - period_ms)],
-                )
-                .await
-                .map_err(sql(doing))?;
-                tx.execute(
-                    "INSERT INTO flow_starts(key, at) VALUES ($1, $2)",
-                    &[&ask.key, &ms(now)],
+                    &admit_st,
+                    &[
+                        &ask.key,
+                        &ask.run_id,
+                        &ask.effect_id,
+                        &ms(now),
+                        &window,
+                        &has_rate,
+                    ],
                 )
                 .await
                 .map_err(sql(doing))?;
@@ -761,27 +781,27 @@ impl PgStore {
     ) -> Result<RecordedEvent, StoreError> {
         let doing = "recording an event";
         let mut c = self.client(doing).await?;
-        let tx = c.transaction().await.map_err(sql(doing))?;
-        tx.execute(EVENT_LOCK, &[&e.name, &e.key])
-            .await
-            .map_err(sql(doing))?;
-        let data = e.data.to_string();
-        let n = tx
-            .execute(
+        let (lock, insert, select) = futures_util::future::try_join3(
+            c.prepare_cached(EVENT_LOCK),
+            c.prepare_cached(
                 "INSERT INTO inbound_events(name, id, key, data, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, id) DO NOTHING",
-                &[&e.name, &e.id, &e.key, &data, &ms(now)],
-            )
-            .await
-            .map_err(sql(doing))?;
-        let row = tx
-            .query_one(
-                &format!(
-                    "SELECT {INBOUND_COLUMNS} FROM inbound_events WHERE name = $1 AND id = $2"
-                ),
-                &[&e.name, &e.id],
-            )
-            .await
-            .map_err(sql(doing))?;
+            ),
+            c.prepare_cached(&format!(
+                "SELECT {INBOUND_COLUMNS} FROM inbound_events WHERE name = $1 AND id = $2"
+            )),
+        )
+        .await
+        .map_err(sql(doing))?;
+        let tx = c.transaction().await.map_err(sql(doing))?;
+        let data = e.data.to_string();
+        // One round trip, in this order: the lock, the insert, the row as stored.
+        let (_, n, row) = futures_util::future::try_join3(
+            tx.execute(&lock, &[&e.name, &e.key]),
+            tx.execute(&insert, &[&e.name, &e.id, &e.key, &data, &ms(now)]),
+            tx.query_one(&select, &[&e.name, &e.id]),
+        )
+        .await
+        .map_err(sql(doing))?;
         tx.commit().await.map_err(sql(doing))?;
         Ok(RecordedEvent {
             event: inbound_row(&row),

@@ -241,9 +241,30 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_as(Job::Write, job).await
+    }
+
+    /// [`Self::write`] for a write a crash undoes anyway (see `Job::Light`).
+    async fn write_light<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_as(Job::Light, job).await
+    }
+
+    async fn write_as<T, F>(
+        &self,
+        kind: fn(writer::WriteJob) -> Job,
+        job: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         self.submit(
-            Job::Write(Box::new(move |c| {
+            kind(Box::new(move |c| {
                 job(c).map(|v| Box::new(v) as Box<dyn Any + Send>)
             })),
             Reply::Any(reply),

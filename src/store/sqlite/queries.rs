@@ -709,12 +709,14 @@ impl SqliteStore {
         ask: FlowAsk,
         now: DateTime<Utc>,
     ) -> Result<FlowAnswer, StoreError> {
-        self.write(move |c| {
+        self.write_light(move |c| {
             let doing = "admitting a call with a flow-control key";
-            let row: Option<(Option<i64>, Option<i64>)> = c
-                .query_row(
-                    "SELECT flow_since, flow_admitted FROM outbox WHERE run_id = ?1 AND id = ?2",
-                    params![ask.run_id, ask.effect_id],
+            // Its place in line is when it first asked.
+            let row: Option<(i64, Option<i64>)> = c
+                .row(
+                    "UPDATE outbox SET flow_key = ?3, flow_since = coalesce(flow_since, ?4) WHERE run_id = ?1 AND id = ?2
+                     RETURNING flow_since, flow_admitted",
+                    params![ask.run_id, ask.effect_id, ask.key, ms(now)],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
@@ -725,68 +727,81 @@ impl SqliteStore {
             if admitted.is_some() {
                 return Ok(FlowAnswer::Admitted);
             }
-            let since = match since {
-                Some(s) => s,
-                None => {
-                    c.execute(
-                        "UPDATE outbox SET flow_key = ?3, flow_since = ?4 WHERE run_id = ?1 AND id = ?2",
-                        params![ask.run_id, ask.effect_id, ask.key, ms(now)],
-                    )
-                    .map_err(sql(doing))?;
-                    ms(now)
-                }
-            };
             let period_ms = i64::try_from(ask.limits.period.as_millis()).unwrap_or(i64::MAX);
-            let closed_until: Option<i64> = c
-                .query_row(
+            let (parallelism, rate) = (ask.limits.parallelism, ask.limits.rate);
+            // (parallelism, rate, period_ms, closed_until)
+            type KeyRow = (Option<u32>, Option<u32>, i64, Option<i64>);
+            let known: Option<KeyRow> = c
+                .row(
+                    "SELECT parallelism, rate, period_ms, closed_until FROM flow_keys WHERE key = ?1",
+                    params![ask.key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(sql(doing))?;
+            if known.is_none_or(|(p, r, m, _)| (p, r, m) != (parallelism, rate, period_ms)) {
+                c.exec(
                     "INSERT INTO flow_keys(key, parallelism, rate, period_ms, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT(key) DO UPDATE SET parallelism = excluded.parallelism, rate = excluded.rate,
-                       period_ms = excluded.period_ms, updated_at = excluded.updated_at
-                     RETURNING closed_until",
-                    params![ask.key, ask.limits.parallelism, ask.limits.rate, period_ms, ms(now)],
-                    |r| r.get(0),
+                       period_ms = excluded.period_ms, updated_at = excluded.updated_at",
+                    params![ask.key, parallelism, rate, period_ms, ms(now)],
                 )
                 .map_err(sql(doing))?;
-            let count = |q: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u32, StoreError> {
-                c.query_row(q, p, |r| r.get::<_, i64>(0))
-                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-                    .map_err(sql(doing))
-            };
-            let in_flight = count(
-                "SELECT COUNT(*) FROM outbox WHERE flow_key = ?1 AND flow_admitted IS NOT NULL",
-                &[&ask.key],
-            )?;
-            let ahead = count(
-                "SELECT COUNT(*) FROM outbox WHERE flow_key = ?1 AND flow_admitted IS NULL
-                   AND (flow_since < ?2 OR (flow_since = ?2 AND (run_id < ?3 OR (run_id = ?3 AND id < ?4))))",
-                &[&ask.key, &since, &ask.run_id, &ask.effect_id],
-            )?;
-            let mut stmt = c
-                .prepare_cached("SELECT at FROM flow_starts WHERE key = ?1 AND at > ?2 ORDER BY at")
+            }
+            let (in_flight, ahead): (i64, i64) = c
+                .row(
+                    "SELECT count(*) FILTER (WHERE flow_admitted IS NOT NULL),
+                            count(*) FILTER (WHERE flow_admitted IS NULL
+                              AND (flow_since < ?2 OR (flow_since = ?2 AND (run_id < ?3 OR (run_id = ?3 AND id < ?4)))))
+                     FROM outbox WHERE flow_key = ?1",
+                    params![ask.key, since, ask.run_id, ask.effect_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .map_err(sql(doing))?;
-            let starts = stmt
-                .query_map(params![ask.key, ms(now) - period_ms], |r| r.get::<_, i64>(0))
-                .map_err(sql(doing))?
-                .map(|r| r.map(from_ms))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql(doing))?;
-            let occ = crate::flow::Occupancy {
-                in_flight,
-                ahead,
-                starts,
-                closed_until: closed_until.map(from_ms),
+            let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+            let mut occ = crate::flow::Occupancy {
+                in_flight: n(in_flight),
+                ahead: n(ahead),
+                started: 0,
+                oldest: Vec::new(),
+                closed_until: known.and_then(|k| k.3).map(from_ms),
             };
+            let window = ms(now) - period_ms;
+            if let Some(rate) = rate {
+                let started: i64 = c
+                    .row(
+                        "SELECT count(*) FROM flow_starts WHERE key = ?1 AND at > ?2",
+                        params![ask.key, window],
+                        |r| r.get(0),
+                    )
+                    .map_err(sql(doing))?;
+                occ.started = n(started);
+                let over = (started + ahead + 1 - i64::from(rate)).max(0);
+                if over > 0 {
+                    let mut stmt = c
+                        .prepare_cached("SELECT at FROM flow_starts WHERE key = ?1 AND at > ?2 ORDER BY at LIMIT ?3")
+                        .map_err(sql(doing))?;
+                    occ.oldest = stmt
+                        .query_map(params![ask.key, window, over], |r| r.get::<_, i64>(0))
+                        .map_err(sql(doing))?
+                        .map(|r| r.map(from_ms))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(sql(doing))?;
+                }
+            }
             match crate::flow::admit(&ask.limits, &occ, now) {
                 crate::flow::Admission::Now => {
-                    c.execute(
+                    c.exec(
                         "UPDATE outbox SET flow_admitted = ?3 WHERE run_id = ?1 AND id = ?2",
                         params![ask.run_id, ask.effect_id, ms(now)],
                     )
                     .map_err(sql(doing))?;
-                    c.execute("DELETE FROM flow_starts WHERE key = ?1 AND at <= ?2", params![ask.key, ms(now) - period_ms])
-                        .map_err(sql(doing))?;
-                    c.execute("INSERT INTO flow_starts(key, at) VALUES (?1, ?2)", params![ask.key, ms(now)])
-                        .map_err(sql(doing))?;
+                    if rate.is_some() {
+                        c.exec("DELETE FROM flow_starts WHERE key = ?1 AND at <= ?2", params![ask.key, window])
+                            .map_err(sql(doing))?;
+                        c.exec("INSERT INTO flow_starts(key, at) VALUES (?1, ?2)", params![ask.key, ms(now)])
+                            .map_err(sql(doing))?;
+                    }
                     Ok(FlowAnswer::Admitted)
                 }
                 admission => Ok(FlowAnswer::Wait { admission, since }),

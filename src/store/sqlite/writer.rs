@@ -46,6 +46,10 @@ pub(super) enum Job {
         effect: i64,
     },
     Write(WriteJob),
+    /// A write a crash undoes anyway (a flow-control admission: after a crash every call in
+    /// flight is sent again and asks again). A batch of only these commits without waiting
+    /// for the disk (`synchronous = NORMAL` in WAL mode: durable at the next full commit).
+    Light(WriteJob),
 }
 
 /// Where a command's result goes.
@@ -163,8 +167,8 @@ impl Writer {
         // Inline only when nothing else is coming: no other change waits and no call is in
         // flight. Under load the writer thread batches, and the callers' threads stay free for
         // their HTTP calls instead of waiting on an fsync. Other writes always go to the thread.
-        let inline =
-            !matches!(cmd.job, Job::Write(_)) && self.expected.load(Ordering::Relaxed) == 0;
+        let inline = !matches!(cmd.job, Job::Write(_) | Job::Light(_))
+            && self.expected.load(Ordering::Relaxed) == 0;
         let mut queue = unpoisoned(&self.queue);
         if inline && queue.commands.is_empty() {
             // `try_lock` under the queue lock cannot deadlock: it never waits.
@@ -270,8 +274,16 @@ pub(super) fn process_batch(state: &mut WriterState, mut batch: Vec<Command>) {
         outcomes.push(outcome);
     }
     let Some(outcome) = failed else {
+        let light = batch.iter().all(|c| matches!(c.job, Job::Light(_)));
         let done = batch.into_iter().map(|c| c.reply).zip(outcomes).collect();
-        commit(conn, cache, done);
+        if light {
+            // Nothing here must survive a power cut: no wait for the disk.
+            drop(control(conn, "PRAGMA synchronous = NORMAL"));
+            commit(conn, cache, done);
+            drop(control(conn, "PRAGMA synchronous = FULL"));
+        } else {
+            commit(conn, cache, done);
+        }
         return;
     };
     rollback(conn, cache);
@@ -360,6 +372,6 @@ fn run_job(conn: &Connection, job: &Job, versions: &Versions, cache: &mut RunCac
             .map(drop)
             .map_err(sql("marking an effect done")),
         ),
-        Job::Write(job) => Outcome::Any(job(conn)),
+        Job::Write(job) | Job::Light(job) => Outcome::Any(job(conn)),
     }
 }
