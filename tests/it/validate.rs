@@ -386,7 +386,7 @@ fn cli_exit_codes() {
         .args(["validate", "workflows"])
         .assert()
         .code(0)
-        .stdout("checked 5 files: no problems\n");
+        .stdout("checked 6 files: no problems\n");
     runner()
         .args([
             "validate",
@@ -408,7 +408,7 @@ fn cli_exit_codes() {
         ])
         .assert()
         .code(0)
-        .stdout("checked 5 files: no problems\n");
+        .stdout("checked 6 files: no problems\n");
     runner()
         .args(["validate", "does/not/exist"])
         .assert()
