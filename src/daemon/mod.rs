@@ -56,8 +56,9 @@ impl crate::ops::Workflows for RwLock<Registry> {
 }
 
 /// Events sent to runner: deliveries a crash cut short are done again (every node may do it:
-/// a delivery is idempotent), and events older than the retention are deleted.
-async fn event_upkeep(
+/// a delivery is idempotent), and events older than the retention are deleted; flow-control
+/// keys idle for a day are forgotten.
+async fn upkeep(
     exec: crate::runtime::Executor,
     registry: Arc<RwLock<Registry>>,
     retention: std::time::Duration,
@@ -81,6 +82,17 @@ async fn event_upkeep(
                 Ok(0) => {}
                 Ok(n) => info!(events = n, "deleted events older than the retention"),
                 Err(e) => warn!(error = %e, "deleting old events failed; will retry"),
+            }
+            // Keys named by one order or user come and go: one no call asked for in a day goes.
+            let now = chrono::Utc::now();
+            match exec
+                .store()
+                .prune_flow_keys(now - chrono::Duration::days(1), now)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => info!(keys = n, "forgot flow-control keys idle for a day"),
+                Err(e) => warn!(error = %e, "forgetting idle flow-control keys failed; will retry"),
             }
         }
     }
@@ -220,7 +232,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         });
     }
 
-    tokio::spawn(event_upkeep(
+    tokio::spawn(upkeep(
         engine.clone(),
         registry.clone(),
         cfg.event_retention,

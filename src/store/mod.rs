@@ -611,6 +611,19 @@ impl Store {
         }
     }
 
+    /// Forgets flow-control keys no call has asked for since `before` (none in flight or
+    /// waiting, not closed); answers how many.
+    pub async fn prune_flow_keys(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune_flow_keys(before, now).await,
+            Backend::Postgres(p) => p.prune_flow_keys(before, now).await,
+        }
+    }
+
     /// Every flow-control key with its limits, calls in flight and waiting.
     pub async fn flow_keys(&self, now: DateTime<Utc>) -> Result<Vec<FlowKeyRow>, StoreError> {
         match &self.backend {

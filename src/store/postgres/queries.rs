@@ -734,6 +734,30 @@ impl PgStore {
         Ok(answer)
     }
 
+    /// Forgets keys no call has asked for since `before` (none in flight or waiting, not closed).
+    pub async fn prune_flow_keys(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let doing = "forgetting idle flow-control keys";
+        let n = self
+            .exec(
+                doing,
+                "DELETE FROM flow_keys WHERE updated_at < $1 AND coalesce(closed_until, 0) < $2
+                   AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.flow_key = flow_keys.key)",
+                &[&ms(before), &ms(now)],
+            )
+            .await?;
+        self.exec(
+            doing,
+            "DELETE FROM flow_starts WHERE key NOT IN (SELECT key FROM flow_keys)",
+            &[],
+        )
+        .await?;
+        Ok(n)
+    }
+
     /// A 429 or 503 with `Retry-After` from a call of the key: no call of it starts before `until`.
     pub async fn flow_close(&self, key: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
         self.exec(

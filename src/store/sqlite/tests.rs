@@ -381,3 +381,81 @@ async fn a_writer_never_uses_a_state_another_process_has_changed() {
         .collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
 }
+
+/// A flow-control slot is the call's own outbox row: it is in flight once admitted and free
+/// once the row goes (here: the run is cancelled), and an idle key is forgotten.
+#[tokio::test]
+async fn a_flow_control_slot_goes_with_its_effect_and_idle_keys_are_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("flow.db")).expect("opens");
+    let limits = crate::flow::Limits {
+        parallelism: Some(1),
+        rate: None,
+        period: std::time::Duration::from_secs(1),
+    };
+    let ask = |run: &str, effect: i64| crate::store::FlowAsk {
+        run_id: run.into(),
+        effect_id: effect,
+        key: "k".into(),
+        limits,
+    };
+    let a = start(&store, SOURCE, "run-a").await;
+    let b = start(&store, SOURCE, "run-b").await;
+    let (ea, eb) = (a.effects[0].0.unwrap(), b.effects[0].0.unwrap());
+    let now = Utc::now();
+    assert_eq!(
+        store.flow_admit(ask("run-a", ea), now).await.unwrap(),
+        crate::store::FlowAnswer::Admitted
+    );
+    assert!(matches!(
+        store.flow_admit(ask("run-b", eb), now).await.unwrap(),
+        crate::store::FlowAnswer::Wait {
+            admission: crate::flow::Admission::WhenOneEnds,
+            ..
+        }
+    ));
+    let keys = store.flow_keys(now).unwrap();
+    assert_eq!((keys[0].in_flight, keys[0].waiting), (1, 1));
+    store
+        .apply(
+            "run-a",
+            Event::CancelRequested { reason: None },
+            now,
+            None,
+            None,
+        )
+        .await
+        .expect("cancels");
+    assert_eq!(
+        store.flow_admit(ask("run-b", eb), now).await.unwrap(),
+        crate::store::FlowAnswer::Admitted,
+        "the cancelled run's slot went with its outbox row"
+    );
+    assert_eq!(
+        store.flow_admit(ask("run-a", ea), now).await.unwrap(),
+        crate::store::FlowAnswer::Gone
+    );
+    let later = now + chrono::Duration::days(2);
+    assert_eq!(
+        store.prune_flow_keys(later, later).await.unwrap(),
+        0,
+        "b is in flight"
+    );
+    store
+        .apply(
+            "run-b",
+            Event::CancelRequested { reason: None },
+            now,
+            None,
+            None,
+        )
+        .await
+        .expect("cancels");
+    assert_eq!(
+        store.prune_flow_keys(now, now).await.unwrap(),
+        0,
+        "asked for just now"
+    );
+    assert_eq!(store.prune_flow_keys(later, later).await.unwrap(), 1);
+    assert!(store.flow_keys(later).unwrap().is_empty());
+}
