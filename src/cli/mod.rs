@@ -2,6 +2,7 @@
 //! contract: `validate` exits 0 valid, 1 problems, 2 could not run.
 
 mod database;
+mod dry_run;
 mod foreground;
 mod print;
 
@@ -94,6 +95,36 @@ pub enum Command {
         limit: usize,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Print the exact request a step would send (every header, the signature and its claims,
+    /// the body as sent) without sending anything
+    DryRun {
+        /// A workflow name (in --dir) or file; not with --run
+        workflow: Option<String>,
+        /// The step (default: the first `http` step)
+        #[arg(long)]
+        step: Option<String>,
+        /// The run's input, a JSON object
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Earlier steps' outputs: `{"step-id": {…}}`, as JSON or a file of it
+        #[arg(long)]
+        steps: Option<String>,
+        /// A `foreach` step's item to show, as JSON
+        #[arg(long)]
+        item: Option<String>,
+        /// Take the input, the earlier outputs and the version from this run in --db
+        #[arg(long, conflicts_with_all = ["input", "steps"])]
+        run: Option<String>,
+        #[arg(long, value_enum, default_value_t = dry_run::DryFormat::Http)]
+        format: dry_run::DryFormat,
+        /// Show secrets' values (read from the environment) instead of «secret:NAME»
+        #[arg(long)]
+        show_secrets: bool,
+        #[arg(long, default_value = "workflows", env = "RUNNER_DIR")]
+        dir: PathBuf,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -390,6 +421,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             &db.db,
         )),
+        Command::DryRun {
+            workflow,
+            step,
+            input,
+            steps,
+            item,
+            run,
+            format,
+            show_secrets,
+            dir,
+            db,
+        } => runtime()?.block_on(dry_run::dry_run(dry_run::DryRun {
+            workflow: workflow.as_deref(),
+            step: step.as_deref(),
+            input: &input,
+            steps: steps.as_deref(),
+            item: item.as_deref(),
+            run: run.as_deref(),
+            format,
+            show_secrets,
+            db: &db.db,
+            dir: &dir,
+        })),
         Command::Show { run_id, json, db } => runtime()?.block_on(show(&run_id, json, &db.db)),
         Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
         Command::Nodes { json, db } => runtime()?.block_on(nodes(json, &db.db)),

@@ -304,11 +304,7 @@ pub async fn attempt(
             return Some((ev, record));
         }
     };
-    let (dedup, retried) = match (&req.dedup_id, item) {
-        (Some(own), _) => (own.clone(), attempt.saturating_sub(1)),
-        (None, Some(i)) => request::item_message_id(run, step_id, &i.key, attempt),
-        (None, None) => request::message_id(run, step_id, attempt),
-    };
+    let (dedup, retried) = request::attempt_message_id(&req, run, step_id, attempt, item);
     record.dedup_id = req.dedup_id.clone();
     // A call with a flow-control key waits its turn here, for as long as it takes: the wait is
     // not part of its `timeout`, and its attempt starts when it is let through.
@@ -334,22 +330,17 @@ pub async fn attempt(
     for (name, value) in &req.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
-    builder = builder
-        .header("Upstash-Signature", token)
-        .header("Upstash-Message-Id", &dedup)
-        .header("Idempotency-Key", &dedup)
-        .header("Upstash-Retried", retried.to_string())
-        .header("Runner-Workflow", &wf.name)
-        .header("Runner-Run-Id", &run.id)
-        .header("Runner-Step", step_id)
-        .header("Runner-Attempt", attempt.to_string());
-    if let Some(i) = item {
-        builder = builder.header("Runner-Item", i.key.as_str());
-    }
-    // The schedule's own id, the same at every fire (as QStash sends it). A scheduled run
-    // stored before runs kept it has none, and is sent without.
-    if let Some(id) = &run.schedule_id {
-        builder = builder.header("Upstash-Schedule-Id", id);
+    let ours = request::runner_headers(
+        &wf.name,
+        run,
+        step_id,
+        attempt,
+        item,
+        (&dedup, retried),
+        &token,
+    );
+    for (name, value) in ours {
+        builder = builder.header(name, value);
     }
     let response = match builder.body(req.body.clone()).send().await {
         Ok(r) => r,

@@ -118,6 +118,55 @@ fn reads_steps_dynamically(text: &str) -> bool {
     })
 }
 
+/// The message id and `Upstash-Retried` an attempt carries: the step's own `dedup_id` when it
+/// has one, else its item's, else the step's.
+pub fn attempt_message_id(
+    req: &HttpRequest,
+    run: &Run,
+    step_id: &str,
+    attempt: u32,
+    item: Option<&ItemInput>,
+) -> (String, u32) {
+    match (&req.dedup_id, item) {
+        (Some(own), _) => (own.clone(), attempt.saturating_sub(1)),
+        (None, Some(i)) => item_message_id(run, step_id, &i.key, attempt),
+        (None, None) => message_id(run, step_id, attempt),
+    }
+}
+
+/// The headers runner sets on an attempt, after the step's own: the signature, the message id
+/// (also as `Idempotency-Key`), `Upstash-Retried`, the `Runner-*` headers, and a scheduled run's
+/// `Upstash-Schedule-Id`.
+pub fn runner_headers(
+    workflow: &str,
+    run: &Run,
+    step_id: &str,
+    attempt: u32,
+    item: Option<&ItemInput>,
+    (message_id, retried): (&str, u32),
+    signature: &str,
+) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("Upstash-Signature", signature.to_string()),
+        ("Upstash-Message-Id", message_id.to_string()),
+        ("Idempotency-Key", message_id.to_string()),
+        ("Upstash-Retried", retried.to_string()),
+        ("Runner-Workflow", workflow.to_string()),
+        ("Runner-Run-Id", run.id.clone()),
+        ("Runner-Step", step_id.to_string()),
+        ("Runner-Attempt", attempt.to_string()),
+    ];
+    if let Some(i) = item {
+        h.push(("Runner-Item", i.key.clone()));
+    }
+    // The schedule's own id, the same at every fire (as QStash sends it). A scheduled run
+    // stored before runs kept it has none, and is sent without.
+    if let Some(id) = &run.schedule_id {
+        h.push(("Upstash-Schedule-Id", id.clone()));
+    }
+    h
+}
+
 /// The deduplication id of one step of one run: the same for every attempt and after restarts,
 /// different for every other run and step.
 pub fn dedup_id(run_id: &str, step_id: &str) -> String {
