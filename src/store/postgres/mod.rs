@@ -8,6 +8,8 @@
 //! node that was paused past its lease cannot commit after another took its work (`nodes`).
 //! Reads and other writes use a pool (`queries`).
 
+mod events;
+mod flow;
 mod lane;
 mod nodes;
 mod queries;

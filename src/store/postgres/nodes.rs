@@ -44,7 +44,7 @@ impl PgStore {
     /// fenced by that lease from now on.
     pub async fn register_node(&self, name: &str, ttl: Duration) -> Result<String, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
-        self.exec_plain(
+        self.exec(
             "registering this node",
             &format!(
                 "INSERT INTO nodes(id, name, version, started_at, heartbeat_at, lease_until) VALUES ($1, $2, $3, {NOW_MS}, {NOW_MS}, {NOW_MS} + $4)"
@@ -66,7 +66,7 @@ impl PgStore {
             return Ok(false);
         };
         let n = self
-            .exec_plain(
+            .exec(
                 "renewing this node's lease",
                 &format!(
                     "UPDATE nodes SET heartbeat_at = {NOW_MS}, lease_until = {NOW_MS} + $2, defs_hash = $3 WHERE id = $1 AND lease_until > {NOW_MS}"
@@ -119,7 +119,7 @@ impl PgStore {
             return Ok(());
         };
         for (run_id, id) in effects {
-            self.exec_plain(
+            self.exec(
                 "releasing an effect",
                 "UPDATE outbox SET owner = NULL WHERE run_id = $1 AND id = $2 AND owner = $3",
                 &[run_id, id, &node.id],
@@ -132,7 +132,7 @@ impl PgStore {
     pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         let me = self.node().map(|n| n.id.clone()).unwrap_or_default();
         let rows = self
-            .rows_plain(
+            .rows(
                 "listing nodes",
                 &format!(
                     "SELECT n.id, n.name, n.version, n.started_at, n.heartbeat_at, n.lease_until, n.defs_hash,
@@ -168,7 +168,7 @@ impl PgStore {
             return Ok(None);
         };
         let row = self
-            .rows_plain(
+            .rows(
                 "electing a leader",
                 &format!(
                     "INSERT INTO leader(role, node_id, term, expires_at) VALUES ($1, $2, 1, {NOW_MS} + $3)
@@ -187,7 +187,7 @@ impl PgStore {
         let Some(node) = self.node() else {
             return Ok(());
         };
-        self.exec_plain(
+        self.exec(
             "resigning a role",
             "DELETE FROM leader WHERE role = $1 AND node_id = $2",
             &[&role, &node.id],
@@ -208,7 +208,7 @@ impl PgStore {
             return Ok((vec![], vec![]));
         };
         let dead: Vec<String> = self
-            .rows_plain(
+            .rows(
                 "taking over dead nodes",
                 &format!("DELETE FROM nodes WHERE lease_until < {NOW_MS} - $1 RETURNING name"),
                 &[&millis(grace)],
@@ -218,7 +218,7 @@ impl PgStore {
             .map(|r| r.get(0))
             .collect();
         let rows = self
-            .rows_plain(
+            .rows(
                 "claiming orphaned effects",
                 "UPDATE outbox o SET owner = $1, fresh = false FROM (
                      SELECT run_id, id, fresh FROM outbox x
@@ -240,7 +240,7 @@ impl PgStore {
             return Ok(vec![]);
         };
         let rows = self
-            .rows_plain(
+            .rows(
                 "reading this node's effects",
                 &format!(
                     "SELECT id, run_id, effect FROM outbox WHERE owner = $1 AND created_at < {NOW_MS} - $2 ORDER BY created_at LIMIT 1000"
@@ -260,7 +260,7 @@ impl PgStore {
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
         let rows = self
-            .rows_plain(
+            .rows(
                 "claiming due timers",
                 &format!(
                     "UPDATE runs SET wake_claim = {NOW_MS} + $2 WHERE id IN (

@@ -37,42 +37,19 @@ pub(super) fn item_row(r: &Row) -> ItemRow {
     }
 }
 
-pub(super) const INBOUND_COLUMNS: &str = "seq, name, id, key, data, received_at, delivered";
-
-/// A transaction lock per event name and key, taken by the transaction that records an event
-/// and by one that starts a wait for it.
-pub(super) const EVENT_LOCK: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 7))";
-
-/// The transaction lock of a flow-control key, held while a call of it is admitted.
-const FLOW_LOCK: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('flow' || chr(31) || $1, 7))";
-
-/// A row of [`INBOUND_COLUMNS`].
-pub(super) fn inbound_row(r: &Row) -> InboundEvent {
-    let data: String = r.get(4);
-    let delivered: Option<String> = r.get(6);
-    InboundEvent {
-        seq: r.get(0),
-        name: r.get(1),
-        id: r.get(2),
-        key: r.get(3),
-        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-        received_at: from_ms(r.get(5)),
-        delivered: delivered.and_then(|d| serde_json::from_str(&d).ok()),
-    }
-}
-
 fn parse_run(id: &str, state: &str) -> Result<Run, StoreError> {
     serde_json::from_str(state).map_err(|e| corrupt(id, e))
 }
 
 impl PgStore {
-    async fn client(&self, doing: &'static str) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn client(
+        &self,
+        doing: &'static str,
+    ) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool().get().await.map_err(pool_err(doing))
     }
 
-    async fn rows(
+    pub(super) async fn rows(
         &self,
         doing: &'static str,
         query: &str,
@@ -83,7 +60,7 @@ impl PgStore {
         c.query(&stmt, params).await.map_err(sql(doing))
     }
 
-    async fn row(
+    pub(super) async fn row(
         &self,
         doing: &'static str,
         query: &str,
@@ -92,7 +69,7 @@ impl PgStore {
         Ok(self.rows(doing, query, params).await?.into_iter().next())
     }
 
-    async fn exec(
+    pub(super) async fn exec(
         &self,
         doing: &'static str,
         query: &str,
@@ -101,24 +78,6 @@ impl PgStore {
         let c = self.client(doing).await?;
         let stmt = c.prepare_cached(query).await.map_err(sql(doing))?;
         c.execute(&stmt, params).await.map_err(sql(doing))
-    }
-
-    pub(super) async fn rows_plain(
-        &self,
-        doing: &'static str,
-        query: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        self.rows(doing, query, params).await
-    }
-
-    pub(super) async fn exec_plain(
-        &self,
-        doing: &'static str,
-        query: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        self.exec(doing, query, params).await
     }
 
     /// Answers whether the database can be reached now (for `/healthz`).
@@ -604,317 +563,6 @@ impl PgStore {
     }
 
     // --- approval links ----------------------------------------------------------------------
-
-    // --- flow control ------------------------------------------------------------------------
-
-    /// Whether a call with a flow-control key may start now; if so its row counts as in flight.
-    /// One transaction per key at a time (an advisory lock), so nodes never admit past a limit.
-    pub async fn flow_admit(
-        &self,
-        ask: FlowAsk,
-        now: DateTime<Utc>,
-    ) -> Result<FlowAnswer, StoreError> {
-        use futures_util::future::try_join4;
-        let doing = "admitting a call with a flow-control key";
-        let mut c = self.client(doing).await?;
-        let prepare = |q: &'static str| {
-            let c = &c;
-            async move { c.prepare_cached(q).await.map_err(sql(doing)) }
-        };
-        let (lock_st, (since_st, key_st, counts_st, admit_st)) = futures_util::future::try_join(
-            prepare(FLOW_LOCK),
-            try_join4(
-            prepare(
-                "UPDATE outbox SET flow_key = $3, flow_since = coalesce(flow_since, $4)
-                 WHERE run_id = $1 AND id = $2 RETURNING flow_since, flow_admitted",
-            ),
-            prepare(
-                "INSERT INTO flow_keys(key, parallelism, rate, period_ms, updated_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (key) DO UPDATE SET parallelism = excluded.parallelism, rate = excluded.rate,
-                   period_ms = excluded.period_ms, updated_at = excluded.updated_at
-                 RETURNING closed_until",
-            ),
-            // Calls in flight, calls ahead of this one in line, and starts within the period.
-            prepare(
-                "SELECT
-                   (SELECT count(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NOT NULL),
-                   (SELECT count(*) FROM outbox WHERE flow_key = $1 AND flow_admitted IS NULL
-                      AND (flow_since, run_id, id) <
-                          ((SELECT flow_since FROM outbox WHERE run_id = $2 AND id = $3), $2, $3)),
-                   CASE WHEN $5 THEN (SELECT count(*) FROM flow_starts WHERE key = $1 AND at > $4) ELSE 0 END",
-            ),
-            prepare(
-                "WITH admitted AS (UPDATE outbox SET flow_admitted = $4 WHERE run_id = $2 AND id = $3),
-                      gone AS (DELETE FROM flow_starts WHERE $6 AND key = $1 AND at <= $5)
-                 INSERT INTO flow_starts(key, at) SELECT $1, $4 WHERE $6",
-            ),
-            ),
-        )
-        .await?;
-        let tx = c.transaction().await.map_err(sql(doing))?;
-        let period_ms = i64::try_from(ask.limits.period.as_millis()).unwrap_or(i64::MAX);
-        let window = ms(now) - period_ms;
-        let as_i32 = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let (par, rate) = (as_i32(ask.limits.parallelism), as_i32(ask.limits.rate));
-        let has_rate = rate.is_some();
-        // One round trip: the lock first (the statements run in the order sent), then what the
-        // rule needs. A crash undoes nothing that matters here (every call in flight is sent
-        // again and asks again), so the commit does not wait for the disk.
-        let (_, _, row, key_row, counts) = futures_util::future::try_join5(
-            async {
-                tx.batch_execute("SET LOCAL synchronous_commit = off")
-                    .await
-                    .map(|()| 0)
-            },
-            tx.execute(&lock_st, &[&ask.key]),
-            tx.query_opt(
-                &since_st,
-                &[&ask.run_id, &ask.effect_id, &ask.key, &ms(now)],
-            ),
-            tx.query_one(&key_st, &[&ask.key, &par, &rate, &period_ms, &ms(now)]),
-            tx.query_one(
-                &counts_st,
-                &[&ask.key, &ask.run_id, &ask.effect_id, &window, &has_rate],
-            ),
-        )
-        .await
-        .map_err(sql(doing))?;
-        let Some(row) = row else {
-            return Ok(FlowAnswer::Gone);
-        };
-        let (since, admitted): (i64, Option<i64>) = (row.get(0), row.get(1));
-        if admitted.is_some() {
-            return Ok(FlowAnswer::Admitted);
-        }
-        let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
-        let (in_flight, ahead, started): (i64, i64, i64) =
-            (counts.get(0), counts.get(1), counts.get(2));
-        let mut occ = crate::flow::Occupancy {
-            in_flight: n(in_flight),
-            ahead: n(ahead),
-            started: n(started),
-            oldest: Vec::new(),
-            closed_until: key_row.get::<_, Option<i64>>(0).map(from_ms),
-        };
-        if let Some(rate) = rate {
-            let over = (started + ahead + 1 - i64::from(rate)).max(0);
-            if over > 0 {
-                occ.oldest = tx
-                    .query(
-                        "SELECT at FROM flow_starts WHERE key = $1 AND at > $2 ORDER BY at LIMIT $3",
-                        &[&ask.key, &window, &over],
-                    )
-                    .await
-                    .map_err(sql(doing))?
-                    .iter()
-                    .map(|r| from_ms(r.get(0)))
-                    .collect();
-            }
-        }
-        let answer = match crate::flow::admit(&ask.limits, &occ, now) {
-            crate::flow::Admission::Now => {
-                tx.execute(
-                    &admit_st,
-                    &[
-                        &ask.key,
-                        &ask.run_id,
-                        &ask.effect_id,
-                        &ms(now),
-                        &window,
-                        &has_rate,
-                    ],
-                )
-                .await
-                .map_err(sql(doing))?;
-                FlowAnswer::Admitted
-            }
-            admission => FlowAnswer::Wait { admission, since },
-        };
-        tx.commit().await.map_err(sql(doing))?;
-        Ok(answer)
-    }
-
-    /// Forgets keys no call has asked for since `before` (none in flight or waiting, not closed).
-    pub async fn prune_flow_keys(
-        &self,
-        before: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        let doing = "forgetting idle flow-control keys";
-        let n = self
-            .exec(
-                doing,
-                "DELETE FROM flow_keys WHERE updated_at < $1 AND coalesce(closed_until, 0) < $2
-                   AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.flow_key = flow_keys.key)",
-                &[&ms(before), &ms(now)],
-            )
-            .await?;
-        self.exec(
-            doing,
-            "DELETE FROM flow_starts WHERE key NOT IN (SELECT key FROM flow_keys)",
-            &[],
-        )
-        .await?;
-        Ok(n)
-    }
-
-    /// A 429 or 503 with `Retry-After` from a call of the key: no call of it starts before `until`.
-    pub async fn flow_close(&self, key: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
-        self.exec(
-            "closing a flow-control key",
-            "UPDATE flow_keys SET closed_until = greatest(coalesce(closed_until, 0), $2) WHERE key = $1",
-            &[&key, &ms(until)],
-        )
-        .await
-        .map(drop)
-    }
-
-    pub async fn flow_keys(&self, now: DateTime<Utc>) -> Result<Vec<FlowKeyRow>, StoreError> {
-        Ok(self
-            .rows(
-                "reading flow-control keys",
-                "SELECT k.key, k.parallelism, k.rate, k.period_ms, k.closed_until,
-                   (SELECT COUNT(*) FROM outbox o WHERE o.flow_key = k.key AND o.flow_admitted IS NOT NULL),
-                   (SELECT COUNT(*) FROM outbox o WHERE o.flow_key = k.key AND o.flow_admitted IS NULL),
-                   (SELECT COUNT(*) FROM flow_starts s WHERE s.key = k.key AND s.at > $1 - k.period_ms)
-                 FROM flow_keys k ORDER BY k.key",
-                &[&ms(now)],
-            )
-            .await?
-            .iter()
-            .map(|r| FlowKeyRow {
-                key: r.get(0),
-                parallelism: r.get::<_, Option<i32>>(1).and_then(|v| u32::try_from(v).ok()),
-                rate: r.get::<_, Option<i32>>(2).and_then(|v| u32::try_from(v).ok()),
-                period_ms: r.get(3),
-                closed_until: r.get::<_, Option<i64>>(4).map(from_ms).filter(|t| *t > now),
-                in_flight: r.get(5),
-                waiting: r.get(6),
-                started_in_period: r.get(7),
-            })
-            .collect())
-    }
-
-    // --- events sent to runner ----------------------------------------------------------------
-
-    /// Records an event, or answers the one recorded before with its name and id.
-    pub async fn record_event(
-        &self,
-        e: NewInboundEvent,
-        now: DateTime<Utc>,
-    ) -> Result<RecordedEvent, StoreError> {
-        let doing = "recording an event";
-        let mut c = self.client(doing).await?;
-        let (lock, insert, select) = futures_util::future::try_join3(
-            c.prepare_cached(EVENT_LOCK),
-            c.prepare_cached(
-                "INSERT INTO inbound_events(name, id, key, data, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, id) DO NOTHING",
-            ),
-            c.prepare_cached(&format!(
-                "SELECT {INBOUND_COLUMNS} FROM inbound_events WHERE name = $1 AND id = $2"
-            )),
-        )
-        .await
-        .map_err(sql(doing))?;
-        let tx = c.transaction().await.map_err(sql(doing))?;
-        let data = e.data.to_string();
-        // One round trip, in this order: the lock, the insert, the row as stored.
-        let (_, n, row) = futures_util::future::try_join3(
-            tx.execute(&lock, &[&e.name, &e.key]),
-            tx.execute(&insert, &[&e.name, &e.id, &e.key, &data, &ms(now)]),
-            tx.query_one(&select, &[&e.name, &e.id]),
-        )
-        .await
-        .map_err(sql(doing))?;
-        tx.commit().await.map_err(sql(doing))?;
-        Ok(RecordedEvent {
-            event: inbound_row(&row),
-            duplicate: n == 0,
-        })
-    }
-
-    /// The runs waiting for an event of this name and key that arrived at `at`.
-    pub async fn event_waits(
-        &self,
-        name: &str,
-        key: &str,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<EventWait>, StoreError> {
-        Ok(self
-            .rows(
-                "reading the waits for an event",
-                "SELECT run_id, step FROM event_waits WHERE name = $1 AND key = $2 AND since <= $3 ORDER BY run_id, step",
-                &[&name, &key, &ms(at)],
-            )
-            .await?
-            .iter()
-            .map(|r| EventWait {
-                run_id: r.get(0),
-                step: r.get(1),
-            })
-            .collect())
-    }
-
-    pub async fn mark_event_delivered(
-        &self,
-        seq: i64,
-        runs: Vec<String>,
-    ) -> Result<(), StoreError> {
-        let runs = serde_json::to_string(&runs).expect("a list serializes");
-        self.exec(
-            "recording an event's delivery",
-            "UPDATE inbound_events SET delivered = $2 WHERE seq = $1",
-            &[&seq, &runs],
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Events received before `before` whose delivery did not end.
-    pub async fn undelivered_events(
-        &self,
-        before: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<InboundEvent>, StoreError> {
-        Ok(self
-            .rows(
-                "reading undelivered events",
-                &format!("SELECT {INBOUND_COLUMNS} FROM inbound_events WHERE delivered IS NULL AND received_at < $1 ORDER BY received_at LIMIT $2"),
-                &[&ms(before), &limit],
-            )
-            .await?
-            .iter()
-            .map(inbound_row)
-            .collect())
-    }
-
-    /// Events, newest first, optionally of one name.
-    pub async fn list_events(
-        &self,
-        name: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<InboundEvent>, StoreError> {
-        Ok(self
-            .rows(
-                "reading events",
-                &format!("SELECT {INBOUND_COLUMNS} FROM inbound_events WHERE ($1::text IS NULL OR name = $1) ORDER BY seq DESC LIMIT $2"),
-                &[&name, &limit],
-            )
-            .await?
-            .iter()
-            .map(inbound_row)
-            .collect())
-    }
-
-    /// Deletes up to `limit` delivered events received before `before`; answers how many.
-    pub async fn prune_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
-        self.exec(
-            "deleting old events",
-            "DELETE FROM inbound_events WHERE seq IN (SELECT seq FROM inbound_events WHERE received_at < $1 AND delivered IS NOT NULL ORDER BY received_at LIMIT $2)",
-            &[&ms(before), &limit],
-        )
-        .await
-    }
 
     pub async fn approval_link(&self, hash: &str) -> Result<Option<ApprovalLink>, StoreError> {
         Ok(self

@@ -543,7 +543,7 @@ impl RunTx for PgTx<'_> {
         // key: whichever comes second sees the other (the look back below sees the event, or
         // the event's delivery sees this wait).
         self.tx
-            .execute(super::queries::EVENT_LOCK, &[&event, &key])
+            .execute(super::events::EVENT_LOCK, &[&event, &key])
             .await
             .map_err(sql(doing))?;
         self.tx
@@ -559,13 +559,13 @@ impl RunTx for PgTx<'_> {
             .query_opt(
                 &format!(
                     "SELECT {} FROM inbound_events WHERE name = $1 AND key = $2 AND received_at >= $3 ORDER BY received_at, seq LIMIT 1",
-                    super::queries::INBOUND_COLUMNS
+                    super::events::INBOUND_COLUMNS
                 ),
                 &[&event, &key, &ms(since)],
             )
             .await
             .map_err(sql("looking back for an event"))?;
-        Ok(row.as_ref().map(super::queries::inbound_row))
+        Ok(row.as_ref().map(super::events::inbound_row))
     }
 
     async fn end_await(&mut self, run_id: &str, step: &str) -> Result<(), StoreError> {

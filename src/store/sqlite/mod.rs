@@ -6,7 +6,9 @@
 //!
 //! I/O shell. The only place, with its submodules, that knows rusqlite.
 
+mod events;
 pub mod file;
+mod flow;
 pub mod owner;
 mod queries;
 mod tx;

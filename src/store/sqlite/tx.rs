@@ -422,10 +422,10 @@ impl RunTx for SqliteTx<'_> {
             .row(
                 &format!(
                     "SELECT {} FROM inbound_events WHERE name = ?1 AND key = ?2 AND received_at >= ?3 ORDER BY received_at, seq LIMIT 1",
-                    super::queries::INBOUND_COLUMNS
+                    super::events::INBOUND_COLUMNS
                 ),
                 params![event, key, ms(since)],
-                super::queries::inbound_row,
+                super::events::inbound_row,
             )
             .optional()
             .map_err(sql("looking back for an event"))
