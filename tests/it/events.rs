@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Api, Daemon, QstashReceiver, receiver_log, runner_cmd, temp_dir, wait_for, write,
+    Api, Daemon, QstashReceiver, receiver_and_workflows, receiver_log, runner_cmd, wait_for, write,
 };
 
 fn file(dir: &Path, name: &str, receiver: &QstashReceiver, yaml: &str) {
@@ -76,10 +76,7 @@ fn wait_status(api: &Api, id: &str, want: &str) {
 
 #[test]
 fn events_reach_the_runs_waiting_for_them_and_those_whose_wait_began_later() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(&wf, "order", &receiver, ORDER);
     file(&wf, "late", &receiver, LATE_WAIT);
     let daemon = Daemon::start(&wf, &dir.path().join("events.db"), None);
@@ -215,10 +212,7 @@ fn events_reach_the_runs_waiting_for_them_and_those_whose_wait_began_later() {
 
 #[test]
 fn a_wait_times_out_failing_its_step_or_going_on() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     let waits = |on_timeout: &str| {
         format!(
             r#"
@@ -267,10 +261,7 @@ on_failure:
 
 #[test]
 fn on_event_starts_a_run_per_event_and_cancel_on_cancels_it() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(
         &wf,
         "onboarding",
@@ -353,10 +344,7 @@ steps:
 
 #[test]
 fn a_wait_survives_kill_9_and_takes_the_event_sent_after_the_restart() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(&wf, "order", &receiver, ORDER);
     let db = dir.path().join("restart.db");
     let mut daemon = Daemon::start(&wf, &db, None);
@@ -382,10 +370,7 @@ fn events_racing_the_start_of_their_waits_are_never_lost() {
     // after the run was created, so some arrive before the wait, some while it is being
     // stored, some after. Every one must be delivered exactly once.
     const RUNS: usize = 30;
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(
         &wf,
         "race",

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Daemon, QstashReceiver, receiver_log, temp_dir, wait_for, write};
+use crate::support::{
+    Daemon, QstashReceiver, receiver_and_workflows, receiver_log, wait_for, write,
+};
 
 fn file(dir: &Path, name: &str, receiver: &QstashReceiver, yaml: &str) {
     write(
@@ -37,10 +39,7 @@ fn keys(daemon: &Daemon) -> Value {
 
 #[test]
 fn parallelism_is_never_exceeded_and_is_reached_across_workflows() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(
         &wf,
         "fan",
@@ -119,10 +118,7 @@ steps:
 
 #[test]
 fn a_rate_spreads_the_calls_of_a_key_over_its_period() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(
         &wf,
         "rated",
@@ -165,10 +161,7 @@ inputs:
 
 #[test]
 fn a_429_with_retry_after_holds_back_every_call_of_the_key() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(
         &wf,
         "busy",
@@ -226,10 +219,7 @@ steps:
 
 #[test]
 fn kill_9_with_calls_waiting_for_a_key_loses_none_and_leaks_no_slot() {
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(
         &wf,
         "queue",
@@ -283,10 +273,7 @@ fn two_daemons_on_one_postgresql_share_a_keys_parallelism() {
         // PostgreSQL pass (`RUNNER_TEST_BACKEND=postgres`).
         return;
     }
-    let receiver = QstashReceiver::start();
-    let dir = temp_dir();
-    let wf = dir.path().join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
+    let (receiver, dir, wf) = receiver_and_workflows();
     file(
         &wf,
         "shared",

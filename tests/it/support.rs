@@ -90,6 +90,16 @@ impl QstashReceiver {
     }
 }
 
+/// The real Receiver, a temporary folder and its `workflows` folder: what most daemon tests
+/// start from.
+pub(crate) fn receiver_and_workflows() -> (QstashReceiver, tempfile::TempDir, PathBuf) {
+    let receiver = QstashReceiver::start();
+    let dir = temp_dir();
+    let wf = dir.path().join("workflows");
+    std::fs::create_dir_all(&wf).expect("a workflows folder");
+    (receiver, dir, wf)
+}
+
 /// The path of the built `runner` binary.
 pub(crate) fn runner_bin() -> PathBuf {
     if crate::pg::enabled() {
