@@ -58,6 +58,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
         idempotency_key: None,
         slot: None,
         start: true,
+        concurrency_key: None,
     };
     let applied = store.start_run(request, Utc::now()).await?;
     let run_id = applied.run.id.clone();

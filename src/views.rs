@@ -28,6 +28,9 @@ pub(crate) struct RunView {
     /// The schedule that started it (its `Upstash-Schedule-Id`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_id: Option<String>,
+    /// Its workflow's `concurrency.key`, rendered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
     #[serde(serialize_with = "rfc3339::one")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339::option")]
@@ -39,6 +42,9 @@ pub(crate) struct RunView {
     #[serde(serialize_with = "rfc3339::option")]
     pub wake_at: Option<DateTime<Utc>>,
     pub failure: Option<Failure>,
+    /// Why it was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
     pub steps: Vec<StepView>,
     pub on_failure: Vec<StepView>,
 }
@@ -276,12 +282,14 @@ impl RunView {
             input: run.input.clone(),
             scheduled_for: run.scheduled_for,
             schedule_id: run.schedule_id.clone(),
+            concurrency_key: run.concurrency_key.clone(),
             created_at: run.created_at,
             started_at: run.started_at,
             finished_at: run.finished_at,
             waiting_for: run.waiting_for(),
             wake_at: run.wake_at,
             failure: run.failure.clone(),
+            cancel_reason: run.cancel_reason.clone(),
             steps: run.steps.iter().map(step).collect(),
             on_failure: run.hooks.iter().map(step).collect(),
         }

@@ -27,6 +27,12 @@ pub(super) fn run(v: &RunView) -> String {
         let _ = writeln!(out, "waiting   for {w}");
     }
     let _ = writeln!(out, "input     {}", v.input);
+    if let Some(key) = &v.concurrency_key {
+        let _ = writeln!(out, "key       {key}");
+    }
+    if let Some(reason) = &v.cancel_reason {
+        let _ = writeln!(out, "cancelled {reason}");
+    }
     if let Some(f) = &v.failure {
         let _ = writeln!(
             out,

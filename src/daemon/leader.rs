@@ -126,11 +126,15 @@ pub async fn dequeue_on_finish(exec: Executor) {
     loop {
         match finished.recv().await {
             Ok(f) => {
+                if let Some(key) = &f.concurrency_key {
+                    crate::ops::start::dequeue_key(&exec, &f.workflow, key).await;
+                }
                 if let Ok(Some(schedule)) = exec.store().schedule_of(&f.run_id).await {
                     scheduler::dequeue(&exec, &schedule).await;
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                dequeue_keys(&exec).await;
                 for schedule in exec
                     .store()
                     .schedules_with_queued_runs()
@@ -142,5 +146,19 @@ pub async fn dequeue_on_finish(exec: Executor) {
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Starts what is queued behind every `concurrency.key` with room: after a missed finish (the
+/// broadcast lagged), and in the daemon's upkeep for runs that finished on a node killed before
+/// it could start the next.
+pub async fn dequeue_keys(exec: &Executor) {
+    for (workflow, key) in exec
+        .store()
+        .keys_with_queued_runs()
+        .await
+        .unwrap_or_default()
+    {
+        crate::ops::start::dequeue_key(exec, &workflow, &key).await;
     }
 }

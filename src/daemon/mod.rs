@@ -57,7 +57,8 @@ impl crate::ops::Workflows for RwLock<Registry> {
 
 /// Events sent to runner: deliveries a crash cut short are done again (every node may do it:
 /// a delivery is idempotent), and events older than the retention are deleted; flow-control
-/// keys idle for a day are forgotten.
+/// keys idle for a day are forgotten; runs queued behind a `concurrency.key` whose holder
+/// finished on a node that stopped before starting them are started.
 async fn upkeep(
     exec: crate::runtime::Executor,
     registry: Arc<RwLock<Registry>>,
@@ -77,6 +78,7 @@ async fn upkeep(
             ),
             Err(e) => warn!(error = %e, "delivering events again failed; will retry"),
         }
+        leader::dequeue_keys(&exec).await;
         if round % PRUNE_EVERY == 0 {
             match crate::ops::notify::prune(&exec, retention).await {
                 Ok(0) => {}

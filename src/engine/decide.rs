@@ -396,6 +396,7 @@ fn cancel(run: &mut Run, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Eff
         }
     }
     run.status = RunStatus::Cancelled;
+    run.cancel_reason = Some(reason.to_string());
     effects.push(Effect::AbandonInFlight);
 }
 

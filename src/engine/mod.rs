@@ -19,6 +19,7 @@ mod machine_tests;
 mod plan;
 pub mod request;
 mod run;
+pub mod run_key;
 
 pub use context::context;
 pub use decide::decide;

@@ -352,6 +352,13 @@ pub struct Run {
         skip_serializing_if = "Option::is_none"
     )]
     pub deadline: Option<DateTime<Utc>>,
+    /// The workflow's `concurrency.key` as rendered when the run was created: at most
+    /// `concurrency.limit` runs of the workflow with this key are going at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// Why it was cancelled (the reason the cancel gave).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
 }
 
 /// The parts of a new run that the shell chooses (ids and times come from outside the core).
@@ -385,7 +392,20 @@ impl Run {
             failure: None,
             wake_at: None,
             deadline: None,
+            concurrency_key: None,
+            cancel_reason: None,
         }
+    }
+
+    /// The workflow's `concurrency.key` rendered for this run (None: the workflow has none).
+    pub fn render_concurrency_key(&self, wf: &Workflow) -> Result<Option<String>, String> {
+        let Some(per_key) = &wf.concurrency.per_key else {
+            return Ok(None);
+        };
+        let ctx = crate::workflow::template::context(&super::context::context(wf, self, None));
+        crate::workflow::template::render_engine_text(per_key.key.as_str(), &ctx)
+            .map(Some)
+            .map_err(|e| format!("the concurrency `key` (`{}`): {e}", per_key.key.as_str()))
     }
 
     pub fn step(&self, id: &str) -> Option<&StepState> {
@@ -421,6 +441,11 @@ impl Run {
     pub fn waiting_for(&self) -> Option<String> {
         if self.status.is_terminal() {
             return None;
+        }
+        if let (RunStatus::Pending, Some(key)) = (self.status, &self.concurrency_key) {
+            return Some(format!(
+                "its turn: queued behind the runs with concurrency key `{key}`"
+            ));
         }
         let at = |t: Option<DateTime<Utc>>| {
             t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

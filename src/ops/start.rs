@@ -36,22 +36,70 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// A new run's parts, and its `concurrency.key` rendered (a key that cannot be rendered from
+/// the input is the input's fault).
 fn new_run(
     version: &Version,
     input: &serde_json::Value,
     trigger: Trigger,
     slot: Option<&SlotClaim>,
-) -> Result<NewRun, StartError> {
+) -> Result<(NewRun, Option<String>), StartError> {
     let input =
         crate::workflow::resolve_input(&version.workflow, input).map_err(StartError::Input)?;
-    Ok(NewRun {
+    let new = NewRun {
         id: new_run_id(),
         version: version.hash.clone(),
         trigger,
         input,
         scheduled_for: slot.map(|s| s.at),
         schedule_id: slot.and_then(|s| crate::schedule::id::public_of_key(&s.schedule)),
-    })
+    };
+    let key = Run::new(&version.workflow, new.clone(), chrono::Utc::now())
+        .render_concurrency_key(&version.workflow)
+        .map_err(|e| StartError::Input(vec![e]))?;
+    Ok((new, key))
+}
+
+/// After a start with `on_limit: cancel_running` committed: the runs it displaced are cancelled.
+async fn cancel_displaced(exec: &Executor, applied: &crate::store::Applied) {
+    for id in &applied.displaced {
+        let reason = format!(
+            "cancelled: run {} has the same concurrency key `{}` (on_limit: cancel_running)",
+            applied.run.id,
+            applied.run.concurrency_key.as_deref().unwrap_or_default(),
+        );
+        if let Err(e) = super::cancel::cancel(exec, id, &reason).await {
+            tracing::debug!(run_id = %id, error = %e, "a displaced run was not cancelled");
+        }
+    }
+}
+
+/// Most queued runs one pass over a key tries to start.
+const DEQUEUE_BATCH: u32 = 256;
+
+/// Starts the runs queued behind a workflow's `concurrency.key`, oldest first, while the key
+/// has room (the start of each is checked against the limit in its own transaction; the first
+/// held back ends the pass).
+pub async fn dequeue_key(exec: &Executor, workflow: &str, key: &str) {
+    let Ok(queued) = exec
+        .store()
+        .queued_with_key(workflow, key, DEQUEUE_BATCH)
+        .await
+    else {
+        return;
+    };
+    for id in queued {
+        match exec.apply(&id, crate::engine::Event::Started).await {
+            Ok(a) if a.absorbed => return,
+            Ok(_) => {
+                tracing::info!(run_id = %id, workflow, key, "starting a run queued behind its concurrency key")
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %id, error = %e, "cannot start a queued run");
+                return;
+            }
+        }
+    }
 }
 
 /// Starts a run of `version` with `input`, a JSON object (`null` is refused: a client that
@@ -68,7 +116,7 @@ pub async fn start(
             "the input must be a JSON object, not null; send `{}` for none".into(),
         ]));
     }
-    let new = new_run(&version, &input, trigger, None)?;
+    let (new, concurrency_key) = new_run(&version, &input, trigger, None)?;
     let asked = new.input.clone();
     let applied = exec
         .start(NewRunRequest {
@@ -77,8 +125,10 @@ pub async fn start(
             idempotency_key: idempotency_key.clone(),
             slot: None,
             start: true,
+            concurrency_key,
         })
         .await?;
+    cancel_displaced(exec, &applied).await;
     if !applied.created
         && applied.run.input != asked
         && let Some(key) = idempotency_key
@@ -103,7 +153,7 @@ pub async fn fire(
     slot: SlotClaim,
     start_now: bool,
 ) -> Result<Option<Arc<Run>>, StartError> {
-    let new = new_run(&version, &input, Trigger::Schedule, Some(&slot))?;
+    let (new, concurrency_key) = new_run(&version, &input, Trigger::Schedule, Some(&slot))?;
     let applied = exec
         .start(NewRunRequest {
             version,
@@ -111,7 +161,9 @@ pub async fn fire(
             idempotency_key: None,
             slot: Some(slot),
             start: start_now,
+            concurrency_key,
         })
         .await?;
+    cancel_displaced(exec, &applied).await;
     Ok((!applied.slot_taken).then_some(applied.run))
 }

@@ -112,6 +112,8 @@ pub struct Finished {
     pub run_id: String,
     pub workflow: String,
     pub status: RunStatus,
+    /// Its `concurrency.key`: a run queued behind it may start now.
+    pub concurrency_key: Option<String>,
 }
 
 #[derive(Clone)]
@@ -643,6 +645,7 @@ impl Executor {
             run_id: run.id.clone(),
             workflow: run.workflow.clone(),
             status,
+            concurrency_key: run.concurrency_key.clone(),
         });
     }
 

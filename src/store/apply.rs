@@ -9,6 +9,7 @@
 
 use super::StoreError;
 use super::types::{Applied, AttemptRecord, InboundEvent, NewRunRequest, SlotClaim, Version};
+use crate::engine::run_key::Admission;
 use crate::engine::{self, Effect, Event, Run, StepStatus};
 use crate::workflow::Workflow;
 use crate::workflow::output::ItemOutput;
@@ -125,11 +126,35 @@ pub(crate) trait RunTx {
         since: DateTime<Utc>,
     ) -> Result<Option<InboundEvent>, StoreError>;
     async fn end_await(&mut self, run_id: &str, step: &str) -> Result<(), StoreError>;
+    /// Serializes, on a shared database, the transactions that count and start the runs of a
+    /// workflow with one `concurrency.key` (until the commit).
+    async fn lock_run_key(&mut self, workflow: &str, key: &str) -> Result<(), StoreError>;
+    /// The unfinished runs of a workflow with a `concurrency.key`, oldest first.
+    async fn runs_with_key(&mut self, workflow: &str, key: &str) -> Result<KeyedRuns, StoreError>;
     /// Deletes every wait of a run (it finished).
     async fn close_waits(&mut self, run_id: &str) -> Result<(), StoreError>;
     /// The run's state after this change, for the backend's cache (kept only if it commits).
     fn remember(&mut self, run: &Arc<Run>, rev: i64, next_seq: i64);
     fn forget(&mut self, id: &str);
+}
+
+/// The unfinished runs of a workflow with one `concurrency.key`.
+#[derive(Debug, Default)]
+pub(crate) struct KeyedRuns {
+    /// Started and not finished, oldest first.
+    pub going: Vec<String>,
+    /// Created `pending`: waiting to start.
+    pub queued: usize,
+}
+
+impl KeyedRuns {
+    pub(crate) fn add(&mut self, id: String, status: &str) {
+        if status == engine::RunStatus::Pending.as_str() {
+            self.queued += 1;
+        } else {
+            self.going.push(id);
+        }
+    }
 }
 
 /// An event for a run, with what is stored beside it, serialized by the caller (the writer is
@@ -285,6 +310,7 @@ pub(crate) async fn start<T: RunTx>(
                 created: false,
                 slot_taken: true,
                 absorbed: false,
+                displaced: vec![],
             });
         }
     }
@@ -297,18 +323,22 @@ pub(crate) async fn start<T: RunTx>(
             created: false,
             slot_taken: false,
             absorbed: false,
+            displaced: vec![],
         });
     }
     tx.insert_version(&req.version, now).await?;
-    // A run that starts now is stored as the `Started` event leaves it: one row written once,
+    let mut run = Run::new(&wf, req.new.clone(), now);
+    run.concurrency_key = req.concurrency_key.clone();
+    let (first, displaced) = first_event(tx, &wf, &run, req.start).await?;
+    // A run that starts now is stored as its first event leaves it: one row written once,
     // instead of a pending row updated in the same transaction.
-    let run = Run::new(&wf, req.new.clone(), now);
-    let (run, started) = if req.start {
-        let (next, effects) = engine::decide(&wf, &run, &Event::Started, now);
-        let (next, effects) = store_orders(tx, &wf, next, effects, now).await?;
-        (next, Some(effects))
-    } else {
-        (run, None)
+    let (run, started) = match &first {
+        Some(event) => {
+            let (next, effects) = engine::decide(&wf, &run, event, now);
+            let (next, effects) = store_orders(tx, &wf, next, effects, now).await?;
+            (next, Some(effects))
+        }
+        None => (run, None),
     };
     let state = state_json(&run);
     tx.write_run(&RunWrite::Insert {
@@ -331,7 +361,7 @@ pub(crate) async fn start<T: RunTx>(
     )
     .await?;
     let run = Arc::new(run);
-    let Some(effects) = started else {
+    let (Some(effects), Some(event)) = (started, first) else {
         tx.remember(&run, 0, 2);
         return Ok(Applied {
             run,
@@ -339,9 +369,9 @@ pub(crate) async fn start<T: RunTx>(
             created: true,
             slot_taken: false,
             absorbed: false,
+            displaced: vec![],
         });
     };
-    let event = Event::Started;
     let data = serde_json::to_string(&event).expect("an event serializes");
     let change = Change {
         rev: 0,
@@ -352,7 +382,64 @@ pub(crate) async fn start<T: RunTx>(
     };
     let mut applied = record_change(tx, run, change, effects, waits(&wf), now).await?;
     applied.created = true;
+    applied.displaced = displaced;
     Ok(applied)
+}
+
+/// A new run's first event: `Started`; none when it waits (queued behind the runs of its
+/// schedule, or of its `concurrency.key`); a cancel when it gives way to the runs of its key
+/// (`on_limit: skip`). With `on_limit: cancel_running`, also the runs it displaces, oldest
+/// first, for the caller to cancel once this commits.
+async fn first_event<T: RunTx>(
+    tx: &mut T,
+    wf: &Workflow,
+    run: &Run,
+    start: bool,
+) -> Result<(Option<Event>, Vec<String>), StoreError> {
+    let (Some(key), Some(per_key), true) = (&run.concurrency_key, &wf.concurrency.per_key, start)
+    else {
+        return Ok((start.then_some(Event::Started), vec![]));
+    };
+    tx.lock_run_key(&wf.name, key).await?;
+    let held = tx.runs_with_key(&wf.name, key).await?;
+    let (limit, on_limit) = (per_key.limit, per_key.on_limit);
+    Ok(
+        match engine::run_key::admit(limit, on_limit, &held.going, held.queued) {
+            Admission::Start => (Some(Event::Started), vec![]),
+            Admission::Queue => (None, vec![]),
+            Admission::Skip { behind } => (
+                Some(Event::CancelRequested {
+                    reason: Some(format!(
+                        "skipped: run {behind} has the concurrency key `{key}` (limit {limit}, on_limit: {})",
+                        on_limit.as_str()
+                    )),
+                }),
+                vec![],
+            ),
+            Admission::StartDisplacing(runs) => (Some(Event::Started), runs),
+        },
+    )
+}
+
+/// Whether a queued run with a `concurrency.key` must go on waiting: `limit` runs with its key
+/// are going.
+async fn held_back<T: RunTx>(
+    tx: &mut T,
+    wf: &Workflow,
+    run: &Run,
+    event: &Event,
+) -> Result<bool, StoreError> {
+    let (Event::Started, engine::RunStatus::Pending, Some(key), Some(per_key)) = (
+        event,
+        run.status,
+        &run.concurrency_key,
+        &wf.concurrency.per_key,
+    ) else {
+        return Ok(false);
+    };
+    tx.lock_run_key(&wf.name, key).await?;
+    let held = tx.runs_with_key(&wf.name, key).await?;
+    Ok(!engine::run_key::may_start(per_key.limit, held.going.len()))
 }
 
 /// Applies an event to a run, with its attempt record and the outbox row it closes.
@@ -379,8 +466,12 @@ pub(crate) async fn apply<T: RunTx>(
         Some(seq) => seq,
         None => tx.next_seq(&run.id).await?,
     };
-    let (next, effects) = engine::decide(&wf, &run, &cmd.event, now);
-    let (next, effects) = store_orders(tx, &wf, next, effects, now).await?;
+    let (next, effects) = if held_back(tx, &wf, &run, &cmd.event).await? {
+        (Run::clone(&run), vec![])
+    } else {
+        let (next, effects) = engine::decide(&wf, &run, &cmd.event, now);
+        store_orders(tx, &wf, next, effects, now).await?
+    };
     let attempt = attempt.map(|a| a.json.as_str());
     if effects.is_empty() && next == *run {
         // Absorbed (late, duplicate or not applicable): nothing changes, but keep the event for
@@ -412,6 +503,7 @@ pub(crate) async fn apply<T: RunTx>(
             created: false,
             slot_taken: false,
             absorbed: true,
+            displaced: vec![],
         });
     }
     let state = state_json(&next);
@@ -494,6 +586,7 @@ async fn record_change<T: RunTx>(
         created: false,
         slot_taken: false,
         absorbed: false,
+        displaced: vec![],
     })
 }
 

@@ -465,6 +465,27 @@ impl Store {
         }
     }
 
+    /// The queued runs of a workflow with a `concurrency.key`, oldest first, at most `limit`.
+    pub async fn queued_with_key(
+        &self,
+        workflow: &str,
+        key: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.queued_with_key(workflow, key, limit),
+            Backend::Postgres(p) => p.queued_with_key(workflow, key, limit).await,
+        }
+    }
+
+    /// The workflows and concurrency keys that have queued runs.
+    pub async fn keys_with_queued_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.keys_with_queued_runs(),
+            Backend::Postgres(p) => p.keys_with_queued_runs().await,
+        }
+    }
+
     /// Schedules that have queued runs.
     pub async fn schedules_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
         match &self.backend {

@@ -128,6 +128,8 @@ pub struct NewRunRequest {
     pub slot: Option<SlotClaim>,
     /// False: the run is created `pending` (queued behind others) and started later.
     pub start: bool,
+    /// The workflow's `concurrency.key` rendered for this run (`Run::render_concurrency_key`).
+    pub concurrency_key: Option<String>,
 }
 
 /// The outcome of one state change: the new run and the effects to perform, each with its
@@ -144,6 +146,9 @@ pub struct Applied {
     /// state the run was in when the transaction read it). This is the answer to "did my
     /// cancel / decision count", decided inside the transaction, across processes.
     pub absorbed: bool,
+    /// A start with `concurrency.on_limit: cancel_running`: the runs with its key that were
+    /// going, for the caller to cancel.
+    pub displaced: Vec<String>,
 }
 
 /// A schedule slot claimed in the same transaction that creates its run: the unique key

@@ -427,14 +427,24 @@ async fn start_run(
         None => None,
     };
     match crate::ops::start::start(&state.exec, version, input, Trigger::Api, key).await {
-        Ok(crate::ops::start::Started { run, created }) => json_ok(
-            if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            },
-            json!({"id": run.id, "workflow": run.workflow, "status": run.status.as_str(), "created": created}),
-        ),
+        Ok(crate::ops::start::Started { run, created }) => {
+            let mut answer = json!({"id": run.id, "workflow": run.workflow, "status": run.status.as_str(), "created": created});
+            // A run over its key's limit says so at once (queued, or cancelled: `on_limit`).
+            if let Some(key) = &run.concurrency_key {
+                answer["concurrency_key"] = json!(key);
+            }
+            if let Some(reason) = &run.cancel_reason {
+                answer["cancel_reason"] = json!(reason);
+            }
+            json_ok(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                answer,
+            )
+        }
         Err(StartError::Input(errors)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("the input does not match the inputs of `{name}`"),

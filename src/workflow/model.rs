@@ -170,7 +170,51 @@ pub struct Concurrency {
     pub overlap: Overlap,
     pub catchup_window: Option<Duration>,
     pub jitter: Option<Duration>,
+    /// `key` / `limit` / `on_limit`: runs of this workflow with the same rendered key.
+    pub per_key: Option<RunKey>,
 }
+
+/// Runs per key: at most `limit` runs of the workflow with the same key are going at once.
+#[derive(Debug, Clone)]
+pub struct RunKey {
+    /// A template over `input` and `run`, rendered when the run is created.
+    pub key: Template,
+    pub limit: u32,
+    pub on_limit: OnLimit,
+}
+
+/// What a new run does when `limit` runs with its key are going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// It waits, in order of creation, and starts when one of them ends.
+    #[default]
+    Queue,
+    /// It is recorded as cancelled, with the run it gave way to.
+    Skip,
+    /// It starts, and the runs with its key that are going are cancelled.
+    CancelRunning,
+}
+
+impl OnLimit {
+    pub const NAMES: [&'static str; 3] = ["queue", "skip", "cancel_running"];
+
+    pub fn parse(s: &str) -> Option<OnLimit> {
+        Some(match s {
+            "queue" => OnLimit::Queue,
+            "skip" => OnLimit::Skip,
+            "cancel_running" => OnLimit::CancelRunning,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        OnLimit::NAMES[self as usize]
+    }
+}
+
+/// The most runs per key a workflow may allow at once.
+pub const MAX_RUNS_PER_KEY: u32 = 10_000;
 
 /// The backoff kinds of a step's `retry: { backoff: exponential | fixed | linear, initial, max }`
 /// (the delays: `backoff::delay`).

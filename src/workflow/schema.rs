@@ -149,7 +149,23 @@ shape! {
         "catchup_window" => catchup_window: Option<DurationText>,
         /// A random delay up to this added to every scheduled fire.
         "jitter" => jitter: Option<DurationText>,
+        /// Runs of this workflow with the same key (a template over `input` and `run`,
+        /// `sync-{{ input.userId }}`) are limited to `limit` at once.
+        "key" => key: Option<String>,
+        /// Runs with the same key going at once (default 1).
+        #[schemars(range(min = 1, max = 10000))]
+        "limit" => limit: Option<u32>,
+        /// What a run over the limit does (default `queue`).
+        "on_limit" => on_limit: Option<OnLimitDecl>,
     }
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum OnLimitDecl {
+    Queue,
+    Skip,
+    CancelRunning,
 }
 
 shape! {

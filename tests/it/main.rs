@@ -14,6 +14,7 @@ mod http_edges;
 mod keys;
 mod outage;
 mod pg;
+mod run_keys;
 mod schedule_ids;
 mod scheduler;
 mod sign_interop;

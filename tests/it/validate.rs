@@ -140,6 +140,12 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert!(flow("wait").is_none(), "not a sleep step");
     assert_eq!(wf.cancel_on.len(), 1);
     assert_eq!(wf.cancel_on[0].key.as_str(), "{{ input.userId }}");
+    let per_key = wf.concurrency.per_key.as_ref().expect("concurrency.key");
+    assert_eq!(per_key.key.as_str(), "report-{{ input.userId }}");
+    assert_eq!(
+        (per_key.limit, per_key.on_limit),
+        (2, workflow::OnLimit::Queue)
+    );
     match &wf.find_step("verified").expect("step").kind {
         workflow::StepKind::WaitForEvent(w) => {
             assert_eq!(w.event, "email.verified");

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/003_items.sql"),
     include_str!("../migrations/postgres/004_events.sql"),
     include_str!("../migrations/postgres/005_flow_control.sql"),
+    include_str!("../migrations/postgres/006_runs_per_key.sql"),
 ];
 
 /// The advisory lock held while migrating (daemons of one version may start together).

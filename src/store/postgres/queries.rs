@@ -458,6 +458,37 @@ impl PgStore {
             .map(|r| r.get(0)))
     }
 
+    pub async fn queued_with_key(
+        &self,
+        workflow: &str,
+        key: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .rows(
+                "finding queued runs",
+                "SELECT id FROM runs WHERE workflow = $1 AND concurrency_key = $2 AND finished_at IS NULL AND status = 'pending' ORDER BY created_at, id LIMIT $3",
+                &[&workflow, &key, &i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    pub async fn keys_with_queued_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .rows(
+                "listing queued runs",
+                "SELECT DISTINCT workflow, concurrency_key FROM runs WHERE concurrency_key IS NOT NULL AND finished_at IS NULL AND status = 'pending'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     pub async fn schedules_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
             .rows(

@@ -8,13 +8,17 @@
 use super::{ms, sql};
 use crate::engine::Run;
 use crate::store::StoreError;
-use crate::store::apply::{EventWrite, Loaded, RunTx, RunWrite};
+use crate::store::apply::{EventWrite, KeyedRuns, Loaded, RunTx, RunWrite};
 use crate::store::types::{SlotClaim, Version, Versions};
 use crate::workflow::{self, Workflow};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_postgres::types::ToSql;
+
+/// A transaction lock per workflow and `concurrency.key`.
+const RUN_KEY_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('runkey' || chr(31) || $1 || chr(31) || $2, 7))";
 
 /// The statements a change runs, prepared once per connection.
 pub(super) struct Statements {
@@ -59,7 +63,7 @@ impl Statements {
             claim_slot: p("INSERT INTO slots(schedule, slot, at, run_id, outcome, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING").await?,
             mark_schedule: p("INSERT INTO schedule_marks(schedule, since) VALUES ($1, $2) ON CONFLICT (schedule) DO UPDATE SET since = greatest(schedule_marks.since, excluded.since)").await?,
             idempotent: p("SELECT state FROM runs WHERE workflow = $1 AND idempotency_key = $2").await?,
-            insert_run: p("INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, finished_at, wake_at, state, schedule) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11)").await?,
+            insert_run: p("INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, finished_at, wake_at, state, schedule, concurrency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)").await?,
             update_run: p("UPDATE runs SET status = $2, updated_at = $3, finished_at = $4, wake_at = $5, state = $6, rev = $7, wake_claim = NULL WHERE id = $1 AND rev = $8").await?,
             touch_run: p("UPDATE runs SET rev = $2 WHERE id = $1 AND rev = $3").await?,
             insert_event: p("INSERT INTO events(run_id, seq, at, kind, data, attempt) VALUES ($1, $2, $3, $4, $5, $6)").await?,
@@ -362,6 +366,7 @@ impl RunTx for PgTx<'_> {
                     p(run.wake_at.map(ms)),
                     p(state.to_string()),
                     p(schedule.map(str::to_string)),
+                    p(run.concurrency_key.clone()),
                 ],
                 Check::Any,
             ),
@@ -566,6 +571,36 @@ impl RunTx for PgTx<'_> {
             .await
             .map_err(sql("looking back for an event"))?;
         Ok(row.as_ref().map(super::events::inbound_row))
+    }
+
+    async fn lock_run_key(&mut self, workflow: &str, key: &str) -> Result<(), StoreError> {
+        self.flush().await?;
+        // Held to the commit: the runs of one workflow and key are counted and started (or
+        // queued) by one transaction at a time, on every node.
+        self.tx
+            .execute(RUN_KEY_LOCK, &[&workflow, &key])
+            .await
+            .map(drop)
+            .map_err(sql("locking a concurrency key"))
+    }
+
+    async fn runs_with_key(&mut self, workflow: &str, key: &str) -> Result<KeyedRuns, StoreError> {
+        let doing = "counting the runs with a concurrency key";
+        self.flush().await?;
+        let rows = self
+            .tx
+            .query(
+                "SELECT id, status FROM runs WHERE workflow = $1 AND concurrency_key = $2 AND finished_at IS NULL ORDER BY created_at, id",
+                &[&workflow, &key],
+            )
+            .await
+            .map_err(sql(doing))?;
+        let mut out = KeyedRuns::default();
+        for r in rows {
+            let status: String = r.get(1);
+            out.add(r.get(0), &status);
+        }
+        Ok(out)
     }
 
     async fn end_await(&mut self, run_id: &str, step: &str) -> Result<(), StoreError> {

@@ -490,6 +490,37 @@ impl SqliteStore {
         })
     }
 
+    pub fn queued_with_key(
+        &self,
+        workflow: &str,
+        key: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            strings(
+                c,
+                "SELECT id FROM runs WHERE workflow = ?1 AND concurrency_key = ?2 AND finished_at IS NULL AND status = 'pending' ORDER BY created_at, id LIMIT ?3",
+                params![workflow, key, limit],
+                "finding queued runs",
+            )
+        })
+    }
+
+    pub fn keys_with_queued_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| {
+            let doing = "listing queued runs";
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT DISTINCT workflow, concurrency_key FROM runs WHERE concurrency_key IS NOT NULL AND finished_at IS NULL AND status = 'pending'",
+                )
+                .map_err(sql(doing))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql(doing))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql(doing))
+        })
+    }
+
     pub fn schedules_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             strings(

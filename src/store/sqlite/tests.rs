@@ -33,6 +33,7 @@ async fn start(store: &SqliteStore, source: &str, id: &str) -> Applied {
         idempotency_key: None,
         slot: None,
         start: true,
+        concurrency_key: None,
     };
     store.start_run(request, Utc::now()).await.expect("starts")
 }

@@ -7,7 +7,7 @@
 use super::{ms, sql};
 use crate::engine::Run;
 use crate::store::StoreError;
-use crate::store::apply::{EventWrite, Loaded, RunTx, RunWrite};
+use crate::store::apply::{EventWrite, KeyedRuns, Loaded, RunTx, RunWrite};
 use crate::store::types::{SlotClaim, Version, Versions};
 use crate::workflow::{self, Workflow};
 use chrono::{DateTime, Utc};
@@ -240,8 +240,8 @@ impl RunTx for SqliteTx<'_> {
                 idempotency_key,
                 schedule,
             } => self.conn.exec(
-                "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, finished_at, wake_at, state, schedule)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO runs(id, workflow, version, status, trigger, idempotency_key, created_at, updated_at, finished_at, wake_at, state, schedule, concurrency_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     run.id,
                     run.workflow,
@@ -254,6 +254,7 @@ impl RunTx for SqliteTx<'_> {
                     run.wake_at.map(ms),
                     state,
                     schedule,
+                    run.concurrency_key,
                 ],
             ),
             // SQLite rewrites the index entries of every indexed column named in SET, changed
@@ -439,6 +440,32 @@ impl RunTx for SqliteTx<'_> {
             )
             .map(drop)
             .map_err(sql("ending a wait for an event"))
+    }
+
+    async fn lock_run_key(&mut self, _workflow: &str, _key: &str) -> Result<(), StoreError> {
+        // One writer: its changes never overlap.
+        Ok(())
+    }
+
+    async fn runs_with_key(&mut self, workflow: &str, key: &str) -> Result<KeyedRuns, StoreError> {
+        let doing = "counting the runs with a concurrency key";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, status FROM runs WHERE workflow = ?1 AND concurrency_key = ?2 AND finished_at IS NULL ORDER BY created_at, id",
+            )
+            .map_err(sql(doing))?;
+        let rows = stmt
+            .query_map(params![workflow, key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(sql(doing))?;
+        let mut out = KeyedRuns::default();
+        for row in rows {
+            let (id, status) = row.map_err(sql(doing))?;
+            out.add(id, &status);
+        }
+        Ok(out)
     }
 
     async fn close_waits(&mut self, run_id: &str) -> Result<(), StoreError> {

@@ -450,7 +450,7 @@ impl<'s> Checker<'s> {
         };
         let concurrency = f
             .get("concurrency")
-            .map(|n| self.concurrency(n))
+            .map(|n| self.concurrency(n, &run_scope))
             .unwrap_or_default();
         let run_timeout = f
             .get("timeout")

@@ -77,7 +77,7 @@ pub(super) enum NoSecrets {
     /// What it renders is stored with the run and shown to anyone with the link: an approval's
     /// `subject` and `body`, on the approval page and in the e-mail.
     Shown(&'static str),
-    /// What it renders is stored and listed by the API: a `flow_control` key.
+    /// What it renders is stored and listed by the API: a `flow_control` or concurrency key.
     Stored(&'static str),
 }
 
@@ -405,7 +405,7 @@ impl Checker<'_> {
                             r.len,
                             Code::UnknownVariable,
                             format!("`secrets` cannot be read in {place}"),
-                            Some("it is stored in the database and listed by the API (`GET /api/v1/flow-control`, `/metrics`); name the key after what it limits".into()),
+                            Some("it is stored in the database and shown by the API and `/metrics`; name the key after what it limits".into()),
                         );
                         return;
                     }

@@ -244,11 +244,75 @@ impl Checker<'_> {
         );
     }
 
-    pub(super) fn concurrency(&mut self, node: &Node) -> Concurrency {
+    pub(super) fn concurrency(&mut self, node: &Node, scope: &Scope) -> Concurrency {
         let Some(f) = self.fields(node, "concurrency", CONCURRENCY_KEYS, &[]) else {
             return Concurrency::default();
         };
+        let key = f.get("key").and_then(|n| {
+            let s = self.nonempty_string(n, "key")?;
+            // Stored with the run and shown by the API.
+            let scope = Scope {
+                no_secrets: Some(NoSecrets::Stored("a concurrency `key`")),
+                ..*scope
+            };
+            self.template(n, s, &scope);
+            Some(Template(s.to_string()))
+        });
+        let limit = match f.get("limit") {
+            None => Some(1),
+            Some(n) => match n.value {
+                Value::Int(i) if i >= 1 && i <= i64::from(MAX_RUNS_PER_KEY) => {
+                    Some(u32::try_from(i).expect("checked to fit"))
+                }
+                Value::Int(_) => {
+                    let w = self.width(n);
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidValue,
+                        format!("`limit` must be between 1 and {MAX_RUNS_PER_KEY}"),
+                        Some("the runs with the same key going at once (default 1)".into()),
+                    );
+                    None
+                }
+                _ => {
+                    self.wrong_type(n, "limit", "a whole number");
+                    None
+                }
+            },
+        };
+        let on_limit = match f.get("on_limit") {
+            None => Some(OnLimit::default()),
+            Some(n) => self
+                .one_of(n, "on_limit", &OnLimit::NAMES)
+                .and_then(OnLimit::parse),
+        };
+        if f.get("key").is_none() {
+            for name in ["limit", "on_limit"] {
+                if let Some(k) = f.key(name) {
+                    self.error(
+                        k.pos,
+                        k.name.chars().count(),
+                        Code::MissingKey,
+                        format!("`{name}` limits the runs that share a `key`, which is not given"),
+                        Some(
+                            "add `key:` (a template such as `sync-{{ input.userId }}`), or remove it"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
+        let per_key = match (key, limit, on_limit) {
+            (Some(key), Some(limit), Some(on_limit)) => Some(RunKey {
+                key,
+                limit,
+                on_limit,
+            }),
+            _ => None,
+        };
         Concurrency {
+            per_key,
             overlap: f
                 .get("overlap")
                 .and_then(|n| self.one_of(n, "overlap", &Overlap::NAMES))
