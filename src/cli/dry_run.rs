@@ -106,19 +106,26 @@ pub(super) async fn dry_run(a: DryRun<'_>) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow!("workflow `{}` has no `http` step", wf.name))?,
     };
     if !matches!(step.kind, StepKind::Http(_)) {
+        let kind = step.kind.name();
+        let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
         bail!(
-            "step `{}` is a `{}` step: dry-run shows the requests of `http` steps",
+            "step `{}` is {article} `{kind}` step: dry-run shows the requests of `http` steps",
             step.id,
-            step.kind.name()
         );
     }
     let item = match (&step.foreach, a.item) {
         (Some(_), Some(text)) => {
             let value: Value =
                 serde_json::from_str(text).map_err(|e| anyhow!("--item is not JSON: {e}"))?;
+            let key = crate::engine::item_key(&wf, &run, step, &value, 0)
+                .map_err(|e| anyhow!("--item: {e}"))?;
             Some(ItemInput {
                 index: 0,
-                key: "0".into(),
+                key,
                 value,
             })
         }

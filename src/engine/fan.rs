@@ -21,6 +21,45 @@ use std::collections::BTreeMap;
 
 /// Starts a `foreach` step: renders its list and the items' keys, has the store keep them, and
 /// starts the first items. Err is why the step cannot start (it fails for good).
+/// The key of a `foreach` step's item `i` (its `key` template rendered, or the index): it names
+/// the item in its dedup id.
+fn key_of(
+    ctx: &minijinja::Value,
+    def: &Step,
+    fe: &Foreach,
+    value: &Value,
+    i: u32,
+) -> Result<String, String> {
+    let Some(t) = &fe.key else {
+        return Ok(i.to_string());
+    };
+    let item_ctx = template::with_item(ctx, &fe.as_name, value, i);
+    let k = template::render_engine_text(t.as_str(), &item_ctx)
+        .map_err(|e| format!("rendering `key` of item {i} of step `{}`: {e}", def.id))?;
+    if k.is_empty() {
+        return Err(format!(
+            "the `key` of item {i} of step `{}` is empty",
+            def.id
+        ));
+    }
+    Ok(k)
+}
+
+/// The key item `index` of `foreach` step `def` would have in `run` (for `runner dry-run`).
+pub fn item_key(
+    wf: &Workflow,
+    run: &Run,
+    def: &Step,
+    value: &Value,
+    index: u32,
+) -> Result<String, String> {
+    let Some(fe) = &def.foreach else {
+        return Ok(index.to_string());
+    };
+    let ctx = template::context(&context(wf, run, None));
+    key_of(&ctx, def, fe, value, index)
+}
+
 pub(super) fn start(
     wf: &Workflow,
     run: &mut Run,
@@ -51,22 +90,7 @@ pub(super) fn start(
     let mut items = Vec::with_capacity(values.len());
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
     for (i, value) in (0..total).zip(values) {
-        let key = match &fe.key {
-            None => i.to_string(),
-            Some(t) => {
-                let item_ctx = template::with_item(&ctx, &fe.as_name, &value, i);
-                let k = template::render_engine_text(t.as_str(), &item_ctx).map_err(|e| {
-                    format!("rendering `key` of item {i} of step `{}`: {e}", def.id)
-                })?;
-                if k.is_empty() {
-                    return Err(format!(
-                        "the `key` of item {i} of step `{}` is empty",
-                        def.id
-                    ));
-                }
-                k
-            }
-        };
+        let key = key_of(&ctx, def, fe, &value, i)?;
         if let Some(first) = seen.insert(key.clone(), i) {
             return Err(format!(
                 "items {first} and {i} of step `{}` have the same key `{key}`; a key names one item (it is in the item's dedup id)",

@@ -12,6 +12,7 @@ mod event;
 #[cfg(test)]
 mod event_tests;
 mod fan;
+pub use fan::item_key;
 #[cfg(test)]
 mod graph_tests;
 #[cfg(test)]

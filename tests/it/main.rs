@@ -5,6 +5,7 @@ mod approval;
 mod cluster;
 mod crash;
 mod daemon;
+mod dry_run;
 mod engine;
 mod events;
 mod files;
