@@ -55,6 +55,17 @@ pub enum Command {
     },
     /// Print the JSON schema of workflow files
     Schema,
+    /// Print a shell completion script (`runner completions bash > /etc/bash_completion.d/runner`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, runner(1), in roff (`runner man | man -l -`)
+    Man {
+        /// Write runner.1 and a runner-<command>.1 for every command into this folder instead
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run one workflow now, in the foreground, to its end (exit 0 only when it succeeded)
     Run {
         /// A workflow name (looked up in --dir) or a file path
@@ -377,6 +388,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => next(&workflow, n, from.as_deref(), json, &dir),
         Command::Schema => {
             print!("{}", workflow::schema::generate());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "runner", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match out {
+                // runner.1 and runner-<command>.1 for every command, as git ships its pages.
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    clap_mangen::generate_to(cmd, &dir)?;
+                    eprintln!("wrote the manual pages to {}", dir.display());
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(cmd).render(&mut page)?;
+                    use std::io::Write;
+                    std::io::stdout().write_all(&page)?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {

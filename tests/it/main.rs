@@ -3,6 +3,7 @@
 
 mod approval;
 mod cluster;
+mod completions;
 mod crash;
 mod daemon;
 mod dry_run;
