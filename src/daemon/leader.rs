@@ -118,10 +118,11 @@ async fn start(
     Some((tokio::spawn(scheduler.run(rx)), tx))
 }
 
-/// On a shared database a run may finish on any node: the node it finished on starts what was
-/// queued behind it (the leader's scheduler does so too for the runs it sees finish; a start
-/// twice is absorbed).
-pub async fn dequeue_on_finish(exec: Executor) {
+/// Starts what was queued behind a run when it finishes: the runs queued behind its
+/// `concurrency.key` (on every backend), and with `schedules` (a shared database, where a run
+/// may finish on any node) the runs queued behind it by its schedule's overlap policy (the
+/// leader's scheduler does so too for the runs it sees finish; a start twice is absorbed).
+pub async fn start_queued_on_finish(exec: Executor, schedules: bool) {
     let mut finished = exec.finished();
     loop {
         match finished.recv().await {
@@ -129,12 +130,15 @@ pub async fn dequeue_on_finish(exec: Executor) {
                 if let Some(key) = &f.concurrency_key {
                     crate::ops::start::dequeue_key(&exec, &f.workflow, key).await;
                 }
-                if let Ok(Some(schedule)) = exec.store().schedule_of(&f.run_id).await {
+                if schedules && let Ok(Some(schedule)) = exec.store().schedule_of(&f.run_id).await {
                     scheduler::dequeue(&exec, &schedule).await;
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 dequeue_keys(&exec).await;
+                if !schedules {
+                    continue;
+                }
                 for schedule in exec
                     .store()
                     .schedules_with_queued_runs()

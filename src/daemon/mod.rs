@@ -180,10 +180,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         name: crate::runtime::node::default_name(),
         defs_hash: Arc::new(RwLock::new(defs_hash(&registry))),
     };
-    if crate::runtime::node::register(&engine, &node).await? {
+    let shared = crate::runtime::node::register(&engine, &node).await?;
+    if shared {
         tokio::spawn(crate::runtime::node::run(engine.clone(), node.clone()));
-        tokio::spawn(leader::dequeue_on_finish(engine.clone()));
     }
+    tokio::spawn(leader::start_queued_on_finish(engine.clone(), shared));
     let resumed = engine.recover(false, None).await?;
     if let Some(owner) = owner.as_mut() {
         owner.recovered();
