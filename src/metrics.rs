@@ -41,29 +41,126 @@ impl Histogram {
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(name, "", out);
+    }
+
+    /// The series of one label set (`labels`: `a="x",b="y"` or empty), without HELP and TYPE.
+    fn render_series(&self, name: &str, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
                 self.buckets[i].load(Ordering::Relaxed)
             );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
         let _ = writeln!(
             out,
-            "{name}_sum {}",
+            "{name}_sum{} {}",
+            braces(labels),
             self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(out, "{name}_count {count}");
+        let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
+    }
+}
+
+/// The most label sets one metric keeps: workflow and step names come from files, but files
+/// come and go; past this, new label sets are counted under `workflow="_other"`.
+const MAX_SERIES: usize = 500;
+
+/// The label value counted for label sets past [`MAX_SERIES`].
+const OTHER: &str = "_other";
+
+/// A family of series keyed by label values, bounded by [`MAX_SERIES`].
+struct Family<T> {
+    series: Mutex<BTreeMap<Vec<String>, std::sync::Arc<T>>>,
+}
+
+impl<T: Default> Family<T> {
+    fn new() -> Self {
+        Family {
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn get(&self, labels: &[&str]) -> std::sync::Arc<T> {
+        let mut series = self.series.lock().expect("metrics lock");
+        let key: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        if let Some(s) = series.get(&key) {
+            return s.clone();
+        }
+        let key = if series.len() >= MAX_SERIES {
+            labels.iter().map(|_| OTHER.to_string()).collect()
+        } else {
+            key
+        };
+        series.entry(key).or_default().clone()
+    }
+
+    fn each(&self) -> Vec<(Vec<String>, std::sync::Arc<T>)> {
+        let series = self.series.lock().expect("metrics lock");
+        series.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new()
+    }
+}
+
+/// `a="x",b="y"`, values escaped for the text format.
+fn label_text(names: &[&str], values: &[String]) -> String {
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn counter_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    names: &[&str],
+    family: &Family<AtomicU64>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (values, n) in family.each() {
+        let _ = writeln!(
+            out,
+            "{name}{{{}}} {}",
+            label_text(names, &values),
+            n.load(Ordering::Relaxed)
+        );
     }
 }
 
 pub struct Metrics {
-    runs_finished: Mutex<BTreeMap<String, u64>>,
-    runs_started: AtomicU64,
-    retries: AtomicU64,
-    pub step_latency: Histogram,
+    /// By workflow and status.
+    runs_finished: Family<AtomicU64>,
+    /// By workflow.
+    runs_started: Family<AtomicU64>,
+    /// By workflow and step.
+    retries: Family<AtomicU64>,
+    /// By workflow and step.
+    step_latency: Family<Histogram>,
     pub schedule_lateness: Histogram,
     schedules_fired: AtomicU64,
     schedules_skipped: AtomicU64,
@@ -77,10 +174,10 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            runs_finished: Mutex::new(BTreeMap::new()),
-            runs_started: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            step_latency: Histogram::new(),
+            runs_finished: Family::new(),
+            runs_started: Family::new(),
+            retries: Family::new(),
+            step_latency: Family::new(),
             schedule_lateness: Histogram::new(),
             schedules_fired: AtomicU64::new(0),
             schedules_skipped: AtomicU64::new(0),
@@ -93,19 +190,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn run_started(&self) {
-        self.runs_started.fetch_add(1, Ordering::Relaxed);
+    pub fn run_started(&self, workflow: &str) {
+        self.runs_started
+            .get(&[workflow])
+            .fetch_add(1, Ordering::Relaxed);
     }
-    pub fn run_finished(&self, status: &str) {
-        *self
-            .runs_finished
-            .lock()
-            .expect("metrics lock")
-            .entry(status.to_string())
-            .or_default() += 1;
+    pub fn run_finished(&self, workflow: &str, status: &str) {
+        self.runs_finished
+            .get(&[workflow, status])
+            .fetch_add(1, Ordering::Relaxed);
     }
-    pub fn retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+    pub fn retry(&self, workflow: &str, step: &str) {
+        self.retries
+            .get(&[workflow, step])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn attempt_took(&self, workflow: &str, step: &str, seconds: f64) {
+        self.step_latency.get(&[workflow, step]).observe(seconds);
     }
     pub fn fired(&self, lateness_seconds: f64) {
         self.schedules_fired.fetch_add(1, Ordering::Relaxed);
@@ -131,35 +232,35 @@ impl Metrics {
     /// The text exposition; `gauges` are (name, help, value) read at scrape time.
     pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP runner_runs_started_total Runs created and started.\n# TYPE runner_runs_started_total counter\nrunner_runs_started_total {}",
-            self.runs_started.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP runner_runs_finished_total Runs that reached a terminal status, by status.\n# TYPE runner_runs_finished_total counter"
-        );
-        for status in ["succeeded", "failed", "rejected", "cancelled"] {
-            let n = self
-                .runs_finished
-                .lock()
-                .expect("metrics lock")
-                .get(status)
-                .copied()
-                .unwrap_or(0);
-            let _ = writeln!(out, "runner_runs_finished_total{{status=\"{status}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP runner_step_retries_total Attempts that failed and were scheduled again.\n# TYPE runner_step_retries_total counter\nrunner_step_retries_total {}",
-            self.retries.load(Ordering::Relaxed)
-        );
-        self.step_latency.render(
-            "runner_step_attempt_seconds",
-            "Duration of HTTP step attempts.",
+        counter_family(
             &mut out,
+            "runner_runs_started_total",
+            "Runs created, by workflow.",
+            &["workflow"],
+            &self.runs_started,
         );
+        counter_family(
+            &mut out,
+            "runner_runs_finished_total",
+            "Runs that reached a terminal status, by workflow and status.",
+            &["workflow", "status"],
+            &self.runs_finished,
+        );
+        counter_family(
+            &mut out,
+            "runner_step_retries_total",
+            "Attempts that failed and were scheduled again, by workflow and step.",
+            &["workflow", "step"],
+            &self.retries,
+        );
+        let name = "runner_step_attempt_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Duration of HTTP step attempts, by workflow and step.\n# TYPE {name} histogram"
+        );
+        for (values, h) in self.step_latency.each() {
+            h.render_series(name, &label_text(&["workflow", "step"], &values), &mut out);
+        }
         self.schedule_lateness.render(
             "runner_schedule_lateness_seconds",
             "Time from a schedule slot (plus jitter) to its run being started.",
@@ -250,13 +351,63 @@ pub(crate) fn flow_text(rows: &[crate::store::FlowKeyRow]) -> String {
     for (name, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for r in rows {
-            let key = r
-                .key
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
+            let key = escape(&r.key);
             let _ = writeln!(out, "{name}{{key=\"{key}\"}} {}", value(r));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_carry_workflow_and_step_and_stay_bounded() {
+        let m = Metrics::default();
+        m.run_started("report");
+        m.run_finished("report", "succeeded");
+        m.retry("report", "fetch \"user\"");
+        m.attempt_took("report", "fetch", 0.02);
+        let text = m.render(&[]);
+        assert!(
+            text.contains("runner_runs_started_total{workflow=\"report\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("runner_runs_finished_total{workflow=\"report\",status=\"succeeded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "runner_step_retries_total{workflow=\"report\",step=\"fetch \\\"user\\\"\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "runner_step_attempt_seconds_bucket{workflow=\"report\",step=\"fetch\",le=\"0.025\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "runner_step_attempt_seconds_count{workflow=\"report\",step=\"fetch\"} 1"
+            ),
+            "{text}"
+        );
+        for i in 0..(MAX_SERIES + 50) {
+            m.run_started(&format!("wf-{i}"));
+        }
+        let text = m.render(&[]);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("runner_runs_started_total{"))
+            .count();
+        assert_eq!(series, MAX_SERIES + 1, "bounded, with one `_other`");
+        assert!(
+            text.contains("runner_runs_started_total{workflow=\"_other\"} 51"),
+            "{text}"
+        );
+    }
 }

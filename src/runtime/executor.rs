@@ -177,7 +177,7 @@ impl Executor {
     pub async fn start(&self, request: NewRunRequest) -> Result<Applied, StoreError> {
         let applied = self.inner.store.start_run(request, Utc::now()).await?;
         if applied.created {
-            self.inner.metrics.run_started();
+            self.inner.metrics.run_started(&applied.run.workflow);
             let run = &applied.run;
             info!(run_id = %run.id, workflow = %run.workflow, trigger = %run.trigger, status = run.status.as_str(), "run created");
         }
@@ -631,7 +631,9 @@ impl Executor {
     }
 
     fn run_finished(&self, run: &Run, status: RunStatus) {
-        self.inner.metrics.run_finished(status.as_str());
+        self.inner
+            .metrics
+            .run_finished(&run.workflow, status.as_str());
         info!(run_id = %run.id, workflow = %run.workflow, status = status.as_str(), "run finished");
         locked(&self.inner.inflight).remove(&run.id);
         locked(&self.inner.items).retain(|(r, _), _| *r != run.id);
@@ -740,10 +742,11 @@ impl Executor {
     /// Metrics and a log line for an attempt's outcome.
     fn observe(&self, run: &Run, event: &Event, record: Option<&AttemptRecord>) {
         if let Some((Some(a), Some(b))) = record.map(|r| (r.started_at, r.finished_at)) {
-            self.inner
-                .metrics
-                .step_latency
-                .observe((b - a).num_microseconds().unwrap_or(0) as f64 / 1e6);
+            self.inner.metrics.attempt_took(
+                &run.workflow,
+                record.map_or("", |r| r.step.as_str()),
+                (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
+            );
         }
         match event {
             Event::AttemptFailed {
@@ -754,7 +757,7 @@ impl Executor {
                 ..
             } => {
                 if matches!(outcome, Outcome::Retryable { .. }) {
-                    self.inner.metrics.retry();
+                    self.inner.metrics.retry(&run.workflow, step);
                 }
                 warn!(run_id = %run.id, workflow = %run.workflow, step, attempt, error = %error, outcome = ?outcome, "attempt failed");
             }

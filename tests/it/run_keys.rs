@@ -90,14 +90,30 @@ fn runs_with_one_key_queue_in_order_and_other_keys_go_at_once() {
     }
     assert_eq!(most_at_once(&runs_a), 1, "runs of key sync-a overlapped");
     for pair in runs_a.windows(2) {
+        let (end, next) = (time(&pair[0], "finished_at"), time(&pair[1], "started_at"));
         assert!(
-            time(&pair[0], "finished_at") <= time(&pair[1], "started_at"),
+            end <= next,
             "queued runs start in order of creation: {pair:#?}"
+        );
+        // Started by the finish itself, not found later by the daemon's 5-second sweep.
+        assert!(
+            next - end < chrono::Duration::milliseconds(2500),
+            "the next run started {} ms after the key was free",
+            (next - end).num_milliseconds()
         );
     }
     let mut all = runs_a.clone();
     all.push(run_b);
     assert_eq!(most_at_once(&all), 2, "key sync-b waited for sync-a");
+    // `/metrics` counts them by workflow (and the attempts by step).
+    let metrics = crate::support::ureq_get(&format!("{}/metrics", daemon.base));
+    for line in [
+        "runner_runs_started_total{workflow=\"sync\"} 4",
+        "runner_runs_finished_total{workflow=\"sync\",status=\"succeeded\"} 4",
+        "runner_step_attempt_seconds_count{workflow=\"sync\",step=\"call\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[test]
