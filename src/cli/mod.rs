@@ -30,6 +30,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `runner schedule` does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleAction {
+    Pause,
+    Resume,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check workflow files without network, database or secrets (exit 0 valid, 1 problems, 2 could not run)
@@ -205,6 +212,16 @@ pub enum Command {
         /// An id of your own: a retried send with the same id is delivered once
         #[arg(long)]
         id: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Pause or resume a schedule through the daemon's API: a workflow file's (`weekly-summary/0`,
+    /// the index in its `on.schedule`) or a programmatic one (its id). Kept across restarts
+    Schedule {
+        #[arg(value_enum)]
+        action: ScheduleAction,
+        /// `workflow/index` for a schedule of a workflow file, else a programmatic schedule's id
+        id: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -559,6 +576,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reqwest::Method::POST,
                 &format!("/api/v1/events/{event}"),
                 Some(body),
+                vec![],
+            ))
+        }
+        Command::Schedule { action, id, server } => {
+            let verb = match action {
+                ScheduleAction::Pause => "pause",
+                ScheduleAction::Resume => "resume",
+            };
+            let path = match id.rsplit_once('/') {
+                Some((workflow, index)) => {
+                    format!("/api/v1/workflows/{workflow}/schedules/{index}/{verb}")
+                }
+                None => format!("/api/v1/schedules/{id}/{verb}"),
+            };
+            runtime()?.block_on(call_daemon(
+                &server,
+                reqwest::Method::POST,
+                &path,
+                None,
                 vec![],
             ))
         }

@@ -139,7 +139,10 @@ impl Scheduler {
                     Some(Change::Reload) => self.sync_yaml(Utc::now()).await,
                     Some(Change::Upsert(s)) => self.put_api(s, Utc::now(), true).await,
                     Some(Change::Delete(id)) => self.remove(&api_id(&id)),
-                    Some(Change::ReloadSchedules) => self.reload_api(Utc::now()).await,
+                    Some(Change::ReloadSchedules) => {
+                        self.reload_api(Utc::now()).await;
+                        self.sync_yaml(Utc::now()).await;
+                    }
                     None => return,
                 },
                 _ = tokio::time::sleep(sleep) => self.fire_due(Utc::now()).await,
@@ -291,6 +294,15 @@ impl Scheduler {
     }
 
     async fn sync_yaml(&mut self, now: DateTime<Utc>) {
+        let paused = match self.store().paused_yaml().await {
+            Ok(p) => p,
+            Err(e) => {
+                // Firing a schedule that was paused is worse than missing a reload: the next
+                // change or restart reads them again.
+                warn!(error = %e, "cannot read which schedules are paused; the YAML schedules stay as they were");
+                return;
+            }
+        };
         let wanted: Vec<(String, String, Arc<CronSchedule>, serde_json::Value)> = {
             let reg = self.registry.read().expect("registry lock");
             reg.active()
@@ -319,7 +331,13 @@ impl Scheduler {
             self.remove(&id);
         }
         for (id, workflow, cron, input) in wanted {
-            let signature = format!("{}|{}|{}", cron.expression(), cron.timezone().name(), input);
+            let paused = paused.contains(&id);
+            let signature = format!(
+                "{}|{}|{}|{paused}",
+                cron.expression(),
+                cron.timezone().name(),
+                input
+            );
             if self
                 .entries
                 .get(&id)
@@ -327,11 +345,19 @@ impl Scheduler {
             {
                 continue;
             }
+            if paused {
+                info!(schedule = %id, "schedule paused");
+            } else if self.entries.get(&id).is_some_and(|e| e.paused) {
+                // Resumed: due from now on (the store moved its mark too, for a scheduler that
+                // starts later).
+                info!(schedule = %id, "schedule resumed");
+                self.marks.remove(&id);
+            }
             let entry = Entry {
                 workflow,
                 cron,
                 input,
-                paused: false,
+                paused,
                 next: None,
                 signature,
             };

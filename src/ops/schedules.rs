@@ -54,6 +54,17 @@ pub struct PutSchedule {
     pub paused: Option<bool>,
 }
 
+/// A schedule of a workflow file, as a pause or resume answers it.
+#[derive(Debug, Clone)]
+pub struct YamlSchedule {
+    /// `workflow/index`, its `Upstash-Schedule-Id`.
+    pub id: String,
+    pub workflow: String,
+    pub cron: crate::cron::CronSchedule,
+    pub input: serde_json::Value,
+    pub paused: bool,
+}
+
 /// What a put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Saved {
@@ -120,6 +131,36 @@ impl Schedules<'_> {
         }
         let _ = self.changes.send(Change::Delete(id.to_string())).await;
         Ok(())
+    }
+
+    /// Pauses or resumes the schedule at `index` of workflow `workflow`'s `on.schedule` (kept
+    /// across restarts and reloads, until resumed; a schedule that the file no longer has at
+    /// that index keeps its pause row, harmless, and the index's next schedule starts paused).
+    pub async fn set_yaml_paused(
+        &self,
+        workflow: &str,
+        index: usize,
+        paused: bool,
+    ) -> Result<YamlSchedule, ScheduleError> {
+        let id = format!("{workflow}/{index}");
+        let Some(version) = self.workflows.active(workflow) else {
+            return Err(ScheduleError::NoWorkflow(workflow.to_string()));
+        };
+        let Some(s) = version.workflow.schedules.get(index) else {
+            return Err(ScheduleError::NotFound(id));
+        };
+        let key = crate::schedule::id::key_of_public(&id);
+        self.store
+            .set_yaml_paused(&key, paused, chrono::Utc::now())
+            .await?;
+        let _ = self.changes.send(Change::Reload).await;
+        Ok(YamlSchedule {
+            id,
+            workflow: workflow.to_string(),
+            cron: s.cron.clone(),
+            input: s.input.clone(),
+            paused,
+        })
     }
 
     /// Pauses or resumes a schedule (no change when it already is).

@@ -536,6 +536,28 @@ impl Store {
         }
     }
 
+    /// Pauses or resumes a YAML schedule (its scheduler key, `yaml:<workflow>:<index>`); on a
+    /// shared database the leader's scheduler is told.
+    pub async fn set_yaml_paused(
+        &self,
+        key: &str,
+        paused: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.set_yaml_paused(key, paused, now).await,
+            Backend::Postgres(p) => p.set_yaml_paused(key, paused, now).await,
+        }
+    }
+
+    /// The YAML schedules paused (their scheduler keys).
+    pub async fn paused_yaml(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.paused_yaml(),
+            Backend::Postgres(p) => p.paused_yaml().await,
+        }
+    }
+
     // --- events sent to runner ----------------------------------------------------------------
 
     /// Records an event sent to runner, or answers the one recorded before with its name and

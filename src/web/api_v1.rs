@@ -103,6 +103,14 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/workflows", get(list_workflows))
         .route("/workflows/{name}", get(get_workflow))
         .route("/workflows/{name}/runs", post(start_run))
+        .route(
+            "/workflows/{name}/schedules/{index}/pause",
+            post(pause_yaml_schedule),
+        )
+        .route(
+            "/workflows/{name}/schedules/{index}/resume",
+            post(resume_yaml_schedule),
+        )
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/cancel", post(cancel_run))
@@ -313,7 +321,11 @@ fn json_ok(status: StatusCode, v: Value) -> ApiResult {
     Ok((status, Json(v)).into_response())
 }
 
-fn workflow_json(f: &crate::registry::FileState, with_source: bool) -> Value {
+fn workflow_json(
+    f: &crate::registry::FileState,
+    with_source: bool,
+    paused: &std::collections::HashSet<String>,
+) -> Value {
     let now = chrono::Utc::now();
     let mut v = json!({
         "path": f.path,
@@ -335,16 +347,22 @@ fn workflow_json(f: &crate::registry::FileState, with_source: bool) -> Value {
         v["description"] = json!(wf.description);
         v["version"] = json!(ver.hash);
         v["webhook"] = json!(wf.webhook);
-        v["schedules"] = json!(wf
-            .schedules
-            .iter()
-            .map(|s| json!({
-                "cron": s.cron.expression(),
-                "timezone": s.cron.timezone().name(),
-                "input": s.input,
-                "next": s.cron.slots_after(now).take(3).map(|sl| sl.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).collect::<Vec<_>>(),
-            }))
-            .collect::<Vec<_>>());
+        v["schedules"] = json!(
+            wf.schedules
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let is_paused = paused.contains(&crate::schedule::id::file_key(&wf.name, i));
+                    yaml_schedule_json(
+                        &format!("{}/{i}", wf.name),
+                        &s.cron,
+                        &s.input,
+                        is_paused,
+                        now,
+                    )
+                })
+                .collect::<Vec<_>>()
+        );
         v["steps"] = json!(
             wf.steps
                 .iter()
@@ -365,20 +383,100 @@ fn daemon<'a>(state: &'a AppState, what: &str) -> Result<&'a DaemonParts, ApiErr
         .ok_or_else(|| ApiError::not_here(what))
 }
 
+/// A schedule of a workflow file: `next` is empty while it is paused.
+fn yaml_schedule_json(
+    id: &str,
+    cron: &crate::cron::CronSchedule,
+    input: &Value,
+    paused: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let next: Vec<String> = if paused {
+        vec![]
+    } else {
+        cron.slots_after(now)
+            .take(3)
+            .map(|sl| sl.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .collect()
+    };
+    json!({
+        "id": id,
+        "cron": cron.expression(),
+        "timezone": cron.timezone().name(),
+        "input": input,
+        "paused": paused,
+        "next": next,
+    })
+}
+
 async fn list_workflows(State(state): State<Shared>) -> ApiResult {
+    let paused = state
+        .exec
+        .store()
+        .paused_yaml()
+        .await
+        .map_err(ApiError::store)?;
     let reg = daemon(&state, "the list of workflows")?.registry();
-    let items: Vec<Value> = reg.files().map(|f| workflow_json(f, false)).collect();
+    let items: Vec<Value> = reg
+        .files()
+        .map(|f| workflow_json(f, false, &paused))
+        .collect();
     json_ok(StatusCode::OK, json!(items))
 }
 
+async fn set_yaml_paused(state: &AppState, name: &str, index: &str, paused: bool) -> ApiResult {
+    let d = daemon(state, "schedules")?;
+    let index: usize = index.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no schedule `{name}/{index}`: the index is a number from 0"),
+        )
+    })?;
+    let s = d
+        .schedules(&state.exec)
+        .set_yaml_paused(name, index, paused)
+        .await
+        .map_err(|e| match e {
+            // The workflow is part of the path here: not there is a 404, not a bad body.
+            ScheduleError::NoWorkflow(w) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no active workflow named `{w}`"),
+            ),
+            e => schedule_error(e),
+        })?;
+    let mut v = yaml_schedule_json(&s.id, &s.cron, &s.input, s.paused, chrono::Utc::now());
+    v["workflow"] = json!(s.workflow);
+    json_ok(StatusCode::OK, v)
+}
+
+async fn pause_yaml_schedule(
+    State(state): State<Shared>,
+    Path((name, index)): Path<(String, String)>,
+) -> ApiResult {
+    set_yaml_paused(&state, &name, &index, true).await
+}
+
+async fn resume_yaml_schedule(
+    State(state): State<Shared>,
+    Path((name, index)): Path<(String, String)>,
+) -> ApiResult {
+    set_yaml_paused(&state, &name, &index, false).await
+}
+
 async fn get_workflow(State(state): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let paused = state
+        .exec
+        .store()
+        .paused_yaml()
+        .await
+        .map_err(ApiError::store)?;
     let reg = daemon(&state, "a workflow")?.registry();
     let found = reg.files().find(|f| {
         f.active.as_ref().is_some_and(|v| v.workflow.name == name)
             || crate::workflow::file_stem(&f.path) == name
     });
     match found {
-        Some(f) => json_ok(StatusCode::OK, workflow_json(f, true)),
+        Some(f) => json_ok(StatusCode::OK, workflow_json(f, true, &paused)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no workflow named `{name}`"),

@@ -763,6 +763,59 @@ async fn d_programmatic_schedules_fire_like_yaml_ones() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_a_paused_yaml_schedule_does_not_fire_until_resumed_across_restarts() {
+    let rig = Rig::new(&[(
+        "hourly",
+        // A catch-up window wide enough to fire 07:00 late, were it due after the resume.
+        workflow(
+            "hourly",
+            "0 * * * *",
+            None,
+            "  overlap: allow_all\n  catchup_window: 3h",
+        ),
+    )]);
+    // First seen at 05:30: its slots from then on are due.
+    let mut s = rig.scheduler();
+    s.start(t("2026-06-01T05:30:00Z")).await.expect("start");
+    rig.settle(0).await;
+    drop(s);
+    let mut s = rig.scheduler();
+    s.start(t("2026-06-01T06:00:03Z")).await.expect("start");
+    let claims = rig.settle(1).await;
+    assert!(
+        claims[0].1.starts_with("2026-06-01T06:00:00Z"),
+        "{claims:?}"
+    );
+    drop(s);
+    rig.store()
+        .set_yaml_paused("yaml:hourly:0", true, t("2026-06-01T06:10:00Z"))
+        .await
+        .expect("pause");
+    // Paused: 07:00 passes without a fire, after a restart too.
+    let mut s = rig.scheduler();
+    s.start(t("2026-06-01T07:00:03Z")).await.expect("start");
+    rig.settle(1).await;
+    drop(s);
+    rig.store()
+        .set_yaml_paused("yaml:hourly:0", false, t("2026-06-01T07:30:00Z"))
+        .await
+        .expect("resume");
+    let mut s = rig.scheduler();
+    s.start(t("2026-06-01T08:00:03Z")).await.expect("start");
+    let claims = rig.settle(2).await;
+    assert_eq!(
+        claims
+            .iter()
+            .map(|c| (&c.1[..20], c.2.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("2026-06-01T06:00:00Z", "started"),
+            ("2026-06-01T08:00:00Z", "started")
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The daemon in real time
 
@@ -933,4 +986,66 @@ fn serve_fires_each_minute_once_across_a_kill_9_and_restart() {
         "the second run was created {late} ms after its slot: {api:#}"
     );
     daemon.kill9();
+}
+
+#[test]
+fn a_yaml_schedule_is_paused_and_resumed_by_the_api_and_the_cli() {
+    let tmp = temp_dir();
+    let dir = tmp.path().join("workflows");
+    std::fs::create_dir(&dir).unwrap();
+    write(
+        &dir,
+        "hourly.yaml",
+        &workflow("hourly", "0 * * * *", None, "  overlap: skip"),
+    );
+    let db = tmp.path().join("pause.db");
+    let daemon = Daemon::start(&dir, &db, None);
+    let api = daemon.api();
+    let schedule = |api: &crate::support::Api| {
+        let (status, v) = api.get("/workflows/hourly");
+        assert_eq!(status, 200, "{v}");
+        v["schedules"][0].clone()
+    };
+    let before = schedule(&api);
+    assert_eq!(before["id"], "hourly/0");
+    assert_eq!(before["paused"], false);
+    assert_eq!(before["next"].as_array().unwrap().len(), 3);
+
+    let out = runner_cmd()
+        .args(["schedule", "pause", "hourly/0", "--server", &daemon.base])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["paused"], true, "{answer}");
+    let paused = schedule(&api);
+    assert_eq!(paused["paused"], true);
+    assert_eq!(paused["next"], json!([]), "no next fire while paused");
+    assert!(
+        daemon.logs().contains("schedule paused"),
+        "the scheduler took it"
+    );
+
+    // Kept across a restart.
+    drop(daemon);
+    let daemon = Daemon::start(&dir, &db, None);
+    let api = daemon.api();
+    assert_eq!(schedule(&api)["paused"], true);
+    let (status, v) = api.post("/workflows/hourly/schedules/0/resume", "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(schedule(&api)["paused"], false);
+    assert_eq!(schedule(&api)["next"].as_array().unwrap().len(), 3);
+
+    // Unknown ones are 404s naming what is missing.
+    let (status, v) = api.post("/workflows/hourly/schedules/3/pause", "");
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("hourly/3"), "{v}");
+    let (status, _) = api.post("/workflows/nope/schedules/0/pause", "");
+    assert_eq!(status, 404);
+    let (status, _) = api.post("/workflows/hourly/schedules/x/pause", "");
+    assert_eq!(status, 404);
 }

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/004_events.sql"),
     include_str!("../migrations/postgres/005_flow_control.sql"),
     include_str!("../migrations/postgres/006_runs_per_key.sql"),
+    include_str!("../migrations/postgres/007_schedule_pauses.sql"),
 ];
 
 /// The advisory lock held while migrating (daemons of one version may start together).

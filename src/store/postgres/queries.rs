@@ -579,6 +579,54 @@ impl PgStore {
         Ok(n > 0)
     }
 
+    pub async fn set_yaml_paused(
+        &self,
+        key: &str,
+        paused: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let doing = "pausing a schedule";
+        if paused {
+            self.exec(
+                doing,
+                "INSERT INTO schedule_pauses(schedule, paused_at) VALUES ($1, $2) ON CONFLICT (schedule) DO NOTHING",
+                &[&key, &ms(now)],
+            )
+            .await?;
+        } else {
+            // Resumed: the slots that passed while it was paused are not due (the mark moves to
+            // now), so no catch-up fires them.
+            let mut c = self.client(doing).await?;
+            let tx = c.transaction().await.map_err(sql(doing))?;
+            tx.execute("DELETE FROM schedule_pauses WHERE schedule = $1", &[&key])
+                .await
+                .map_err(sql(doing))?;
+            tx.execute(
+                "INSERT INTO schedule_marks(schedule, since) VALUES ($1, $2) ON CONFLICT (schedule) DO UPDATE SET since = greatest(schedule_marks.since, excluded.since)",
+                &[&key, &ms(now)],
+            )
+            .await
+            .map_err(sql(doing))?;
+            tx.commit().await.map_err(sql(doing))?;
+        }
+        // An empty id: the leader reads every schedule again.
+        self.notify_schedule("").await;
+        Ok(())
+    }
+
+    pub async fn paused_yaml(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        Ok(self
+            .rows(
+                "listing paused schedules",
+                "SELECT schedule FROM schedule_pauses",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     /// Tells every node's scheduler (the leader's) that a schedule changed.
     async fn notify_schedule(&self, id: &str) {
         if let Err(e) = self

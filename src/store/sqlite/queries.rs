@@ -603,6 +603,47 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn set_yaml_paused(
+        &self,
+        key: &str,
+        paused: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |c| {
+            let r = if paused {
+                c.execute(
+                    "INSERT INTO schedule_pauses(schedule, paused_at) VALUES (?1, ?2) ON CONFLICT(schedule) DO NOTHING",
+                    params![key, ms(now)],
+                )
+            } else {
+                // Resumed: the slots that passed while it was paused are not due (the mark
+                // moves to now, as if they had been seen), so no catch-up fires them.
+                c.execute("DELETE FROM schedule_pauses WHERE schedule = ?1", [&key])
+                    .and_then(|_| {
+                        c.execute(
+                            "INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT(schedule) DO UPDATE SET since = max(since, excluded.since)",
+                            params![key, ms(now)],
+                        )
+                    })
+            };
+            r.map(drop).map_err(sql("pausing a schedule"))
+        })
+        .await
+    }
+
+    pub fn paused_yaml(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.read(|c| {
+            strings(
+                c,
+                "SELECT schedule FROM schedule_pauses",
+                [],
+                "listing paused schedules",
+            )
+        })
+        .map(|v| v.into_iter().collect())
+    }
+
     // --- approval links ----------------------------------------------------------------------
 
     pub fn approval_link(&self, hash: &str) -> Result<Option<ApprovalLink>, StoreError> {
