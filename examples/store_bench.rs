@@ -59,6 +59,7 @@ async fn one_run(store: &Store, version: &Version) -> Result<()> {
         slot: None,
         start: true,
         concurrency_key: None,
+        parent: None,
     };
     let applied = store.start_run(request, Utc::now()).await?;
     let run_id = applied.run.id.clone();

@@ -45,6 +45,12 @@ pub(crate) struct RunView {
     /// Why it was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// The workflow's `output:`, rendered when the run succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// The `call` step that started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::engine::ParentRef>,
     pub steps: Vec<StepView>,
     pub on_failure: Vec<StepView>,
 }
@@ -82,6 +88,9 @@ pub(crate) struct StepView {
     /// A `wait_for_event` step while it waits: the event's name and key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub awaiting: Option<crate::engine::Awaiting>,
+    /// A `call` step: the run it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_run: Option<String>,
 }
 
 /// A `foreach` step's items.
@@ -272,6 +281,7 @@ impl RunView {
                     .collect()
             }),
             awaiting: s.awaiting.clone(),
+            child_run: s.child.as_ref().map(|c| c.run_id.clone()),
         };
         RunView {
             id: run.id.clone(),
@@ -290,6 +300,8 @@ impl RunView {
             wake_at: run.wake_at,
             failure: run.failure.clone(),
             cancel_reason: run.cancel_reason.clone(),
+            output: run.output.clone(),
+            parent: run.parent.clone(),
             steps: run.steps.iter().map(step).collect(),
             on_failure: run.hooks.iter().map(step).collect(),
         }

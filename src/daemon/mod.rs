@@ -36,6 +36,12 @@ pub struct ServeConfig {
     pub event_retention: std::time::Duration,
 }
 
+impl crate::runtime::calls::Versions for RwLock<Registry> {
+    fn active(&self, name: &str) -> Option<crate::store::Version> {
+        crate::ops::Workflows::active(self, name)
+    }
+}
+
 impl crate::ops::Workflows for RwLock<Registry> {
     fn active(&self, name: &str) -> Option<crate::store::Version> {
         self.read()
@@ -150,6 +156,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
 
     let registry = Arc::new(RwLock::new(Registry::new(&cfg.dir)));
+    engine.set_workflows(registry.clone());
     // Only the reload path uses the loader (its cache of checked files); never the API.
     let loader = Arc::new(Mutex::new(Loader::new(&cfg.dir)));
     reload(&loader, &registry, &store).await;

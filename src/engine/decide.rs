@@ -8,8 +8,8 @@ use super::effect::Effect;
 use super::event::{Event, Outcome};
 use super::fan;
 use super::plan::advance;
-use super::run::{Failure, Run, RunStatus, StepState, StepStatus};
-use crate::workflow::output::{self, ApprovalOutput, EventOutput, SleepOutput};
+use super::run::{ChildRef, Failure, Run, RunStatus, StepState, StepStatus};
+use crate::workflow::output::{self, ApprovalOutput, CallOutput, EventOutput, SleepOutput};
 use crate::workflow::{Decision, Step, StepKind, Workflow};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -85,6 +85,41 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
                 advance(wf, &mut run, now, &mut effects);
             }
         }
+        Event::ChildStarted {
+            step,
+            attempt,
+            run_id,
+        } => {
+            if let Some(s) = run.step_mut(step)
+                && s.status == StepStatus::Running
+                && s.attempts == *attempt
+                && s.child.is_none()
+            {
+                s.child = Some(ChildRef {
+                    run_id: run_id.clone(),
+                    open: true,
+                });
+            }
+        }
+        Event::ChildFinished {
+            step,
+            attempt,
+            run_id,
+            status,
+            output,
+            error,
+        } => child_finished(
+            wf,
+            &mut run,
+            step,
+            *attempt,
+            run_id.as_deref(),
+            *status,
+            output.clone(),
+            error.as_deref(),
+            now,
+            &mut effects,
+        ),
         Event::AttemptSucceeded {
             step,
             attempt,
@@ -393,6 +428,7 @@ fn cancel(run: &mut Run, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Eff
             s.awaiting = None;
             s.error = Some(reason.to_string());
             cancel_items(s, reason, effects);
+            stop_child(s, reason, effects);
         }
     }
     run.status = RunStatus::Cancelled;
@@ -585,12 +621,74 @@ fn abandon(run: &mut Run, why: &str, now: DateTime<Utc>, effects: &mut Vec<Effec
             s.error = Some(why.to_string());
             in_flight = true;
             cancel_items(s, why, effects);
+            stop_child(s, why, effects);
         }
     }
     if in_flight {
         // Before any effect of the hooks, which must not be abandoned with them.
         effects.push(Effect::AbandonInFlight);
     }
+}
+
+/// A `call` step that stops while its run goes on: that run is cancelled too.
+fn stop_child(s: &mut StepState, why: &str, effects: &mut Vec<Effect>) {
+    if let Some(child) = s.child.as_mut().filter(|c| c.open) {
+        child.open = false;
+        effects.push(Effect::CancelChild {
+            run_id: child.run_id.clone(),
+            reason: format!("cancelled with the run that called it: {why}"),
+        });
+    }
+}
+
+/// A `call` step's run ended: the step succeeds with its output when the run succeeded, and
+/// fails (for good: the called workflow retries its own steps) otherwise.
+#[allow(clippy::too_many_arguments)]
+fn child_finished(
+    wf: &Workflow,
+    run: &mut Run,
+    step: &str,
+    attempt: u32,
+    run_id: Option<&str>,
+    status: RunStatus,
+    output: Option<Value>,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+    effects: &mut Vec<Effect>,
+) {
+    let Some(s) = run.step_mut(step) else { return };
+    if s.status != StepStatus::Running || s.attempts != attempt {
+        return;
+    }
+    if let Some(c) = s.child.as_mut() {
+        c.open = false;
+    }
+    s.finished_at = Some(now);
+    s.output = Some(output::to_value(&CallOutput {
+        run_id: run_id.map(str::to_string),
+        status: status.as_str().to_string(),
+        output: output.unwrap_or(Value::Null),
+    }));
+    if status == RunStatus::Succeeded {
+        s.status = StepStatus::Succeeded;
+        advance(wf, run, now, effects);
+        return;
+    }
+    let error = match (error, run_id) {
+        (Some(e), _) => e.to_string(),
+        (None, Some(id)) => format!("the called run {id} ended {}", status.as_str()),
+        (None, None) => format!("the called run ended {}", status.as_str()),
+    };
+    s.status = StepStatus::Failed;
+    s.error = Some(error.clone());
+    let failure = Failure {
+        step: step.to_string(),
+        error,
+        status: None,
+        body: None,
+        attempts: s.attempts,
+    };
+    step_failed(wf, run, failure, now, effects);
 }
 
 /// A `foreach` step that stops: the store records its items in flight as cancelled.
@@ -634,6 +732,27 @@ fn finish(run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
             run.finished_at = Some(now);
             run.wake_at = None;
             effects.push(Effect::Finished { status: run.status });
+            if let Some(parent) = &run.parent {
+                let error = match (&run.failure, run.status) {
+                    (Some(f), _) => Some(format!(
+                        "the called run {} failed at step `{}`: {}",
+                        run.id, f.step, f.error
+                    )),
+                    (None, RunStatus::Succeeded) => None,
+                    (None, status) => Some(match &run.cancel_reason {
+                        Some(r) => {
+                            format!("the called run {} was {}: {r}", run.id, status.as_str())
+                        }
+                        None => format!("the called run {} ended {}", run.id, status.as_str()),
+                    }),
+                };
+                effects.push(Effect::ReportToParent {
+                    parent: parent.clone(),
+                    status: run.status,
+                    output: run.output.clone(),
+                    error,
+                });
+            }
         }
         return;
     }

@@ -29,6 +29,17 @@ pub enum Effect {
         step: String,
         deadline: DateTime<Utc>,
     },
+    /// Start the run of a `call` step (attempt `attempt`), unless it was started before.
+    StartChild { step: String, attempt: u32 },
+    /// Tell the `call` step that started this run how it ended.
+    ReportToParent {
+        parent: super::run::ParentRef,
+        status: RunStatus,
+        output: Option<serde_json::Value>,
+        error: Option<String>,
+    },
+    /// Cancel the run a `call` step started (the step stopped: its run was cancelled or failed).
+    CancelChild { run_id: String, reason: String },
     /// Abandon whatever is in flight for this run (it was cancelled).
     AbandonInFlight,
     /// The run reached a terminal status (wake whoever waits for it).
@@ -85,10 +96,24 @@ impl Effect {
         )
     }
 
+    /// Effects a run's end does not void: telling the run that called it, stopping the run it
+    /// called (performed even after a restart finds the run finished).
+    pub fn outlives_run(&self) -> bool {
+        matches!(
+            self,
+            Effect::ReportToParent { .. } | Effect::CancelChild { .. }
+        )
+    }
+
     pub fn is_external(&self) -> bool {
         matches!(
             self,
-            Effect::CallHttp { .. } | Effect::SendEmail { .. } | Effect::RequestApproval { .. }
+            Effect::CallHttp { .. }
+                | Effect::SendEmail { .. }
+                | Effect::RequestApproval { .. }
+                | Effect::StartChild { .. }
+                | Effect::ReportToParent { .. }
+                | Effect::CancelChild { .. }
         )
     }
 }

@@ -123,6 +123,21 @@ pub enum Event {
     },
     /// The run's deadline (the workflow's `timeout`) is due.
     DeadlinePassed,
+    /// A `call` step's run was created (or found, created before).
+    ChildStarted {
+        step: String,
+        attempt: u32,
+        run_id: String,
+    },
+    /// A `call` step's run ended (`run_id` None: it could not be started, `error` says why).
+    ChildFinished {
+        step: String,
+        attempt: u32,
+        run_id: Option<String>,
+        status: super::run::RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+    },
     /// A `foreach` step's items all ended: their results, read back by the store in the same
     /// transaction (the machine asked for them with `Effect::CollectItems`).
     ItemsCollected {
@@ -161,6 +176,8 @@ impl Event {
             Event::DeadlinePassed => "deadline_passed",
             Event::ApprovalDeliveryFailed { .. } => "approval_delivery_failed",
             Event::EventReceived { .. } => "event_received",
+            Event::ChildStarted { .. } => "child_started",
+            Event::ChildFinished { .. } => "child_finished",
         }
     }
 }

@@ -5,6 +5,8 @@
 //! (`effect`), which steps start next (`plan`), and what templates see (`context`). The executor
 //! that drives it against the store, HTTP and mail is `runtime`.
 
+#[cfg(test)]
+mod call_tests;
 mod context;
 mod decide;
 mod effect;
@@ -13,6 +15,7 @@ mod event;
 mod event_tests;
 mod fan;
 pub use fan::item_key;
+pub use plan::call_input;
 #[cfg(test)]
 mod graph_tests;
 #[cfg(test)]
@@ -27,7 +30,8 @@ pub use decide::decide;
 pub use effect::{Effect, ItemResult, NewItem};
 pub use event::{AttemptResult, Event, Outcome, cancel_wait, is_cancel_wait};
 pub use run::{
-    Awaiting, Failure, Fan, Item, NewRun, Run, RunStatus, StepState, StepStatus, Trigger,
+    Awaiting, ChildRef, Failure, Fan, Item, NewRun, ParentRef, Run, RunStatus, StepState,
+    StepStatus, Trigger,
 };
 
 /// The run state machine's names in one place (`use crate::engine::*`).

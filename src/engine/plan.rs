@@ -111,8 +111,34 @@ fn advance_steps(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut
         && run.steps.iter().all(|s| s.status.is_done())
     {
         skip_pending_hooks(run);
-        run.status = RunStatus::Succeeded;
+        match render_output(wf, run) {
+            Ok(output) => {
+                run.output = output;
+                run.status = RunStatus::Succeeded;
+            }
+            Err(error) => {
+                run.failure = Some(Failure {
+                    step: "output".into(),
+                    error,
+                    status: None,
+                    body: None,
+                    attempts: 0,
+                });
+                run.status = RunStatus::Failed;
+            }
+        }
     }
+}
+
+/// The workflow's `output:` rendered over the finished steps (None: it has none).
+fn render_output(wf: &Workflow, run: &Run) -> Result<Option<serde_json::Value>, String> {
+    let Some(out) = &wf.output else {
+        return Ok(None);
+    };
+    let ctx = template::context(&context(wf, run, None));
+    template::render_engine_json(out, &ctx)
+        .map(Some)
+        .map_err(|e| format!("the workflow's `output` cannot be rendered: {e}"))
 }
 
 fn advance_hooks(wf: &Workflow, run: &mut Run, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
@@ -243,6 +269,27 @@ fn start(
                 }
             }
         }
+        StepKind::Call(c) => {
+            // The input is rendered now, from what the steps before produced, and kept with
+            // the effect's step and attempt: the shell renders the same again to start the run.
+            if let Err(e) = call_input(wf, run, def, c) {
+                start_failed(wf, run, hooks, index, e, now, effects);
+                return true;
+            }
+            let mut attempt = 1;
+            mark(run, hooks, index, |s| {
+                s.status = StepStatus::Running;
+                s.attempts += 1;
+                attempt = s.attempts;
+                s.started_at = Some(now);
+                s.child = None;
+            });
+            effects.push(Effect::StartChild {
+                step: def.id.clone(),
+                attempt,
+            });
+            false
+        }
         StepKind::Approval(a) => {
             let deadline = later(now, a.timeout);
             mark(run, hooks, index, |s| {
@@ -323,4 +370,19 @@ fn start_failed(
         now,
         effects,
     );
+}
+
+/// The input a `call` step gives the run it starts: its `input` rendered over the run.
+pub fn call_input(
+    wf: &Workflow,
+    run: &Run,
+    def: &crate::workflow::Step,
+    call: &crate::workflow::Call,
+) -> Result<serde_json::Value, String> {
+    let Some(input) = &call.input else {
+        return Ok(serde_json::json!({}));
+    };
+    let ctx = template::context(&context(wf, run, None));
+    template::render_engine_json(input, &ctx)
+        .map_err(|e| format!("rendering the `input` of step `{}`: {e}", def.id))
 }

@@ -118,14 +118,17 @@ pub enum Trigger {
     Schedule,
     /// An event the workflow starts on (`on.event`).
     Event,
+    /// A `call` step of another run.
+    Call,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 4] = [
+    pub const ALL: [Trigger; 5] = [
         Trigger::Cli,
         Trigger::Api,
         Trigger::Schedule,
         Trigger::Event,
+        Trigger::Call,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -134,6 +137,7 @@ impl Trigger {
             Trigger::Api => "api",
             Trigger::Schedule => "schedule",
             Trigger::Event => "event",
+            Trigger::Call => "call",
         }
     }
 
@@ -187,6 +191,24 @@ pub struct StepState {
     /// A `wait_for_event` step while it waits: the event and the key, as rendered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub awaiting: Option<Awaiting>,
+    /// A `call` step: the run it started (`open` until that run ended or was told to stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ChildRef>,
+}
+
+/// The run a `call` step started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildRef {
+    pub run_id: String,
+    pub open: bool,
+}
+
+/// The `call` step whose run this is: told when the run ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub run_id: String,
+    pub step: String,
+    pub attempt: u32,
 }
 
 /// What a `wait_for_event` step waits for.
@@ -303,6 +325,7 @@ impl StepState {
             upstream_failed: false,
             fan: None,
             awaiting: None,
+            child: None,
         }
     }
 }
@@ -359,6 +382,12 @@ pub struct Run {
     /// Why it was cancelled (the reason the cancel gave).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// Started by a `call` step of another run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+    /// The workflow's `output:` as rendered when the run succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
 }
 
 /// The parts of a new run that the shell chooses (ids and times come from outside the core).
@@ -394,6 +423,8 @@ impl Run {
             deadline: None,
             concurrency_key: None,
             cancel_reason: None,
+            parent: None,
+            output: None,
         }
     }
 
@@ -544,6 +575,7 @@ impl StepState {
             upstream_failed: false,
             fan: None,
             awaiting: None,
+            child: None,
         }
     }
 }

@@ -126,6 +126,7 @@ pub async fn start(
             slot: None,
             start: true,
             concurrency_key,
+            parent: None,
         })
         .await?;
     cancel_displaced(exec, &applied).await;
@@ -162,6 +163,7 @@ pub async fn fire(
             slot: Some(slot),
             start: start_now,
             concurrency_key,
+            parent: None,
         })
         .await?;
     cancel_displaced(exec, &applied).await;

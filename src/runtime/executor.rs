@@ -139,6 +139,9 @@ struct Inner {
     stopping: AtomicBool,
     metrics: Arc<Metrics>,
     finished: broadcast::Sender<Finished>,
+    /// The active workflows, for `call` steps (set by the daemon; a process without them fails
+    /// a `call` step with a clear error).
+    workflows: std::sync::OnceLock<Arc<dyn super::calls::Versions>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +154,7 @@ impl Executor {
             inner: Arc::new(Inner {
                 store,
                 performers,
+                workflows: std::sync::OnceLock::new(),
                 timers: Mutex::new(BTreeSet::new()),
                 timer_changed: Notify::new(),
                 waiters: Mutex::new(HashMap::new()),
@@ -185,6 +189,15 @@ impl Executor {
         Ok(applied)
     }
 
+    /// Where `call` steps find the workflows they start (once; later calls are ignored).
+    pub fn set_workflows(&self, workflows: Arc<dyn super::calls::Versions>) {
+        let _ = self.inner.workflows.set(workflows);
+    }
+
+    pub(crate) fn workflows(&self) -> Option<&Arc<dyn super::calls::Versions>> {
+        self.inner.workflows.get()
+    }
+
     /// Subscribes to runs reaching a terminal status.
     pub fn finished(&self) -> broadcast::Receiver<Finished> {
         self.inner.finished.subscribe()
@@ -217,7 +230,7 @@ impl Executor {
     /// node re-registering after its lease lapsed): an outcome that was received must not be
     /// dropped. Gives up only when the process stops; the effect is then still in the outbox,
     /// and is performed again (as an interrupted attempt) by the next process.
-    async fn record_durably(
+    pub(crate) async fn record_durably(
         &self,
         run_id: &str,
         event: Event,
@@ -331,7 +344,7 @@ impl Executor {
             let Some(run) = self.inner.store.get_run(&p.run_id).await? else {
                 continue;
             };
-            if run.status.is_terminal() {
+            if run.status.is_terminal() && !p.effect.outlives_run() {
                 self.inner.store.mark_done(&p.run_id, p.id).await?;
                 continue;
             }
@@ -564,6 +577,24 @@ impl Executor {
             return;
         }
         let performer = match effect {
+            Effect::StartChild { .. }
+            | Effect::ReportToParent { .. }
+            | Effect::CancelChild { .. } => {
+                // Not tracked with the run's calls: a cancel's `AbandonInFlight` must not stop
+                // the cancel of its child.
+                let exec = self.clone();
+                let key = effect_id.map(|id| (run.id.clone(), id));
+                if let Some(k) = &key {
+                    locked(&self.inner.performing).insert(k.clone());
+                }
+                tokio::spawn(async move {
+                    exec.perform_call(run, effect, effect_id).await;
+                    if let Some(k) = key {
+                        locked(&exec.inner.performing).remove(&k);
+                    }
+                });
+                return;
+            }
             Effect::CallHttp { .. } => self.inner.performers.http.clone(),
             Effect::SendEmail { .. } => self.inner.performers.email.clone(),
             Effect::RequestApproval { .. } => self.inner.performers.approval.clone(),

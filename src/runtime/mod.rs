@@ -4,6 +4,7 @@
 //! I/O shell. It knows nothing of HTTP or mail: the performers (`dispatch`) are handed to it at
 //! construction and answer the event each effect produced.
 
+pub mod calls;
 pub mod executor;
 pub mod keys;
 pub mod node;

@@ -133,7 +133,7 @@ async fn sweep(exec: Executor) {
 async fn resume_all(exec: &Executor, effects: Vec<crate::store::PendingEffect>) {
     for p in effects {
         match exec.store().get_run(&p.run_id).await {
-            Ok(Some(run)) if run.status.is_terminal() => {
+            Ok(Some(run)) if run.status.is_terminal() && !p.effect.outlives_run() => {
                 let _ = exec.store().mark_done(&p.run_id, p.id).await;
             }
             Ok(Some(run)) => exec.resume(Arc::new(run), p),

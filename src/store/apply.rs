@@ -329,6 +329,7 @@ pub(crate) async fn start<T: RunTx>(
     tx.insert_version(&req.version, now).await?;
     let mut run = Run::new(&wf, req.new.clone(), now);
     run.concurrency_key = req.concurrency_key.clone();
+    run.parent = req.parent.clone();
     let (first, displaced) = first_event(tx, &wf, &run, req.start).await?;
     // A run that starts now is stored as its first event leaves it: one row written once,
     // instead of a pending row updated in the same transaction.

@@ -130,6 +130,8 @@ pub struct NewRunRequest {
     pub start: bool,
     /// The workflow's `concurrency.key` rendered for this run (`Run::render_concurrency_key`).
     pub concurrency_key: Option<String>,
+    /// The `call` step that starts it.
+    pub parent: Option<crate::engine::ParentRef>,
 }
 
 /// The outcome of one state change: the new run and the effects to perform, each with its

@@ -61,6 +61,8 @@ pub enum Code {
     NotAFile,
     /// The file is larger than the shell reads (`sources::MAX_FILE_BYTES`).
     FileTooLarge,
+    /// A `call` step names a workflow the directory does not have.
+    UnknownWorkflow,
 }
 
 impl Code {
@@ -107,6 +109,7 @@ impl Code {
             Code::UnreadableFile => "unreadable-file",
             Code::NotAFile => "not-a-file",
             Code::FileTooLarge => "file-too-large",
+            Code::UnknownWorkflow => "unknown-workflow",
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct Workflow {
     pub events: Vec<String>,
     /// `cancel_on`: an event of this name whose key equals the rendered `key` cancels the run.
     pub cancel_on: Vec<CancelOn>,
+    /// `output`: a JSON value whose strings are templates over the steps, rendered when the run
+    /// succeeds; the result a `call` step of another workflow sees as `.output`.
+    pub output: Option<serde_json::Value>,
 }
 
 /// One entry of a workflow's `cancel_on`.
@@ -387,6 +390,17 @@ pub enum StepKind {
     SleepUntil(Template),
     Email(Email),
     WaitForEvent(WaitForEvent),
+    Call(Call),
+}
+
+/// A `call` step: it starts a run of another workflow and waits for it to end; templates see
+/// `steps.<id>.run_id`, `.status` and `.output` (the called workflow's `output:`).
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The called workflow's `name`.
+    pub workflow: String,
+    /// A JSON value whose strings are templates, rendered when the step starts: the child's input.
+    pub input: Option<serde_json::Value>,
 }
 
 impl StepKind {
@@ -398,6 +412,7 @@ impl StepKind {
             StepKind::SleepUntil(_) => StepKindName::SleepUntil,
             StepKind::Email(_) => StepKindName::Email,
             StepKind::WaitForEvent(_) => StepKindName::WaitForEvent,
+            StepKind::Call(_) => StepKindName::Call,
         }
     }
 
@@ -416,6 +431,7 @@ pub enum StepKindName {
     SleepUntil,
     Email,
     WaitForEvent,
+    Call,
 }
 
 impl StepKindName {
@@ -427,6 +443,7 @@ impl StepKindName {
             StepKindName::SleepUntil => "sleep_until",
             StepKindName::Email => "email",
             StepKindName::WaitForEvent => "wait_for_event",
+            StepKindName::Call => "call",
         }
     }
 }
@@ -527,6 +544,7 @@ pub fn produced_fields(kind: &str) -> &'static [&'static str] {
         "sleep" | "sleep_until" => SleepOutput::FIELDS,
         "email" => EmailOutput::FIELDS,
         "wait_for_event" => EventOutput::FIELDS,
+        "call" => CallOutput::FIELDS,
         "foreach" => FanOutput::FIELDS,
         _ => &[],
     }

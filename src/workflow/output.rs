@@ -87,6 +87,19 @@ impl EventOutput {
     pub const FIELDS: &'static [&'static str] = &["data", "id", "received_at", "timed_out"];
 }
 
+/// A `call` step: the run it started, how that run ended, and its result (the called
+/// workflow's `output:`, null when it has none or did not succeed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallOutput {
+    pub run_id: Option<String>,
+    pub status: String,
+    pub output: Value,
+}
+
+impl CallOutput {
+    pub const FIELDS: &'static [&'static str] = &["run_id", "status", "output"];
+}
+
 /// Any output as the JSON value a run's state keeps.
 pub fn to_value<T: Serialize>(output: &T) -> Value {
     serde_json::to_value(output).expect("a step output serializes")

@@ -54,11 +54,14 @@ shape! {
         "timeout" => timeout: Option<DurationText>,
         /// Running runs whose key matches an event of this name are cancelled.
         "cancel_on" => cancel_on: Option<Vec<CancelOnDecl>>,
-        /// Each waits for the one before it unless it says what it `needs`; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`, `wait_for_event`.
+        /// Each waits for the one before it unless it says what it `needs`; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`, `wait_for_event`, `call`.
         #[schemars(length(min = 1))]
         "steps" => steps: Vec<StepDecl>,
         /// Run once when a run fails; each has `http` or `email`.
         "on_failure" => on_failure: Option<Vec<HookDecl>>,
+        /// The run's result, rendered when it succeeds (strings are templates over `steps`,
+        /// `input` and `run`): what a `call` step of another workflow sees as `.output`.
+        "output" => output: Option<serde_json::Value>,
     }
 }
 
@@ -236,6 +239,8 @@ shape! {
         /// Wait until an event of this name and key arrives (or arrived since the run was
         /// created).
         "wait_for_event" => wait_for_event: Option<WaitForEventDecl>,
+        /// Start a run of another workflow and wait for it to end.
+        "call" => call: Option<CallDecl>,
         "timeout" => timeout: Option<DurationText>,
         "retry" => retry: Option<RetryDecl>,
         /// The steps this one waits for (earlier ones only). Without it, the step before it;
@@ -291,6 +296,7 @@ shape! {
         "sleep_until" => sleep_until: Option<String>,
         "email" => email: Option<EmailDecl>,
         "wait_for_event" => wait_for_event: Option<WaitForEventDecl>,
+        "call" => call: Option<CallDecl>,
         "timeout" => timeout: Option<DurationText>,
         "retry" => retry: Option<RetryDecl>,
     }
@@ -375,6 +381,19 @@ shape! {
 enum OnEventTimeoutDecl {
     Fail,
     Continue,
+}
+
+shape! {
+    /// A run of another workflow, started with `input` and waited for; templates see
+    /// `steps.<id>.run_id`, `.status` and `.output` (the called workflow's `output:`).
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct CallDecl, keys CALL_KEYS {
+        /// The called workflow's `name`.
+        "workflow" => workflow: String,
+        /// Its input (strings are templates), checked against its `inputs` when it starts.
+        "input" => input: Option<serde_json::Value>,
+    }
 }
 
 shape! {

@@ -2,6 +2,7 @@
 //! HTTP servers on 127.0.0.1 and the real `@upstash/qstash` Receiver.
 
 mod approval;
+mod calls;
 mod cluster;
 mod completions;
 mod crash;

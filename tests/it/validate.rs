@@ -126,7 +126,18 @@ fn the_valid_fixture_builds_the_model_it_says() {
     assert_eq!(wf.schedules.len(), 4);
     assert_eq!(wf.schedules[1].cron.timezone().name(), "Europe/Berlin");
     assert!(wf.webhook);
-    assert_eq!(wf.steps.len(), 18);
+    assert_eq!(wf.steps.len(), 20);
+    match &wf.find_step("summary").expect("step").kind {
+        workflow::StepKind::Call(c) => {
+            assert_eq!(c.workflow, "weekly-summary");
+            assert_eq!(c.input.as_ref().unwrap()["userId"], "{{ input.userId }}");
+        }
+        other => panic!("`summary` is {other:?}"),
+    }
+    assert_eq!(
+        wf.output.as_ref().unwrap()["summary_run"],
+        "{{ steps.summary.run_id }}"
+    );
     assert_eq!(wf.timeout, Some(std::time::Duration::from_secs(3 * 86_400)));
     assert_eq!(wf.events, ["user.signed_up", "crm:contact/updated"]);
     let flow = |id: &str| wf.find_step(id).expect("step").flow_control.clone();

@@ -34,6 +34,7 @@ async fn start(store: &SqliteStore, source: &str, id: &str) -> Applied {
         slot: None,
         start: true,
         concurrency_key: None,
+        parent: None,
     };
     store.start_run(request, Utc::now()).await.expect("starts")
 }

@@ -15,6 +15,7 @@ mod names;
 mod refs;
 mod steps;
 mod triggers;
+mod waits;
 
 pub use names::{check_names, file_stem};
 
@@ -25,7 +26,7 @@ use super::schema::TOP_KEYS;
 use super::suggest::{did_you_mean, list};
 use super::yaml::{self, Key, Node, Pos, Value};
 use names::valid_name;
-use refs::Scope;
+use refs::{NoSecrets, Scope};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use steps::step_identity;
@@ -550,6 +551,25 @@ impl<'s> Checker<'s> {
                 _ => self.wrong_type(n, "on_failure", "a list of `http` or `email` hooks"),
             }
         }
+        // `output`: rendered once every step is done, so it may read any of them. Stored with
+        // the run and handed to the run that called it.
+        let output = f.get("output").map(|n| {
+            let scope = Scope {
+                inputs: &inputs.declared,
+                secrets: &secrets,
+                before: &all,
+                earlier: &all,
+                needs: &[],
+                all: &all,
+                current: None,
+                item: None,
+                in_hook: false,
+                no_secrets: Some(NoSecrets::Stored("the workflow's `output`")),
+                undefined_is_false: false,
+            };
+            self.templates_in(n, &scope);
+            n.to_json()
+        });
         let _ = f.key("steps");
         Some(Workflow {
             name: name?,
@@ -564,6 +584,7 @@ impl<'s> Checker<'s> {
             timeout: run_timeout,
             events,
             cancel_on,
+            output,
         })
     }
 

@@ -405,7 +405,7 @@ impl Checker<'_> {
                             r.len,
                             Code::UnknownVariable,
                             format!("`secrets` cannot be read in {place}"),
-                            Some("it is stored in the database and shown by the API and `/metrics`; name the key after what it limits".into()),
+                            Some("it is stored in the database and shown by the API; secrets are read only where a request or an e-mail is sent (an `http` step's headers, say)".into()),
                         );
                         return;
                     }

@@ -11,7 +11,7 @@ use crate::workflow::diagnostic::Code;
 use crate::workflow::model::*;
 use crate::workflow::schema::{
     APPROVAL_KEYS, DEFAULTS_KEYS, EMAIL_KEYS, FLOW_CONTROL_KEYS, HOOK_KEYS, HTTP_KEYS, RETRY_KEYS,
-    STEP_KEYS, WAIT_FOR_EVENT_KEYS,
+    STEP_KEYS,
 };
 use crate::workflow::suggest::{did_you_mean, list};
 use crate::workflow::template;
@@ -26,6 +26,7 @@ pub(super) const STEP_KINDS: &[&str] = &[
     "sleep_until",
     "email",
     "wait_for_event",
+    "call",
 ];
 pub(super) const HOOK_KINDS: &[&str] = &["http", "email"];
 pub(super) const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -358,6 +359,7 @@ impl Checker<'_> {
             "approval" => StepKind::Approval(self.approval(kind_node, &scope)?),
             "email" => StepKind::Email(self.email(kind_node, &scope)?),
             "wait_for_event" => StepKind::WaitForEvent(self.wait_for_event(kind_node, &scope)?),
+            "call" => StepKind::Call(self.call(kind_node, &scope)?),
             "sleep" => StepKind::Sleep(self.duration(kind_node, "sleep")?),
             "sleep_until" => {
                 let s = self.nonempty_string(kind_node, "sleep_until")?;
@@ -869,58 +871,6 @@ impl Checker<'_> {
             on_timeout: on_timeout?,
             on_reject_continue,
         })
-    }
-
-    fn wait_for_event(&mut self, node: &Node, scope: &Scope) -> Option<WaitForEvent> {
-        let f = self.fields(node, "wait_for_event", WAIT_FOR_EVENT_KEYS, &["event"])?;
-        let event = f.get("event").and_then(|n| self.event_name(n));
-        // Rendered by the engine when the step starts, and stored to match events against.
-        let key_scope = Scope {
-            no_secrets: Some(NoSecrets::Engine("a `wait_for_event` key")),
-            ..*scope
-        };
-        let key = match f.get("key") {
-            Some(n) => {
-                let s = self.string(n, "key")?;
-                self.template(n, s, &key_scope);
-                Some(Template(s.to_string()))
-            }
-            None => None,
-        };
-        let timeout = match f.get("timeout") {
-            Some(n) => self.positive_duration(n, "timeout"),
-            None => Some(DEFAULT_EVENT_TIMEOUT),
-        };
-        let on_timeout_continue = match f.get("on_timeout") {
-            Some(n) => self.one_of(n, "on_timeout", &["fail", "continue"])? == "continue",
-            None => false,
-        };
-        Some(WaitForEvent {
-            event: event?,
-            key,
-            timeout: timeout?,
-            on_timeout_continue,
-        })
-    }
-
-    /// An event's name (`order.created`), as `on.event`, `cancel_on` and `wait_for_event` name it.
-    pub(super) fn event_name(&mut self, node: &Node) -> Option<String> {
-        let s = self.nonempty_string(node, "event")?;
-        if !valid_event_name(s) {
-            let w = self.width(node);
-            self.error(
-                node.pos,
-                w,
-                Code::InvalidValue,
-                format!("`{s}` is not a valid event name"),
-                Some(
-                    "use letters, digits and `.`, `_`, `-`, `:`, `/` (such as `payment.succeeded`), at most 200"
-                        .into(),
-                ),
-            );
-            return None;
-        }
-        Some(s.to_string())
     }
 
     fn email(&mut self, node: &Node, scope: &Scope) -> Option<Email> {

@@ -139,6 +139,7 @@ impl Checker<'_> {
                     timeout: None,
                     events: vec![],
                     cancel_on: vec![],
+                    output: None,
                 };
                 if let Err(errors) = resolve_input(&probe, &checkable) {
                     let Value::Map(entries) = &n.value else {
