@@ -1,8 +1,8 @@
 //! What flow control and events cost, measured against runner without them in the same run.
 //!
-//! cargo run --release --example flow_bench                  # SQLite in a temporary folder
-//! cargo run --release --example flow_bench -- --db postgres://USER@HOST:PORT/DB
-//! cargo run --release --example flow_bench -- --quick
+//! cargo bench --bench flow_bench                  # SQLite in a temporary folder
+//! cargo bench --bench flow_bench -- --db postgres://USER@HOST:PORT/DB
+//! cargo bench --bench flow_bench -- --quick
 //!
 //! 1. Admission cost: steps/s of three-step runs, 16 in flight, with a flow-control key whose
 //!    limits are never reached (`parallelism: 10000`), against the same runs without a key,
@@ -14,6 +14,10 @@
 //!
 //! A program, not a test: it prints figures and fails only when something is wrong (a run not
 //! succeeding, an event not delivered).
+
+// Each program uses only some of the shared helpers.
+#[allow(dead_code)]
+mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
 use runner::engine::machine::{RunStatus, Trigger};
@@ -30,7 +34,7 @@ const IN_FLIGHT: usize = 16;
 fn main() -> Result<()> {
     let mut db: Option<String> = None;
     let mut quick = false;
-    let mut args = std::env::args().skip(1);
+    let mut args = common::args();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--db" => db = Some(args.next().context("--db takes a database")?),

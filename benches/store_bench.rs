@@ -2,14 +2,14 @@
 //! with their records), applied straight to `Store` with no HTTP, to see what the writer costs.
 //!
 //! ```text
-//! cargo run --release --example store_bench                 # 300 runs one at a time, then 2,000 with 16 in flight
-//! cargo run --release --example store_bench -- --runs 200  # fewer runs (e.g. under callgrind)
-//! valgrind --tool=callgrind target/release/examples/store_bench --runs 200 --seq-only
+//! cargo bench --bench store_bench                 # 300 runs one at a time, then 2,000 with 16 in flight
+//! cargo bench --bench store_bench -- --runs 200  # fewer runs (e.g. under callgrind)
+//! valgrind --tool=callgrind $(cargo bench --bench store_bench --no-run 2>&1 | grep -o 'target/[^)]*') --runs 200 --seq-only
 //! ```
 //!
 //! Prints transactions per second and the writer thread's CPU per state change (from
 //! `/proc/self/task/*/schedstat`). This is a profiling aid, not the benchmark of record
-//! (`examples/bench.rs` is): nothing here is compared with a floor.
+//! (`benches/bench.rs` is): nothing here is compared with a floor.
 
 // Each program uses only some of the shared helpers.
 #[allow(dead_code)]
@@ -114,7 +114,7 @@ fn report(label: &str, runs: usize, cpu0: u64, t0: Instant) {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = common::args().collect();
     let runs = args
         .iter()
         .position(|a| a == "--runs")

@@ -59,3 +59,9 @@ pub(crate) fn thread_cpu() -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// The bench's own arguments: without the program name, and without the `--bench` that
+/// `cargo bench` hands every benchmark built with `harness = false`.
+pub(crate) fn args() -> impl Iterator<Item = String> {
+    std::env::args().skip(1).filter(|a| a != "--bench")
+}

@@ -3,14 +3,14 @@
 //! (method: `reference/benchmark.md`).
 //!
 //! ```text
-//! cargo run --release --example bench                  # full run (about a minute)
-//! cargo run --release --example bench -- --quick       # smaller counts (about 20 s)
-//! cargo run --release --example bench -- --json        # machine-readable report on stdout
-//! cargo run --release --example bench -- --runner-only # skip the floors (for profiling; does not count)
-//! cargo run --release --example bench -- --runner-only --sequential-only # also skip 16 in flight
-//! cargo run --release --example bench -- --workers 1    # runner's runtime with one worker (a one-core host)
-//! cargo run --release --example bench -- --postgres     # on PostgreSQL: a server of its own (see bench/pg.rs)
-//! cargo run --release --example bench -- --db postgres://postgres@127.0.0.1:5432  # on that server
+//! cargo bench --bench bench                  # full run (about a minute)
+//! cargo bench --bench bench -- --quick       # smaller counts (about 20 s)
+//! cargo bench --bench bench -- --json        # machine-readable report on stdout
+//! cargo bench --bench bench -- --runner-only # skip the floors (for profiling; does not count)
+//! cargo bench --bench bench -- --runner-only --sequential-only # also skip 16 in flight
+//! cargo bench --bench bench -- --workers 1    # runner's runtime with one worker (a one-core host)
+//! cargo bench --bench bench -- --postgres     # on PostgreSQL: a server of its own (see bench/pg.rs)
+//! cargo bench --bench bench -- --db postgres://postgres@127.0.0.1:5432  # on that server
 //! ```
 //!
 //! The endpoint is an axum server on 127.0.0.1 on its own tokio runtime (threads named
@@ -118,7 +118,7 @@ fn main() -> Result<()> {
     let mut workers: Option<usize> = None;
     let mut postgres: Option<Option<String>> = None;
     let mut fan_items: Option<usize> = None;
-    let mut args = std::env::args().skip(1).peekable();
+    let mut args = common::args().peekable();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--workers" => {
@@ -157,7 +157,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release --example bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N] [--fan-items N] [--keep-db] [--db postgres://USER@HOST:PORT | --postgres]"
+                    "usage: cargo bench --bench bench [-- --quick] [--json] [--runner-only] [--sequential-only] [--workers N] [--fan-items N] [--keep-db] [--db postgres://USER@HOST:PORT | --postgres]"
                 );
                 return Ok(());
             }
@@ -1538,7 +1538,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "   cron lateness: not measured here (examples/sched_bench.rs measures the scheduler)"
+            "   cron lateness: not measured here (benches/sched_bench.rs measures the scheduler)"
         );
         banner(&mut s);
         s

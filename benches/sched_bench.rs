@@ -2,9 +2,9 @@
 //! with 100,000 programmatic schedules, and the API's rate of starting runs.
 //!
 //! ```text
-//! cargo run --release --example sched_bench                 # all three (~3 minutes, lateness waits for minute boundaries)
-//! cargo run --release --example sched_bench -- memory api   # only some phases: lateness | memory | api
-//! cargo run --release --example sched_bench -- --schedules 100000 --per-round 120 --spread 120 --api-secs 10
+//! cargo bench --bench sched_bench                 # all three (~3 minutes, lateness waits for minute boundaries)
+//! cargo bench --bench sched_bench -- memory api   # only some phases: lateness | memory | api
+//! cargo bench --bench sched_bench -- --schedules 100000 --per-round 120 --spread 120 --api-secs 10
 //! ```
 //!
 //! Methods (each printed beside its figures):
@@ -89,7 +89,7 @@ fn args() -> Result<Args> {
         api_secs: 10,
         clients: 16,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = common::args();
     let mut any = false;
     while let Some(arg) = it.next() {
         let mut num = |name: &str| -> Result<usize> {
@@ -109,7 +109,7 @@ fn args() -> Result<Args> {
             "--clients" => a.clients = num("--clients")?,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release --example sched_bench [-- lateness|memory|api ...] [--schedules N] [--per-round N] [--spread N] [--api-secs S] [--clients N]"
+                    "usage: cargo bench --bench sched_bench [-- lateness|memory|api ...] [--schedules N] [--per-round N] [--spread N] [--api-secs S] [--clients N]"
                 );
                 std::process::exit(0);
             }
