@@ -165,44 +165,12 @@ pub(crate) fn receiver_log(receiver: &QstashReceiver) -> Vec<Value> {
     }
 }
 
-/// A minimal blocking GET over a raw TCP socket (keeps tests free of a blocking HTTP client).
+/// A GET that answers the body (for `/__log`, `/metrics`, pages), failing the test when the
+/// server cannot be reached.
 pub(crate) fn ureq_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(host).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    stream.read_to_string(&mut out).expect("read");
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    if out.contains("Transfer-Encoding: chunked") || out.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n..];
-        s = s.strip_prefix("\r\n").unwrap_or(s);
-    }
-    out
+    http_request("GET", url, &[], None)
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body
 }
 
 /// Where a test's files live; removed at the end.
@@ -296,26 +264,34 @@ impl HttpResponse {
     }
 }
 
-/// A minimal blocking HTTP/1.1 request over a raw TCP socket (`Connection: close`). Errors only
-/// when the server cannot be reached or the connection breaks.
+/// The tests' HTTP client (ureq, blocking, so it may be used from sync tests and async ones
+/// alike): every status is an answer, not an error; no connection is kept for the next request
+/// (the daemon counts connections against its cap).
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(Duration::from_secs(30)))
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .build()
+            .into()
+    })
+}
+
+/// One HTTP request; errors only when the server cannot be reached or the connection breaks.
+/// A body without a `Content-Type` is sent as JSON.
 pub(crate) fn http_request(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> std::io::Result<HttpResponse> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let addr: std::net::SocketAddr = host.parse().expect("an IP:port host");
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
     let body = body.unwrap_or("");
     if !body.is_empty()
@@ -323,56 +299,37 @@ pub(crate) fn http_request(
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
     {
-        req.push_str("Content-Type: application/json\r\n");
+        req = req.header("Content-Type", "application/json");
     }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    req.push_str(body);
-    stream.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no end of the response head"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut payload = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    if headers
+    let sent = if body.is_empty() {
+        req.body(()).map(|r| agent().run(r))
+    } else {
+        req.body(body.to_string()).map(|r| agent().run(r))
+    };
+    let mut answer = sent
+        .map_err(std::io::Error::other)?
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let headers = answer
+        .headers()
         .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
-    {
-        payload = dechunk_bytes(&payload);
-    }
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let bytes = answer
+        .body_mut()
+        .with_config()
+        .limit(256 * 1024 * 1024)
+        .read_to_vec()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(HttpResponse {
-        status,
+        status: answer.status().as_u16(),
         headers,
-        body: String::from_utf8_lossy(&payload).into_owned(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
     })
-}
-
-fn dechunk_bytes(mut s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&s[..eol]);
-        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        let rest = &s[eol + 2..];
-        let n = n.min(rest.len());
-        out.extend_from_slice(&rest[..n]);
-        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
-    }
-    out
 }
 
 /// A client of the daemon's JSON API (`/api/v1`), with or without a bearer token.
