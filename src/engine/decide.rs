@@ -151,6 +151,23 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             attempt,
             item: Some(item),
         } => fan::interrupted(wf, &mut run, step, *item, *attempt, &mut effects),
+        Event::DeadlinePassed if run.status == RunStatus::Pending => {
+            // Queued, and its wait for its turn is over: it does not start.
+            if run.deadline.is_some_and(|d| d <= now) {
+                run.deadline = None;
+                let waited = wf.concurrency.queue_timeout.map_or_else(String::new, |t| {
+                    format!(" of {}", crate::workflow::duration::format(t))
+                });
+                let behind = match &run.concurrency_key {
+                    Some(k) => format!("the runs with concurrency key `{k}`"),
+                    None => "a run of its schedule".to_string(),
+                };
+                let reason = format!(
+                    "did not start within its queue_timeout{waited} (queued behind {behind})"
+                );
+                cancel(&mut run, &reason, now, &mut effects);
+            }
+        }
         Event::DeadlinePassed => {
             if run.failure.is_none() && run.deadline.is_some_and(|d| d <= now) {
                 run.deadline = None;

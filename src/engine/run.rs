@@ -404,6 +404,12 @@ pub struct NewRun {
 
 impl Run {
     pub fn new(wf: &Workflow, new: NewRun, now: DateTime<Utc>) -> Run {
+        // Until it starts, its deadline is the end of its wait for its turn (if it is queued);
+        // its start replaces it with the workflow's `timeout`.
+        let queued_until = wf
+            .concurrency
+            .queue_timeout
+            .map(|t| now + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX));
         Run {
             id: new.id,
             workflow: wf.name.clone(),
@@ -419,8 +425,8 @@ impl Run {
             steps: wf.steps.iter().map(StepState::new).collect(),
             hooks: wf.on_failure.iter().map(StepState::new).collect(),
             failure: None,
-            wake_at: None,
-            deadline: None,
+            wake_at: queued_until,
+            deadline: queued_until,
             concurrency_key: None,
             cancel_reason: None,
             parent: None,

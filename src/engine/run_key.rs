@@ -118,6 +118,51 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_run_past_its_queue_timeout_is_cancelled_not_started() {
+        use crate::engine::{Event, NewRun, Run, RunStatus, Trigger, decide};
+        let wf = crate::workflow::check_file(
+            "q.yaml",
+            "name: q\nconcurrency:\n  key: k\n  queue_timeout: 10m\nsteps:\n  - id: a\n    sleep: 1s\n",
+        )
+        .expect("valid");
+        let t0: chrono::DateTime<chrono::Utc> = "2026-01-05T09:00:00Z".parse().unwrap();
+        let mut run = Run::new(
+            &wf,
+            NewRun {
+                id: "r".into(),
+                version: "v".into(),
+                trigger: Trigger::Api,
+                input: serde_json::json!({}),
+                scheduled_for: None,
+                schedule_id: None,
+            },
+            t0,
+        );
+        run.concurrency_key = Some("k".into());
+        let until = t0 + chrono::Duration::minutes(10);
+        assert_eq!((run.deadline, run.wake_at), (Some(until), Some(until)));
+        // Early: nothing happens.
+        let (same, effects) = decide(
+            &wf,
+            &run,
+            &Event::DeadlinePassed,
+            until - chrono::Duration::seconds(1),
+        );
+        assert_eq!((same, effects.len()), (run.clone(), 0));
+        // Started in time, the queue's deadline goes (no workflow timeout here).
+        let (started, _) = decide(&wf, &run, &Event::Started, t0);
+        assert_eq!(started.deadline, None);
+        // Past it, still queued: cancelled, saying why.
+        let (gone, _) = decide(&wf, &run, &Event::DeadlinePassed, until);
+        assert_eq!(gone.status, RunStatus::Cancelled);
+        let reason = gone.cancel_reason.unwrap();
+        assert!(
+            reason.contains("queue_timeout of 10m") && reason.contains("`k`"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn a_queued_run_starts_only_below_the_limit() {
         assert!(may_start(1, 0));
         assert!(!may_start(1, 1));

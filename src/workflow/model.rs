@@ -175,6 +175,9 @@ pub struct Concurrency {
     pub jitter: Option<Duration>,
     /// `key` / `limit` / `on_limit`: runs of this workflow with the same rendered key.
     pub per_key: Option<RunKey>,
+    /// How long a run may wait for its turn (queued behind its schedule's `overlap` or its
+    /// `key`) before it is cancelled instead of started.
+    pub queue_timeout: Option<Duration>,
 }
 
 /// Runs per key: at most `limit` runs of the workflow with the same key are going at once.

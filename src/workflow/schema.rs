@@ -160,6 +160,9 @@ shape! {
         "limit" => limit: Option<u32>,
         /// What a run over the limit does (default `queue`).
         "on_limit" => on_limit: Option<OnLimitDecl>,
+        /// How long a queued run (behind `overlap: buffer_*` or its `key`) may wait for its
+        /// turn; then it is cancelled instead of started. Default: no limit.
+        "queue_timeout" => queue_timeout: Option<DurationText>,
     }
 }
 

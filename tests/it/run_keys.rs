@@ -242,3 +242,50 @@ fn two_daemons_on_one_postgresql_share_a_keys_limit() {
     assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:#?}");
     assert_eq!(most_at_once(&runs), 1, "{runs:#?}");
 }
+
+#[test]
+fn a_run_queued_longer_than_its_queue_timeout_is_cancelled_and_the_queue_moves_on() {
+    let (receiver, dir, wf) = receiver_and_workflows();
+    write(
+        &wf,
+        "sync.yaml",
+        &format!(
+            r#"name: sync
+on: {{ webhook: true }}
+inputs:
+  user: {{ type: string, required: true }}
+concurrency:
+  key: "sync-{{{{ input.user }}}}"
+  queue_timeout: 1s
+steps:
+  - id: call
+    http: {{ url: "{}/slow/2500" }}
+"#,
+            receiver.base
+        ),
+    );
+    let daemon = Daemon::start(&wf, &dir.path().join("timeout.db"), None);
+    let api = daemon.api();
+    let first = api.start_run("sync", r#"{"user": "a"}"#);
+    let second = api.start_run("sync", r#"{"user": "a"}"#);
+    let gone = api.wait_run(&second, Duration::from_secs(10));
+    assert_eq!(gone["status"], "cancelled", "{gone:#}");
+    assert!(
+        gone["cancel_reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not start within its queue_timeout of 1s"),
+        "{gone:#}"
+    );
+    assert!(gone["started_at"].is_null(), "it never started: {gone:#}");
+    assert_eq!(
+        api.wait_run(&first, Duration::from_secs(10))["status"],
+        "succeeded"
+    );
+    // The key is free again: a new run starts at once.
+    let third = api.start_run("sync", r#"{"user": "a"}"#);
+    assert_eq!(
+        api.wait_run(&third, Duration::from_secs(10))["status"],
+        "succeeded"
+    );
+}

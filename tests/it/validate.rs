@@ -157,6 +157,10 @@ fn the_valid_fixture_builds_the_model_it_says() {
         (per_key.limit, per_key.on_limit),
         (2, workflow::OnLimit::Queue)
     );
+    assert_eq!(
+        wf.concurrency.queue_timeout,
+        Some(std::time::Duration::from_secs(7200))
+    );
     match &wf.find_step("verified").expect("step").kind {
         workflow::StepKind::WaitForEvent(w) => {
             assert_eq!(w.event, "email.verified");

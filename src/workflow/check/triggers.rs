@@ -323,6 +323,9 @@ impl Checker<'_> {
                 .get("catchup_window")
                 .and_then(|n| self.duration(n, "catchup_window")),
             jitter: f.get("jitter").and_then(|n| self.duration(n, "jitter")),
+            queue_timeout: f
+                .get("queue_timeout")
+                .and_then(|n| self.positive_duration(n, "queue_timeout")),
         }
     }
 }
