@@ -175,6 +175,7 @@ fn a_called_run_reports_its_end_and_output_to_its_caller() {
         run_id: "run-0".into(),
         step: "bill".into(),
         attempt: 1,
+        depth: 1,
     });
     apply(&wf, &mut run, started(), t0());
     let effects = apply(&wf, &mut run, ok("charge", 1), t0());

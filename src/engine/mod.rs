@@ -30,8 +30,8 @@ pub use decide::decide;
 pub use effect::{Effect, ItemResult, NewItem};
 pub use event::{AttemptResult, Event, Outcome, cancel_wait, is_cancel_wait};
 pub use run::{
-    Awaiting, ChildRef, Failure, Fan, Item, NewRun, ParentRef, Run, RunStatus, StepState,
-    StepStatus, Trigger,
+    Awaiting, ChildRef, Failure, Fan, Item, MAX_CALL_DEPTH, NewRun, ParentRef, Run, RunStatus,
+    StepState, StepStatus, Trigger,
 };
 
 /// The run state machine's names in one place (`use crate::engine::*`).

@@ -209,7 +209,18 @@ pub struct ParentRef {
     pub run_id: String,
     pub step: String,
     pub attempt: u32,
+    /// How many runs call this one, up the chain (1: called by a run nobody called).
+    #[serde(default = "one")]
+    pub depth: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// The most runs one chain of `call` steps may hold below the first (a workflow that calls
+/// itself, or a cycle of them, ends there instead of starting runs forever).
+pub const MAX_CALL_DEPTH: u32 = 10;
 
 /// What a `wait_for_event` step waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,9 @@
 //! I/O shell.
 
 use super::Executor;
-use crate::engine::{Effect, Event, NewRun, ParentRef, Run, RunStatus, StepStatus, Trigger};
+use crate::engine::{
+    Effect, Event, MAX_CALL_DEPTH, NewRun, ParentRef, Run, RunStatus, StepStatus, Trigger,
+};
 use crate::store::{NewRunRequest, StoreError, Version};
 use crate::workflow::StepKind;
 use std::sync::Arc;
@@ -126,6 +128,13 @@ impl Executor {
             // A late effect of an attempt the run is past: the report is absorbed anyway.
             return failed("the step is no longer waiting for this attempt".into());
         }
+        let depth = run.parent.as_ref().map_or(0, |p| p.depth) + 1;
+        if depth > MAX_CALL_DEPTH {
+            return failed(format!(
+                "calls nest deeper than {MAX_CALL_DEPTH} runs (does `{}` call itself, directly or through others?)",
+                call.workflow
+            ));
+        }
         let input = match crate::engine::call_input(&wf, run, def, call) {
             Ok(i) => i,
             Err(e) => return failed(e),
@@ -174,6 +183,7 @@ impl Executor {
                 run_id: run.id.clone(),
                 step: step.to_string(),
                 attempt,
+                depth,
             }),
         };
         match self.start(request).await {

@@ -199,3 +199,31 @@ fn validate_checks_the_called_workflow_and_its_inputs() {
         "{text}"
     );
 }
+
+#[test]
+fn a_workflow_that_calls_itself_stops_at_the_depth_limit() {
+    let (_receiver, dir, wf) = receiver_and_workflows();
+    write(
+        &wf,
+        "again.yaml",
+        "name: again\non: { webhook: true }\nsteps:\n  - id: deeper\n    call: { workflow: again }\n",
+    );
+    let daemon = Daemon::start(&wf, &dir.path().join("deep.db"), None);
+    let id = daemon.api().start_run("again", "{}");
+    let done = daemon.api().wait_run(&id, Duration::from_secs(30));
+    assert_eq!(done["status"], "failed", "{done:#}");
+    let runs = runs_of(&daemon, "again");
+    assert_eq!(runs.len(), 11, "the first run and ten below it");
+    let deepest = runs
+        .iter()
+        .map(|r| {
+            daemon
+                .api()
+                .get(&format!("/runs/{}", r["id"].as_str().unwrap()))
+                .1
+        })
+        .find(|r| r["parent"]["depth"] == 10)
+        .expect("the deepest run");
+    let error = deepest["failure"]["error"].as_str().unwrap();
+    assert!(error.contains("calls nest deeper than 10"), "{error}");
+}
