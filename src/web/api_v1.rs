@@ -409,13 +409,18 @@ fn yaml_schedule_json(
     })
 }
 
-async fn list_workflows(State(state): State<Shared>) -> ApiResult {
-    let paused = state
+/// The YAML schedules paused (read before the registry's lock is taken).
+async fn paused_yaml(state: &AppState) -> Result<std::collections::HashSet<String>, ApiError> {
+    state
         .exec
         .store()
         .paused_yaml()
         .await
-        .map_err(ApiError::store)?;
+        .map_err(ApiError::store)
+}
+
+async fn list_workflows(State(state): State<Shared>) -> ApiResult {
+    let paused = paused_yaml(&state).await?;
     let reg = daemon(&state, "the list of workflows")?.registry();
     let items: Vec<Value> = reg
         .files()
@@ -464,12 +469,7 @@ async fn resume_yaml_schedule(
 }
 
 async fn get_workflow(State(state): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let paused = state
-        .exec
-        .store()
-        .paused_yaml()
-        .await
-        .map_err(ApiError::store)?;
+    let paused = paused_yaml(&state).await?;
     let reg = daemon(&state, "a workflow")?.registry();
     let found = reg.files().find(|f| {
         f.active.as_ref().is_some_and(|v| v.workflow.name == name)

@@ -522,23 +522,28 @@ impl<'s> Checker<'s> {
             }
         }
 
+        // What hooks and `output` see: every step, done.
+        let after_all = Scope {
+            inputs: &inputs.declared,
+            secrets: &secrets,
+            before: &all,
+            earlier: &all,
+            needs: &[],
+            all: &all,
+            current: None,
+            item: None,
+            in_hook: false,
+            no_secrets: None,
+            undefined_is_false: false,
+        };
         let mut on_failure = Vec::new();
         if let Some(n) = f.get("on_failure") {
             match &n.value {
                 Value::Seq(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let scope = Scope {
-                            inputs: &inputs.declared,
-                            secrets: &secrets,
-                            before: &all,
-                            earlier: &all,
-                            needs: &[],
-                            all: &all,
-                            current: None,
-                            item: None,
                             in_hook: true,
-                            no_secrets: None,
-                            undefined_is_false: false,
+                            ..after_all
                         };
                         let default_id = format!("on_failure-{}", i + 1);
                         if let Some(step) =
@@ -555,17 +560,8 @@ impl<'s> Checker<'s> {
         // the run and handed to the run that called it.
         let output = f.get("output").map(|n| {
             let scope = Scope {
-                inputs: &inputs.declared,
-                secrets: &secrets,
-                before: &all,
-                earlier: &all,
-                needs: &[],
-                all: &all,
-                current: None,
-                item: None,
-                in_hook: false,
                 no_secrets: Some(NoSecrets::Stored("the workflow's `output`")),
-                undefined_is_false: false,
+                ..after_all
             };
             self.templates_in(n, &scope);
             n.to_json()
