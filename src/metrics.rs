@@ -317,8 +317,8 @@ impl Metrics {
     }
 }
 
-/// The gauges of flow-control keys, one series per key: calls in flight, waiting, started in
-/// the key's period, and whether a `Retry-After` holds it closed.
+/// The gauges of flow-control keys, one series per key (at most [`MAX_SERIES`]): calls in
+/// flight, waiting, started in the key's period, and whether a `Retry-After` holds it closed.
 pub(crate) fn flow_text(rows: &[crate::store::FlowKeyRow]) -> String {
     let mut out = String::new();
     type Series = (
@@ -348,11 +348,20 @@ pub(crate) fn flow_text(rows: &[crate::store::FlowKeyRow]) -> String {
             |r| i64::from(r.closed_until.is_some()),
         ),
     ];
+    // Keys may come from run input (one per tenant, per order): the busiest MAX_SERIES keys
+    // get series of their own, the rest are summed under `_other`.
+    let mut rows: Vec<&crate::store::FlowKeyRow> = rows.iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse((r.in_flight + r.waiting, r.started_in_period)));
+    let (own, rest) = rows.split_at(rows.len().min(MAX_SERIES));
     for (name, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for r in rows {
+        for r in own {
             let key = escape(&r.key);
             let _ = writeln!(out, "{name}{{key=\"{key}\"}} {}", value(r));
+        }
+        if !rest.is_empty() {
+            let sum: i64 = rest.iter().map(|r| value(r)).sum();
+            let _ = writeln!(out, "{name}{{key=\"{OTHER}\"}} {sum}");
         }
     }
     out
@@ -407,6 +416,34 @@ mod tests {
         assert_eq!(series, MAX_SERIES + 1, "bounded, with one `_other`");
         assert!(
             text.contains("runner_runs_started_total{workflow=\"_other\"} 51"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn flow_keys_past_the_limit_are_summed_under_other() {
+        let rows: Vec<crate::store::FlowKeyRow> = (0..MAX_SERIES + 10)
+            .map(|i| crate::store::FlowKeyRow {
+                key: format!("tenant-{i}"),
+                parallelism: Some(4),
+                rate: None,
+                period_ms: 1000,
+                // The busiest keys first keep their own series.
+                in_flight: if i < 5 { 3 } else { 1 },
+                waiting: 0,
+                started_in_period: 0,
+                closed_until: None,
+            })
+            .collect();
+        let text = flow_text(&rows);
+        let in_flight: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("runner_flow_in_flight{"))
+            .collect();
+        assert_eq!(in_flight.len(), MAX_SERIES + 1);
+        assert!(text.contains("runner_flow_in_flight{key=\"tenant-3\"} 3"));
+        assert!(
+            text.contains("runner_flow_in_flight{key=\"_other\"} 10"),
             "{text}"
         );
     }

@@ -647,13 +647,22 @@ fn abandon(run: &mut Run, why: &str, now: DateTime<Utc>, effects: &mut Vec<Effec
     }
 }
 
-/// A `call` step that stops while its run goes on: that run is cancelled too.
+/// What a called run's cancel says, before the first cause.
+const CALLER_STOPPED: &str = "cancelled with the run that called it";
+
+/// A `call` step that stops while its run goes on: that run is cancelled too, with the first
+/// cause (down a chain of calls the reason is passed on as it is, not wrapped again).
 fn stop_child(s: &mut StepState, why: &str, effects: &mut Vec<Effect>) {
     if let Some(child) = s.child.as_mut().filter(|c| c.open) {
         child.open = false;
+        let reason = if why.starts_with(CALLER_STOPPED) {
+            why.to_string()
+        } else {
+            format!("{CALLER_STOPPED}: {why}")
+        };
         effects.push(Effect::CancelChild {
             run_id: child.run_id.clone(),
-            reason: format!("cancelled with the run that called it: {why}"),
+            reason,
         });
     }
 }

@@ -787,7 +787,13 @@ impl Executor {
                 outcome,
                 ..
             } => {
-                if matches!(outcome, Outcome::Retryable { .. }) {
+                // Scheduled again: the record says so (a retryable failure of the last attempt
+                // the retry limit allows is a failure, not a retry).
+                let retried = match record {
+                    Some(r) => r.outcome == AttemptResult::Retry,
+                    None => matches!(outcome, Outcome::Retryable { .. }),
+                };
+                if retried {
                     self.inner.metrics.retry(&run.workflow, step);
                 }
                 warn!(run_id = %run.id, workflow = %run.workflow, step, attempt, error = %error, outcome = ?outcome, "attempt failed");

@@ -289,3 +289,26 @@ steps:
         "succeeded"
     );
 }
+
+#[test]
+fn the_retry_metric_counts_the_attempts_scheduled_again_not_the_last_failure() {
+    let (receiver, dir, wf) = receiver_and_workflows();
+    write(
+        &wf,
+        "flaky.yaml",
+        &format!(
+            "name: flaky\non: {{ webhook: true }}\nsteps:\n  - id: call\n    http: {{ url: \"{}/flaky/5\" }}\n    retry: {{ limit: 2, backoff: fixed, initial: 100ms }}\n",
+            receiver.base
+        ),
+    );
+    let daemon = Daemon::start(&wf, &dir.path().join("retries.db"), None);
+    let id = daemon.api().start_run("flaky", "{}");
+    let done = daemon.api().wait_run(&id, Duration::from_secs(20));
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["steps"][0]["attempts"], 3);
+    let metrics = crate::support::ureq_get(&format!("{}/metrics", daemon.base));
+    assert!(
+        metrics.contains("runner_step_retries_total{workflow=\"flaky\",step=\"call\"} 2"),
+        "3 attempts are 2 retries:\n{metrics}"
+    );
+}

@@ -315,6 +315,24 @@ impl Checker<'_> {
             self.condition(n, s, &scope);
             Some(Template(text))
         });
+        if kind_key.name == "call" {
+            // The called run is bounded by its own workflow's `timeout` and retries its own
+            // steps; a key here would be silently ignored.
+            for key in ["timeout", "retry"] {
+                if let Some(k) = f.key(key) {
+                    self.error(
+                        k.pos,
+                        k.name.chars().count(),
+                        Code::InvalidValue,
+                        format!("a `call` step cannot have `{key}`"),
+                        Some(
+                            "the called workflow's own `timeout` bounds its run, and its steps' `retry` retry them"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
         let timeout = f
             .get("timeout")
             .and_then(|n| self.positive_duration(n, "timeout"))
