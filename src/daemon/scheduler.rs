@@ -303,7 +303,7 @@ impl Scheduler {
                 return;
             }
         };
-        let wanted: Vec<(String, String, Arc<CronSchedule>, serde_json::Value)> = {
+        let wanted: Vec<(String, String, Arc<CronSchedule>, serde_json::Value, String)> = {
             let reg = self.registry.read().expect("registry lock");
             reg.active()
                 .into_iter()
@@ -314,6 +314,7 @@ impl Scheduler {
                             v.workflow.name.clone(),
                             Arc::new(s.cron.clone()),
                             s.input.clone(),
+                            s.signature(),
                         )
                     })
                 })
@@ -330,14 +331,9 @@ impl Scheduler {
             info!(schedule = %id, "schedule removed");
             self.remove(&id);
         }
-        for (id, workflow, cron, input) in wanted {
-            let paused = paused.contains(&id);
-            let signature = format!(
-                "{}|{}|{}|{paused}",
-                cron.expression(),
-                cron.timezone().name(),
-                input
-            );
+        for (id, workflow, cron, input, what) in wanted {
+            let paused = paused.contains(&(workflow.clone(), what.clone()));
+            let signature = format!("{what}|{paused}");
             if self
                 .entries
                 .get(&id)

@@ -149,9 +149,15 @@ impl Schedules<'_> {
         let Some(s) = version.workflow.schedules.get(index) else {
             return Err(ScheduleError::NotFound(id));
         };
-        let key = crate::schedule::id::key_of_public(&id);
+        let key = crate::schedule::id::file_key(workflow, index);
+        let signature = s.signature();
+        let pause = crate::store::YamlPause {
+            workflow,
+            signature: &signature,
+            key: &key,
+        };
         self.store
-            .set_yaml_paused(&key, paused, chrono::Utc::now())
+            .set_yaml_paused(pause, paused, chrono::Utc::now())
             .await?;
         let _ = self.changes.send(Change::Reload).await;
         Ok(YamlSchedule {

@@ -536,22 +536,25 @@ impl Store {
         }
     }
 
-    /// Pauses or resumes a YAML schedule (its scheduler key, `yaml:<workflow>:<index>`); on a
-    /// shared database the leader's scheduler is told.
+    /// Pauses or resumes a YAML schedule of `workflow` (its `Schedule::signature`); a resume
+    /// also moves the mark of the scheduler's `key` for it to now, so that the slots passed
+    /// while it was paused are not due. On a shared database the leader's scheduler is told.
     pub async fn set_yaml_paused(
         &self,
-        key: &str,
+        pause: YamlPause<'_>,
         paused: bool,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.set_yaml_paused(key, paused, now).await,
-            Backend::Postgres(p) => p.set_yaml_paused(key, paused, now).await,
+            Backend::Sqlite(s) => s.set_yaml_paused(pause, paused, now).await,
+            Backend::Postgres(p) => p.set_yaml_paused(pause, paused, now).await,
         }
     }
 
-    /// The YAML schedules paused (their scheduler keys).
-    pub async fn paused_yaml(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+    /// The YAML schedules paused: (workflow, signature).
+    pub async fn paused_yaml(
+        &self,
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.paused_yaml(),
             Backend::Postgres(p) => p.paused_yaml().await,

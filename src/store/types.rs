@@ -373,3 +373,12 @@ pub struct FlowKeyRow {
     #[serde(serialize_with = "rfc3339::option")]
     pub closed_until: Option<DateTime<Utc>>,
 }
+
+/// A YAML schedule to pause or resume: its workflow, what it is (`Schedule::signature`), and
+/// the scheduler's key for its place in the file (whose mark a resume moves).
+#[derive(Debug, Clone, Copy)]
+pub struct YamlPause<'a> {
+    pub workflow: &'a str,
+    pub signature: &'a str,
+    pub key: &'a str,
+}

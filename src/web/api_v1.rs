@@ -324,7 +324,7 @@ fn json_ok(status: StatusCode, v: Value) -> ApiResult {
 fn workflow_json(
     f: &crate::registry::FileState,
     with_source: bool,
-    paused: &std::collections::HashSet<String>,
+    paused: &std::collections::HashSet<(String, String)>,
 ) -> Value {
     let now = chrono::Utc::now();
     let mut v = json!({
@@ -352,7 +352,7 @@ fn workflow_json(
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let is_paused = paused.contains(&crate::schedule::id::file_key(&wf.name, i));
+                    let is_paused = paused.contains(&(wf.name.clone(), s.signature()));
                     yaml_schedule_json(
                         &format!("{}/{i}", wf.name),
                         &s.cron,
@@ -410,7 +410,9 @@ fn yaml_schedule_json(
 }
 
 /// The YAML schedules paused (read before the registry's lock is taken).
-async fn paused_yaml(state: &AppState) -> Result<std::collections::HashSet<String>, ApiError> {
+async fn paused_yaml(
+    state: &AppState,
+) -> Result<std::collections::HashSet<(String, String)>, ApiError> {
     state
         .exec
         .store()

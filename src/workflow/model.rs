@@ -77,6 +77,19 @@ pub struct Schedule {
     pub input: serde_json::Value,
 }
 
+impl Schedule {
+    /// What the schedule is (cron, zone, input), whatever its place in the file: a pause is
+    /// kept for it, so it follows the schedule when others are added or moved before it.
+    pub fn signature(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.cron.expression(),
+            self.cron.timezone().name(),
+            self.input
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputType {

@@ -26,7 +26,7 @@ use runner::store::ScheduleSpec;
 use runner::store::Store;
 use serde_json::{Value, json};
 
-use crate::support::{Daemon, runner_cmd, temp_dir, write};
+use crate::support::{Daemon, runner_cmd, temp_dir, wait_for, write};
 
 /// How long a check waits for claims that `start` fired in tasks of their own.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(20);
@@ -788,8 +788,18 @@ async fn d_a_paused_yaml_schedule_does_not_fire_until_resumed_across_restarts() 
         "{claims:?}"
     );
     drop(s);
+    let text = std::fs::read_to_string(rig.dir.join("hourly.yaml")).unwrap();
+    let signature = runner::workflow::check_file("hourly.yaml", &text)
+        .expect("valid")
+        .schedules[0]
+        .signature();
+    let pause = runner::store::YamlPause {
+        workflow: "hourly",
+        signature: &signature,
+        key: "yaml:hourly:0",
+    };
     rig.store()
-        .set_yaml_paused("yaml:hourly:0", true, t("2026-06-01T06:10:00Z"))
+        .set_yaml_paused(pause, true, t("2026-06-01T06:10:00Z"))
         .await
         .expect("pause");
     // Paused: 07:00 passes without a fire, after a restart too.
@@ -798,7 +808,7 @@ async fn d_a_paused_yaml_schedule_does_not_fire_until_resumed_across_restarts() 
     rig.settle(1).await;
     drop(s);
     rig.store()
-        .set_yaml_paused("yaml:hourly:0", false, t("2026-06-01T07:30:00Z"))
+        .set_yaml_paused(pause, false, t("2026-06-01T07:30:00Z"))
         .await
         .expect("resume");
     let mut s = rig.scheduler();
@@ -1039,6 +1049,25 @@ fn a_yaml_schedule_is_paused_and_resumed_by_the_api_and_the_cli() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(schedule(&api)["paused"], false);
     assert_eq!(schedule(&api)["next"].as_array().unwrap().len(), 3);
+
+    // A pause follows its schedule, not its place: another schedule put before it is not
+    // paused, and it still is.
+    let (status, v) = api.post("/workflows/hourly/schedules/0/pause", "");
+    assert_eq!(status, 200, "{v}");
+    write(
+        &dir,
+        "hourly.yaml",
+        "name: hourly\non:\n  schedule:\n    - cron: \"@daily\"\n    - cron: \"0 * * * *\"\nconcurrency:\n  overlap: skip\nsteps:\n  - id: nap\n    sleep: 1h\n",
+    );
+    let moved = wait_for(Duration::from_secs(10), "the edit to load", || {
+        let (_, v) = api.get("/workflows/hourly");
+        (v["schedules"].as_array().map(Vec::len) == Some(2)).then_some(v)
+    });
+    assert_eq!(moved["schedules"][0]["paused"], false, "{moved:#}");
+    assert_eq!(moved["schedules"][1]["cron"], "0 * * * *");
+    assert_eq!(moved["schedules"][1]["paused"], true, "{moved:#}");
+    let (status, _) = api.post("/workflows/hourly/schedules/1/resume", "");
+    assert_eq!(status, 200);
 
     // Unknown ones are 404s naming what is missing.
     let (status, v) = api.post("/workflows/hourly/schedules/3/pause", "");

@@ -581,7 +581,7 @@ impl PgStore {
 
     pub async fn set_yaml_paused(
         &self,
-        key: &str,
+        pause: YamlPause<'_>,
         paused: bool,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
@@ -589,8 +589,8 @@ impl PgStore {
         if paused {
             self.exec(
                 doing,
-                "INSERT INTO schedule_pauses(schedule, paused_at) VALUES ($1, $2) ON CONFLICT (schedule) DO NOTHING",
-                &[&key, &ms(now)],
+                "INSERT INTO schedule_pauses(workflow, signature, paused_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&pause.workflow, &pause.signature, &ms(now)],
             )
             .await?;
         } else {
@@ -598,12 +598,15 @@ impl PgStore {
             // now), so no catch-up fires them.
             let mut c = self.client(doing).await?;
             let tx = c.transaction().await.map_err(sql(doing))?;
-            tx.execute("DELETE FROM schedule_pauses WHERE schedule = $1", &[&key])
-                .await
-                .map_err(sql(doing))?;
+            tx.execute(
+                "DELETE FROM schedule_pauses WHERE workflow = $1 AND signature = $2",
+                &[&pause.workflow, &pause.signature],
+            )
+            .await
+            .map_err(sql(doing))?;
             tx.execute(
                 "INSERT INTO schedule_marks(schedule, since) VALUES ($1, $2) ON CONFLICT (schedule) DO UPDATE SET since = greatest(schedule_marks.since, excluded.since)",
-                &[&key, &ms(now)],
+                &[&pause.key, &ms(now)],
             )
             .await
             .map_err(sql(doing))?;
@@ -614,16 +617,18 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn paused_yaml(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+    pub async fn paused_yaml(
+        &self,
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
         Ok(self
             .rows(
                 "listing paused schedules",
-                "SELECT schedule FROM schedule_pauses",
+                "SELECT workflow, signature FROM schedule_pauses",
                 &[],
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect())
     }
 

@@ -605,43 +605,51 @@ impl SqliteStore {
 
     pub async fn set_yaml_paused(
         &self,
-        key: &str,
+        pause: YamlPause<'_>,
         paused: bool,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let key = key.to_string();
+        let (workflow, signature, key) = (
+            pause.workflow.to_string(),
+            pause.signature.to_string(),
+            pause.key.to_string(),
+        );
         self.write(move |c| {
             let r = if paused {
                 c.execute(
-                    "INSERT INTO schedule_pauses(schedule, paused_at) VALUES (?1, ?2) ON CONFLICT(schedule) DO NOTHING",
-                    params![key, ms(now)],
+                    "INSERT INTO schedule_pauses(workflow, signature, paused_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![workflow, signature, ms(now)],
                 )
             } else {
                 // Resumed: the slots that passed while it was paused are not due (the mark
                 // moves to now, as if they had been seen), so no catch-up fires them.
-                c.execute("DELETE FROM schedule_pauses WHERE schedule = ?1", [&key])
-                    .and_then(|_| {
-                        c.execute(
-                            "INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT(schedule) DO UPDATE SET since = max(since, excluded.since)",
-                            params![key, ms(now)],
-                        )
-                    })
+                c.execute(
+                    "DELETE FROM schedule_pauses WHERE workflow = ?1 AND signature = ?2",
+                    params![workflow, signature],
+                )
+                .and_then(|_| {
+                    c.execute(
+                        "INSERT INTO schedule_marks(schedule, since) VALUES (?1, ?2) ON CONFLICT(schedule) DO UPDATE SET since = max(since, excluded.since)",
+                        params![key, ms(now)],
+                    )
+                })
             };
             r.map(drop).map_err(sql("pausing a schedule"))
         })
         .await
     }
 
-    pub fn paused_yaml(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+    pub fn paused_yaml(&self) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
         self.read(|c| {
-            strings(
-                c,
-                "SELECT schedule FROM schedule_pauses",
-                [],
-                "listing paused schedules",
-            )
+            let doing = "listing paused schedules";
+            let mut stmt = c
+                .prepare_cached("SELECT workflow, signature FROM schedule_pauses")
+                .map_err(sql(doing))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql(doing))?;
+            rows.collect::<Result<_, _>>().map_err(sql(doing))
         })
-        .map(|v| v.into_iter().collect())
     }
 
     // --- approval links ----------------------------------------------------------------------

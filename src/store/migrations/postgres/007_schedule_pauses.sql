@@ -1,6 +1,8 @@
--- YAML schedules paused by the API or the CLI (`yaml:<workflow>:<index>`, as the scheduler keys
--- them). A row is a pause; resuming deletes it.
+-- YAML schedules paused by the API or the CLI, kept for the schedule as written (cron, zone and
+-- input: `signature`), not for its place in the file. A row is a pause; resuming deletes it.
 CREATE TABLE schedule_pauses (
-    schedule TEXT PRIMARY KEY,
-    paused_at BIGINT NOT NULL
+    workflow TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    paused_at BIGINT NOT NULL,
+    PRIMARY KEY (workflow, signature)
 );

@@ -1,7 +1,11 @@
--- YAML schedules paused by the API or the CLI (`workflow/index` as the scheduler keys them,
--- `yaml:<workflow>:<index>`). A row is a pause; resuming deletes it. Programmatic schedules
--- keep their own `paused` column.
+-- YAML schedules paused by the API or the CLI. A pause is kept for the schedule as it is
+-- written (its cron, zone and input: `signature`), not for its place in the file, so it
+-- follows the schedule when others are added or moved before it, and an edited schedule is a
+-- new one. A row is a pause; resuming deletes it. Programmatic schedules keep their own
+-- `paused` column.
 CREATE TABLE schedule_pauses (
-    schedule TEXT PRIMARY KEY,
-    paused_at INTEGER NOT NULL
+    workflow TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    paused_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow, signature)
 ) WITHOUT ROWID;
