@@ -137,7 +137,32 @@ pub(super) async fn run_foreground(
         if let Some(owner) = pages.owner.as_mut() {
             owner.claim(&run.id)?;
         }
-        println!("run {} started: {}", run.id, run.workflow);
+        match (&run.concurrency_key, run.status) {
+            (Some(key), crate::engine::RunStatus::Pending) => {
+                println!(
+                    "run {} queued behind the runs with concurrency key `{key}`: {}",
+                    run.id, run.workflow
+                );
+                // Started when the key has room: by whichever process ends a run with it, or,
+                // when that was another `runner run`, from here.
+                let (exec, workflow, key) = (engine.clone(), run.workflow.clone(), key.clone());
+                let id = run.id.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        match exec.store().run_status(&id).await {
+                            Ok(Some(crate::engine::RunStatus::Pending)) => {
+                                crate::ops::start::dequeue_key(&exec, &workflow, &key).await
+                            }
+                            Ok(_) => return,
+                            Err(_) => {}
+                        }
+                    }
+                });
+            }
+            _ => println!("run {} started: {}", run.id, run.workflow),
+        }
     } else {
         println!(
             "run {} already exists for this idempotency key: {}",

@@ -279,14 +279,33 @@ impl Executor {
             }
             return answer;
         }
-        match rx.await {
-            Ok(status) => Ok(status),
-            Err(_) => Ok(self
-                .inner
-                .store
-                .run_status(run_id)
-                .await?
-                .unwrap_or(RunStatus::Failed)),
+        // Another process may finish it (a daemon beside `runner run` that started it from a
+        // queue, or took it over): the store is asked too, every second.
+        let mut rx = rx;
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                got = &mut rx => {
+                    return match got {
+                        Ok(status) => Ok(status),
+                        Err(_) => Ok(self
+                            .inner
+                            .store
+                            .run_status(run_id)
+                            .await?
+                            .unwrap_or(RunStatus::Failed)),
+                    };
+                }
+                _ = poll.tick() => {
+                    if let Ok(Some(status)) = self.inner.store.run_status(run_id).await
+                        && status.is_terminal()
+                    {
+                        return Ok(status);
+                    }
+                }
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::support::{Daemon, QstashReceiver, receiver_and_workflows, wait_for, write};
+use crate::support::{Daemon, QstashReceiver, receiver_and_workflows, runner_cmd, wait_for, write};
 
 fn file(dir: &Path, receiver: &QstashReceiver, limit: u32, on_limit: &str, ms: u32) {
     write(
@@ -311,4 +311,60 @@ fn the_retry_metric_counts_the_attempts_scheduled_again_not_the_last_failure() {
         metrics.contains("runner_step_retries_total{workflow=\"flaky\",step=\"call\"} 2"),
         "3 attempts are 2 retries:\n{metrics}"
     );
+}
+
+#[test]
+fn runner_run_queued_behind_a_key_waits_its_turn_and_ends() {
+    let (receiver, dir, wf) = receiver_and_workflows();
+    file(&wf, &receiver, 1, "queue", 1500);
+    let db = dir.path().join("fg.db");
+    let (current, next) = crate::support::test_keys();
+    let run = |n: u32| {
+        runner_cmd()
+            .env("RUNNER_SIGNING_KEY", &current)
+            .env("RUNNER_NEXT_SIGNING_KEY", &next)
+            .args(["run", "sync", "--input"])
+            .arg(format!(r#"{{"user": "a", "n": {n}}}"#))
+            .arg("--db")
+            .arg(&db)
+            .arg("--dir")
+            .arg(&wf)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runner run")
+    };
+    let first = run(1);
+    wait_for(Duration::from_secs(10), "the first run's call", || {
+        crate::support::receiver_log(&receiver)
+            .iter()
+            .any(|r| r["url"].as_str().unwrap_or("").ends_with("n=1"))
+            .then_some(())
+    });
+    // Two processes, no daemon: the second waits for the first, then runs.
+    let second = run(2);
+    // Bounded: a `runner run` that never ends is killed, and the test fails below.
+    let ended = |mut child: std::process::Child| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    let (a, b) = (ended(first), ended(second));
+    let out = String::from_utf8_lossy(&b.stdout).into_owned();
+    assert!(a.status.success(), "{a:?}");
+    assert!(
+        b.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert!(
+        out.contains("queued behind the runs with concurrency key `sync-a`"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("succeeded"), "{out}");
 }
