@@ -512,6 +512,10 @@ impl Run {
             }
             Some(match s.status {
                 StepStatus::Pending => format!("step `{}` to start", s.id),
+                StepStatus::Running if s.kind == StepKindName::Call => match &s.child {
+                    Some(c) => format!("the run {} that step `{}` called to end", c.run_id, s.id),
+                    None => format!("step `{}` to start the run it calls", s.id),
+                },
                 StepStatus::Running => {
                     format!("attempt {} of step `{}` to answer", s.attempts, s.id)
                 }

@@ -124,6 +124,12 @@ fn cancelling_the_caller_cancels_the_called_run() {
         let (_, v) = api.get(&format!("/runs/{id}"));
         v["steps"][0]["child_run"].as_str().map(str::to_string)
     });
+    let (_, waiting) = api.get(&format!("/runs/{id}"));
+    assert_eq!(
+        waiting["waiting_for"],
+        format!("the run {child} that step `bill` called to end"),
+        "{waiting:#}"
+    );
     let (status, v) = api.post(&format!("/runs/{id}/cancel"), "{}");
     assert!(status == 200 || status == 202, "{status} {v}");
     let done = api.wait_run(&child, Duration::from_secs(10));
