@@ -413,6 +413,33 @@ pub struct NewRun {
     pub schedule_id: Option<String>,
 }
 
+impl NewRun {
+    /// A new run of `wf`: `input` checked against its `inputs` (defaults filled in), and its
+    /// `concurrency.key` rendered over it. Err: what is wrong with the input (a key that cannot
+    /// be rendered from it included).
+    pub fn prepare(
+        wf: &Workflow,
+        id: String,
+        version: String,
+        trigger: Trigger,
+        input: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<(NewRun, Option<String>), Vec<String>> {
+        let new = NewRun {
+            id,
+            version,
+            trigger,
+            input: crate::workflow::resolve_input(wf, input)?,
+            scheduled_for: None,
+            schedule_id: None,
+        };
+        let key = Run::new(wf, new.clone(), now)
+            .render_concurrency_key(wf)
+            .map_err(|e| vec![e])?;
+        Ok((new, key))
+    }
+}
+
 impl Run {
     pub fn new(wf: &Workflow, new: NewRun, now: DateTime<Utc>) -> Run {
         // Until it starts, its deadline is the end of its wait for its turn (if it is queued);

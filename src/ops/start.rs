@@ -44,34 +44,18 @@ fn new_run(
     trigger: Trigger,
     slot: Option<&SlotClaim>,
 ) -> Result<(NewRun, Option<String>), StartError> {
-    let input =
-        crate::workflow::resolve_input(&version.workflow, input).map_err(StartError::Input)?;
-    let new = NewRun {
-        id: new_run_id(),
-        version: version.hash.clone(),
+    let (mut new, key) = NewRun::prepare(
+        &version.workflow,
+        new_run_id(),
+        version.hash.clone(),
         trigger,
         input,
-        scheduled_for: slot.map(|s| s.at),
-        schedule_id: slot.and_then(|s| crate::schedule::id::public_of_key(&s.schedule)),
-    };
-    let key = Run::new(&version.workflow, new.clone(), chrono::Utc::now())
-        .render_concurrency_key(&version.workflow)
-        .map_err(|e| StartError::Input(vec![e]))?;
+        chrono::Utc::now(),
+    )
+    .map_err(StartError::Input)?;
+    new.scheduled_for = slot.map(|s| s.at);
+    new.schedule_id = slot.and_then(|s| crate::schedule::id::public_of_key(&s.schedule));
     Ok((new, key))
-}
-
-/// After a start with `on_limit: cancel_running` committed: the runs it displaced are cancelled.
-async fn cancel_displaced(exec: &Executor, applied: &crate::store::Applied) {
-    for id in &applied.displaced {
-        let reason = format!(
-            "cancelled: run {} has the same concurrency key `{}` (on_limit: cancel_running)",
-            applied.run.id,
-            applied.run.concurrency_key.as_deref().unwrap_or_default(),
-        );
-        if let Err(e) = super::cancel::cancel(exec, id, &reason).await {
-            tracing::debug!(run_id = %id, error = %e, "a displaced run was not cancelled");
-        }
-    }
 }
 
 /// Most queued runs one pass over a key tries to start.
@@ -129,7 +113,6 @@ pub async fn start(
             parent: None,
         })
         .await?;
-    cancel_displaced(exec, &applied).await;
     if !applied.created
         && applied.run.input != asked
         && let Some(key) = idempotency_key
@@ -166,6 +149,5 @@ pub async fn fire(
             parent: None,
         })
         .await?;
-    cancel_displaced(exec, &applied).await;
     Ok((!applied.slot_taken).then_some(applied.run))
 }

@@ -147,8 +147,15 @@ impl Executor {
         let Some(version) = workflows.active(&call.workflow) else {
             return failed(format!("no active workflow named `{}`", call.workflow));
         };
-        let input = match crate::workflow::resolve_input(&version.workflow, &input) {
-            Ok(i) => i,
+        let (new, concurrency_key) = match NewRun::prepare(
+            &version.workflow,
+            uuid::Uuid::now_v7().to_string(),
+            version.hash.clone(),
+            Trigger::Call,
+            &input,
+            chrono::Utc::now(),
+        ) {
+            Ok(parts) => parts,
             Err(errors) => {
                 return failed(format!(
                     "the input does not match the inputs of `{}`: {}",
@@ -156,20 +163,6 @@ impl Executor {
                     errors.join("; ")
                 ));
             }
-        };
-        let new = NewRun {
-            id: uuid::Uuid::now_v7().to_string(),
-            version: version.hash.clone(),
-            trigger: Trigger::Call,
-            input,
-            scheduled_for: None,
-            schedule_id: None,
-        };
-        let concurrency_key = match Run::new(&version.workflow, new.clone(), chrono::Utc::now())
-            .render_concurrency_key(&version.workflow)
-        {
-            Ok(k) => k,
-            Err(e) => return failed(e),
         };
         let request = NewRunRequest {
             version,
@@ -189,12 +182,6 @@ impl Executor {
         match self.start(request).await {
             Ok(applied) => {
                 let child = applied.run.id.clone();
-                for displaced in &applied.displaced {
-                    let reason = format!(
-                        "cancelled: run {child} has the same concurrency key (on_limit: cancel_running)"
-                    );
-                    self.cancel_child(displaced, &reason).await;
-                }
                 info!(run_id = %run.id, step, child = %child, workflow = %call.workflow, "started a called run");
                 (
                     Event::ChildStarted {

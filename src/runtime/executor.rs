@@ -186,6 +186,20 @@ impl Executor {
             info!(run_id = %run.id, workflow = %run.workflow, trigger = %run.trigger, status = run.status.as_str(), "run created");
         }
         self.after_commit(&applied);
+        // `on_limit: cancel_running`: the runs with its key it displaced stop now that it is in.
+        for id in &applied.displaced {
+            let reason = format!(
+                "cancelled: run {} has the same concurrency key `{}` (on_limit: cancel_running)",
+                applied.run.id,
+                applied.run.concurrency_key.as_deref().unwrap_or_default(),
+            );
+            let event = Event::CancelRequested {
+                reason: Some(reason),
+            };
+            if let Err(e) = self.apply(id, event).await {
+                warn!(run_id = %id, error = %e, "a displaced run was not cancelled");
+            }
+        }
         Ok(applied)
     }
 

@@ -201,36 +201,23 @@ fn bad_input_and_steps_without_a_request_are_clear_errors() {
     assert!(stderr.contains("does not match the inputs"), "{stderr}");
     assert!(stderr.contains("user"), "{stderr}");
 
-    let out = dry_run(
-        &wf,
-        &["notify", "--input", r#"{"user": "a"}"#, "--step", "pause"],
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("is a `sleep` step"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = dry_run(
-        &wf,
-        &["notify", "--input", r#"{"user": "a"}"#, "--step", "each"],
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--item"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = dry_run(
-        &wf,
-        &["notify", "--input", r#"{"user": "a"}"#, "--step", "nope"],
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("no step `nope`"),
-        "{}",
-        text(&out.stderr)
-    );
+    // Refused, saying what to give.
+    for (step, says) in [
+        ("pause", "is a `sleep` step"),
+        ("each", "--item"),
+        ("nope", "no step `nope`"),
+    ] {
+        let out = dry_run(
+            &wf,
+            &["notify", "--input", r#"{"user": "a"}"#, "--step", step],
+        );
+        assert!(!out.status.success(), "{step}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{step}: {}",
+            text(&out.stderr)
+        );
+    }
 
     // Without keys in the environment and no database file, it says where keys come from (on
     // PostgreSQL the tests' `--db FILE` names a database that is there).

@@ -43,6 +43,12 @@ fn time(v: &Value, field: &str) -> DateTime<Utc> {
         .expect("an RFC 3339 time")
 }
 
+/// Waits (at most `secs`) for run `id` to end, and asserts it succeeded.
+fn succeeded(api: &crate::support::Api, id: &str, secs: u64) {
+    let done = api.wait_run(id, Duration::from_secs(secs));
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+}
+
 /// The most runs of `runs` going at one moment (from their start and finish times).
 fn most_at_once(runs: &[Value]) -> usize {
     let mut edges: Vec<(DateTime<Utc>, i32)> = runs
@@ -150,19 +156,10 @@ fn skip_records_the_run_as_cancelled_with_the_run_it_gave_way_to() {
     );
     // Another key is not held back, and once the first ended the key is free again.
     let other = api.start_run("sync", r#"{"user": "b"}"#);
-    assert_eq!(
-        api.wait_run(&first, Duration::from_secs(30))["status"],
-        "succeeded"
-    );
-    assert_eq!(
-        api.wait_run(&other, Duration::from_secs(30))["status"],
-        "succeeded"
-    );
+    succeeded(&api, &first, 30);
+    succeeded(&api, &other, 30);
     let third = api.start_run("sync", r#"{"user": "a"}"#);
-    assert_eq!(
-        api.wait_run(&third, Duration::from_secs(30))["status"],
-        "succeeded"
-    );
+    succeeded(&api, &third, 30);
 }
 
 #[test]
@@ -278,16 +275,10 @@ steps:
         "{gone:#}"
     );
     assert!(gone["started_at"].is_null(), "it never started: {gone:#}");
-    assert_eq!(
-        api.wait_run(&first, Duration::from_secs(10))["status"],
-        "succeeded"
-    );
+    succeeded(&api, &first, 10);
     // The key is free again: a new run starts at once.
     let third = api.start_run("sync", r#"{"user": "a"}"#);
-    assert_eq!(
-        api.wait_run(&third, Duration::from_secs(10))["status"],
-        "succeeded"
-    );
+    succeeded(&api, &third, 10);
 }
 
 #[test]
