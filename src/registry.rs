@@ -234,6 +234,19 @@ pub struct Registry {
     dir: PathBuf,
     files: BTreeMap<String, FileState>,
     skipped_dirs: BTreeSet<PathBuf>,
+    /// The built-in `qstash` workflow (`workflow::builtin`): found by name like the files'
+    /// workflows, never listed with them.
+    qstash: Version,
+}
+
+/// The built-in `qstash` workflow's version.
+pub fn qstash_version() -> Version {
+    use crate::workflow::builtin;
+    Version::new(
+        builtin::QSTASH_PATH,
+        builtin::QSTASH_SOURCE,
+        builtin::qstash(),
+    )
 }
 
 impl Registry {
@@ -242,6 +255,7 @@ impl Registry {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
             skipped_dirs: BTreeSet::new(),
+            qstash: qstash_version(),
         }
     }
 
@@ -353,6 +367,9 @@ impl Registry {
 
     /// The active version of a workflow by name (the first file by path wins a name clash).
     pub fn get(&self, name: &str) -> Option<&Version> {
+        if name == crate::workflow::builtin::QSTASH {
+            return Some(&self.qstash);
+        }
         self.files
             .values()
             .filter_map(|f| f.active.as_ref())

@@ -467,6 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status: None,
                 schedule,
                 limit,
+                ..Default::default()
             },
             status,
             json,

@@ -266,7 +266,10 @@ pub async fn attempt(
         move || request::render_http(&wf, &run, &step, &secrets, item.as_ref())
     };
     let (req, timeout) = match super::render_within(wf, step_id, limit, render).await {
-        Ok(r) => r,
+        Ok((req, left)) => {
+            let timeout = req.timeout.map_or(left, |own| own.min(left));
+            (req, timeout)
+        }
         Err(e) => {
             let e = redactor.redact(&e);
             let ev = fail(&mut record, e, None, None, Outcome::Permanent);

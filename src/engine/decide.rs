@@ -236,6 +236,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             let Some(def) = wf.find_step(step) else {
                 return (run, effects);
             };
+            let limit = super::message::retry_limit(def, &run);
             let Some(s) = run.step_mut(step) else {
                 return (run, effects);
             };
@@ -245,7 +246,7 @@ pub fn decide(wf: &Workflow, run: &Run, event: &Event, now: DateTime<Utc>) -> (R
             s.error = Some(error.clone());
             s.last_status = *status;
             let round_attempts = s.round_attempts();
-            match after_failure(def, outcome, s.attempts, round_attempts, error) {
+            match after_failure(def, limit, outcome, s.attempts, round_attempts, error) {
                 Ok(delay) => {
                     s.status = StepStatus::Retrying;
                     s.wake_at = Some(later(now, delay));
@@ -522,17 +523,18 @@ pub(super) fn attempt_effect(def: &Step, attempt: u32, item: Option<u32>) -> Eff
 /// or why it failed for good. `round_attempts` counts against the retry limit.
 pub(super) fn after_failure(
     def: &Step,
+    limit: u32,
     outcome: &Outcome,
     attempts: u32,
     round_attempts: u32,
     error: &str,
 ) -> Result<Duration, String> {
     match outcome {
-        Outcome::Retryable { after } if round_attempts <= def.retry.limit => {
+        Outcome::Retryable { after } if round_attempts <= limit => {
             Ok(after.unwrap_or_else(|| def.retry.delay(attempts)))
         }
         Outcome::Permanent => Err(error.to_string()),
-        _ if def.retry.limit == 0 => Err(error.to_string()),
+        _ if limit == 0 => Err(error.to_string()),
         _ => Err(format!("{error} (gave up after {round_attempts} attempts)")),
     }
 }

@@ -35,7 +35,7 @@ impl Outcome {
                 .find_step(step_id)
                 .zip(run.step(step_id))
                 .is_none_or(|(def, s)| match item {
-                    None => retries_left(def, s),
+                    None => retries_left(def, run, s),
                     Some(i) => s
                         .fan
                         .as_ref()

@@ -300,7 +300,14 @@ pub(super) fn failed(
     a.error = Some(error.to_string());
     a.last_status = status;
     let round_attempts = a.round_attempts();
-    match after_failure(def, outcome, a.attempts, round_attempts, error) {
+    match after_failure(
+        def,
+        def.retry.limit,
+        outcome,
+        a.attempts,
+        round_attempts,
+        error,
+    ) {
         Ok(delay) => {
             a.status = StepStatus::Retrying;
             a.wake_at = Some(later(now, delay));

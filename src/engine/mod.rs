@@ -20,6 +20,7 @@ pub use plan::call_input;
 mod graph_tests;
 #[cfg(test)]
 mod machine_tests;
+pub mod message;
 mod plan;
 pub mod request;
 mod run;

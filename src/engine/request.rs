@@ -41,6 +41,9 @@ pub struct HttpRequest {
     pub dedup_id: Option<String>,
     /// The step's flow-control key, rendered, and its limits.
     pub flow: Option<FlowTicket>,
+    /// How long the attempt may take when the request says (a published message's
+    /// `Upstash-Timeout`); else the step's `timeout`.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A call's flow-control key and limits: it starts when the key has room for it.
@@ -227,7 +230,10 @@ fn step_texts(step: &crate::workflow::Step) -> Vec<&str> {
 
 /// Whether sending the step renders a template at all (a static request is only copied).
 pub fn has_templates(wf: &Workflow, step_id: &str) -> bool {
-    find_step(wf, step_id).is_ok_and(|step| step_texts(step).into_iter().any(template::is_template))
+    find_step(wf, step_id).is_ok_and(|step| {
+        super::message::published(step).is_none()
+            && step_texts(step).into_iter().any(template::is_template)
+    })
 }
 
 /// The secrets a step's templates name (`secrets.X`, `secrets['X']`).
@@ -262,6 +268,9 @@ pub fn render_http(
     let StepKind::Http(call) = &step.kind else {
         return Err(format!("step `{step_id}` is not an http step"));
     };
+    if let Some(kind) = call.published {
+        return super::message::render(kind, run);
+    }
     // Static requests (no template anywhere) skip building the context and minijinja.
     let templated = template::is_template(call.url.as_str())
         || call
@@ -372,6 +381,7 @@ pub fn render_http(
         body,
         dedup_id,
         flow,
+        timeout: None,
     })
 }
 

@@ -591,9 +591,8 @@ impl Run {
 
 /// Whether a step whose current attempt failed may be tried again: its retry limit counts the
 /// attempts of this round (a retried run starts a new one).
-pub(crate) fn retries_left(def: &Step, s: &StepState) -> bool {
-    let round_attempts = s.round_attempts();
-    round_attempts <= def.retry.limit
+pub(crate) fn retries_left(def: &Step, run: &Run, s: &StepState) -> bool {
+    s.round_attempts() <= super::message::retry_limit(def, run)
 }
 
 impl StepState {

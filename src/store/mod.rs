@@ -561,6 +561,20 @@ impl Store {
         }
     }
 
+    /// Takes failed runs out of the QStash API's dead-letter queue (those of `workflow` that are
+    /// failed and still in it); answers how many it took.
+    pub async fn remove_from_dlq(
+        &self,
+        workflow: &str,
+        ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.remove_from_dlq(workflow, ids, now).await,
+            Backend::Postgres(p) => p.remove_from_dlq(workflow, ids, now).await,
+        }
+    }
+
     // --- events sent to runner ----------------------------------------------------------------
 
     /// Records an event sent to runner, or answers the one recorded before with its name and

@@ -190,6 +190,10 @@ pub struct RunFilter {
     /// The runs of one schedule, by its public id (`schedule::id`).
     pub schedule: Option<String>,
     pub limit: usize,
+    /// Only runs created before this one (keyset pagination: the last id of a page).
+    pub before: Option<String>,
+    /// Only failed runs not taken out of the QStash API's dead-letter queue.
+    pub in_dlq: bool,
 }
 
 /// A row of `runner runs`.

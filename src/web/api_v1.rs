@@ -675,6 +675,7 @@ async fn list_runs(State(state): State<Shared>, Query(q): Query<RunQuery>) -> Ap
             status,
             schedule: q.schedule,
             limit,
+            ..Default::default()
         })
         .await
         .map_err(ApiError::store)?;

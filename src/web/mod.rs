@@ -8,6 +8,7 @@ pub mod api_v1;
 pub mod approval_pages;
 pub mod auth;
 pub mod json;
+pub mod qstash;
 pub mod server;
 pub mod state;
 
@@ -17,7 +18,7 @@ pub use state::{AppState, DaemonParts, Shared};
 use axum::Router;
 use axum::routing::get;
 
-/// Every route: `/healthz`, `/metrics`, the approval pages and `/api/v1`.
+/// Every route: `/healthz`, `/metrics`, the approval pages, `/api/v1` and QStash's `/v2`.
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(api_v1::healthz))
@@ -27,6 +28,7 @@ pub fn router(state: Shared) -> Router {
             get(approval_pages::show).post(approval_pages::submit_link),
         )
         .nest("/api/v1", api_v1::routes(state.clone()))
+        .nest("/v2", qstash::routes(state.clone()))
         .with_state(state)
 }
 

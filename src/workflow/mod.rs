@@ -3,6 +3,7 @@
 //! Part of the pure core: no I/O. Reading files is the caller's job.
 
 pub mod address;
+pub mod builtin;
 pub mod check;
 pub mod diagnostic;
 pub mod duration;

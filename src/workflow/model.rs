@@ -480,6 +480,20 @@ pub struct HttpCall {
     /// The user's own deduplication id (a template), sent as `Upstash-Message-Id` and
     /// `Idempotency-Key` on every attempt instead of runner's.
     pub dedup_id: Option<Template>,
+    /// Set only on the built-in `qstash` workflow's steps (`workflow::builtin`): the request
+    /// is the message as published through the QStash API, taken from the run's input.
+    pub published: Option<Published>,
+}
+
+/// Which request of a message published through runner's QStash API a step sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The message itself, to its destination.
+    Message,
+    /// QStash's callback body to `Upstash-Callback`, once the message was delivered.
+    Callback,
+    /// QStash's callback body to `Upstash-Failure-Callback`, once delivery failed for good.
+    FailureCallback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

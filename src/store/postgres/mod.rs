@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/005_flow_control.sql"),
     include_str!("../migrations/postgres/006_runs_per_key.sql"),
     include_str!("../migrations/postgres/007_schedule_pauses.sql"),
+    include_str!("../migrations/postgres/008_dlq.sql"),
 ];
 
 /// The advisory lock held while migrating (daemons of one version may start together).

@@ -154,9 +154,11 @@ impl PgStore {
             .version_source(&run.version)
             .await?
             .ok_or_else(|| StoreError::NoSuchVersion(run.version.clone()))?;
-        let wf = workflow::check_file(&path, &source).map_err(|diags| StoreError::BadVersion {
-            hash: run.version.clone(),
-            message: diags.first().map(|d| d.message.clone()).unwrap_or_default(),
+        let wf = workflow::builtin::check_stored(&path, &source).map_err(|diags| {
+            StoreError::BadVersion {
+                hash: run.version.clone(),
+                message: diags.first().map(|d| d.message.clone()).unwrap_or_default(),
+            }
         })?;
         let wf = Arc::new(wf);
         self.versions().insert(&run.version, wf.clone());
@@ -229,8 +231,10 @@ impl PgStore {
                 "SELECT id, workflow, status, trigger, created_at, finished_at, schedule FROM runs
                  WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
                    AND ($4::text IS NULL OR schedule = $4)
+                   AND ($5::text IS NULL OR n < (SELECT n FROM runs WHERE id = $5))
+                   AND (NOT $6 OR (status = 'failed' AND id NOT IN (SELECT run_id FROM dlq_removed)))
                  ORDER BY n DESC LIMIT $3",
-                &[&filter.workflow, &status, &limit, &schedule],
+                &[&filter.workflow, &status, &limit, &schedule, &filter.before, &filter.in_dlq],
             )
             .await?;
         rows.into_iter()
@@ -577,6 +581,22 @@ impl PgStore {
             self.notify_schedule(id).await;
         }
         Ok(n > 0)
+    }
+
+    pub async fn remove_from_dlq(
+        &self,
+        workflow: &str,
+        ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.exec(
+            "taking a message out of the dead-letter queue",
+            "INSERT INTO dlq_removed(run_id, removed_at)
+             SELECT id, $3 FROM runs WHERE id = ANY($1) AND workflow = $2 AND status = 'failed'
+             ON CONFLICT DO NOTHING",
+            &[&ids, &workflow, &ms(now)],
+        )
+        .await
     }
 
     pub async fn set_yaml_paused(

@@ -271,9 +271,11 @@ impl RunTx for PgTx<'_> {
             .map_err(sql("reading a workflow version"))?
             .ok_or_else(|| StoreError::NoSuchVersion(hash.to_string()))?;
         let (path, source): (String, String) = (row.get(0), row.get(1));
-        let wf = workflow::check_file(&path, &source).map_err(|diags| StoreError::BadVersion {
-            hash: hash.to_string(),
-            message: diags.first().map(|d| d.message.clone()).unwrap_or_default(),
+        let wf = workflow::builtin::check_stored(&path, &source).map_err(|diags| {
+            StoreError::BadVersion {
+                hash: hash.to_string(),
+                message: diags.first().map(|d| d.message.clone()).unwrap_or_default(),
+            }
         })?;
         let wf = Arc::new(wf);
         self.versions.insert(hash, wf.clone());

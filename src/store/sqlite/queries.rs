@@ -166,6 +166,8 @@ impl SqliteStore {
                     "SELECT id, workflow, status, trigger, created_at, finished_at, schedule FROM runs
                      WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2)
                        AND (?4 IS NULL OR schedule = ?4)
+                       AND (?5 IS NULL OR rowid < (SELECT rowid FROM runs WHERE id = ?5))
+                       AND (?6 = 0 OR (status = 'failed' AND id NOT IN (SELECT run_id FROM dlq_removed)))
                      ORDER BY rowid DESC LIMIT ?3",
                 )
                 .map_err(sql(doing))?;
@@ -181,7 +183,9 @@ impl SqliteStore {
                         filter.workflow,
                         filter.status.map(|s| s.as_str()),
                         limit,
-                        schedule
+                        schedule,
+                        filter.before,
+                        filter.in_dlq
                     ],
                     |r| {
                         Ok((
@@ -635,6 +639,30 @@ impl SqliteStore {
                 })
             };
             r.map(drop).map_err(sql("pausing a schedule"))
+        })
+        .await
+    }
+
+    pub async fn remove_from_dlq(
+        &self,
+        workflow: &str,
+        ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let (workflow, ids) = (workflow.to_string(), ids.to_vec());
+        self.write(move |c| {
+            let mut n = 0;
+            for id in &ids {
+                n += c
+                    .execute(
+                        "INSERT INTO dlq_removed(run_id, removed_at)
+                         SELECT id, ?3 FROM runs WHERE id = ?1 AND workflow = ?2 AND status = 'failed'
+                         ON CONFLICT DO NOTHING",
+                        params![id, workflow, ms(now)],
+                    )
+                    .map_err(sql("taking a message out of the dead-letter queue"))?;
+            }
+            Ok(n as u64)
         })
         .await
     }

@@ -111,9 +111,11 @@ pub(super) fn load_version(
         .optional()
         .map_err(sql("reading a workflow version"))?
         .ok_or_else(|| StoreError::NoSuchVersion(hash.to_string()))?;
-    let wf = workflow::check_file(&path, &source).map_err(|diags| StoreError::BadVersion {
-        hash: hash.to_string(),
-        message: diags.first().map(|d| d.message.clone()).unwrap_or_default(),
+    let wf = workflow::builtin::check_stored(&path, &source).map_err(|diags| {
+        StoreError::BadVersion {
+            hash: hash.to_string(),
+            message: diags.first().map(|d| d.message.clone()).unwrap_or_default(),
+        }
     })?;
     let wf = Arc::new(wf);
     versions.insert(hash, wf.clone());

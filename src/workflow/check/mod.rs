@@ -419,6 +419,22 @@ impl<'s> Checker<'s> {
                 }
             }
         };
+        let name = match name {
+            Some(n) if n == super::builtin::QSTASH && self.file != super::builtin::QSTASH_PATH => {
+                let (pos, w) = f
+                    .get("name")
+                    .map_or((Pos::START, 1), |n| (n.pos, self.width(n)));
+                self.error(
+                    pos,
+                    w,
+                    Code::InvalidName,
+                    format!("`{n}` is the name of runner's built-in workflow for messages published through its QStash API"),
+                    Some("choose another `name:`".into()),
+                );
+                None
+            }
+            other => other,
+        };
         let description = f
             .get("description")
             .and_then(|n| self.string(n, "description").map(str::to_string));

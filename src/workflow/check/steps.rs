@@ -720,6 +720,7 @@ impl Checker<'_> {
             headers,
             body,
             dedup_id,
+            published: None,
         })
     }
 
