@@ -1,5 +1,5 @@
 //! The commands that read or change the database directly: `runs`, `show`, `nodes`, `keys`,
-//! `cancel --db`.
+//! `cancel --db`, `prune`.
 
 use super::*;
 
@@ -44,6 +44,57 @@ pub(super) async fn cancel_in_db(run_id: &str, db: &str) -> anyhow::Result<ExitC
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `runner prune`: deletes finished runs in the database. A SQLite file is taken as `cancel
+/// --db` takes it (a daemon holding it prunes by itself, with `--retention`); on PostgreSQL it
+/// runs beside the daemons.
+pub(super) async fn prune(
+    older_than: Option<std::time::Duration>,
+    workflow: Option<String>,
+    keep: Option<u32>,
+    dry_run: bool,
+    db: &str,
+) -> anyhow::Result<ExitCode> {
+    if older_than.is_none() && keep.is_none() {
+        anyhow::bail!("say which runs: --older-than AGE (e.g. 30d), and/or --workflow W --keep N");
+    }
+    let _owner = if crate::store::is_postgres(db) || dry_run {
+        None
+    } else {
+        if !Path::new(db).exists() {
+            anyhow::bail!("no database at `{db}` (set --db or RUNNER_DB)");
+        }
+        Some(crate::store::sqlite::owner::take_alone(
+            Path::new(db),
+            "runner prune",
+            "a daemon deletes old runs by itself: start it with --retention (RUNNER_RETENTION) or give the workflow a `retention`; or stop it first",
+        )?)
+    };
+    let store = if dry_run {
+        open_store_readonly(db).await?
+    } else {
+        crate::store::Store::connect(db).await?
+    };
+    let q = crate::ops::prune::query(older_than, workflow, keep, chrono::Utc::now());
+    let n = crate::ops::prune::prune(&store, &q, dry_run, u64::MAX).await?;
+    let what = match (older_than, &q.workflow, keep) {
+        (Some(age), w, k) => format!(
+            "finished more than {} ago{}{}",
+            crate::workflow::duration::format(age),
+            w.as_ref().map_or(String::new(), |w| format!(" of `{w}`")),
+            k.map_or(String::new(), |k| format!(", beyond its newest {k}"))
+        ),
+        (None, Some(w), Some(k)) => format!("of `{w}` beyond its newest {k} finished"),
+        _ => String::new(),
+    };
+    let runs = if n == 1 { "run" } else { "runs" };
+    if dry_run {
+        println!("would delete {n} {runs} {what} (nothing deleted: --dry-run)");
+    } else {
+        println!("deleted {n} {runs} {what}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn open_store_readonly(db: &str) -> anyhow::Result<crate::store::Store> {

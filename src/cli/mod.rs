@@ -6,7 +6,7 @@ mod dry_run;
 mod foreground;
 mod print;
 
-use database::{cancel_in_db, keys, nodes, runs, show};
+use database::{cancel_in_db, keys, nodes, prune, runs, show};
 use foreground::{resume, run_foreground};
 
 use crate::sources::{check_parallel, read_sources};
@@ -182,6 +182,10 @@ pub enum Command {
         /// arrived (lookback)
         #[arg(long, env = "RUNNER_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
         event_retention: std::time::Duration,
+        /// Delete finished runs older than this (`30d`), in the background; a workflow's own
+        /// `retention` overrides it. Default: keep every run
+        #[arg(long, env = "RUNNER_RETENTION", value_parser = parse_duration)]
+        retention: Option<std::time::Duration>,
         #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "RUNNER_LOG_FORMAT")]
         log_format: LogFormat,
         #[command(flatten)]
@@ -224,6 +228,24 @@ pub enum Command {
         id: String,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Delete finished runs (and their events, attempts and items) from the database: those
+    /// older than --older-than, and/or beyond the newest --keep of a workflow
+    Prune {
+        /// Finished longer ago than this (`30d`, `12h`)
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Only runs of this workflow
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Keep the newest this many finished runs of --workflow
+        #[arg(long, requires = "workflow", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+        /// Say how many would go, and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Cancel a run through the daemon's API, or in the database with --db while no daemon runs
     Cancel {
@@ -499,6 +521,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show { run_id, json, db } => runtime()?.block_on(show(&run_id, json, &db.db)),
         Command::Keys { action, db } => runtime()?.block_on(keys(action, &db.db)),
         Command::Nodes { json, db } => runtime()?.block_on(nodes(json, &db.db)),
+        Command::Prune {
+            older_than,
+            workflow,
+            keep,
+            dry_run,
+            db,
+        } => runtime()?.block_on(prune(older_than, workflow, keep, dry_run, &db.db)),
         Command::Serve {
             dir,
             db,
@@ -509,6 +538,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_connections,
             header_read_timeout,
             event_retention,
+            retention,
             log_format,
             mail,
             tls,
@@ -533,6 +563,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mail_from: mail.mail_from,
                 outbox: mail.outbox,
                 event_retention,
+                retention,
             };
             runtime()?.block_on(crate::daemon::serve(cfg))?;
             Ok(ExitCode::SUCCESS)

@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub outbox: PathBuf,
     /// How long events sent to runner are kept (`RUNNER_EVENT_RETENTION`).
     pub event_retention: std::time::Duration,
+    /// How long finished runs are kept (`RUNNER_RETENTION`); None keeps them.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl crate::runtime::calls::Versions for RwLock<Registry> {
@@ -69,9 +71,12 @@ async fn upkeep(
     exec: crate::runtime::Executor,
     registry: Arc<RwLock<Registry>>,
     retention: std::time::Duration,
+    run_retention: Option<std::time::Duration>,
 ) {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     const PRUNE_EVERY: u32 = 60;
+    // Runs one pass deletes per query at most (the rest wait for the next pass, 5 minutes on).
+    const PRUNE_MAX: u64 = 100_000;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for round in 0u32.. {
@@ -90,6 +95,24 @@ async fn upkeep(
                 Ok(0) => {}
                 Ok(n) => info!(events = n, "deleted events older than the retention"),
                 Err(e) => warn!(error = %e, "deleting old events failed; will retry"),
+            }
+            let policy = crate::ops::prune::Policy {
+                global: run_retention,
+                workflows: registry
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .active()
+                    .into_iter()
+                    .filter(|v| v.workflow.retention != crate::workflow::Retention::default())
+                    .map(|v| (v.workflow.name.clone(), v.workflow.retention))
+                    .collect(),
+            };
+            match crate::ops::prune::by_policy(exec.store(), &policy, chrono::Utc::now(), PRUNE_MAX)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => info!(runs = n, "deleted finished runs past their retention"),
+                Err(e) => warn!(error = %e, "deleting old runs failed; will retry"),
             }
             // Keys named by one order or user come and go: one no call asked for in a day goes.
             let now = chrono::Utc::now();
@@ -246,6 +269,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         engine.clone(),
         registry.clone(),
         cfg.event_retention,
+        cfg.retention,
     ));
 
     let state = Arc::new(crate::web::AppState {

@@ -9,6 +9,7 @@ pub mod approval_link;
 pub mod cancel;
 pub mod decide_step;
 pub mod notify;
+pub mod prune;
 pub mod publish;
 pub mod retry;
 pub mod schedules;

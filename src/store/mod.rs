@@ -575,6 +575,29 @@ impl Store {
         }
     }
 
+    /// Finished runs a prune would delete, oldest first, at most `limit`. A run with an effect
+    /// still to perform (a called run's report to its caller) is not one of them.
+    pub async fn prunable_runs(
+        &self,
+        q: &PruneQuery,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prunable_runs(q, limit),
+            Backend::Postgres(p) => p.prunable_runs(q, limit).await,
+        }
+    }
+
+    /// Deletes these runs and everything kept for them (events, attempts, items, waits,
+    /// approval links), in one transaction (a schedule's slots stay: they say it fired); a run that is not finished, or
+    /// has an effect still to perform, is kept. Answers how many it deleted.
+    pub async fn delete_runs(&self, ids: &[String]) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.delete_runs(ids).await,
+            Backend::Postgres(p) => p.delete_runs(ids).await,
+        }
+    }
+
     // --- events sent to runner ----------------------------------------------------------------
 
     /// Records an event sent to runner, or answers the one recorded before with its name and

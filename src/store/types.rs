@@ -386,3 +386,16 @@ pub struct YamlPause<'a> {
     pub signature: &'a str,
     pub key: &'a str,
 }
+
+/// Which finished runs a prune takes (`runner prune`, the daemon's retention).
+#[derive(Debug, Clone, Default)]
+pub struct PruneQuery {
+    /// Finished before this.
+    pub finished_before: Option<DateTime<Utc>>,
+    /// Of this workflow only.
+    pub workflow: Option<String>,
+    /// Not of these workflows (they have a retention of their own).
+    pub except: Vec<String>,
+    /// Beyond the newest this many finished runs of `workflow`.
+    pub keep_newest: Option<u32>,
+}

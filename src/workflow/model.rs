@@ -27,7 +27,20 @@ pub struct Workflow {
     /// `output`: a JSON value whose strings are templates over the steps, rendered when the run
     /// succeeds; the result a `call` step of another workflow sees as `.output`.
     pub output: Option<serde_json::Value>,
+    /// `retention`: how long its finished runs are kept, instead of the daemon's `--retention`.
+    pub retention: Retention,
 }
+
+/// A workflow's `retention`: finished runs are deleted once they are `days` old, and beyond the
+/// newest `runs` finished ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub days: Option<u32>,
+    pub runs: Option<u32>,
+}
+
+/// The most days or runs a `retention` may say.
+pub const MAX_RETENTION: u32 = 1_000_000;
 
 /// One entry of a workflow's `cancel_on`.
 #[derive(Debug, Clone)]

@@ -54,6 +54,9 @@ shape! {
         "timeout" => timeout: Option<DurationText>,
         /// Running runs whose key matches an event of this name are cancelled.
         "cancel_on" => cancel_on: Option<Vec<CancelOnDecl>>,
+        /// How long finished runs of this workflow are kept, instead of the daemon's
+        /// `--retention`: deleted once `days` old, and beyond the newest `runs`.
+        "retention" => retention: Option<RetentionDecl>,
         /// Each waits for the one before it unless it says what it `needs`; each has exactly one of `http`, `approval`, `sleep`, `sleep_until`, `email`, `wait_for_event`, `call`.
         #[schemars(length(min = 1))]
         "steps" => steps: Vec<StepDecl>,
@@ -141,6 +144,19 @@ enum OverlapDecl {
 /// A duration: `30s`, `15m`, `2h`, `3d`, `1d12h`.
 #[derive(JsonSchema)]
 struct DurationText(#[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))] String);
+
+shape! {
+    #[derive(JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct RetentionDecl, keys RETENTION_KEYS {
+        /// Finished runs older than this many days are deleted.
+        #[schemars(range(min = 1, max = 1000000))]
+        "days" => days: Option<u32>,
+        /// Only the newest this many finished runs are kept.
+        #[schemars(range(min = 1, max = 1000000))]
+        "runs" => runs: Option<u32>,
+    }
+}
 
 shape! {
     #[derive(JsonSchema)]

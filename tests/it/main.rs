@@ -17,6 +17,7 @@ mod http_edges;
 mod keys;
 mod outage;
 mod pg;
+mod prune;
 mod qstash_api;
 mod run_keys;
 mod schedule_ids;

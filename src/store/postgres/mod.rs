@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/006_runs_per_key.sql"),
     include_str!("../migrations/postgres/007_schedule_pauses.sql"),
     include_str!("../migrations/postgres/008_dlq.sql"),
+    include_str!("../migrations/postgres/009_retention.sql"),
 ];
 
 /// The advisory lock held while migrating (daemons of one version may start together).

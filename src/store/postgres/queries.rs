@@ -599,6 +599,69 @@ impl PgStore {
         .await
     }
 
+    pub async fn prunable_runs(
+        &self,
+        q: &PruneQuery,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let doing = "finding runs to prune";
+        let before = q.finished_before.map(ms);
+        let limit = i64::from(limit);
+        let rows = match (&q.workflow, q.keep_newest) {
+            (Some(workflow), Some(keep)) => {
+                self.rows(
+                    doing,
+                    "SELECT id FROM runs WHERE workflow = $1 AND finished_at IS NOT NULL
+                       AND ($4::bigint IS NULL OR finished_at < $4)
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = runs.id)
+                     ORDER BY created_at DESC LIMIT $3 OFFSET $2",
+                    &[workflow, &i64::from(keep), &limit, &before],
+                )
+                .await?
+            }
+            _ => {
+                self.rows(
+                    doing,
+                    "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1
+                       AND ($2::text IS NULL OR workflow = $2)
+                       AND workflow <> ALL($3)
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = runs.id)
+                     ORDER BY finished_at LIMIT $4",
+                    &[&before.unwrap_or(i64::MIN), &q.workflow, &q.except, &limit],
+                )
+                .await?
+            }
+        };
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn delete_runs(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let doing = "deleting old runs";
+        let mut c = self.client(doing).await?;
+        let tx = c.transaction().await.map_err(sql(doing))?;
+        let rows = tx
+            .query(
+                "DELETE FROM runs WHERE id = ANY($1) AND finished_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = runs.id)
+                 RETURNING id",
+                &[&ids],
+            )
+            .await
+            .map_err(sql(doing))?;
+        let deleted: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        for stmt in [
+            "DELETE FROM events WHERE run_id = ANY($1)",
+            "DELETE FROM items WHERE run_id = ANY($1)",
+            "DELETE FROM event_waits WHERE run_id = ANY($1)",
+            "DELETE FROM approval_tokens WHERE run_id = ANY($1)",
+            "DELETE FROM dlq_removed WHERE run_id = ANY($1)",
+        ] {
+            tx.execute(stmt, &[&deleted]).await.map_err(sql(doing))?;
+        }
+        tx.commit().await.map_err(sql(doing))?;
+        Ok(deleted.len() as u64)
+    }
+
     pub async fn set_yaml_paused(
         &self,
         pause: YamlPause<'_>,

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/013_runs_per_key.sql"),
     include_str!("../migrations/sqlite/014_schedule_pauses.sql"),
     include_str!("../migrations/sqlite/015_dlq.sql"),
+    include_str!("../migrations/sqlite/016_retention.sql"),
 ];
 
 /// Every time is stored as milliseconds since the epoch.

@@ -667,6 +667,82 @@ impl SqliteStore {
         .await
     }
 
+    pub fn prunable_runs(&self, q: &PruneQuery, limit: u32) -> Result<Vec<String>, StoreError> {
+        let doing = "finding runs to prune";
+        let except = serde_json::to_string(&q.except).expect("names serialize");
+        let before = q.finished_before.map(ms);
+        self.read(|c| {
+            let ids = match (&q.workflow, q.keep_newest) {
+                (Some(workflow), Some(keep)) => {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT id FROM runs WHERE workflow = ?1 AND finished_at IS NOT NULL
+                               AND (?4 IS NULL OR finished_at < ?4)
+                               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = runs.id)
+                             ORDER BY created_at DESC LIMIT ?3 OFFSET ?2",
+                        )
+                        .map_err(sql(doing))?;
+                    let rows = stmt
+                        .query_map(params![workflow, keep, limit, before], |r| r.get(0))
+                        .map_err(sql(doing))?;
+                    rows.collect::<rusqlite::Result<Vec<String>>>()
+                }
+                _ => {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1
+                               AND (?2 IS NULL OR workflow = ?2)
+                               AND workflow NOT IN (SELECT value FROM json_each(?3))
+                               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = runs.id)
+                             ORDER BY finished_at LIMIT ?4",
+                        )
+                        .map_err(sql(doing))?;
+                    let rows = stmt
+                        .query_map(
+                            params![before.unwrap_or(i64::MIN), q.workflow, except, limit],
+                            |r| r.get(0),
+                        )
+                        .map_err(sql(doing))?;
+                    rows.collect::<rusqlite::Result<Vec<String>>>()
+                }
+            };
+            ids.map_err(sql(doing))
+        })
+    }
+
+    pub async fn delete_runs(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |c| {
+            let doing = "deleting old runs";
+            let mut n = 0;
+            for id in &ids {
+                let deleted = c
+                    .exec(
+                        "DELETE FROM runs WHERE id = ?1 AND finished_at IS NOT NULL
+                           AND NOT EXISTS (SELECT 1 FROM outbox WHERE run_id = ?1)",
+                        [id],
+                    )
+                    .map_err(sql(doing))?;
+                if deleted == 0 {
+                    continue;
+                }
+                n += 1;
+                for table in [
+                    "DELETE FROM events WHERE run_id = ?1",
+                    "DELETE FROM attempts WHERE run_id = ?1",
+                    "DELETE FROM items WHERE run_id = ?1",
+                    "DELETE FROM event_waits WHERE run_id = ?1",
+                    "DELETE FROM approval_tokens WHERE run_id = ?1",
+                    "DELETE FROM dlq_removed WHERE run_id = ?1",
+                ] {
+                    c.exec(table, [id]).map_err(sql(doing))?;
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     pub fn paused_yaml(&self) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
         self.read(|c| {
             let doing = "listing paused schedules";

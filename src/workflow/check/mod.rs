@@ -22,7 +22,7 @@ pub use names::{check_names, file_stem};
 use super::diagnostic::{Code, Diagnostic};
 use super::duration;
 use super::model::*;
-use super::schema::TOP_KEYS;
+use super::schema::{RETENTION_KEYS, TOP_KEYS};
 use super::suggest::{did_you_mean, list};
 use super::yaml::{self, Key, Node, Pos, Value};
 use names::valid_name;
@@ -472,6 +472,10 @@ impl<'s> Checker<'s> {
         let run_timeout = f
             .get("timeout")
             .and_then(|n| self.positive_duration(n, "timeout"));
+        let retention = f
+            .get("retention")
+            .map(|n| self.retention(n))
+            .unwrap_or_default();
         let defaults = match f.get("defaults") {
             Some(n) => self.defaults(n, &run_scope),
             None => steps::StepDefaults::default(),
@@ -597,7 +601,48 @@ impl<'s> Checker<'s> {
             events,
             cancel_on,
             output,
+            retention,
         })
+    }
+
+    /// `retention: { days, runs }`, each a whole number from 1.
+    fn retention(&mut self, node: &Node) -> Retention {
+        let mut r = Retention::default();
+        let Some(f) = self.fields(node, "retention", RETENTION_KEYS, &[]) else {
+            return r;
+        };
+        for (key, slot) in [("days", &mut r.days), ("runs", &mut r.runs)] {
+            let Some(n) = f.get(key) else { continue };
+            match n.value {
+                Value::Int(i) if i >= 1 && i <= i64::from(MAX_RETENTION) => {
+                    *slot = Some(u32::try_from(i).expect("checked to fit"));
+                }
+                Value::Int(_) => {
+                    let w = self.width(n);
+                    self.error(
+                        n.pos,
+                        w,
+                        Code::InvalidValue,
+                        format!("`{key}` must be between 1 and {MAX_RETENTION}"),
+                        Some(
+                            "leave `retention` out to keep runs as the daemon's `--retention` says"
+                                .into(),
+                        ),
+                    );
+                }
+                _ => self.wrong_type(n, key, "a whole number"),
+            }
+        }
+        if f.get("days").is_none() && f.get("runs").is_none() {
+            self.error(
+                node.pos,
+                self.width(node),
+                Code::EmptyValue,
+                "`retention` says neither `days` nor `runs`",
+                Some("add `days: 30` or `runs: 1000`, or leave `retention` out".into()),
+            );
+        }
+        r
     }
 
     fn positive_duration(&mut self, node: &Node, what: &str) -> Option<Duration> {

@@ -140,6 +140,7 @@ impl Checker<'_> {
                     events: vec![],
                     cancel_on: vec![],
                     output: None,
+                    retention: Default::default(),
                 };
                 if let Err(errors) = resolve_input(&probe, &checkable) {
                     let Value::Map(entries) = &n.value else {
