@@ -356,7 +356,7 @@ pub async fn attempt(
             let error = if e.is_timeout() {
                 format!(
                     "no answer within {}",
-                    crate::workflow::duration::format(limit)
+                    crate::workflow::duration::format(req.timeout.map_or(limit, |t| t.min(limit)))
                 )
             } else if e.is_connect() {
                 format!(

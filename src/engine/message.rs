@@ -245,10 +245,20 @@ fn callback_body(m: &Message, run: &Run) -> Value {
         .and_then(|o| o.get("status"))
         .cloned()
         .unwrap_or(json!(0));
+    // The answer's own headers, not those of its connection.
     let headers = out
         .and_then(|o| o.get("headers"))
         .and_then(Value::as_object)
-        .map(header_lists)
+        .map(|h| {
+            let mut h = header_lists(h);
+            h.retain(|k, _| {
+                !matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "connection" | "keep-alive" | "transfer-encoding" | "content-length"
+                )
+            });
+            h
+        })
         .unwrap_or_default();
     let retried = deliver.map_or(0, |s| s.attempts.saturating_sub(1));
     let mut f = Map::new();
@@ -281,6 +291,8 @@ fn failure_callback_body(m: &Message, run: &Run) -> Value {
         "error".into(),
         json!(failure.map(|f| f.error.clone()).unwrap_or_default()),
     );
+    // The message is in the dead-letter queue under its own id.
+    f.insert("dlqId".into(), json!(run.id));
     f.extend(source_fields(m, run, retried));
     Value::Object(f)
 }

@@ -50,7 +50,32 @@ pub fn parse(
     kind: Kind,
     now: DateTime<Utc>,
 ) -> Result<Parsed, String> {
+    if !destination.contains("://") {
+        return Err(format!(
+            "invalid destination url: endpoint has invalid scheme, add http:// or https:// (runner has no URL groups or topics: `{destination}` is not a URL)"
+        ));
+    }
     check_url(destination, "destination")?;
+    if body.len() > crate::engine::request::MAX_BODY_BYTES {
+        return Err(format!(
+            "the message body is {} bytes, over runner's limit of {} KiB",
+            body.len(),
+            crate::engine::request::MAX_BODY_BYTES / 1024
+        ));
+    }
+    // What runner reads or forwards must be a header value a request can carry as it is.
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if (lower.starts_with("upstash-") || lower == "content-type")
+            && value
+                .chars()
+                .any(|c| !(c == ' ' || c == '\t' || c.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "header `{name}` has a character that is not printable ASCII; runner neither reads nor forwards such a value"
+            ));
+        }
+    }
     let get = |name: &str| -> Option<String> {
         let values: Vec<&str> = headers
             .iter()
@@ -95,9 +120,12 @@ pub fn parse(
             let secs: i64 = nb.parse().map_err(|_| {
                 format!("invalid Upstash-Not-Before `{nb}`: use a unix time in seconds")
             })?;
-            let at = DateTime::from_timestamp(secs, 0).ok_or_else(|| {
-                format!("invalid Upstash-Not-Before `{nb}`: use a unix time in seconds")
-            })?;
+            // 9999-12-31: a larger number is milliseconds, or nothing a time can be.
+            let at = DateTime::from_timestamp(secs, 0)
+                .filter(|_| secs <= 253_402_300_799)
+                .ok_or_else(|| {
+                    format!("invalid Upstash-Not-Before `{nb}`: use a unix time in seconds (not milliseconds)")
+                })?;
             (at > now).then_some(at)
         }
         (None, Some(d)) => {
@@ -137,6 +165,12 @@ pub fn parse(
         let target = if let Some(rest) = lower.strip_prefix("upstash-forward-") {
             if rest.is_empty() {
                 continue;
+            }
+            if owned_header(rest) {
+                return Err(format!(
+                    "`{name}` cannot be forwarded: runner sets `{}` itself (or it describes the connection, not the message)",
+                    canonical(rest)
+                ));
             }
             canonical(&name["upstash-forward-".len()..])
         } else if lower == "content-type" {
@@ -185,6 +219,26 @@ pub fn parse(
         _ => None,
     };
     Ok(Parsed { message, dedup })
+}
+
+/// The headers a message cannot set on its delivery: runner's own (the signature, the message
+/// id) and those of the connection.
+fn owned_header(lower: &str) -> bool {
+    lower.starts_with("upstash-")
+        || lower.starts_with("runner-")
+        || lower.starts_with("proxy-")
+        || matches!(
+            lower,
+            "idempotency-key"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "host"
+                | "te"
+                | "trailer"
+                | "upgrade"
+        )
 }
 
 /// `http(s)://…`, as QStash says when it is not.
@@ -446,6 +500,34 @@ mod tests {
             ),
             (vec![("Upstash-Method", "BREW")], "invalid Upstash-Method"),
             (
+                vec![("Upstash-Not-Before", "1796290000000")],
+                "not milliseconds",
+            ),
+            (
+                vec![("Upstash-Delay", "60s\u{20ac}")],
+                "not printable ASCII",
+            ),
+            (
+                vec![("Upstash-Forward-X-Name", "caf\u{e9}")],
+                "not printable ASCII",
+            ),
+            (
+                vec![("Upstash-Forward-Upstash-Signature", "forged")],
+                "runner sets `Upstash-Signature` itself",
+            ),
+            (
+                vec![("Upstash-Forward-Upstash-Message-Id", "spoof")],
+                "cannot be forwarded",
+            ),
+            (
+                vec![("Upstash-Forward-Content-Length", "999")],
+                "cannot be forwarded",
+            ),
+            (
+                vec![("upstash-forward-idempotency-key", "k")],
+                "cannot be forwarded",
+            ),
+            (
                 vec![("Upstash-Callback", "ftp://x")],
                 "invalid Upstash-Callback url",
             ),
@@ -462,6 +544,11 @@ mod tests {
         }
         let e = parse("example.com/x", &[], b"", Kind::Publish, now()).expect_err("no scheme");
         assert!(e.contains("add http:// or https://"), "{e}");
+        let e = parse("my-url-group", &[], b"", Kind::Publish, now()).expect_err("a URL group");
+        assert!(e.contains("no URL groups"), "{e}");
+        let big = vec![b'x'; crate::engine::request::MAX_BODY_BYTES + 1];
+        let e = parse("http://h.example/x", &[], &big, Kind::Publish, now()).expect_err("too big");
+        assert!(e.contains("over runner's limit"), "{e}");
         let e = parse(
             "http://h.example/x",
             &h(&[("Upstash-Delay", "10s")]),

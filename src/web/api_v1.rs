@@ -142,7 +142,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
 /// over the limit, a query or path that does not parse, a method the route does not have),
 /// which come as plain text or with no body. (What hyper answers before axum runs, a request
 /// it cannot parse, is rewritten in `server::JsonCannedErrors`.)
-async fn errors_as_json(req: Request, next: Next) -> Response {
+pub(super) async fn errors_as_json(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let response = next.run(req).await;

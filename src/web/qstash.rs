@@ -92,6 +92,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
             QError::not_found("no such endpoint of runner's QStash API; see README.md")
         })
         .layer(middleware::from_fn_with_state(state, auth_layer))
+        .layer(middleware::from_fn(super::api_v1::errors_as_json))
 }
 
 /// `Authorization: Bearer $RUNNER_API_TOKEN`, or `?qstash_token=` as QStash accepts.
@@ -161,7 +162,12 @@ fn destination(uri: &axum::http::Uri, prefix: &str) -> String {
         .query()
         .unwrap_or("")
         .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("qstash_token="))
+        .filter(|p| {
+            !p.is_empty()
+                && url::form_urlencoded::parse(p.as_bytes())
+                    .next()
+                    .is_none_or(|(k, _)| k != "qstash_token")
+        })
         .collect();
     if query.is_empty() {
         dest.to_string()
@@ -173,8 +179,28 @@ fn destination(uri: &axum::http::Uri, prefix: &str) -> String {
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect()
+}
+
+/// A body over runner's limit: 413, before anything is stored.
+fn too_large(len: usize) -> Result<(), QError> {
+    let limit = crate::engine::request::MAX_BODY_BYTES;
+    if len > limit {
+        return Err(QError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the message body is {len} bytes, over runner's limit of {} KiB",
+                limit / 1024
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `POST /v2/publish/{destination}`.
@@ -185,6 +211,7 @@ async fn publish_one(
     body: Bytes,
 ) -> QResult {
     let parts = daemon(&state)?;
+    too_large(body.len())?;
     let dest = destination(&uri, "/publish/");
     let parsed = publish::parse(
         &dest,
@@ -356,6 +383,13 @@ fn state_of(run: &Run) -> &'static str {
             Some(n) if n > 0 => "RETRY",
             _ => "CREATED",
         },
+        RunStatus::Running
+            if run
+                .step("deliver")
+                .is_some_and(|s| s.status == crate::engine::StepStatus::Retrying) =>
+        {
+            "RETRY"
+        }
         RunStatus::Running | RunStatus::WaitingApproval | RunStatus::WaitingEvent => "ACTIVE",
         RunStatus::Succeeded => "DELIVERED",
         RunStatus::Failed | RunStatus::Rejected => "FAILED",
@@ -390,11 +424,23 @@ async fn cancel_message(State(state): State<Shared>, Path(id): Path<String>) -> 
     ok(StatusCode::OK, json!({ "cancelled": n }))
 }
 
-/// `DELETE /v2/messages?messageIds=…` (or every message not yet delivered, without ids).
+/// `DELETE /v2/messages?messageIds=…`, or with QStash's filters (`url`, `flowControlKey`,
+/// `scheduleId`, …: only the messages they match), or every message not yet delivered.
 async fn cancel_messages(State(state): State<Shared>, OriginalUri(uri): OriginalUri) -> QResult {
-    let mut ids = query_all(uri.query(), "messageIds");
-    if ids.is_empty() {
-        ids = unfinished_messages(&state).await?;
+    let ids = query_all(uri.query(), "messageIds");
+    let ids = if ids.is_empty() {
+        let filter = Filter::of(uri.query(), MESSAGE_FILTERS)?;
+        let base = RunFilter {
+            workflow: Some(QSTASH.into()),
+            ..Default::default()
+        };
+        select(&state, base, &filter, None, usize::MAX)
+            .await?
+            .0
+            .into_iter()
+            .filter(|r| !r.status.is_terminal())
+            .map(|r| r.id)
+            .collect()
     } else {
         let mut mine = Vec::new();
         for id in ids {
@@ -402,29 +448,194 @@ async fn cancel_messages(State(state): State<Shared>, OriginalUri(uri): Original
                 mine.push(id);
             }
         }
-        ids = mine;
-    }
+        mine
+    };
     let n = cancel_runs(&state, &ids).await?;
     ok(StatusCode::OK, json!({ "cancelled": n }))
 }
 
-async fn unfinished_messages(state: &AppState) -> Result<Vec<String>, QError> {
-    let mut ids = Vec::new();
-    for status in [RunStatus::Pending, RunStatus::Running, RunStatus::Sleeping] {
-        let runs = state
-            .exec
-            .store()
+/// QStash's filter query keys that runner can answer; the others are refused, not ignored (a
+/// cancel or delete that ignored its filter would take every message).
+const MESSAGE_FILTERS: &[&str] = &[
+    "messageId",
+    "url",
+    "topicName",
+    "urlGroup",
+    "queueName",
+    "scheduleId",
+    "label",
+    "flowControlKey",
+    "callerIp",
+    "host",
+    "path",
+    "api",
+    "fromDate",
+    "toDate",
+];
+const DLQ_FILTERS: &[&str] = &[
+    "messageId",
+    "url",
+    "topicName",
+    "urlGroup",
+    "queueName",
+    "scheduleId",
+    "label",
+    "flowControlKey",
+    "callerIp",
+    "api",
+    "fromDate",
+    "toDate",
+    "responseStatus",
+];
+const LOG_FILTERS: &[&str] = &[
+    "messageId",
+    "url",
+    "topicName",
+    "urlGroup",
+    "queueName",
+    "scheduleId",
+    "label",
+    "flowControlKey",
+    "callerIp",
+    "host",
+    "path",
+    "api",
+    "fromDate",
+    "toDate",
+    "state",
+];
+/// Query keys that are not filters.
+const NOT_FILTERS: &[&str] = &[
+    "count",
+    "cursor",
+    "messageIds",
+    "dlqIds",
+    "qstash_token",
+    "order",
+    "trimBody",
+];
+
+/// QStash's filters of a list, cancel, delete or retry: each key's values (repeated, or
+/// comma-separated) are alternatives, the keys all apply.
+struct Filter(Vec<(String, Vec<String>)>);
+
+impl Filter {
+    fn of(query: Option<&str>, known: &[&str]) -> Result<Filter, QError> {
+        let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in query_pairs(query) {
+            if NOT_FILTERS.contains(&k.as_str()) || v.is_empty() {
+                continue;
+            }
+            if !known.contains(&k.as_str()) {
+                return Err(QError::bad(format!(
+                    "unknown filter `{k}`: use {}",
+                    known.join(", ")
+                )));
+            }
+            let values = v
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty());
+            match keys.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, vs)) => vs.extend(values),
+                None => keys.push((k, values.collect())),
+            }
+        }
+        for (k, vs) in &keys {
+            if matches!(k.as_str(), "fromDate" | "toDate" | "responseStatus")
+                && vs.iter().any(|v| v.parse::<i64>().is_err())
+            {
+                return Err(QError::bad(format!("filter `{k}` must be a number")));
+            }
+        }
+        Ok(Filter(keys))
+    }
+
+    /// Whether a message's run matches (`state`, which applies to log entries, is left out).
+    fn matches(&self, run: &Run) -> bool {
+        let m = Message::of(run).ok();
+        let url = m.as_ref().map(|m| m.url.as_str()).unwrap_or("");
+        let parsed = reqwest::Url::parse(url).ok();
+        let created = run.created_at.timestamp_millis();
+        self.0.iter().all(|(key, values)| {
+            let any = |f: &dyn Fn(&str) -> bool| values.iter().any(|v| f(v));
+            match key.as_str() {
+                "messageId" => any(&|v| v == run.id),
+                "url" => any(&|v| v == url),
+                "scheduleId" => any(&|v| run.schedule_id.as_deref() == Some(v)),
+                "flowControlKey" => any(&|v| {
+                    m.as_ref()
+                        .is_some_and(|m| !m.flow_control.key.is_empty() && m.flow_control.key == v)
+                }),
+                "host" => any(&|v| parsed.as_ref().and_then(|u| u.host_str()) == Some(v)),
+                "path" => any(&|v| parsed.as_ref().map(|u| u.path()) == Some(v)),
+                "fromDate" => any(&|v| v.parse::<i64>().is_ok_and(|t| created >= t)),
+                "toDate" => any(&|v| v.parse::<i64>().is_ok_and(|t| created <= t)),
+                "responseStatus" => any(&|v| {
+                    run.failure
+                        .as_ref()
+                        .and_then(|f| f.status)
+                        .is_some_and(|s| v.parse::<u16>() == Ok(s))
+                }),
+                "state" => true,
+                // Runner has no URL groups, queues, labels or caller addresses: nothing matches.
+                _ => false,
+            }
+        })
+    }
+}
+
+/// Messages' runs under `base`, newest first, that `filter` matches: up to `count` of them,
+/// from before the run `cursor`; and the cursor of the next page, when more may follow. Reads
+/// at most 100,000 runs.
+async fn select(
+    state: &AppState,
+    base: RunFilter,
+    filter: &Filter,
+    cursor: Option<String>,
+    count: usize,
+) -> Result<(Vec<Run>, Option<String>), QError> {
+    const PAGE: usize = 500;
+    const SCAN: usize = 100_000;
+    let store = state.exec.store();
+    if let Some(c) = &cursor
+        && store.get_run(c).await.map_err(QError::store)?.is_none()
+    {
+        return Err(QError::bad(format!("`{c}` is not a cursor this list gave")));
+    }
+    let mut before = cursor;
+    let mut out = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let page = store
             .list_runs(&RunFilter {
-                workflow: Some(QSTASH.into()),
-                status: Some(status),
-                limit: 10_000,
-                ..Default::default()
+                before: before.clone(),
+                limit: PAGE,
+                ..base.clone()
             })
             .await
             .map_err(QError::store)?;
-        ids.extend(runs.into_iter().map(|r| r.id));
+        let full = page.len() == PAGE;
+        for r in page {
+            scanned += 1;
+            before = Some(r.id.clone());
+            let Some(run) = store.get_run(&r.id).await.map_err(QError::store)? else {
+                continue;
+            };
+            if filter.matches(&run) {
+                out.push(run);
+                if out.len() >= count {
+                    return Ok((out, before));
+                }
+            }
+        }
+        if !full {
+            return Ok((out, None));
+        }
+        if scanned >= SCAN {
+            return Ok((out, before));
+        }
     }
-    Ok(ids)
 }
 
 // --- schedules -----------------------------------------------------------------------------
@@ -652,37 +863,17 @@ fn dlq_json(run: &Run) -> Value {
     Value::Object(v)
 }
 
-/// `GET /v2/dlq?count=&cursor=&dlqIds=`: newest first; `cursor` only when more follow.
+/// `GET /v2/dlq?count=&cursor=&dlqIds=` and QStash's filters: newest first; `cursor` only when
+/// more may follow.
 async fn list_dlq(State(state): State<Shared>, OriginalUri(uri): OriginalUri) -> QResult {
     let q = uri.query();
     let ids = query_all(q, "dlqIds");
     let mut runs = Vec::new();
     let mut cursor = None;
     if ids.is_empty() {
-        let count = query_one(q, "count")
-            .and_then(|c| c.parse::<usize>().ok())
-            .unwrap_or(100)
-            .clamp(1, 1000);
-        let page = state
-            .exec
-            .store()
-            .list_runs(&RunFilter {
-                workflow: Some(QSTASH.into()),
-                in_dlq: true,
-                before: query_one(q, "cursor"),
-                limit: count,
-                ..Default::default()
-            })
-            .await
-            .map_err(QError::store)?;
-        if page.len() == count {
-            cursor = page.last().map(|r| r.id.clone());
-        }
-        for r in page {
-            if let Ok(run) = message_run(&state, &r.id).await {
-                runs.push(run);
-            }
-        }
+        let count = count_of(q)?;
+        let filter = Filter::of(q, DLQ_FILTERS)?;
+        (runs, cursor) = select(&state, dlq_base(), &filter, query_one(q, "cursor"), count).await?;
     } else {
         for id in ids {
             if let Ok(run) = message_run(&state, &id).await
@@ -697,6 +888,25 @@ async fn list_dlq(State(state): State<Shared>, OriginalUri(uri): OriginalUri) ->
         answer["cursor"] = json!(c);
     }
     ok(StatusCode::OK, answer)
+}
+
+fn dlq_base() -> RunFilter {
+    RunFilter {
+        workflow: Some(QSTASH.into()),
+        in_dlq: true,
+        ..Default::default()
+    }
+}
+
+/// `?count=`: 1 to 1000, default 100.
+fn count_of(q: Option<&str>) -> Result<usize, QError> {
+    match query_one(q, "count") {
+        None => Ok(100),
+        Some(c) => c
+            .parse::<usize>()
+            .map(|n| n.clamp(1, 1000))
+            .map_err(|_| QError::bad(format!("`count` must be a number, not `{c}`"))),
+    }
 }
 
 /// `GET /v2/dlq/{id}`.
@@ -725,28 +935,21 @@ async fn delete_dlq_one(State(state): State<Shared>, Path(id): Path<String>) -> 
     ok(StatusCode::OK, json!({ "deleted": 1 }))
 }
 
-/// `DELETE /v2/dlq?dlqIds=…` (every message in it, without ids).
+/// `DELETE /v2/dlq?dlqIds=…`, or with QStash's filters, or every message in it.
 async fn delete_dlq_many(State(state): State<Shared>, OriginalUri(uri): OriginalUri) -> QResult {
-    let mut ids = query_all(uri.query(), "dlqIds");
-    if ids.is_empty() {
-        ids = dlq_ids(&state).await?;
-    }
+    let ids = dlq_ids(&state, uri.query()).await?;
     let n = remove_from_dlq(&state, &ids).await?;
     ok(StatusCode::OK, json!({ "deleted": n }))
 }
 
-async fn dlq_ids(state: &AppState) -> Result<Vec<String>, QError> {
-    let runs = state
-        .exec
-        .store()
-        .list_runs(&RunFilter {
-            workflow: Some(QSTASH.into()),
-            in_dlq: true,
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await
-        .map_err(QError::store)?;
+/// The DLQ's messages a bulk delete or retry names: `dlqIds`, else those its filters match.
+async fn dlq_ids(state: &AppState, q: Option<&str>) -> Result<Vec<String>, QError> {
+    let ids = query_all(q, "dlqIds");
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    let filter = Filter::of(q, DLQ_FILTERS)?;
+    let (runs, _) = select(state, dlq_base(), &filter, None, usize::MAX).await?;
     Ok(runs.into_iter().map(|r| r.id).collect())
 }
 
@@ -768,12 +971,9 @@ async fn retry_runs(state: &AppState, ids: &[String]) -> Result<Vec<Value>, QErr
     Ok(responses)
 }
 
-/// `POST /v2/dlq/retry?dlqIds=…` (every message in it, without ids).
+/// `POST /v2/dlq/retry?dlqIds=…`, or with QStash's filters, or every message in it.
 async fn retry_dlq(State(state): State<Shared>, OriginalUri(uri): OriginalUri) -> QResult {
-    let mut ids = query_all(uri.query(), "dlqIds");
-    if ids.is_empty() {
-        ids = dlq_ids(&state).await?;
-    }
+    let ids = dlq_ids(&state, uri.query()).await?;
     let responses = retry_runs(&state, &ids).await?;
     ok(StatusCode::CREATED, json!({ "responses": responses }))
 }
@@ -786,53 +986,69 @@ async fn retry_dlq_one(State(state): State<Shared>, Path(id): Path<String>) -> Q
 
 // --- logs ----------------------------------------------------------------------------------
 
-/// `GET /v2/events?count=&cursor=&messageIds=&state=`: what happened to messages, newest
-/// first, from their runs and attempts (`events` and, as QStash's docs name it, `logs`).
+/// `GET /v2/events?count=&cursor=&messageIds=` and QStash's filters (`state` among them): what
+/// happened to messages, newest first, from their runs and attempts (`events` and, as QStash's
+/// docs name it, `logs`). A page holds whole messages: at least `count` entries when there
+/// are, and the last message's others.
 async fn list_events(State(state): State<Shared>, OriginalUri(uri): OriginalUri) -> QResult {
     let q = uri.query();
-    let count = query_one(q, "count")
-        .and_then(|c| c.parse::<usize>().ok())
-        .unwrap_or(100)
-        .clamp(1, 1000);
-    let wanted_state = query_one(q, "state");
+    let count = count_of(q)?;
+    let filter = Filter::of(q, LOG_FILTERS)?;
+    let states: Vec<String> = filter
+        .0
+        .iter()
+        .filter(|(k, _)| k == "state")
+        .flat_map(|(_, v)| v.clone())
+        .collect();
+    let wanted = |e: &Value| states.is_empty() || states.iter().any(|s| e["state"] == json!(s));
     let ids = query_all(q, "messageIds");
-    let mut cursor = None;
-    let ids = if ids.is_empty() {
-        let page = state
-            .exec
-            .store()
-            .list_runs(&RunFilter {
-                workflow: Some(QSTASH.into()),
-                before: query_one(q, "cursor"),
-                limit: count,
-                ..Default::default()
-            })
-            .await
-            .map_err(QError::store)?;
-        if page.len() == count {
-            cursor = page.last().map(|r| r.id.clone());
-        }
-        page.into_iter().map(|r| r.id).collect()
-    } else {
-        ids
-    };
     let mut events = Vec::new();
-    for id in ids {
-        let Ok(run) = message_run(&state, &id).await else {
-            continue;
+    let mut cursor = None;
+    if ids.is_empty() {
+        let base = RunFilter {
+            workflow: Some(QSTASH.into()),
+            ..Default::default()
         };
-        let attempts = state
-            .exec
-            .store()
-            .attempts(&id)
-            .await
-            .map_err(QError::store)?;
-        events.extend(run_events(&run, &attempts));
+        let mut before = query_one(q, "cursor");
+        loop {
+            let (runs, next) = select(&state, base.clone(), &filter, before, 50).await?;
+            for run in &runs {
+                let attempts = state
+                    .exec
+                    .store()
+                    .attempts(&run.id)
+                    .await
+                    .map_err(QError::store)?;
+                events.extend(run_events(run, &attempts).into_iter().filter(|e| wanted(e)));
+                if events.len() >= count {
+                    cursor = next.as_ref().map(|_| run.id.clone());
+                    break;
+                }
+            }
+            if events.len() >= count || next.is_none() {
+                break;
+            }
+            before = next;
+        }
+    } else {
+        for id in ids {
+            let Ok(run) = message_run(&state, &id).await else {
+                continue;
+            };
+            let attempts = state
+                .exec
+                .store()
+                .attempts(&id)
+                .await
+                .map_err(QError::store)?;
+            events.extend(
+                run_events(&run, &attempts)
+                    .into_iter()
+                    .filter(|e| wanted(e)),
+            );
+        }
     }
     events.sort_by_key(|e| std::cmp::Reverse(e["time"].as_i64().unwrap_or(0)));
-    if let Some(s) = wanted_state {
-        events.retain(|e| e["state"] == json!(s));
-    }
     let mut answer = json!({ "events": events, "logs": events });
     if let Some(c) = cursor {
         answer["cursor"] = json!(c);

@@ -432,3 +432,169 @@ fn a_flow_control_key_holds_messages_to_its_parallelism() {
         .unwrap_or(0);
     assert_eq!(most, 1, "one call of the key at a time: {done:?}");
 }
+
+#[test]
+fn filters_choose_what_a_bulk_cancel_or_dlq_call_takes() {
+    let (receiver, _dir, daemon) = start();
+    let url = |p: &str| receiver.url(p);
+    let results = client(
+        &daemon,
+        json!([
+            ["publishJSON", {"url": url("/held"), "body": {}, "delay": 60,
+                "flowControl": {"key": "fa", "parallelism": 10}}],
+            ["publishJSON", {"url": url("/held"), "body": {}, "delay": 60}],
+            ["messages.cancel", {"filter": {"flowControlKey": "fa"}}],
+            ["messages.get", {"$": 0, "at": "messageId"}],
+            ["messages.get", {"$": 1, "at": "messageId"}],
+            ["publishJSON", {"url": url("/nonretryable?n=1"), "body": {}, "retries": 0}],
+            ["publishJSON", {"url": url("/nonretryable?n=2"), "body": {}, "retries": 0}],
+            ["publishJSON", {"url": url("/ok"), "body": {}, "callback": url("/nonretryable?cb=1")}],
+        ]),
+    );
+    assert_eq!(
+        ok(&results[2])["cancelled"],
+        1,
+        "only the keyed one: {results:?}"
+    );
+    assert_eq!(ok(&results[3])["state"], "CANCELLED");
+    assert_eq!(
+        ok(&results[4])["state"],
+        "CREATED",
+        "the other is untouched"
+    );
+    let with_callback = ok(&results[7])["messageId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    wait_for(Duration::from_secs(20), "two messages in the DLQ", || {
+        let r = client(&daemon, json!([["dlq.listMessages"]]));
+        (ok(&r[0])["messages"].as_array().map(Vec::len) == Some(2)).then_some(())
+    });
+    let results = client(
+        &daemon,
+        json!([
+            ["dlq.listMessages", {"filter": {"url": url("/nonretryable?n=1")}}],
+            ["dlq.retry", {"filter": {"url": "http://nothing.invalid/x"}}],
+            ["dlq.delete", {"filter": {"url": url("/nonretryable?n=1")}}],
+            ["dlq.listMessages"],
+        ]),
+    );
+    assert_eq!(
+        ok(&results[0])["messages"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        ok(&results[0])["messages"][0]["url"],
+        url("/nonretryable?n=1")
+    );
+    assert_eq!(
+        ok(&results[1])["responses"],
+        json!([]),
+        "a filter matching none retries none"
+    );
+    assert_eq!(ok(&results[2])["deleted"], 1);
+    let left = ok(&results[3])["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["url"], url("/nonretryable?n=2"));
+
+    // A callback that fails leaves the delivered message delivered, out of the DLQ.
+    let run = daemon
+        .api()
+        .wait_run(&with_callback, Duration::from_secs(20));
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    // A filter runner does not know is refused, not ignored.
+    let r = crate::support::http_request(
+        "DELETE",
+        &format!("{}/v2/messages?bogus=1", daemon.base),
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        None,
+    )
+    .expect("answered");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown filter `bogus`"))
+    );
+    assert_eq!(
+        ok(&client(
+            &daemon,
+            json!([["messages.get", ok(&results[3])["messages"][0]["messageId"]]])
+        )[0])["state"],
+        "FAILED"
+    );
+}
+
+#[test]
+fn a_message_runner_cannot_send_is_refused_when_published() {
+    let (receiver, _dir, daemon) = start();
+    let auth = format!("Bearer {TOKEN}");
+    let publish = |headers: &[(&str, &str)], body: &str| {
+        let mut all = vec![("Authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        crate::support::http_request(
+            "POST",
+            &format!("{}/v2/publish/{}", daemon.base, receiver.url("/never")),
+            &all,
+            Some(body),
+        )
+        .expect("answered")
+    };
+    for (size, status) in [(1024 * 1024 + 1, 413), (3 * 1024 * 1024 / 2, 413)] {
+        let r = publish(&[], &"x".repeat(size));
+        assert_eq!(r.status, status, "{size} bytes");
+        assert!(
+            r.json()["error"].is_string(),
+            "QStash's error shape: {}",
+            r.body
+        );
+    }
+    for (headers, says) in [
+        (
+            vec![("Upstash-Not-Before", "1796290000000")],
+            "not milliseconds",
+        ),
+        (
+            vec![("Upstash-Forward-Upstash-Signature", "forged")],
+            "cannot be forwarded",
+        ),
+        (
+            vec![("Upstash-Forward-Content-Length", "999")],
+            "cannot be forwarded",
+        ),
+    ] {
+        let r = publish(&headers, "{}");
+        assert_eq!(r.status, 400, "{headers:?}: {}", r.body);
+        assert!(
+            r.json()["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{}",
+            r.body
+        );
+    }
+    // The token given as ?qstash_token=, however encoded, is not part of the destination.
+    let r = crate::support::http_request(
+        "POST",
+        &format!(
+            "{}/v2/publish/{}?a=1&qstash%5Ftoken={TOKEN}",
+            daemon.base,
+            receiver.url("/echo")
+        ),
+        &[],
+        Some("{}"),
+    )
+    .expect("answered");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["url"], format!("{}?a=1", receiver.url("/echo")));
+    let got = &records_at(&receiver, "/echo", 1)[0];
+    assert_eq!(
+        got["url"], "/echo?a=1",
+        "the token never reaches the endpoint"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count_at(&receiver, "/never"), 0);
+}
