@@ -11,6 +11,26 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     )
 }
 
+/// The longest string of an input shown whole; `show --json` has every byte.
+const SHOWN_CHARS: usize = 200;
+
+/// A JSON value with its long strings cut (a published message's base64 body is megabytes).
+fn shorten(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.chars().count() > SHOWN_CHARS => {
+            let head: String = s.chars().take(60).collect();
+            Value::String(format!(
+                "{head}… ({} bytes; `runner show --json` has them all)",
+                s.len()
+            ))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(shorten).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shorten(v))).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A run with every step and attempt, and what it waits for.
 pub(super) fn run(v: &RunView) -> String {
     let mut out = String::new();
@@ -26,7 +46,7 @@ pub(super) fn run(v: &RunView) -> String {
     if let Some(w) = &v.waiting_for {
         let _ = writeln!(out, "waiting   for {w}");
     }
-    let _ = writeln!(out, "input     {}", v.input);
+    let _ = writeln!(out, "input     {}", shorten(&v.input));
     if let Some(key) = &v.concurrency_key {
         let _ = writeln!(out, "key       {key}");
     }
@@ -34,11 +54,19 @@ pub(super) fn run(v: &RunView) -> String {
         let _ = writeln!(out, "cancelled {reason}");
     }
     if let Some(f) = &v.failure {
-        let _ = writeln!(
-            out,
-            "failure   step `{}` after {} attempt(s): {}",
-            f.step, f.attempts, f.error
-        );
+        let _ = match f.attempts {
+            0 => writeln!(out, "failure   step `{}`: {}", f.step, f.error),
+            1 => writeln!(
+                out,
+                "failure   step `{}` after 1 attempt: {}",
+                f.step, f.error
+            ),
+            n => writeln!(
+                out,
+                "failure   step `{}` after {n} attempts: {}",
+                f.step, f.error
+            ),
+        };
     }
     for (title, list) in [("steps", &v.steps), ("on_failure", &v.on_failure)] {
         if list.is_empty() {

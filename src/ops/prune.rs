@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 /// Runs deleted per transaction.
-pub const BATCH: u32 = 200;
+pub const BATCH: u32 = 50;
 /// The pause between two batches.
 pub const PAUSE: Duration = Duration::from_millis(20);
 
